@@ -1,0 +1,7 @@
+"""Jupyter kernels that run inside CondaTainer environments on Apptainer.
+
+Importing this package stays cheap and side-effect free: the kernel-side magic is
+shipped into containers whose Python may have nothing but the standard library.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,87 @@
+"""Apptainer argument lists, built from a :class:`~kernel_provider.plan.ContainerPlan`.
+
+Pure functions: each returns an argv list for ``asyncio.create_subprocess_exec`` (never
+a shell string) or the text of an ``--env-file``. An instance's start environment is
+not visible to ``exec instance://``, so every exec re-passes the whole environment
+with ``--cleanenv --env-file`` — which also keeps the host's ``PYTHONPATH``, ``JPY_*``
+and friends out of the container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from .plan import ContainerPlan
+
+CAP_SYS_RESOURCE_BIT = 24
+
+
+def _mount_args(plan: ContainerPlan) -> list[str]:
+    args = list(plan.flags)
+    if plan.fakeroot:
+        args.append("--fakeroot")
+    for bind in plan.binds:
+        args += ["--bind", bind]
+    for overlay in plan.overlay_args:
+        args += ["--overlay", overlay]
+    return args
+
+
+def instance_start_argv(apptainer: str, plan: ContainerPlan, name: str, env_file: str) -> list[str]:
+    """``apptainer instance start`` with the plan's binds, overlays and flags."""
+    return [
+        apptainer, "instance", "start", *_mount_args(plan),
+        "--cleanenv", "--env-file", env_file, plan.base_image.path, name,
+    ]
+
+
+def instance_exec_argv(
+    apptainer: str, name: str, env_file: str, command: Sequence[str], pwd: str = ""
+) -> list[str]:
+    """Run ``command`` in a running instance with exactly the given environment."""
+    argv = [apptainer, "exec", "--cleanenv", "--env-file", env_file]
+    if pwd:
+        argv += ["--pwd", pwd]
+    return [*argv, f"instance://{name}", *command]
+
+
+def oneshot_exec_argv(
+    apptainer: str, plan: ContainerPlan, env_file: str, command: Sequence[str], pwd: str = ""
+) -> list[str]:
+    """Run ``command`` in a fresh container that lives only as long as it does."""
+    argv = [apptainer, "exec", *_mount_args(plan), "--cleanenv", "--env-file", env_file]
+    if pwd:
+        argv += ["--pwd", pwd]
+    return [*argv, plan.base_image.path, *command]
+
+
+def instance_stop_argv(apptainer: str, name: str, force: bool = False) -> list[str]:
+    return [apptainer, "instance", "stop", *(["--force"] if force else []), name]
+
+
+def instance_list_argv(apptainer: str) -> list[str]:
+    return [apptainer, "instance", "list", "--json"]
+
+
+def _quote(value: str) -> str:
+    """Double-quote for Apptainer's env-file (a shell script): ``$VAR`` still expands."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+    return f'"{escaped}"'
+
+
+def render_env_file(env: Iterable[tuple[str, str]]) -> str:
+    """``KEY="VALUE"`` lines; later keys win, as with repeated ``--env``."""
+    return "".join(f"{key}={_quote(value)}\n" for key, value in env)
+
+
+def needs_drop_caps(uid: int, cap_bounding_set: int) -> bool:
+    """Root without CAP_SYS_RESOURCE (some VMs, containers) must tell Apptainer to drop it."""
+    return uid == 0 and not cap_bounding_set & (1 << CAP_SYS_RESOURCE_BIT)
+
+
+def apptainer_process_env(host_env: Mapping[str, str], uid: int, cap_bounding_set: int) -> dict[str, str]:
+    """Environment for the ``apptainer`` process itself (not the container's)."""
+    env = dict(host_env)
+    if needs_drop_caps(uid, cap_bounding_set) and "APPTAINER_DROP_CAPS" not in env:
+        env["APPTAINER_DROP_CAPS"] = "CAP_SYS_RESOURCE"
+    return env

@@ -1,0 +1,434 @@
+"""Unit tests of the CondaTainer model: names, overlays, env, binds, plan and argv."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kernel_provider import binds, command, envfile, names
+from kernel_provider.config import CondaTainerConfig, image_search_order
+from kernel_provider.overlays import Overlay, OverlayError, OverlayNotFoundError, resolve, scan
+from kernel_provider.plan import BaseImageNotFoundError, StackRequest, build_env, plan_container
+
+
+@dataclass
+class Facts:
+    """Stated facts about images, instead of unsquashfs/debugfs probes."""
+
+    envs: dict[str, envfile.OverlayEnv] = field(default_factory=dict)
+    without_bin: set[str] = field(default_factory=set)
+    owners: dict[str, int] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=set)
+
+    def overlay_env(self, overlay):
+        return self.envs.get(overlay.name, envfile.OverlayEnv())
+
+    def has_bin(self, overlay):
+        return overlay.name not in self.without_bin
+
+    def image_owner(self, overlay):
+        return self.owners.get(overlay.name)
+
+    def device_exists(self, path):
+        return path in self.devices
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    d = tmp_path / "images"
+    d.mkdir()
+    for f in [
+        "ubuntu24--base_image.sif",
+        "python--3.9.sqf",
+        "python--3.10.sqf",
+        "python--3.11.sqf",
+        "samtools--1.16.sqf",
+        "samtools--1.21.sqf",
+        "hello--1.0.sqf",
+        "genome--hg38--star.sqf",
+        "env.img",
+        "other.img",
+        "ubuntu24--gcc--12.sqf",
+    ]:
+        (d / f).write_bytes(b"")
+    return d
+
+
+@pytest.fixture
+def catalog(images):
+    return scan([str(images)], distro="ubuntu24")
+
+
+def plan(catalog, *specs, facts=None, environ=None, cwd="/", uid=1000, **kw):
+    return plan_container(
+        StackRequest(overlays=list(specs), **kw), catalog, facts or Facts(), environ=environ or {}, cwd=cwd, uid=uid
+    )
+
+
+# --- names -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["python/3.11", "python=3.11", "python@3.11", "python--3.11", " python/3.11 "])
+def test_delimiters_normalise_to_one_name(spec):
+    assert names.normalize(spec) == "python/3.11"
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../b", "a;rm -rf", "$(id)", "a b", "", "/abs", "x/", "`id`"])
+def test_invalid_names_are_rejected(bad):
+    with pytest.raises(names.InvalidNameError):
+        names.normalize(bad)
+
+
+def test_filename_round_trip():
+    assert names.name_from_filename("python--3.11.sqf") == "python/3.11"
+    assert names.filename_for("python/3.11") == "python--3.11.sqf"
+    assert names.name_from_filename("genome--hg38--star.sqf") == "genome/hg38/star"
+    assert names.name_from_filename("env.img") == "env"
+
+
+def test_natural_version_order_matches_condatainer():
+    versions = ["3.9", "3.11", "3.10", "2", "3.10.1", "10"]
+    assert sorted(versions, key=names.version_key) == ["2", "3.9", "3.10", "3.10.1", "3.11", "10"]
+
+
+def test_constraint_split_and_satisfaction():
+    assert names.split_constraint("samtools/1.21>=1.16") == ("samtools/1.21", ">=", "1.16")
+    assert names.satisfies("1.16.0", ">=", "1.16")
+    assert not names.satisfies("1.16", ">", "1.16")
+    assert not names.satisfies("1.22", ">=", "1.16", preferred="1.21")
+
+
+# --- scanning and resolution ------------------------------------------------------------
+
+def test_scan_finds_every_kind(catalog):
+    assert catalog.by_name["python/3.11"].kind == "sqf"
+    assert catalog.by_name["env"].kind == "img"
+    assert catalog.by_name["ubuntu24/base_image"].kind == "sif"
+
+
+def test_first_directory_wins(tmp_path, images):
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "python--3.11.sqf").write_bytes(b"")
+    catalog = scan([str(first), str(images)])
+    assert catalog.by_name["python/3.11"].path == str(first / "python--3.11.sqf")
+
+
+def test_missing_directories_are_skipped(tmp_path, images):
+    catalog = scan([str(tmp_path / "nope"), str(images)])
+    assert "python/3.11" in catalog.by_name
+
+
+@pytest.mark.parametrize("spec", ["python/3.11", "python=3.11", "python@3.11", "python--3.11"])
+def test_resolve_by_name(catalog, images, spec):
+    assert resolve(spec, catalog).path == str(images / "python--3.11.sqf")
+
+
+def test_bare_name_resolves_to_newest_version(catalog, images):
+    assert resolve("python", catalog).path == str(images / "python--3.11.sqf")
+    assert resolve("samtools", catalog).name == "samtools/1.21"
+
+
+def test_constraint_picks_highest_satisfying_not_above_preferred(catalog):
+    assert resolve("samtools/1.16>=1.10", catalog).name == "samtools/1.16"
+    assert resolve("python/3.10>=3.9", catalog).name == "python/3.10"
+
+
+def test_default_distro_alias(catalog):
+    assert resolve("gcc/12", catalog).name == "ubuntu24/gcc/12"
+
+
+def test_explicit_relative_and_absolute_paths(catalog, images):
+    assert resolve("env.img", catalog, cwd=str(images)).path == str(images / "env.img")
+    assert resolve(str(images / "hello--1.0.sqf"), catalog).name == "hello/1.0"
+
+
+def test_missing_path_is_an_error(catalog, tmp_path):
+    with pytest.raises(OverlayError, match="not found"):
+        resolve("./missing.img", catalog, cwd=str(tmp_path))
+
+
+def test_unknown_name_lists_close_matches(catalog):
+    with pytest.raises(OverlayNotFoundError) as err:
+        resolve("python/3.12", catalog)
+    assert "python/3.11" in err.value.suggestions
+    assert "Did you mean" in str(err.value)
+    with pytest.raises(OverlayNotFoundError) as err:
+        resolve("pyton/3.11", catalog)
+    assert "python/3.11" in err.value.suggestions
+
+
+def test_base_image_is_not_an_overlay_name(catalog):
+    with pytest.raises(OverlayNotFoundError):
+        resolve("ubuntu24/base_image", catalog)
+
+
+def test_mode_suffix_is_kept(catalog, images):
+    overlay = resolve("env.img:rw", catalog, cwd=str(images))
+    assert overlay.mount_arg(writable=False) == str(images / "env.img") + ":rw"
+
+
+def test_mount_modes():
+    sqf = Overlay.from_path("/i/a--1.sqf")
+    img = Overlay.from_path("/i/e.img")
+    assert sqf.mount_arg(True) == "/i/a--1.sqf:ro"
+    assert img.mount_arg(True) == "/i/e.img:rw"
+    assert img.mount_arg(False) == "/i/e.img:ro"
+
+
+def test_from_path_rejects_other_files():
+    with pytest.raises(OverlayError, match="not an image"):
+        Overlay.from_path("/i/notes.txt")
+
+
+# --- sidecars ---------------------------------------------------------------------------
+
+SIDECAR = """#WHATIS:hello 1.0 - a tiny test tool
+HELLO_HOME=$app_root
+HELLO_GREETING=hi from $HELLO_HOME
+#ENVNOTE:HELLO_HOME=root of the hello tool
+# a comment
+not a pair
+ =no key
+"""
+
+
+def test_sidecar_parsing():
+    env = envfile.parse_sidecar(SIDECAR, "/cnt/hello/1.0")
+    assert env.whatis == "hello 1.0 - a tiny test tool"
+    assert env.variables == {"HELLO_HOME": "/cnt/hello/1.0", "HELLO_GREETING": "hi from $HELLO_HOME"}
+    assert env.notes == {"HELLO_HOME": "root of the hello tool"}
+
+
+def test_build_script_headers_and_sidecar_shadowing():
+    script = "#!/bin/bash\n#WHATIS:embedded\n#ENV:TOOL_ROOT=$app_root # inline\n#ENVNOTE:where it lives\n#ENV:X=1\n"
+    embedded = envfile.parse_build_script(script, "/cnt/t/1")
+    assert embedded.variables == {"TOOL_ROOT": "/cnt/t/1", "X": "1"}
+    assert embedded.notes == {"TOOL_ROOT": "where it lives"}
+    merged = embedded.shadowed_by(envfile.OverlayEnv("", {"X": "2"}, {}))
+    assert merged.whatis == "embedded" and merged.variables["X"] == "2"
+
+
+# --- environment ------------------------------------------------------------------------
+
+def test_path_order_last_overlay_first_env_bin_first(catalog, images):
+    p = plan(catalog, "hello/1.0", "env.img", "python/3.11", cwd=str(images))
+    assert p.env_dict["PATH"] == "/ext3/env/bin:/cnt/python/3.11/bin:/cnt/hello/1.0/bin:$PATH"
+
+
+def test_overlay_without_bin_and_data_overlays_add_nothing_to_path(catalog):
+    p = plan(catalog, "hello/1.0", "genome/hg38/star", facts=Facts(without_bin={"hello/1.0"}))
+    assert p.env_dict["PATH"] == "$PATH"
+
+
+def test_fixed_variables(catalog):
+    env = plan(catalog, "python/3.11").env_dict
+    assert env["IN_CONDATAINER"] == "1"
+    assert env["LC_ALL"] == env["LANG"] == "C.UTF-8"
+    assert "CONDA_PREFIX" not in env
+
+
+def test_nested_condatainer_layer(catalog):
+    env = plan(catalog, "python/3.11", environ={"IN_CONDATAINER": "1"}).env_dict
+    assert env["IN_CONDATAINER"] == "2"
+    assert env["PS1"].startswith("CNT_2 ")
+
+
+def test_conda_variables_with_img(catalog, images):
+    ro = plan(catalog, "env.img", cwd=str(images)).env_dict
+    rw = plan(catalog, "env.img", cwd=str(images), writable=True).env_dict
+    assert ro["CONDA_PREFIX"] == ro["MAMBA_ROOT_PREFIX"] == "/ext3/env"
+    assert "CNT_CONDA_PREFIX" not in ro
+    assert rw["CNT_CONDA_PREFIX"] == "/ext3/env"
+
+
+def test_overlay_variables_sorted_later_overlay_wins_and_notes(catalog):
+    facts = Facts(
+        envs={
+            "hello/1.0": envfile.OverlayEnv("h", {"B": "1", "SHARED": "hello"}, {"B": "note b"}),
+            "python/3.11": envfile.OverlayEnv("p", {"A": "2", "SHARED": "python"}, {}),
+        }
+    )
+    p = plan(catalog, "hello/1.0", "python/3.11", facts=facts)
+    keys = [k for k, _ in p.env]
+    assert keys[:3] == ["A", "B", "SHARED"]
+    assert p.env_dict["SHARED"] == "python"
+    assert p.notes == {"A": "2", "B": "note b", "SHARED": "python"}
+    assert any("SHARED" in d.message for d in p.diagnostics)
+
+
+def test_user_env_comes_last_and_overrides(catalog):
+    p = plan(catalog, "python/3.11", env={"LANG": "en_US.UTF-8", "FOO": "bar"})
+    assert p.env[-2:] == (("LANG", "en_US.UTF-8"), ("FOO", "bar"))
+    assert p.env_dict["LANG"] == "en_US.UTF-8"
+
+
+# --- stack rules ------------------------------------------------------------------------
+
+def test_img_goes_last(catalog, images):
+    p = plan(catalog, "env.img", "python/3.11", cwd=str(images))
+    assert [o.kind for o in p.overlays] == ["sqf", "img"]
+    assert p.env_image.name == "env"
+
+
+def test_two_imgs_are_refused(catalog, images):
+    with pytest.raises(OverlayError, match="only one .img overlay is allowed, found 2"):
+        plan(catalog, "env.img", "other.img", cwd=str(images))
+
+
+def test_sif_as_overlay_is_refused(catalog, images):
+    with pytest.raises(OverlayError, match="base image"):
+        plan(catalog, str(images / "ubuntu24--base_image.sif"))
+
+
+def test_missing_base_image_says_what_to_do(tmp_path):
+    catalog = scan([str(tmp_path)], distro="ubuntu24")
+    with pytest.raises(BaseImageNotFoundError, match="ubuntu24--base_image.sif not found.*build-images"):
+        plan(catalog)
+
+
+def test_explicit_base_image(catalog, images):
+    p = plan(catalog, "python/3.11", base_image=str(images / "ubuntu24--base_image.sif"))
+    assert p.base_image.kind == "sif"
+    with pytest.raises(OverlayError, match="must be a .sif"):
+        plan(catalog, base_image=str(images / "hello--1.0.sqf"))
+    with pytest.raises(BaseImageNotFoundError):
+        plan(catalog, base_image="/nonexistent.sif")
+
+
+def test_gpu_flags(catalog):
+    assert plan(catalog, facts=Facts(devices={"/dev/nvidiactl"})).flags == ("--nv",)
+    assert plan(catalog, facts=Facts(devices={"/dev/nvidiactl", "/dev/kfd"}), flags=["--no-home"]).flags == (
+        "--nv", "--rocm", "--no-home",
+    )
+    assert plan(catalog).flags == ()
+
+
+@pytest.mark.parametrize(
+    ("owner", "uid", "writable", "expected"),
+    [(0, 1000, True, True), (2000, 1000, True, True), (1000, 1000, True, False), (0, 1000, False, False),
+     (None, 1000, True, False), (0, 0, True, False)],
+)
+def test_auto_fakeroot_for_foreign_img(catalog, images, owner, uid, writable, expected):
+    facts = Facts(owners={} if owner is None else {"env": owner})
+    p = plan(catalog, "env.img", cwd=str(images), facts=facts, uid=uid, writable=writable)
+    assert p.fakeroot is expected
+
+
+# --- binds ------------------------------------------------------------------------------
+
+def test_default_binds_only_existing(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    environ = {"SCRATCH": str(scratch), "TMPDIR": str(tmp_path / "gone")}
+    assert binds.default_binds(environ, str(tmp_path), [str(tmp_path / "img")]) == [str(tmp_path), str(scratch)]
+
+
+def test_dedupe_binds_drops_children_and_repeats(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    a, b = str(tmp_path / "a"), str(tmp_path / "a" / "b")
+    assert binds.dedupe_binds([b, a, a, ""]) == [a]
+
+
+def test_dedupe_binds_resolves_symlinks(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert binds.dedupe_binds([str(tmp_path / "link"), str(real)]) == [str(real)]
+
+
+def test_dedupe_binds_keeps_remaps(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    a, b = str(tmp_path / "a"), str(tmp_path / "a" / "b")
+    assert binds.dedupe_binds([a, f"{b}:/data:ro"]) == [a, f"{b}:/data:ro"]
+
+
+def test_plan_binds_include_cwd_image_dirs_and_extra(catalog, images, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    p = plan(catalog, cwd=str(work), binds=[f"{images}:/images"])
+    assert str(work) in p.binds and str(images) in p.binds and f"{images}:/images" not in p.binds
+
+
+# --- argv -------------------------------------------------------------------------------
+
+def test_instance_start_argv(catalog, images):
+    p = plan(catalog, "python/3.11", "env.img", cwd=str(images), writable=True,
+             facts=Facts(devices={"/dev/nvidiactl"}, owners={"env": 0}))
+    argv = command.instance_start_argv("/usr/bin/apptainer", p, "jct-x", "/run/x.env")
+    assert argv[:4] == ["/usr/bin/apptainer", "instance", "start", "--nv"]
+    assert "--fakeroot" in argv
+    assert argv[argv.index("--bind") + 1] == str(images)
+    overlays = [argv[i + 1] for i, a in enumerate(argv) if a == "--overlay"]
+    assert overlays == [str(images / "python--3.11.sqf") + ":ro", str(images / "env.img") + ":rw"]
+    assert argv[-5:] == ["--cleanenv", "--env-file", "/run/x.env", str(images / "ubuntu24--base_image.sif"), "jct-x"]
+
+
+def test_instance_exec_argv():
+    assert command.instance_exec_argv("apptainer", "jct-x", "/e", ["python", "-c", "1"], pwd="/w") == [
+        "apptainer", "exec", "--cleanenv", "--env-file", "/e", "--pwd", "/w", "instance://jct-x", "python", "-c", "1",
+    ]
+
+
+def test_oneshot_exec_argv(catalog, images):
+    p = plan(catalog, "env.img", cwd=str(images), writable=True)
+    argv = command.oneshot_exec_argv("apptainer", p, "/e", ["mm-install", "-y", "numpy"])
+    assert argv[:2] == ["apptainer", "exec"]
+    assert argv[-4:] == [str(images / "ubuntu24--base_image.sif"), "mm-install", "-y", "numpy"]
+
+
+def test_stop_and_list_argv():
+    assert command.instance_stop_argv("a", "n") == ["a", "instance", "stop", "n"]
+    assert command.instance_stop_argv("a", "n", force=True) == ["a", "instance", "stop", "--force", "n"]
+    assert command.instance_list_argv("a") == ["a", "instance", "list", "--json"]
+
+
+def test_env_file_quoting_keeps_variable_references():
+    text = command.render_env_file([("A", 'say "hi"'), ("P", "/x/bin:$PATH"), ("B", "back\\slash `cmd`")])
+    assert text == 'A="say \\"hi\\""\nP="/x/bin:$PATH"\nB="back\\\\slash \\`cmd\\`"\n'
+
+
+@pytest.mark.parametrize(("uid", "capbnd", "expected"), [(0, 0, True), (0, 1 << 24, False), (1000, 0, False)])
+def test_drop_caps_only_for_root_without_cap_sys_resource(uid, capbnd, expected):
+    env = command.apptainer_process_env({"HOME": "/root"}, uid, capbnd)
+    assert (env.get("APPTAINER_DROP_CAPS") == "CAP_SYS_RESOURCE") is expected
+
+
+# --- configuration ----------------------------------------------------------------------
+
+def test_search_order_follows_condatainer(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", "/lab/a|/lab/b:ro")
+    monkeypatch.setenv("CNT_EXTRA_ROOT", "/group")
+    monkeypatch.setenv("CNT_ROOT", "/apps/cnt")
+    monkeypatch.setenv("SCRATCH", "/scratch/me")
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert image_search_order() == [
+        "/lab/a", "/lab/b", "/group/images", "/apps/cnt/images", "/scratch/me/condatainer/images",
+        str(tmp_path / ".local/share/condatainer/images"),
+    ]
+
+
+def test_config_traits_from_env_and_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNT_DEFAULT_DISTRO", "ubuntu22")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("CNT_APPTAINER_BIN", "/opt/apptainer/bin/apptainer")
+    cfg = CondaTainerConfig()
+    assert cfg.base_image_filename == "ubuntu22--base_image.sif"
+    assert cfg.instance_state_dir == tmp_path / "state" / "condatainer" / "instance"
+    assert cfg.apptainer_bin == "/opt/apptainer/bin/apptainer"
+    from traitlets.config import Config
+
+    c = Config()
+    c.CondaTainerConfig.image_dirs = ["~/imgs"]
+    assert CondaTainerConfig(config=c).image_dirs == [os.path.expanduser("~/imgs")]
+
+
+def test_missing_apptainer_is_a_clear_error(monkeypatch):
+    cfg = CondaTainerConfig(apptainer_bin="/nonexistent/apptainer")
+    from kernel_provider.config import ApptainerNotFoundError
+
+    with pytest.raises(ApptainerNotFoundError, match="Apptainer not found.*CNT_APPTAINER_BIN"):
+        cfg.require_apptainer()
