@@ -63,15 +63,19 @@ def instance_list_argv(apptainer: str) -> list[str]:
     return [apptainer, "instance", "list", "--json"]
 
 
-def _quote(value: str) -> str:
-    """Double-quote for Apptainer's env-file (a shell script): ``$VAR`` still expands."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
-    return f'"{escaped}"'
+def _single_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def render_env_file(env: Iterable[tuple[str, str]]) -> str:
-    """``KEY="VALUE"`` lines; later keys win, as with repeated ``--env``."""
-    return "".join(f"{key}={_quote(value)}\n" for key, value in env)
+    """An ``--env-file`` equivalent to CondaTainer's ``--env KEY=VALUE`` flags.
+
+    Apptainer evaluates an env-file on the *host* (``$PATH`` would become the host's
+    PATH) and then, like every ``--env`` value, once more inside the container. Single
+    quotes make the host pass a no-op, so ``$PATH`` and ``$OTHER`` expand inside the
+    container, after all variables are set — exactly as with CondaTainer's flags.
+    """
+    return "".join(f"{key}={_single_quote(value)}\n" for key, value in env)
 
 
 def needs_drop_caps(uid: int, cap_bounding_set: int) -> bool:

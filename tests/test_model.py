@@ -385,9 +385,9 @@ def test_stop_and_list_argv():
     assert command.instance_list_argv("a") == ["a", "instance", "list", "--json"]
 
 
-def test_env_file_quoting_keeps_variable_references():
-    text = command.render_env_file([("A", 'say "hi"'), ("P", "/x/bin:$PATH"), ("B", "back\\slash `cmd`")])
-    assert text == 'A="say \\"hi\\""\nP="/x/bin:$PATH"\nB="back\\\\slash \\`cmd\\`"\n'
+def test_env_file_is_single_quoted_so_the_container_expands_references():
+    text = command.render_env_file([("A", 'say "hi"'), ("P", "/x/bin:$PATH"), ("B", "it's")])
+    assert text == "A='say \"hi\"'\nP='/x/bin:$PATH'\nB='it'\\''s'\n"
 
 
 @pytest.mark.parametrize(("uid", "capbnd", "expected"), [(0, 0, True), (0, 1 << 24, False), (1000, 0, False)])

@@ -1,0 +1,39 @@
+"""Start ipykernel inside a CondaTainer container, with that container's Python.
+
+Runs with nothing but the standard library. The host bind-mounts this package at
+``/opt/jupyter-condatainer/lib`` and cached ipykernel builds at
+``/opt/jupyter-condatainer/ipykernel/cp3XY``; both go at the *end* of ``sys.path``,
+so packages of the environment itself always win and a supplied ipykernel is used
+only when the environment has none.
+"""
+
+import importlib.util
+import os
+import runpy
+import sys
+
+LIB_DIR = "/opt/jupyter-condatainer/lib"
+SUPPLY_DIR = "/opt/jupyter-condatainer/ipykernel"
+NO_IPYKERNEL_EXIT = 3
+
+
+def main() -> None:
+    # Python put this script's directory first on sys.path; it must not shadow anything.
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)
+    sys.path.append(LIB_DIR)
+    if importlib.util.find_spec("ipykernel") is None:
+        tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+        supplied = os.path.join(SUPPLY_DIR, tag)
+        if not os.path.isdir(supplied):
+            sys.stderr.write(
+                f"jupyter-condatainer: {sys.executable} has no ipykernel and none was supplied for {tag}\n"
+            )
+            sys.exit(NO_IPYKERNEL_EXIT)
+        sys.path.append(supplied)
+    sys.argv = ["ipykernel_launcher", *sys.argv[1:]]
+    runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

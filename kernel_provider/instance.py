@@ -1,0 +1,299 @@
+"""Instance lifecycle: start, share, probe, stop and sweep persistent Apptainer instances.
+
+One :class:`InstanceManager` per server process keeps the instances it started,
+the kernels using each, and the CondaTainer shared locks on their images. Every
+Apptainer call is an asyncio subprocess, so the server's event loop never waits
+on a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+from . import command
+from .config import CondaTainerConfig
+from .locks import ImageBusyError, SharedLocks, is_in_use
+from .plan import ContainerPlan
+from .state import INSTANCE_PREFIX, InstanceRecord, Owner, StateStore
+
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+PROBE_SCRIPT = (
+    "import importlib.util, json, sys; print(json.dumps({'executable': sys.executable, "
+    "'version': list(sys.version_info[:2]), 'ipykernel': importlib.util.find_spec('ipykernel') is not None}))"
+)
+
+
+class InstanceError(RuntimeError):
+    """An instance could not be started, probed or stopped; the message says why."""
+
+
+class NoPythonError(InstanceError):
+    """The stack has no ``python`` on its PATH."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _cap_bounding_set() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return ~0
+
+
+def apptainer_env() -> dict[str, str]:
+    """Environment for running ``apptainer`` itself on this host."""
+    return command.apptainer_process_env(os.environ, os.getuid(), _cap_bounding_set())
+
+
+async def run(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> CommandResult:
+    """Run a command to completion without blocking the loop; kill it on timeout."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or apptainer_env(),
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        raise
+    return CommandResult(process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def apptainer_message(stderr: str) -> str:
+    """The lines of Apptainer's output a user needs (drop the gocryptfs noise)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and "gocryptfs" not in line]
+    return "\n".join(lines[-8:]) or "(no output)"
+
+
+def runtime_dir() -> Path:
+    """User-only directory for env files (and ipc sockets); bound into every instance."""
+    path = Path(jupyter_runtime_dir()) / "condatainer"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write a user-only file atomically (env files can hold secrets)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def stack_key(plan: ContainerPlan) -> str:
+    """Identity of a stack: kernels with equal keys may share an instance."""
+    identity = [plan.base_image.path, plan.overlay_args, list(plan.binds), list(plan.flags), plan.fakeroot, list(plan.env)]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    executable: str
+    version: tuple[int, int]
+    has_ipykernel: bool
+
+
+@dataclass
+class Instance:
+    """A running instance started by this server."""
+
+    name: str
+    plan: ContainerPlan
+    key: str
+    env_file: Path
+    locks: SharedLocks
+    shared: bool
+    kernels: set[str] = field(default_factory=set)
+    python: PythonInfo | None = None
+
+
+class InstanceManager:
+    """This server's instances. Use :meth:`for_config` to get the process-wide one."""
+
+    _managers: dict[str, InstanceManager] = {}
+
+    def __init__(self, config: CondaTainerConfig):
+        self.config = config
+        self.store = StateStore(config.instance_state_dir)
+        self.instances: dict[str, Instance] = {}
+        self._lock = asyncio.Lock()
+        self._swept = False
+
+    @classmethod
+    def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
+        key = str(config.instance_state_dir)
+        if key not in cls._managers:
+            cls._managers[key] = cls(config)
+        return cls._managers[key]
+
+    @property
+    def apptainer(self) -> str:
+        return self.config.require_apptainer()
+
+    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
+        """An instance for ``plan``: a running shared one with the same stack, or a new one."""
+        key = stack_key(plan)
+        async with self._lock:
+            if share:
+                for instance in self.instances.values():
+                    if instance.shared and instance.key == key:
+                        instance.kernels.add(kernel_id)
+                        self._save(instance)
+                        return instance
+            instance = await self._start(plan, key, share)
+            instance.kernels.add(kernel_id)
+            self._save(instance)
+            return instance
+
+    async def release(self, instance: Instance, kernel_id: str) -> None:
+        """Forget a kernel; stop the instance when no kernel uses it any more."""
+        async with self._lock:
+            instance.kernels.discard(kernel_id)
+            if instance.kernels:
+                self._save(instance)
+                return
+            self.instances.pop(instance.name, None)
+        await self._stop(instance.name)
+        instance.locks.release()
+        instance.env_file.unlink(missing_ok=True)
+
+    def _check_env_image(self, plan: ContainerPlan) -> None:
+        env_image = plan.env_image
+        if env_image and plan.writable and is_in_use(env_image.path):
+            raise ImageBusyError(
+                f"{env_image.path} is mounted by another container (a running kernel or a CondaTainer "
+                "shell); a writable env can be mounted once. Stop that kernel, or use a kernel with "
+                "share_instance so both notebooks use one instance."
+            )
+
+    async def _start(self, plan: ContainerPlan, key: str, share: bool) -> Instance:
+        apptainer = self.apptainer
+        self._check_env_image(plan)
+        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
+        name = f"{INSTANCE_PREFIX}{key[:8]}-{secrets.token_hex(3)}"
+        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
+        instance = Instance(name, plan, key, env_file, locks, share)
+        # State first: a crash during start still leaves something the sweep can find.
+        self._save(instance)
+        try:
+            result = await run(command.instance_start_argv(apptainer, plan, name, str(env_file)), START_TIMEOUT)
+            if result.returncode != 0:
+                raise InstanceError(
+                    f"apptainer instance start failed for {plan.base_image.name} + "
+                    f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
+                )
+        except BaseException:
+            await self._stop(name)
+            locks.release()
+            env_file.unlink(missing_ok=True)
+            raise
+        self.instances[name] = instance
+        return instance
+
+    def _save(self, instance: Instance) -> None:
+        plan = instance.plan
+        self.store.write(
+            InstanceRecord(
+                name=instance.name,
+                base_image=plan.base_image.path,
+                overlays=plan.overlay_args,
+                bind_paths=list(plan.binds),
+                env=[f"{k}={v}" for k, v in plan.env],
+                notes=dict(plan.notes),
+                owner=Owner.current(),
+                stack_key=instance.key,
+                kernels=sorted(instance.kernels),
+            )
+        )
+
+    async def _stop(self, name: str) -> None:
+        """Stop an instance (if running) and remove its state file."""
+        try:
+            await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
+        finally:
+            self.store.remove(name)
+
+    async def probe_python(self, instance: Instance) -> PythonInfo:
+        """Which ``python`` the stack's PATH gives, and whether it has ipykernel (cached)."""
+        if instance.python is None:
+            argv = command.instance_exec_argv(
+                self.apptainer, instance.name, str(instance.env_file), ["python", "-c", PROBE_SCRIPT]
+            )
+            result = await run(argv, START_TIMEOUT)
+            if result.returncode != 0:
+                if "not found" in result.stderr:
+                    raise NoPythonError(
+                        "no `python` on the container PATH of this stack "
+                        f"({', '.join(o.name for o in instance.plan.overlays) or 'base image only'}). Add a "
+                        "Python overlay (e.g. python/3.11) or an env .img with python to the kernel's overlays."
+                    )
+                raise InstanceError(f"probing python in {instance.name} failed:\n{apptainer_message(result.stderr)}")
+            info = json.loads(result.stdout.strip().splitlines()[-1])
+            instance.python = PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"])
+        return instance.python
+
+    async def running_names(self) -> list[str]:
+        """Names of this user's running Apptainer instances (anyone's, not only ours)."""
+        result = await run(command.instance_list_argv(self.apptainer), STOP_TIMEOUT)
+        if result.returncode != 0:
+            raise InstanceError(f"apptainer instance list failed:\n{apptainer_message(result.stderr)}")
+        try:
+            listing = json.loads(result.stdout or "{}").get("instances", [])
+        except ValueError:
+            return []
+        return [entry.get("instance", "") for entry in listing]
+
+    async def sweep_orphans_once(self) -> None:
+        """Clean up after a crashed server the first time this process needs an instance."""
+        if not self._swept:
+            self._swept = True
+            await self.sweep_orphans()
+
+    async def sweep_orphans(self) -> list[str]:
+        """Stop our instances whose server is gone; never touch a live server's or the CLI's."""
+        async with self._lock:
+            running = set(await self.running_names())
+            records = {r.name: r for r in self.store.ours()}
+            orphans = [
+                name for name, record in records.items()
+                if name not in self.instances and not record.owner.is_alive()
+            ]
+            # Ours by name but without a state file: its start or stop was cut short.
+            orphans += [
+                name for name in running
+                if name.startswith(INSTANCE_PREFIX) and name not in records and name not in self.instances
+            ]
+            for name in orphans:
+                if name in running:
+                    await self._stop(name)
+                else:
+                    self.store.remove(name)
+                (runtime_dir() / f"{name}.env").unlink(missing_ok=True)
+            return orphans

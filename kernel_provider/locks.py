@@ -1,0 +1,67 @@
+"""CondaTainer's image lock protocol, so the CLI and Jupyter can share images safely.
+
+While a container runs, CondaTainer holds a shared, non-blocking ``flock`` on the
+base ``.sif`` and every ``.sqf``; removing or rebuilding an image probes with an
+exclusive lock and refuses while anyone holds it. ``.img`` files are not flock'ed by
+CondaTainer (Apptainer locks them itself while mounted), but the same probe tells
+whether one is mounted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable
+
+
+class ImageBusyError(RuntimeError):
+    """An image is held by another process in a way that forbids what we asked."""
+
+
+def _try_flock(path: str, exclusive: bool) -> int:
+    flags = os.O_RDWR if exclusive else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except OSError as err:
+        raise ImageBusyError(f"cannot open {path}: {err.strerror}") from err
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        use = "for writing" if exclusive else "for reading: it is being written or removed"
+        raise ImageBusyError(f"{path} is in use; cannot open it {use}") from None
+    return fd
+
+
+def is_in_use(path: str) -> bool:
+    """The LOCK_EX probe CondaTainer runs before removing an image."""
+    try:
+        os.close(_try_flock(path, exclusive=True))
+    except ImageBusyError:
+        return True
+    return False
+
+
+class SharedLocks:
+    """Shared flocks on images, held for as long as a container uses them."""
+
+    def __init__(self, paths: Iterable[str]):
+        self.paths = list(dict.fromkeys(paths))
+        self._fds: list[int] = []
+
+    def acquire(self) -> SharedLocks:
+        try:
+            for path in self.paths:
+                self._fds.append(_try_flock(path, exclusive=False))
+        except ImageBusyError:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    @property
+    def held(self) -> bool:
+        return bool(self._fds)

@@ -1,0 +1,249 @@
+"""The ``condatainer-provisioner``: ipykernel inside a persistent Apptainer instance.
+
+Hooks, in the order ``KernelManager`` calls them (see jupyter_client's
+``provisioner_base.py``):
+
+- ``pre_launch``: plan the stack, start or join its instance (binding the
+  connection-file directory), make sure its Python can run ipykernel, and wrap the
+  kernelspec's argv in ``apptainer exec --cleanenv --env-file … instance://NAME``.
+- ``launch_kernel``: spawn that exec as an asyncio subprocess.
+- ``send_signal``: SIGINT goes to the kernel's own host PID (signalling the
+  ``apptainer`` process would kill the kernel); other signals to the process group.
+- ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it, and
+  the instance stops with its last kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Bool, Dict, Enum, List, Unicode
+
+from . import command, supply
+from .config import CondaTainerConfig
+from .instance import Instance, InstanceManager, apptainer_env, runtime_dir, write_private
+from .overlays import scan
+from .plan import StackRequest, plan_container
+from .probes import ImageProbe
+
+# Passed from the server's environment into the kernel: nothing else of the host leaks in.
+FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
+KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
+IPYKERNEL_MODULE = "ipykernel_launcher"
+
+
+def launcher_argv(argv: list[str]) -> list[str]:
+    """Replace ``-m ipykernel_launcher`` by our bootstrap, which can supply ipykernel."""
+    for index in range(len(argv) - 1):
+        if argv[index] == "-m" and argv[index + 1] == IPYKERNEL_MODULE:
+            script = f"{supply.CONTAINER_LIB_DIR}/kernel_provider/container_launch.py"
+            return [*argv[:index], script, *argv[index + 2 :]]
+    return argv
+
+
+def descendants(pid: int) -> list[int]:
+    """Host PIDs below ``pid``, nearest first (from /proc, no extra dependency)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def kernel_pid(exec_pid: int) -> int | None:
+    """Host PID of the kernel started by an ``apptainer exec`` process."""
+    below = descendants(exec_pid)
+    for pid in below:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if b"container_launch" in cmdline or IPYKERNEL_MODULE.encode() in cmdline:
+            return pid
+    return below[-1] if below else None
+
+
+class CondaTainerProvisioner(LocalProvisioner):
+    """Runs a kernelspec's argv inside an Apptainer instance of a CondaTainer stack."""
+
+    overlays = List(
+        Unicode(),
+        config=True,
+        help="Overlays in CondaTainer syntax: names ('python/3.11', 'samtools') or paths ('/x/env.img').",
+    )
+    base_image = Unicode(
+        "", config=True, help="Base .sif; empty means '<distro>--base_image.sif' from the image directories."
+    )
+    writable = Bool(False, config=True, help="Mount the stack's .img read-write (one writable mount at a time).")
+    binds = List(Unicode(), config=True, help="Extra bind paths ('/src' or '/src:/dst[:ro]').")
+    env = Dict(value_trait=Unicode(), config=True, help="Extra environment variables for the kernel.")
+    apptainer_flags = List(Unicode(), config=True, help="Extra flags for 'apptainer instance start'.")
+    share_instance = Bool(
+        False,
+        config=True,
+        help="Kernels with the same stack share one instance (each its own exec); it stops with its last kernel.",
+    )
+    transport = Enum(
+        ["ipc", "tcp"],
+        "ipc",
+        config=True,
+        help="""ZMQ transport. 'ipc' (default): sockets in the user-only runtime directory, so no
+        kernel port is open to other users of a shared login node. 'tcp': localhost ports.""",
+    )
+
+    instance: Instance | None = None
+    process: asyncio.subprocess.Process | None = None  # type: ignore[assignment]
+    _kernel_env_file: Path | None = None
+
+    @property
+    def manager(self) -> InstanceManager:
+        return InstanceManager.for_config(CondaTainerConfig(parent=self.parent))
+
+    def _use_ipc(self) -> None:
+        """Point the KernelManager at ipc sockets under the bound runtime directory."""
+        km = self.parent
+        if km is None or self.transport != "ipc":
+            return
+        km.transport = "ipc"
+        km.cache_ports = False
+        # Short prefix: a socket path must stay under 108 bytes.
+        km.ip = str(runtime_dir() / f"k-{self.kernel_id[:8]}")
+
+    def _plan(self, kernel_cwd: str):
+        config = self.manager.config
+        connection_dir = os.path.dirname(os.path.abspath(self.parent.connection_file)) if self.parent else ""
+        host_binds = [
+            f"{supply.package_dir()}:{supply.CONTAINER_LIB_DIR}/kernel_provider:ro",
+            f"{supply.supply_root()}:{supply.CONTAINER_SUPPLY_DIR}:ro",
+            str(runtime_dir()),
+        ]
+        request = StackRequest(
+            overlays=self.overlays,
+            base_image=self.base_image,
+            writable=self.writable,
+            env={**KERNEL_ENV, **self.env},
+            binds=[*host_binds, *([connection_dir] if connection_dir else []), kernel_cwd, *self.binds],
+            flags=self.apptainer_flags,
+        )
+        return plan_container(
+            request,
+            scan(config.image_dirs, config.distro),
+            ImageProbe(),
+            environ=os.environ,
+            cwd=os.getcwd(),
+            uid=os.getuid(),
+            extra_binds=config.extra_binds,
+        )
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        if self.instance is None:
+            self._use_ipc()
+        kwargs = await super().pre_launch(**kwargs)
+        kernel_cwd = str(kwargs.get("cwd") or os.getcwd())
+        manager = self.manager
+        if self.instance is None:
+            await manager.sweep_orphans_once()
+            plan = await asyncio.to_thread(self._plan, kernel_cwd)
+            self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance)
+        try:
+            python = await manager.probe_python(self.instance)
+            if not python.has_ipykernel:
+                await supply.ensure_ipykernel(python.version)
+        except BaseException:
+            await self._release_instance()
+            raise
+        kwargs["cmd"] = launcher_argv(self._container_argv(list(kwargs["cmd"])))
+        return kwargs
+
+    def _container_argv(self, cmd: list[str]) -> list[str]:
+        """Undo jupyter_client's swap of ``python`` for the *host's* ``sys.executable``."""
+        spec_argv = self.kernel_spec.argv if self.kernel_spec else []
+        if cmd and spec_argv and cmd[0] == sys.executable and spec_argv[0] != sys.executable:
+            return [spec_argv[0], *cmd[1:]]
+        return cmd
+
+    def _kernel_env(self, launch_env: dict[str, str]) -> list[tuple[str, str]]:
+        forwarded = [(key, launch_env[key]) for key in FORWARDED_ENV if key in launch_env]
+        spec_env = list((self.kernel_spec.env or {}).items()) if self.kernel_spec else []
+        return [*self.instance.plan.env, *spec_env, *forwarded]
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        assert self.instance is not None
+        env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
+        self._kernel_env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        argv = command.instance_exec_argv(self.manager.apptainer, self.instance.name, str(env_file), cmd, pwd=cwd)
+        self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
+        self.process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
+        )
+        self.pid = self.pgid = self.process.pid
+        self.cwd = cwd
+        return self.connection_info
+
+    async def poll(self) -> int | None:
+        return self.process.returncode if self.process else 0
+
+    async def wait(self) -> int | None:
+        if not self.process:
+            return 0
+        returncode = await self.process.wait()
+        self.process = None
+        return returncode
+
+    async def send_signal(self, signum: int) -> None:
+        if not self.process or self.process.returncode is not None:
+            return
+        if signum == signal.SIGINT:
+            # The kernel is the innermost process; SIGINT to apptainer would kill it.
+            kernel = kernel_pid(self.process.pid)
+            if kernel:
+                os.kill(kernel, signum)
+            return
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        if self._kernel_env_file:
+            self._kernel_env_file.unlink(missing_ok=True)
+            self._kernel_env_file = None
+        if not restart:
+            await self._release_instance()
+
+    async def _release_instance(self) -> None:
+        instance, self.instance = self.instance, None
+        if instance is not None:
+            await self.manager.release(instance, self.kernel_id)
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info["instance"] = self.instance.name if self.instance else None
+        return info
