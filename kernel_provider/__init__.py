@@ -5,3 +5,10 @@ shipped into containers whose Python may have nothing but the standard library.
 """
 
 __version__ = "0.1.0"
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    # Imported lazily: the container side must not need jupyter_server.
+    from .serverext import CondaTainerExtension
+
+    return [{"module": "kernel_provider", "app": CondaTainerExtension}]

@@ -4,15 +4,19 @@ A ``.sqf`` may embed its build script at ``cnt/<name>/<version>/.cnt-build-scrip
 with ``#ENV:KEY=VALUE`` lines (each optionally followed by ``#ENVNOTE:``); a sidecar
 ``<overlay file>.env`` next to the image shadows it with ``KEY=VALUE``,
 ``#ENVNOTE:KEY=note`` and ``#WHATIS:text`` lines. ``$app_root`` stands for the
-overlay's mount point. Other ``$VAR`` references are left for Apptainer to expand
-inside the container, as CondaTainer does.
+overlay's mount point. References between overlay variables
+(``HELLO_GREETING=hi from $HELLO_HOME``) are expanded here, because Apptainer
+evaluates its ``--env`` values in no fixed order; the rest (``$PATH``, ``$HOME``) is
+left for Apptainer to expand inside the container.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 BUILD_SCRIPT_NAME = ".cnt-build-script"
+_REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,21 @@ def parse_build_script(text: str, app_root: str) -> OverlayEnv:
             notes[key] = following[len("#ENVNOTE:") :].strip()
     return OverlayEnv(whatis, variables, notes)
 
+
+
+def expand_references(variables: dict[str, str]) -> dict[str, str]:
+    """Substitute ``$NAME``/``${NAME}`` where NAME is one of ``variables`` (not itself)."""
+    expanded = dict(variables)
+    for _ in range(len(expanded)):
+        changed = False
+        for key, value in expanded.items():
+            def substitute(match: re.Match) -> str:
+                name = match.group(1) or match.group(2)
+                return expanded[name] if name in expanded and name != key else match.group(0)
+
+            new = _REFERENCE.sub(substitute, value)
+            changed |= new != value
+            expanded[key] = new
+        if not changed:
+            break
+    return expanded

@@ -240,6 +240,17 @@ class InstanceManager:
         finally:
             self.store.remove(name)
 
+    async def stop_by_name(self, name: str) -> None:
+        """Stop one of our instances by name (any of this user's servers); refuse others'."""
+        if not name.startswith(INSTANCE_PREFIX) or self.store.read(name) is None and name not in await self.running_names():
+            raise InstanceError(f"{name} is not a jupyter-condatainer instance of this user")
+        async with self._lock:
+            instance = self.instances.pop(name, None)
+            await self._stop(name)
+            if instance:
+                instance.locks.release()
+                instance.env_file.unlink(missing_ok=True)
+
     async def probe_python(self, instance: Instance) -> PythonInfo:
         """Which ``python`` the stack's PATH gives, and whether it has ipykernel (cached)."""
         if instance.python is None:

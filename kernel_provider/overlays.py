@@ -131,7 +131,7 @@ def _split_mode(spec: str) -> tuple[str, str]:
     return spec, ""
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return spec.endswith(names.IMAGE_SUFFIXES) or spec.startswith(("/", "./", "../", "~"))
 
 
@@ -140,7 +140,7 @@ def resolve(spec: str, catalog: Catalog, cwd: str = ".") -> Overlay:
     bare, mode = _split_mode(spec.strip())
     if not bare:
         raise OverlayError("empty overlay name")
-    if _looks_like_path(bare):
+    if looks_like_path(bare):
         path = os.path.join(cwd, os.path.expanduser(bare))
         if not os.path.isfile(path):
             raise OverlayError(f"overlay file {os.path.abspath(path)} not found")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import binds as bind_rules
-from .envfile import OverlayEnv
+from .envfile import OverlayEnv, expand_references
 from .overlays import Catalog, Overlay, OverlayError, resolve
 
 FIXED_ENV = (
@@ -128,6 +128,7 @@ def build_env(
 ) -> tuple[list[tuple[str, str]], dict[str, str], list[Diagnostic]]:
     """The container environment in CondaTainer's order, its notes and diagnostics."""
     variables, notes, diagnostics = _overlay_variables(overlays, facts)
+    variables = expand_references(variables)
     env = sorted(variables.items())
     try:
         layer = max(int(environ.get("IN_CONDATAINER", "0")), 0) + 1

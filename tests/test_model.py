@@ -202,6 +202,15 @@ def test_sidecar_parsing():
     assert env.notes == {"HELLO_HOME": "root of the hello tool"}
 
 
+def test_references_between_overlay_variables_expand_others_stay():
+    expanded = envfile.expand_references(
+        {"GREETING": "hi from ${HOME_DIR}", "HOME_DIR": "$ROOT/x", "ROOT": "/cnt/t/1", "P": "$ROOT/bin:$PATH", "S": "$S:x"}
+    )
+    assert expanded == {
+        "GREETING": "hi from /cnt/t/1/x", "HOME_DIR": "/cnt/t/1/x", "ROOT": "/cnt/t/1", "P": "/cnt/t/1/bin:$PATH", "S": "$S:x",
+    }
+
+
 def test_build_script_headers_and_sidecar_shadowing():
     script = "#!/bin/bash\n#WHATIS:embedded\n#ENV:TOOL_ROOT=$app_root # inline\n#ENVNOTE:where it lives\n#ENV:X=1\n"
     embedded = envfile.parse_build_script(script, "/cnt/t/1")

@@ -1,0 +1,92 @@
+"""Shared fixtures: the locally built CondaTainer images and an isolated user layout.
+
+Integration tests need a working Apptainer and the images from
+``scripts/build-images.sh`` (the README's test command provides both). When they are
+missing the tests fail with the reason; they are never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kernel_provider.instance import apptainer_env
+
+CACHE = Path(os.environ.get("JCT_CACHE", "/var/cache/jupyter-condatainer"))
+IMAGES = Path(os.environ.get("JCT_IMAGES", CACHE / "images"))
+REQUIRED_IMAGES = ("ubuntu24--base_image.sif", "python--3.11.sqf", "hello--1.0.sqf", "testenv.img")
+
+
+@pytest.fixture(scope="session")
+def built_images() -> Path:
+    """The cached test images; fail (not skip) with what to run when absent."""
+    apptainer = shutil.which("apptainer") or shutil.which("singularity")
+    if not apptainer:
+        pytest.fail("Apptainer is not installed: run scripts/setup.sh (the README's test command does)")
+    missing = [name for name in REQUIRED_IMAGES if not (IMAGES / name).is_file()]
+    if missing:
+        pytest.fail(f"test images missing in {IMAGES}: {', '.join(missing)}; run scripts/build-images.sh")
+    return IMAGES
+
+
+@pytest.fixture
+def user_layout(tmp_path, monkeypatch, built_images):
+    """A private state/runtime/data layout and an image directory for one test.
+
+    The read-only images are hard-linked (or copied) from the cache; the writable
+    ``env.img`` is a fresh copy, so a test can write into it.
+    """
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in REQUIRED_IMAGES[:-1]:
+        _link_or_copy(built_images / name, images / name)
+        if (built_images / f"{name}.env").exists():
+            shutil.copy(built_images / f"{name}.env", images / f"{name}.env")
+    shutil.copy(built_images / "testenv.img", images / "env.img")
+    for variable, sub in [
+        ("XDG_STATE_HOME", "state"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_CONFIG_DIR", "config"),
+    ]:
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(variable, str(tmp_path / sub))
+    # The supplied-ipykernel cache is worth keeping between runs (it is downloaded).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE / "user-cache"))
+    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(images))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy(source, target)
+
+
+def running_instances() -> set[str]:
+    """This user's running instance names, straight from Apptainer."""
+    out = subprocess.run(
+        ["apptainer", "instance", "list"], capture_output=True, text=True, env=apptainer_env(), check=True
+    ).stdout
+    return {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Host processes whose command line contains ``text`` (to prove nothing is left)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline}")
+    return found
+
