@@ -37,7 +37,7 @@ ensure_venv() {
     if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
         log "installing jupyter-condatainer (editable) and test tools"
         "$VENV/bin/pip" install -q --upgrade pip
-        "$VENV/bin/pip" install -q -e "$REPO[test]"
+        "$VENV/bin/pip" install -q -e "$REPO[test,lab]"
         echo "$want" >"$stamp"
     fi
     chmod -R a+rX "$VENV"
@@ -48,6 +48,7 @@ main() {
     chmod 0755 "$JCT_CACHE"
     bash "$REPO/scripts/setup-apptainer.sh" >&2
     ensure_venv
+    PYTHON="$VENV/bin/python" bash "$REPO/scripts/build-labextension.sh" >&2
     bash "$REPO/scripts/build-images.sh" >&2
     echo "$VENV/bin"
 }

@@ -1,0 +1,275 @@
+"""The provisioner, driven for real: AsyncKernelManager and a real ``jupyter server``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+from conftest import processes_mentioning, running_instances
+from kernel_provider.config import CondaTainerConfig
+from kernel_provider.instance import apptainer_env
+from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+from kernel_provider.overlays import scan
+from kernel_provider.state import StateStore
+
+pytestmark = pytest.mark.integration
+
+KERNEL = "condatainer-python-3.11"
+
+
+def sync_specs() -> None:
+    config = CondaTainerConfig()
+    KernelspecStore().sync(scan(config.image_dirs, config.distro))
+
+
+async def execute(client, code: str, timeout: float = 60) -> tuple[str, dict]:
+    """Run code; return its stdout and the execute_reply content."""
+    chunks = []
+
+    def collect(msg):
+        if msg["msg_type"] == "stream":
+            chunks.append(msg["content"]["text"])
+
+    reply = await client.execute_interactive(code, output_hook=collect, timeout=timeout)
+    return "".join(chunks), reply["content"]
+
+
+def instance_of(km: AsyncKernelManager) -> str:
+    return km.provisioner.instance.name
+
+
+@pytest.fixture
+def kernel_env(user_layout):
+    sync_specs()
+    return user_layout
+
+
+def test_kernelspec_is_listed(kernel_env):
+    specs = KernelSpecManager().get_all_specs()
+    assert KERNEL in specs
+    spec = specs[KERNEL]["spec"]
+    assert spec["display_name"] == "CondaTainer: python/3.11"
+    assert spec["interrupt_mode"] == "message"
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "condatainer-provisioner"
+    out = subprocess.run([sys.executable, "-m", "jupyter_client.kernelspecapp", "list"], capture_output=True, text=True)
+    assert KERNEL in out.stdout
+
+
+def test_kernel_lifecycle(kernel_env):
+    """Execute, interrupt a sleep, restart in the same instance, shut down leaving nothing."""
+
+    async def scenario():
+        km = AsyncKernelManager(kernel_name=KERNEL)
+        await km.start_kernel(cwd=str(kernel_env))
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            out, _ = await execute(client, "import os, sys; print(sys.executable, os.environ['IN_CONDATAINER'], os.getcwd())")
+            assert out.split() == ["/cnt/python/3.11/bin/python", "1", str(kernel_env)]
+            name = instance_of(km)
+
+            client.execute("import time; time.sleep(60)")
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            await km.interrupt_kernel()
+            reply = await client.get_shell_msg(timeout=10)
+            assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+            assert time.monotonic() - started < 1.0
+            assert await km.is_alive()
+
+            await km.restart_kernel()
+            await client.wait_for_ready(timeout=60)
+            assert instance_of(km) == name, "restart must reuse the instance"
+            out, _ = await execute(client, "print(40 + 2)")
+            assert out.strip() == "42"
+            # The default transport: ipc sockets in the user-only runtime directory.
+            assert json.loads(Path(km.connection_file).read_text())["transport"] == "ipc"
+            assert Path(km.ip).parent.stat().st_mode & 0o077 == 0
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=False)
+        return name
+
+    name = asyncio.run(scenario())
+    assert name not in running_instances()
+    assert not StateStore(CondaTainerConfig().instance_state_dir).path(name).exists()
+    assert processes_mentioning(name) == []
+    assert list((kernel_env / "runtime" / "condatainer").glob("*.env")) == []
+
+
+def test_tcp_transport_option(kernel_env):
+    spec = custom_spec(["python/3.11"], label="tcp")
+    spec = type(spec)(**{**spec.__dict__, "extra_config": {"transport": "tcp"}})
+    KernelspecStore().write(spec)
+
+    async def scenario():
+        km = AsyncKernelManager(kernel_name=spec.name)
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            out, _ = await execute(client, "print('tcp ok')")
+            return km.transport, out.strip()
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel()
+
+    assert asyncio.run(scenario()) == ("tcp", "tcp ok")
+
+
+def test_python_without_ipykernel_gets_one_supplied(kernel_env):
+    """An overlay whose python has no ipykernel (a bare venv) still starts a kernel."""
+    stage = kernel_env / "stage" / "cnt" / "barepython" / "3.11" / "bin"
+    stage.mkdir(parents=True)
+    (stage / "python").symlink_to("/usr/bin/python3")
+    subprocess.run(
+        ["mksquashfs", str(kernel_env / "stage"), str(kernel_env / "images" / "barepython--3.11.sqf"),
+         "-all-root", "-noappend", "-quiet"],
+        check=True,
+    )
+    KernelspecStore().write(custom_spec(["barepython/3.11"], label="bare"))
+
+    async def scenario():
+        km = AsyncKernelManager(kernel_name="condatainer-bare")
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=120)
+            out, _ = await execute(client, "import ipykernel, sys; print(sys.executable, ipykernel.__file__)")
+            return out.split()
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel()
+
+    executable, ipykernel_file = asyncio.run(scenario())
+    assert executable == "/cnt/barepython/3.11/bin/python"
+    assert ipykernel_file.startswith("/opt/jupyter-condatainer/ipykernel/cp311/")
+
+
+@pytest.mark.parametrize(
+    ("overlays", "config", "reason"),
+    [
+        (["python/3.12"], {}, "Did you mean: python/3.11"),
+        (["corrupt/1.0"], {}, "instance start failed"),
+        (["python/3.11"], {"apptainer_bin": "/nonexistent/apptainer"}, "Apptainer not found"),
+    ],
+    ids=["unknown-overlay", "corrupt-sqf", "no-apptainer"],
+)
+def test_bad_input_fails_fast_and_leaves_nothing(kernel_env, overlays, config, reason):
+    (kernel_env / "images" / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)
+    before = running_instances()
+    if "apptainer_bin" in config:
+        os.environ["CNT_APPTAINER_BIN"] = config["apptainer_bin"]
+    try:
+        KernelspecStore().write(custom_spec(overlays, label="bad"))
+
+        async def scenario():
+            km = AsyncKernelManager(kernel_name="condatainer-bad")
+            started = time.monotonic()
+            with pytest.raises(Exception) as error:
+                await km.start_kernel()
+            return time.monotonic() - started, str(error.value)
+
+        elapsed, message = asyncio.run(scenario())
+    finally:
+        os.environ.pop("CNT_APPTAINER_BIN", None)
+    assert reason in message
+    assert elapsed < 10
+    assert running_instances() == before
+    assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []
+
+
+# --- a real jupyter server -----------------------------------------------------------------
+
+class Server:
+    """``jupyter server`` as a subprocess, so it can be killed with SIGKILL."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.token = root, port, "test-token"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.root / f"server-{time.time():.0f}.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
+             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.request("GET", "/api/status")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("jupyter server did not start")
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else {}
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images):
+    server = Server(kernel_env, free_port())
+    unrelated = "unrelated-by-hand"
+    subprocess.run(
+        ["apptainer", "instance", "start", str(kernel_env / "images" / "ubuntu24--base_image.sif"), unrelated],
+        check=True, capture_output=True, env=apptainer_env(),
+    )
+    try:
+        server.start()
+        kernels = [server.request("POST", "/api/kernels", {"name": KERNEL}) for _ in range(2)]
+        assert all(k["name"] == KERNEL for k in kernels)
+        ours = {r.name for r in StateStore(CondaTainerConfig().instance_state_dir).ours()}
+        assert len(ours) == 2 and ours <= running_instances()
+
+        server.kill()
+        assert ours <= running_instances(), "instances outlive a SIGKILLed server"
+
+        server.start()
+        running = running_instances()
+        assert not ours & running, "orphans must be stopped at server start"
+        assert unrelated in running, "an instance started by hand is not ours to stop"
+        assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []
+        assert server.request("GET", "/api/kernels") == []
+    finally:
+        server.stop()
+        subprocess.run(["apptainer", "instance", "stop", unrelated], capture_output=True, env=apptainer_env())
