@@ -28,8 +28,9 @@ from .state import INSTANCE_PREFIX, InstanceRecord, Owner, StateStore
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 PROBE_SCRIPT = (
-    "import importlib.util, json, sys; print(json.dumps({'executable': sys.executable, "
-    "'version': list(sys.version_info[:2]), 'ipykernel': importlib.util.find_spec('ipykernel') is not None}))"
+    "import importlib.util, json, platform, sys; print(json.dumps({'executable': sys.executable, "
+    "'version': list(sys.version_info[:2]), 'glibc': platform.libc_ver()[1], "
+    "'ipykernel': importlib.util.find_spec('ipykernel') is not None}))"
 )
 
 
@@ -118,6 +119,7 @@ class PythonInfo:
     executable: str
     version: tuple[int, int]
     has_ipykernel: bool
+    glibc: str = ""
 
 
 @dataclass
@@ -267,7 +269,7 @@ class InstanceManager:
                     )
                 raise InstanceError(f"probing python in {instance.name} failed:\n{apptainer_message(result.stderr)}")
             info = json.loads(result.stdout.strip().splitlines()[-1])
-            instance.python = PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"])
+            instance.python = PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"], info["glibc"])
         return instance.python
 
     async def running_names(self) -> list[str]:
@@ -301,10 +303,12 @@ class InstanceManager:
                 name for name in running
                 if name.startswith(INSTANCE_PREFIX) and name not in records and name not in self.instances
             ]
-            for name in orphans:
-                if name in running:
-                    await self._stop(name)
-                else:
-                    self.store.remove(name)
-                (runtime_dir() / f"{name}.env").unlink(missing_ok=True)
+            await asyncio.gather(*(self._stop_orphan(name, name in running) for name in orphans))
             return orphans
+
+    async def _stop_orphan(self, name: str, running: bool) -> None:
+        if running:
+            await self._stop(name)
+        else:
+            self.store.remove(name)
+        (runtime_dir() / f"{name}.env").unlink(missing_ok=True)

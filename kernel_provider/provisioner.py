@@ -167,7 +167,7 @@ class CondaTainerProvisioner(LocalProvisioner):
         try:
             python = await manager.probe_python(self.instance)
             if not python.has_ipykernel:
-                await supply.ensure_ipykernel(python.version)
+                await supply.ensure_ipykernel(python.version, python.glibc)
         except BaseException:
             await self._release_instance()
             raise

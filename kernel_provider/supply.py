@@ -40,10 +40,18 @@ def tag(version: tuple[int, int]) -> str:
     return f"cp{version[0]}{version[1]}"
 
 
-def pip_argv(version: tuple[int, int], target: str, machine: str = "") -> list[str]:
+def manylinux_platforms(glibc: str, machine: str) -> list[str]:
+    """Every manylinux tag the container's glibc can run (pip does not infer older ones)."""
+    try:
+        newest = int(glibc.split(".")[1])
+    except (IndexError, ValueError):
+        newest = 17
+    return [f"manylinux2014_{machine}"] + [f"manylinux_2_{minor}_{machine}" for minor in range(17, max(newest, 17) + 1)]
+
+
+def pip_argv(version: tuple[int, int], target: str, glibc: str = "", machine: str = "") -> list[str]:
     """pip command that installs ipykernel wheels for a CPython ``version`` into ``target``."""
-    machine = machine or platform.machine()
-    platforms = [f"manylinux2014_{machine}", f"manylinux_2_17_{machine}", f"manylinux_2_28_{machine}"]
+    platforms = manylinux_platforms(glibc, machine or platform.machine())
     argv = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
     argv += ["--target", target, "--only-binary=:all:", "--implementation", "cp"]
     argv += ["--python-version", f"{version[0]}.{version[1]}", "--abi", tag(version)]
@@ -52,7 +60,7 @@ def pip_argv(version: tuple[int, int], target: str, machine: str = "") -> list[s
     return [*argv, "ipykernel"]
 
 
-async def ensure_ipykernel(version: tuple[int, int]) -> Path:
+async def ensure_ipykernel(version: tuple[int, int], glibc: str = "") -> Path:
     """The supplied ipykernel for ``version``, building it (once, under a lock) if needed."""
     target = supply_root() / tag(version)
     if target.is_dir():
@@ -63,7 +71,7 @@ async def ensure_ipykernel(version: tuple[int, int]) -> Path:
         if target.is_dir():
             return target
         staging = tempfile.mkdtemp(prefix=f".{tag(version)}.", dir=target.parent)
-        result = await run(pip_argv(version, staging), BUILD_TIMEOUT, env=dict(os.environ))
+        result = await run(pip_argv(version, staging, glibc), BUILD_TIMEOUT, env=dict(os.environ))
         if result.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
             raise InstanceError(

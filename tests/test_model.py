@@ -441,3 +441,14 @@ def test_missing_apptainer_is_a_clear_error(monkeypatch):
 
     with pytest.raises(ApptainerNotFoundError, match="Apptainer not found.*CNT_APPTAINER_BIN"):
         cfg.require_apptainer()
+
+
+def test_supply_pip_targets_the_containers_python_and_glibc():
+    from kernel_provider import supply
+
+    argv = supply.pip_argv((3, 12), "/t", glibc="2.19", machine="x86_64")
+    assert argv[argv.index("--python-version") + 1] == "3.12"
+    assert argv[argv.index("--abi") + 1] == "cp312"
+    platforms = [argv[i + 1] for i, a in enumerate(argv) if a == "--platform"]
+    assert platforms == ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_18_x86_64", "manylinux_2_19_x86_64"]
+    assert argv[-1] == "ipykernel" and "--only-binary=:all:" in argv

@@ -265,10 +265,14 @@ def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images
         assert ours <= running_instances(), "instances outlive a SIGKILLed server"
 
         server.start()
+        deadline = time.monotonic() + 30  # the sweep runs once the server's loop is up
+        store = StateStore(CondaTainerConfig().instance_state_dir)
+        while (ours & running_instances() or store.ours()) and time.monotonic() < deadline:
+            time.sleep(0.5)
         running = running_instances()
         assert not ours & running, "orphans must be stopped at server start"
         assert unrelated in running, "an instance started by hand is not ours to stop"
-        assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []
+        assert store.ours() == []
         assert server.request("GET", "/api/kernels") == []
     finally:
         server.stop()
