@@ -65,3 +65,36 @@ class SharedLocks:
     @property
     def held(self) -> bool:
         return bool(self._fds)
+
+
+def locked_files(proc_locks: str = "/proc/locks") -> set[tuple[int, int]]:
+    """(device, inode) of every file someone holds a lock on, read in one go.
+
+    Works for images we cannot open for writing (a shared image directory) and sees
+    the CLI's flocks and Apptainer's own lock on a mounted ``.img``.
+    """
+    found = set()
+    try:
+        with open(proc_locks, encoding="ascii") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        device = next((f for f in fields if f.count(":") == 2), None)
+        if device is None:
+            continue
+        major, minor, inode = device.split(":")
+        try:
+            found.add((os.makedev(int(major, 16), int(minor, 16)), int(inode)))
+        except ValueError:
+            continue
+    return found
+
+
+def is_locked(path: str, locked: set[tuple[int, int]]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in locked

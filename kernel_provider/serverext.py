@@ -1,18 +1,27 @@
-"""The jupyter_server extension: housekeeping at start, REST API for overlays.
+"""The jupyter_server extension: REST API for overlays and jobs, plus housekeeping.
 
-At start it cleans up instances left by a crashed server and syncs the
-kernelspecs with the image directories, so a user sees the stacks that exist.
+At start it syncs the kernelspecs with the image directories (so a user sees the
+stacks that exist) and stops instances left behind by a crashed server. Job progress
+goes out on jupyter_server's event bus (schema ``JOB_EVENT``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool
 
 from .config import CondaTainerConfig
+from .envops import EnvOperations
+from .handlers import ROUTES
 from .instance import InstanceError, InstanceManager
+from .jobs import Job, JobRegistry
 from .kernelspecs import KernelspecStore
 from .overlays import scan
+
+JOB_EVENT = "https://events.jupyter.org/jupyter_condatainer/job/v1"
+JOB_SCHEMA = Path(__file__).parent / "events" / "job.yaml"
 
 
 class CondaTainerExtension(ExtensionApp):
@@ -31,9 +40,21 @@ class CondaTainerExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         config = self.condatainer
+        self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
+        self.jobs = JobRegistry(on_change=self._emit)
+        self.settings.update(
+            condatainer_operations=EnvOperations(config, InstanceManager.for_config(config)),
+            condatainer_jobs=self.jobs,
+        )
         if self.sync_kernelspecs:
             result = KernelspecStore().sync(scan(config.image_dirs, config.distro))
             self.log.info("CondaTainer kernelspecs: %d written, %d removed", len(result.written), len(result.removed))
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(ROUTES)
+
+    def _emit(self, job: Job) -> None:
+        self.serverapp.event_logger.emit(schema_id=JOB_EVENT, data=job.to_json(log=False))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         if not self.sweep_orphans:
@@ -45,3 +66,6 @@ class CondaTainerExtension(ExtensionApp):
             return
         if swept:
             self.log.info("CondaTainer: stopped %d orphaned instance(s): %s", len(swept), ", ".join(swept))
+
+    async def stop_extension(self) -> None:
+        await self.jobs.shutdown()

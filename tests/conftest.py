@@ -16,6 +16,8 @@ import pytest
 
 from kernel_provider.instance import apptainer_env
 
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
 CACHE = Path(os.environ.get("JCT_CACHE", "/var/cache/jupyter-condatainer"))
 IMAGES = Path(os.environ.get("JCT_IMAGES", CACHE / "images"))
 REQUIRED_IMAGES = ("ubuntu24--base_image.sif", "python--3.11.sqf", "hello--1.0.sqf", "testenv.img")
@@ -34,8 +36,8 @@ def built_images() -> Path:
 
 
 @pytest.fixture
-def user_layout(tmp_path, monkeypatch, built_images):
-    """A private state/runtime/data layout and an image directory for one test.
+def image_layout(tmp_path, monkeypatch, built_images):
+    """A private image directory and CondaTainer state for one test.
 
     The read-only images are hard-linked (or copied) from the cache; the writable
     ``env.img`` is a fresh copy, so a test can write into it.
@@ -47,20 +49,27 @@ def user_layout(tmp_path, monkeypatch, built_images):
         if (built_images / f"{name}.env").exists():
             shutil.copy(built_images / f"{name}.env", images / f"{name}.env")
     shutil.copy(built_images / "testenv.img", images / "env.img")
+    (tmp_path / "state").mkdir()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    # The supplied-ipykernel cache is worth keeping between runs (it is downloaded).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE / "user-cache"))
+    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(images))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def user_layout(image_layout, monkeypatch):
+    """``image_layout`` plus private Jupyter runtime/data/config directories."""
     for variable, sub in [
-        ("XDG_STATE_HOME", "state"),
         ("JUPYTER_RUNTIME_DIR", "runtime"),
         ("JUPYTER_DATA_DIR", "data"),
         ("JUPYTER_CONFIG_DIR", "config"),
     ]:
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(variable, str(tmp_path / sub))
-    # The supplied-ipykernel cache is worth keeping between runs (it is downloaded).
-    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE / "user-cache"))
-    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(images))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+        (image_layout / sub).mkdir()
+        monkeypatch.setenv(variable, str(image_layout / sub))
+    monkeypatch.setenv("JUPYTER_PATH", str(image_layout / "data"))
+    return image_layout
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -1,0 +1,186 @@
+"""REST API under ``/condatainer/api/``: overlays, their packages, and jobs.
+
+Every handler is authenticated and authorized (resource ``condatainer``); XSRF applies
+to every non-GET request (``APIHandler``). Bodies are validated before anything runs,
+names are looked up in the image catalog (never used as paths), and long work becomes
+a job (202 + the job) so no request waits on a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from .envops import EnvBusyError, EnvOperations, as_json, validate_channels, validate_env_name, validate_size, validate_specs
+from .jobs import JobError, JobRegistry
+from .names import InvalidNameError
+from .overlays import OverlayError, OverlayNotFoundError
+
+AUTH_RESOURCE = "condatainer"
+
+
+class BaseHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def operations(self) -> EnvOperations:
+        return self.settings["condatainer_operations"]
+
+    @property
+    def jobs(self) -> JobRegistry:
+        return self.settings["condatainer_jobs"]
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "request body must be a JSON object")
+        return data
+
+    def list_field(self, data: dict, key: str) -> list[str]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise web.HTTPError(400, f"{key} must be a list of strings")
+        return value
+
+    def overlay_name(self, name: str) -> str:
+        """Map lookup errors to HTTP: bad names 400, unknown ones 404."""
+        try:
+            return self.operations.find(name).name
+        except InvalidNameError as err:
+            raise web.HTTPError(400, str(err)) from None
+        except OverlayNotFoundError as err:
+            raise web.HTTPError(404, str(err)) from None
+
+    def accepted(self, job) -> None:
+        self.set_status(202)
+        self.finish({"job": job.to_json()})
+
+
+class OverlaysHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        rows = await asyncio.to_thread(self.operations.list)
+        self.finish({"image_dirs": list(self.operations.config.image_dirs), "overlays": as_json(rows)})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        try:
+            name = validate_env_name(data.get("name", ""))
+            size = validate_size(data.get("size_mb", 1024))
+            packages = self.list_field(data, "packages")
+            if packages:
+                validate_specs(packages)
+            channels = validate_channels(self.list_field(data, "channels"))
+        except ValueError as err:
+            raise web.HTTPError(400, str(err)) from None
+        if name in self.operations.catalog().by_name:
+            raise web.HTTPError(409, f"an image named {name} already exists")
+        register = bool(data.get("register_kernel", False))
+        job = self.jobs.submit(
+            "create", name, lambda report: self.operations.create(report, name, size, packages, channels, register)
+        )
+        self.accepted(job)
+
+
+class OverlayHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        name = self.overlay_name(name)
+        if self.jobs.running_for(name):
+            raise web.HTTPError(409, f"a job is running on {name}")
+        try:
+            self.operations.delete(name)
+        except EnvBusyError as err:
+            raise web.HTTPError(409, str(err)) from None
+        except OverlayError as err:
+            raise web.HTTPError(400, str(err)) from None
+        self.set_status(204)
+        self.finish()
+
+
+class PackagesHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        name = self.overlay_name(name)
+        try:
+            packages = await asyncio.to_thread(self.operations.packages, name)
+        except OverlayError as err:
+            raise web.HTTPError(400, str(err)) from None
+        self.finish({"packages": as_json(packages)})
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        await self._change(name, "install")
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        await self._change(name, "remove")
+
+    async def _change(self, name: str, verb: str) -> None:
+        name = self.overlay_name(name)
+        data = self.body()
+        try:
+            specs = validate_specs(self.list_field(data, "specs"))
+            channels = validate_channels(self.list_field(data, "channels"))
+            self.operations.find_env(name)
+        except (ValueError, OverlayError) as err:
+            raise web.HTTPError(400, str(err)) from None
+        running = self.jobs.running_for(name)
+        if running:
+            raise web.HTTPError(409, f"job {running.id} ({running.kind}) is running on {name}; wait for it or cancel it")
+        job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
+        self.accepted(job)
+
+
+class JobsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish({"jobs": [job.to_json(log=False) for job in self.jobs.jobs.values()]})
+
+
+class JobHandler(BaseHandler):
+    def job(self, job_id: str):
+        if job_id not in self.jobs.jobs:
+            raise web.HTTPError(404, f"no job {job_id}")
+        return self.jobs.jobs[job_id]
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        self.finish(self.job(job_id).to_json())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        self.job(job_id)
+        try:
+            job = await self.jobs.cancel(job_id)
+        except JobError as err:
+            raise web.HTTPError(409, str(err)) from None
+        self.finish(job.to_json())
+
+
+_NAME = r"(?P<name>.+?)"  # "python/3.11" raw or %2F-encoded; validated by names.normalize
+ROUTES = [
+    (r"/condatainer/api/overlays", OverlaysHandler),
+    (rf"/condatainer/api/overlays/{_NAME}/packages", PackagesHandler),
+    (rf"/condatainer/api/overlays/{_NAME}", OverlayHandler),
+    (r"/condatainer/api/jobs", JobsHandler),
+    (r"/condatainer/api/jobs/(?P<job_id>[0-9a-f]+)", JobHandler),
+]

@@ -1,0 +1,148 @@
+"""Background jobs: long overlay operations with progress, a log, and cancellation.
+
+A job is an asyncio task in the server's loop. Every change of state, progress or log
+is pushed through a callback (the server extension emits it on jupyter_server's event
+bus), so clients never have to poll in tight loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+LOG_LIMIT = 2000
+KEEP_FINISHED = 50
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class JobError(RuntimeError):
+    """An operation failed in a way the user should read as is (the tool's message)."""
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    target: str
+    state: str = "pending"
+    progress: float = 0.0
+    message: str = ""
+    log: list[str] = field(default_factory=list)
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    cancellable: bool = True
+
+    def to_json(self, log: bool = True) -> dict:
+        data = {
+            "id": self.id,
+            "kind": self.kind,
+            "target": self.target,
+            "state": self.state,
+            "progress": round(self.progress, 3),
+            "message": self.message,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+            "cancellable": self.cancellable and self.state not in TERMINAL_STATES,
+        }
+        if log:
+            data["log"] = list(self.log)
+        else:
+            data["log_tail"] = self.log[-5:]
+        return data
+
+
+class JobContext:
+    """What a running operation uses to report on itself."""
+
+    def __init__(self, job: Job, changed: Callable[[Job], None]):
+        self.job = job
+        self._changed = changed
+
+    def log(self, line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        self.job.log.append(line)
+        del self.job.log[:-LOG_LIMIT]
+        self._changed(self.job)
+
+    def step(self, progress: float, message: str) -> None:
+        self.job.progress = max(self.job.progress, min(progress, 1.0))
+        self.job.message = message
+        self._changed(self.job)
+
+    def point_of_no_return(self) -> None:
+        """From here on, stopping halfway could leave a half-changed env: refuse cancel."""
+        self.job.cancellable = False
+        self._changed(self.job)
+
+
+class JobRegistry:
+    """Jobs of this server, newest last."""
+
+    def __init__(self, on_change: Callable[[Job], None] = lambda job: None):
+        self.jobs: dict[str, Job] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._on_change = on_change
+
+    def submit(self, kind: str, target: str, work: Callable[[JobContext], Awaitable[str]]) -> Job:
+        """Start ``work(context)``; its return value becomes the job's final message."""
+        job = Job(id=secrets.token_hex(6), kind=kind, target=target)
+        self.jobs[job.id] = job
+        self._tasks[job.id] = asyncio.get_running_loop().create_task(self._run(job, work))
+        self._forget_old()
+        self._on_change(job)
+        return job
+
+    async def _run(self, job: Job, work: Callable[[JobContext], Awaitable[str]]) -> None:
+        context = JobContext(job, self._on_change)
+        job.state = "running"
+        self._on_change(job)
+        try:
+            job.message = await work(context) or "done"
+            job.state, job.progress = "succeeded", 1.0
+        except asyncio.CancelledError:
+            job.state, job.message = "cancelled", "cancelled; the image is as it was before"
+        except Exception as err:  # noqa: BLE001 - any failure must end the job, with its message
+            job.state, job.error = "failed", str(err) or type(err).__name__
+            job.message = job.error.splitlines()[0]
+        finally:
+            job.finished = time.time()
+            self._tasks.pop(job.id, None)
+            self._on_change(job)
+
+    def running_for(self, target: str) -> Job | None:
+        return next((j for j in self.jobs.values() if j.target == target and j.state not in TERMINAL_STATES), None)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.jobs[job_id]
+        task = self._tasks.get(job_id)
+        if task is None:
+            return job
+        if not job.cancellable:
+            raise JobError(f"job {job_id} is past the point where it can be stopped safely; it will finish on its own")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return job
+
+    async def wait(self, job_id: str) -> Job:
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        return self.jobs[job_id]
+
+    async def shutdown(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self.jobs.values() if j.state in TERMINAL_STATES]
+        for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            self.jobs.pop(job.id, None)
