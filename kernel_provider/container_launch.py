@@ -4,7 +4,7 @@ Runs with nothing but the standard library. The host bind-mounts this package at
 ``/opt/jupyter-condatainer/lib`` and cached ipykernel builds at
 ``/opt/jupyter-condatainer/ipykernel/cp3XY``; both go at the *end* of ``sys.path``,
 so packages of the environment itself always win and a supplied ipykernel is used
-only when the environment has none.
+only when the environment has none. The ``%condatainer`` magic is loaded on start.
 """
 
 import importlib.util
@@ -15,6 +15,7 @@ import sys
 LIB_DIR = "/opt/jupyter-condatainer/lib"
 SUPPLY_DIR = "/opt/jupyter-condatainer/ipykernel"
 NO_IPYKERNEL_EXIT = 3
+MAGIC_EXTENSION = "--ext=kernel_provider.magic"
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
             )
             sys.exit(NO_IPYKERNEL_EXIT)
         sys.path.append(supplied)
-    sys.argv = ["ipykernel_launcher", *sys.argv[1:]]
+    sys.argv = ["ipykernel_launcher", *sys.argv[1:], MAGIC_EXTENSION]
     runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
 
 

@@ -11,7 +11,6 @@ it mounted, otherwise in a one-shot container. One operation per env at a time
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from . import command, names
 from .config import CondaTainerConfig
 from .instance import Instance, InstanceManager, apptainer_env, runtime_dir, write_private
 from .kernelspecs import KernelspecStore, custom_spec
-from .locks import is_in_use, is_locked, locked_files
+from .locks import env_lock_path, is_in_use, is_locked, locked_files
 from .overlays import Catalog, Overlay, OverlayError, OverlayNotFoundError, scan
 from .plan import ENV_PREFIX, StackRequest, plan_container
 from .probes import ImageProbe, read_sidecar
@@ -275,10 +274,9 @@ class EnvOperations:
     # -- locking -------------------------------------------------------------------------
 
     def env_lock(self, path: str) -> FileLock:
-        digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
-        directory = Path(self.config.state_dir) / "jupyter-condatainer" / "locks"
-        directory.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(directory / f"{digest}.lock"))
+        lock_path = env_lock_path(self.config.state_dir, path)
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        return FileLock(lock_path)
 
     def try_lock(self, path: str) -> FileLock:
         lock = self.env_lock(path)

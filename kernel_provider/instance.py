@@ -14,15 +14,16 @@ import json
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
 from . import command
 from .config import CondaTainerConfig
-from .locks import ImageBusyError, SharedLocks, is_in_use
+from .locks import ImageBusyError, SharedLocks, env_lock_path, is_in_use
 from .plan import ContainerPlan
+from .probes import ImageProbe
 from .state import INSTANCE_PREFIX, InstanceRecord, Owner, StateStore
 
 START_TIMEOUT = 120.0
@@ -147,6 +148,7 @@ class InstanceManager:
         self.instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
         self._swept = False
+        self._version = ""
 
     @classmethod
     def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
@@ -158,6 +160,34 @@ class InstanceManager:
     @property
     def apptainer(self) -> str:
         return self.config.require_apptainer()
+
+    async def apptainer_version(self) -> str:
+        if not self._version:
+            result = await run([self.apptainer, "--version"], STOP_TIMEOUT)
+            self._version = result.stdout.strip() or "unknown"
+        return self._version
+
+    def info_path(self, name: str) -> Path:
+        """Where the kernel-side magic reads what its stack is made of."""
+        return runtime_dir() / f"{name}.json"
+
+    async def _write_info(self, instance: Instance) -> None:
+        plan = instance.plan
+        env_image = plan.env_image
+        info = {
+            "instance": instance.name,
+            "apptainer_version": await self.apptainer_version(),
+            "base_image": plan.base_image.path,
+            "overlays": [
+                {"name": o.name, "path": o.path, "kind": o.kind, "mount": o.mount_arg(plan.writable)} for o in plan.overlays
+            ],
+            "writable_env": env_image.path if env_image and plan.writable else None,
+            "env_lock": env_lock_path(self.config.state_dir, env_image.path) if env_image and plan.writable else None,
+            "notes": {o.name: asdict(ImageProbe().overlay_env(o)) for o in plan.overlays},
+            "image_dirs": list(self.config.image_dirs),
+            "shared": instance.shared,
+        }
+        write_private(self.info_path(instance.name), json.dumps(info, indent=1))
 
     async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
         """An instance for ``plan``: a running shared one with the same stack, or a new one."""
@@ -184,7 +214,6 @@ class InstanceManager:
             self.instances.pop(instance.name, None)
         await self._stop(instance.name)
         instance.locks.release()
-        instance.env_file.unlink(missing_ok=True)
 
     def _check_env_image(self, plan: ContainerPlan) -> None:
         env_image = plan.env_image
@@ -214,9 +243,9 @@ class InstanceManager:
         except BaseException:
             await self._stop(name)
             locks.release()
-            env_file.unlink(missing_ok=True)
             raise
         self.instances[name] = instance
+        await self._write_info(instance)
         return instance
 
     def _save(self, instance: Instance) -> None:
@@ -236,11 +265,17 @@ class InstanceManager:
         )
 
     async def _stop(self, name: str) -> None:
-        """Stop an instance (if running) and remove its state file."""
+        """Stop an instance (if running) and remove its state and runtime files."""
         try:
             await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
         finally:
-            self.store.remove(name)
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Remove an instance's state file and its runtime files."""
+        self.store.remove(name)
+        for path in (runtime_dir() / f"{name}.env", self.info_path(name)):
+            path.unlink(missing_ok=True)
 
     async def stop_by_name(self, name: str) -> None:
         """Stop one of our instances by name (any of this user's servers); refuse others'."""
@@ -251,7 +286,6 @@ class InstanceManager:
             await self._stop(name)
             if instance:
                 instance.locks.release()
-                instance.env_file.unlink(missing_ok=True)
 
     async def probe_python(self, instance: Instance) -> PythonInfo:
         """Which ``python`` the stack's PATH gives, and whether it has ipykernel (cached)."""
@@ -310,5 +344,4 @@ class InstanceManager:
         if running:
             await self._stop(name)
         else:
-            self.store.remove(name)
-        (runtime_dir() / f"{name}.env").unlink(missing_ok=True)
+            self._forget(name)

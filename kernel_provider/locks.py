@@ -10,6 +10,7 @@ whether one is mounted.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterable
 
@@ -98,3 +99,13 @@ def is_locked(path: str, locked: set[tuple[int, int]]) -> bool:
     except OSError:
         return False
     return (st.st_dev, st.st_ino) in locked
+
+
+def env_lock_path(state_dir: str, image_path: str) -> str:
+    """The lock file serialising package operations on one env (server, CLI and magic).
+
+    A plain ``flock`` on this file: ``filelock`` on the host and ``fcntl`` in the kernel
+    (the directory is bound into instances) take the same lock.
+    """
+    digest = hashlib.sha256(os.path.realpath(image_path).encode()).hexdigest()[:16]
+    return os.path.join(state_dir, "jupyter-condatainer", "locks", f"{digest}.lock")

@@ -131,10 +131,13 @@ class CondaTainerProvisioner(LocalProvisioner):
     def _plan(self, kernel_cwd: str):
         config = self.manager.config
         connection_dir = os.path.dirname(os.path.abspath(self.parent.connection_file)) if self.parent else ""
+        locks_dir = os.path.join(config.state_dir, "jupyter-condatainer", "locks")
+        os.makedirs(locks_dir, exist_ok=True)
         host_binds = [
             f"{supply.package_dir()}:{supply.CONTAINER_LIB_DIR}/kernel_provider:ro",
             f"{supply.supply_root()}:{supply.CONTAINER_SUPPLY_DIR}:ro",
             str(runtime_dir()),
+            locks_dir,  # the %condatainer magic takes the same env lock as the server
         ]
         request = StackRequest(
             overlays=self.overlays,
@@ -184,7 +187,8 @@ class CondaTainerProvisioner(LocalProvisioner):
     def _kernel_env(self, launch_env: dict[str, str]) -> list[tuple[str, str]]:
         forwarded = [(key, launch_env[key]) for key in FORWARDED_ENV if key in launch_env]
         spec_env = list((self.kernel_spec.env or {}).items()) if self.kernel_spec else []
-        return [*self.instance.plan.env, *spec_env, *forwarded]
+        info = [("CONDATAINER_INFO", str(self.manager.info_path(self.instance.name)))]
+        return [*self.instance.plan.env, *spec_env, *forwarded, *info]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.instance is not None

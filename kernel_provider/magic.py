@@ -1,0 +1,231 @@
+"""``%condatainer``: manage the running kernel's CondaTainer env from a notebook.
+
+Runs inside the container with only the standard library and IPython. Package changes
+call CondaTainer's own wrappers (``mm-install -y`` …) right here in the kernel's
+instance, where the env's ``.img`` is mounted writable, holding the same per-env lock
+as the server's REST API so the two never change one env at once. New packages import
+at once; a package that was already imported and changed needs a kernel restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import importlib
+import json
+import os
+import shlex
+import site
+import subprocess
+import sys
+from contextlib import contextmanager
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+ENV_PREFIX = "/ext3/env"
+USAGE = """Manage the packages of this kernel's CondaTainer env.
+
+  %condatainer info                     base image, overlays, writable env, instance, notes
+  %condatainer list [PATTERN]           packages in the env (name, version, build, channel)
+  %condatainer install SPEC… [-c CH] [--dry-run]
+  %condatainer update SPEC…  [-c CH] [--dry-run]
+  %condatainer remove SPEC…  [--dry-run]
+  %condatainer overlays                 images available in the image directories
+
+Examples:
+  %condatainer install numpy
+  %condatainer install "libdemo>=2" -c file:///data/channel
+  %condatainer list demo
+"""
+
+
+class CondaTainerError(RuntimeError):
+    """A package operation failed; the message is the tool's own."""
+
+
+def _info() -> dict:
+    path = os.environ.get("CONDATAINER_INFO", "")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _conda_meta() -> dict[str, dict]:
+    records = {}
+    for path in glob.glob(os.path.join(ENV_PREFIX, "conda-meta", "*.json")):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        records[record.get("name", "")] = record
+    return records
+
+
+def _top_level_modules(record: dict) -> set[str]:
+    """Importable top-level names a conda package installs into site-packages."""
+    found = set()
+    for path in record.get("files", []):
+        parts = path.split("/")
+        if "site-packages" in parts:
+            index = parts.index("site-packages")
+            if index + 1 < len(parts):
+                found.add(parts[index + 1].split(".")[0])
+    return {name for name in found if name.isidentifier()}
+
+
+def _refresh_import_paths() -> None:
+    """Make freshly installed packages importable without a restart."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    site_dir = os.path.join(ENV_PREFIX, "lib", version, "site-packages")
+    if os.path.isdir(site_dir) and site_dir not in sys.path:
+        site.addsitedir(site_dir)
+    importlib.invalidate_caches()
+
+
+@contextmanager
+def _env_lock(path: str | None):
+    """Wait for (and hold) the env's lock shared with the server's operations."""
+    if not path:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("waiting for another operation on this env to finish…", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _no_writable_env_message(info: dict) -> str:
+    return (
+        "This kernel has no writable CondaTainer env, so packages cannot be installed here.\n"
+        "Create one in the CondaTainer panel (tick 'register as kernel'), or from a terminal:\n"
+        "  jupyter condatainer kernelspecs add myenv --overlay python/3.11 --env /path/to/myenv.img\n"
+        "then start the kernel 'CondaTainer: myenv'."
+        + (f"\n(this kernel's overlays: {', '.join(o['name'] for o in info.get('overlays', []))})" if info else "")
+    )
+
+
+def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
+    """Run a command, printing its output into the cell as it comes."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line.rstrip())
+        print(line, end="", flush=True)
+    return process.wait(), lines
+
+
+@magics_class
+class CondaTainerMagics(Magics):
+    @line_magic
+    def condatainer(self, line: str) -> None:
+        args = shlex.split(line)
+        if not args or args[0] in ("-h", "--help", "help"):
+            print(USAGE)
+            return
+        verb, rest = args[0], args[1:]
+        handler = {
+            "info": self._info,
+            "list": self._list,
+            "install": self._change,
+            "update": self._change,
+            "remove": self._change,
+            "overlays": self._overlays,
+        }.get(verb)
+        if handler is None:
+            raise CondaTainerError(f"unknown subcommand {verb!r}\n\n{USAGE}")
+        handler(verb, rest)
+
+    condatainer.__doc__ = USAGE
+
+    def _info(self, verb: str, args: list[str]) -> None:
+        info = _info()
+        if not info:
+            print("This kernel is not running in a CondaTainer instance (no CONDATAINER_INFO).")
+            return
+        print(f"instance:   {info['instance']}{' (shared)' if info.get('shared') else ''}")
+        print(f"apptainer:  {info.get('apptainer_version', '?')}")
+        print(f"base image: {info['base_image']}")
+        print("overlays (in mount order):")
+        for overlay in info.get("overlays", []):
+            print(f"  {overlay['name']:<24} {overlay['mount']}")
+            notes = info.get("notes", {}).get(overlay["name"], {})
+            if notes.get("whatis"):
+                print(f"      {notes['whatis']}")
+            for key, note in notes.get("notes", {}).items():
+                print(f"      {key}: {note}")
+        env = info.get("writable_env")
+        print(f"writable env: {env + ' at ' + ENV_PREFIX if env else 'none (read-only stack)'}")
+
+    def _list(self, verb: str, args: list[str]) -> None:
+        pattern = args[0].lower() if args else ""
+        records = [r for name, r in sorted(_conda_meta().items()) if pattern in name.lower()]
+        if not records:
+            print("no packages" + (f" matching {pattern!r}" if pattern else f" in {ENV_PREFIX}"))
+            return
+        print(f"{'name':<28} {'version':<14} {'build':<20} channel")
+        for record in records:
+            channel = str(record.get("channel", "")).rstrip("/").rsplit("/", 1)[-1]
+            print(f"{record.get('name', ''):<28} {record.get('version', ''):<14} {record.get('build', ''):<20} {channel}")
+
+    def _change(self, verb: str, args: list[str]) -> None:
+        info = _info()
+        if not os.environ.get("CNT_CONDA_PREFIX"):
+            raise CondaTainerError(_no_writable_env_message(info))
+        specs = [a for a in args if not a.startswith("-")]
+        if not specs and "--help" not in args:
+            raise CondaTainerError(f"%condatainer {verb} needs at least one package spec")
+        before = _conda_meta()
+        with _env_lock(info.get("env_lock")):
+            returncode, lines = run_streaming([f"mm-{verb}", "-y", *args])
+        if returncode != 0:
+            tail = "\n".join(lines[-10:])
+            raise CondaTainerError(f"mm-{verb} failed (exit {returncode}); the env is unchanged:\n{tail}")
+        _refresh_import_paths()
+        self._restart_note(before, _conda_meta())
+
+    @staticmethod
+    def _restart_note(before: dict[str, dict], after: dict[str, dict]) -> None:
+        changed = [
+            name for name, record in before.items()
+            if name not in after or after[name].get("version") != record.get("version")
+            or after[name].get("build") != record.get("build")
+        ]
+        stale = sorted(
+            module for name in changed for module in _top_level_modules(before[name]) if module in sys.modules
+        )
+        if stale:
+            print(f"Note: {', '.join(stale)} changed while imported; restart the kernel to use the new version.")
+
+    def _overlays(self, verb: str, args: list[str]) -> None:
+        info = _info()
+        dirs = info.get("image_dirs", [])
+        print("Images in the CondaTainer image directories:")
+        for directory in dirs:
+            try:
+                entries = sorted(os.listdir(directory))
+            except OSError:
+                continue
+            images = [e for e in entries if e.endswith((".sif", ".sqf", ".img"))]
+            if images:
+                print(f"  {directory}")
+                for entry in images:
+                    print(f"    {entry.rsplit('.', 1)[0].replace('--', '/'):<32} {entry}")
+        print(
+            "\nA kernel runs one fixed stack. To use other overlays, pick another 'CondaTainer: …' kernel, or add one:\n"
+            "  jupyter condatainer kernelspecs add NAME --overlay python/3.11 --overlay OTHER [--env my.img]"
+        )
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(CondaTainerMagics)
