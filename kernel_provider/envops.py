@@ -15,7 +15,9 @@ import json
 import os
 import re
 import shutil
+import secrets
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ from .locks import env_lock_path, is_in_use, is_locked, locked_files
 from .overlays import Catalog, Overlay, OverlayError, OverlayNotFoundError, scan
 from .plan import ENV_PREFIX, StackRequest, plan_container
 from .probes import ImageProbe, read_sidecar
+from .state import Owner
 
 DEFAULT_PACKAGES = ("zlib",)  # CondaTainer's minimal env
 MIN_SIZE_MB, MAX_SIZE_MB = 64, 1024 * 1024
@@ -306,15 +309,15 @@ class EnvOperations:
         if target.exists() or name in self.catalog().by_name:
             raise FileExistsError(f"an image named {name} already exists")
         apptainer = self.config.require_apptainer()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        os.unlink(tmp_name)
-        tmp = Path(tmp_name)
+        # The owner's identity is in the name, so a sweep can tell a dead build from a live one.
+        owner = Owner.current()
+        tmp = target.with_name(f".{target.stem}.{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}.tmp.img")
         try:
             report.step(0.05, f"creating a {size_mb} MB ext3 overlay")
             argv = [apptainer, "overlay", "create", "--size", str(size_mb), "--create-dir", ENV_PREFIX, str(tmp)]
-            if await stream(argv, report.log) != 0:
-                raise RuntimeError(f"apptainer overlay create failed for {target.name}")
+            lines: list[str] = []
+            if await stream(argv, lambda line: (lines.append(line), report.log(line))) != 0:
+                raise RuntimeError(_failure(f"creating {target.name} (apptainer overlay create)", lines))
             temporary = Overlay.from_path(str(tmp))
             report.step(0.15, f"solving and installing {' '.join(packages)}")
             cmd = ["mm-create", "-y", *[a for c in channels for a in ("-c", c)], *packages]
@@ -385,8 +388,12 @@ class EnvOperations:
             raise RuntimeError(_failure(cmd[0], lines))
 
     async def _run_with_snapshot(self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str]) -> None:
-        """Keep a sparse copy so a failure or cancel puts the image back exactly as it was."""
-        snapshot = Path(overlay.path).with_name(f".{os.path.basename(overlay.path)}.snapshot")
+        """Keep a sparse copy so a failure or cancel puts the image back exactly as it was.
+
+        The env lock is held meanwhile; if this process dies, :meth:`recover` finds the
+        snapshot with the lock free and restores it.
+        """
+        snapshot = snapshot_path(overlay.path)
         report.step(0.1, "taking a snapshot of the env")
         if await stream(["cp", "--sparse=always", "--reflink=auto", "--preserve=all", overlay.path, str(snapshot)], report.log) != 0:
             snapshot.unlink(missing_ok=True)
@@ -421,6 +428,38 @@ class EnvOperations:
         if rc != 0 and check:
             raise RuntimeError(_failure(what, lines))
 
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Undo what a killed process left in the image directories (ours only).
+
+        Half-built envs (``.NAME.PID-START.*.tmp.img`` whose builder is gone) are removed;
+        a snapshot whose env lock is free means an install died midway: it is restored,
+        so the env is exactly as before that install.
+        """
+        actions = []
+        for directory in self.config.image_dirs:
+            if not os.access(directory, os.W_OK):
+                continue
+            for path in Path(directory).glob(".*.tmp.img"):
+                owner = _tmp_owner(path.name)
+                if owner is not None and not owner.is_alive():
+                    path.unlink(missing_ok=True)
+                    actions.append(f"removed unfinished {path.name}")
+            for snapshot in Path(directory).glob(".*.img.snapshot"):
+                image = snapshot.with_name(snapshot.name[1 : -len(".snapshot")])
+                lock = self.env_lock(str(image))
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    continue  # an operation is running right now
+                try:
+                    os.replace(snapshot, image)
+                    actions.append(f"restored {image.name} from its snapshot")
+                finally:
+                    lock.release()
+        return actions
+
     # -- delete --------------------------------------------------------------------------
 
     def delete(self, name: str) -> None:
@@ -440,6 +479,18 @@ class EnvOperations:
         for kernel, spec in store.read_all().items():
             if spec.overlays and spec.overlays[-1] in (name, overlay.path):
                 store.remove(kernel)
+
+
+def snapshot_path(image: str) -> Path:
+    return Path(image).with_name(f".{os.path.basename(image)}.snapshot")
+
+
+def _tmp_owner(filename: str) -> Owner | None:
+    """The builder recorded in a temporary env's name (``.x.PID-START.rand.tmp.img``)."""
+    match = re.search(r"\.(\d+)-(\d+)\.[0-9a-f]+\.tmp\.img$", filename)
+    if not match:
+        return None
+    return Owner(int(match.group(1)), int(match.group(2)), socket.gethostname())
 
 
 def _failure(what: str, lines: list[str]) -> str:

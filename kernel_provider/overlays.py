@@ -114,7 +114,8 @@ def scan(dirs: Iterable[str], distro: str = "") -> Catalog:
             continue
         for entry in sorted(entries, key=lambda e: e.name):
             kind = KINDS.get(os.path.splitext(entry.name)[1])
-            if not kind or not entry.is_file():
+            # Hidden files are work in progress (a temporary env, a snapshot): never images.
+            if not kind or entry.name.startswith(".") or not entry.is_file():
                 continue
             overlay = Overlay(names.name_from_filename(entry.name), entry.path, kind)
             by_name.setdefault(overlay.name, overlay)

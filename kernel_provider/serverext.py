@@ -7,6 +7,7 @@ goes out on jupyter_server's event bus (schema ``JOB_EVENT``).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
@@ -59,6 +60,9 @@ class CondaTainerExtension(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         if not self.sweep_orphans:
             return
+        operations: EnvOperations = self.settings["condatainer_operations"]
+        for action in await asyncio.to_thread(operations.recover):
+            self.log.warning("CondaTainer recovery: %s", action)
         try:
             swept = await InstanceManager.for_config(self.condatainer).sweep_orphans()
         except InstanceError as err:

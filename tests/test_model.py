@@ -452,3 +452,34 @@ def test_supply_pip_targets_the_containers_python_and_glibc():
     platforms = [argv[i + 1] for i, a in enumerate(argv) if a == "--platform"]
     assert platforms == ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_18_x86_64", "manylinux_2_19_x86_64"]
     assert argv[-1] == "ipykernel" and "--only-binary=:all:" in argv
+
+
+def test_hidden_work_files_are_not_images(tmp_path):
+    (tmp_path / ".env.123-456.abc.tmp.img").write_bytes(b"")
+    (tmp_path / ".env.img.snapshot").write_bytes(b"")
+    (tmp_path / "env.img").write_bytes(b"")
+    assert set(scan([str(tmp_path)]).by_name) == {"env"}
+
+
+def test_recover_removes_dead_builds_and_restores_snapshots(tmp_path, monkeypatch):
+    from kernel_provider.envops import EnvOperations
+    from kernel_provider.state import Owner
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    me = Owner.current()
+    dead = tmp_path / ".gone.999999-1.abcdef.tmp.img"
+    alive = tmp_path / f".busy.{me.pid}-{me.start_time}.abcdef.tmp.img"
+    for path in (dead, alive):
+        path.write_bytes(b"")
+    (tmp_path / "env.img").write_bytes(b"half-written")
+    (tmp_path / ".env.img.snapshot").write_bytes(b"before")
+    operations = EnvOperations(CondaTainerConfig(image_dirs=[str(tmp_path)]))
+    actions = operations.recover()
+    assert not dead.exists() and alive.exists()
+    assert (tmp_path / "env.img").read_bytes() == b"before"
+    assert not (tmp_path / ".env.img.snapshot").exists()
+    assert len(actions) == 2
+    held = operations.env_lock(str(tmp_path / "env.img"))
+    (tmp_path / ".env.img.snapshot").write_bytes(b"again")
+    with held:
+        assert operations.recover() == []  # an operation holds the lock: leave it alone
