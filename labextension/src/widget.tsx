@@ -1,0 +1,73 @@
+import type { ITranslator } from '@jupyterlab/translation';
+import { ReactWidget, SidePanel } from '@jupyterlab/ui-components';
+import type { Message } from '@lumino/messaging';
+import type { AccordionPanel } from '@lumino/widgets';
+import * as React from 'react';
+
+import { condatainerIcon } from './icon';
+import type { CondaTainerModel } from './model';
+import type { IPanelActions } from './sections/common';
+import { JobsSection } from './sections/jobs';
+import { OverlaysSection } from './sections/overlays';
+import { PackagesSection } from './sections/packages';
+import { PANEL_ID, TRANSLATION_DOMAIN } from './tokens';
+
+/**
+ * The CondaTainer sidebar: a header and three accordion sections
+ * (overlays, the selected env's packages, jobs) over one shared model.
+ */
+export class CondaTainerPanel extends SidePanel {
+  constructor(options: CondaTainerPanel.IOptions) {
+    const { model, translator, actions } = options;
+    super({ translator });
+    this.model = model;
+    const trans = translator.load(TRANSLATION_DOMAIN);
+
+    this.id = PANEL_ID;
+    this.addClass('jp-condatainer-panel');
+    this.node.dataset.testid = 'jp-condatainer-panel';
+    this.node.setAttribute('role', 'region');
+    this.node.setAttribute('aria-label', trans.__('CondaTainer section'));
+    this.title.icon = condatainerIcon;
+    this.title.caption = trans.__('CondaTainer');
+
+    this.header.addWidget(
+      ReactWidget.create(
+        <h2 className="jp-condatainer-title">{trans.__('CondaTainer')}</h2>
+      )
+    );
+    this.addWidget(new OverlaysSection(model, trans, actions));
+    this.addWidget(new PackagesSection(model, trans));
+    this.addWidget(new JobsSection(model, trans));
+    // The overlay list is the longest and the panel's starting point.
+    (this.content as AccordionPanel).setRelativeSizes([2, 1, 1]);
+  }
+
+  readonly model: CondaTainerModel;
+
+  /** The model refreshes only while the panel can be seen. */
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    this.model.setVisible(true);
+  }
+
+  protected onAfterHide(msg: Message): void {
+    super.onAfterHide(msg);
+    this.model.setVisible(false);
+  }
+
+  protected onAfterAttach(msg: Message): void {
+    super.onAfterAttach(msg);
+    if (this.isVisible) {
+      this.model.setVisible(true);
+    }
+  }
+}
+
+export namespace CondaTainerPanel {
+  export interface IOptions {
+    model: CondaTainerModel;
+    translator: ITranslator;
+    actions: IPanelActions;
+  }
+}
