@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
-from . import command
+from . import command, probes
 from .config import CondaTainerConfig
 from .locks import ImageBusyError, SharedLocks, env_lock_path, is_in_use
 from .plan import ContainerPlan
@@ -41,6 +41,29 @@ class InstanceError(RuntimeError):
 
 class NoPythonError(InstanceError):
     """The stack has no ``python`` on its PATH."""
+
+
+class FakerootUnavailableError(InstanceError):
+    """The stack needs ``--fakeroot`` and this user cannot have it; the message says what the admin must add."""
+
+
+def _needs_fakeroot_because(plan: ContainerPlan) -> str:
+    env_image = plan.env_image
+    if env_image is not None and plan.writable:
+        return f"{os.path.basename(env_image.path)} belongs to another user (or root) and is mounted writable, so it needs --fakeroot"
+    return "this stack asks for --fakeroot"
+
+
+def check_fakeroot(plan: ContainerPlan) -> None:
+    """Refuse a ``--fakeroot`` plan this user cannot run (before Apptainer fails obscurely)."""
+    if plan.fakeroot and (problem := probes.fakeroot_problem(os.getuid())):
+        raise FakerootUnavailableError(f"{_needs_fakeroot_because(plan)}, which is not available: {problem}")
+
+
+def fakeroot_hint(plan: ContainerPlan) -> str:
+    """Advice for a failed ``--fakeroot`` start by a user without subuid/subgid ranges."""
+    advice = probes.missing_subids(os.getuid()) if plan.fakeroot else None
+    return f"\n{_needs_fakeroot_because(plan)}: {advice}" if advice else ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,13 @@ class InstanceManager:
     def apptainer(self) -> str:
         return self.config.require_apptainer()
 
+    @property
+    def name_prefix(self) -> str:
+        """``jct-<scope>-``: the scope ties a name to this state directory, so a sweep never
+        mistakes the instances of a server with another state directory for its orphans."""
+        scope = hashlib.sha256(str(self.store.directory).encode()).hexdigest()[:4]
+        return f"{INSTANCE_PREFIX}{scope}-"
+
     async def apptainer_version(self) -> str:
         if not self._version:
             result = await run([self.apptainer, "--version"], STOP_TIMEOUT)
@@ -226,9 +256,10 @@ class InstanceManager:
 
     async def _start(self, plan: ContainerPlan, key: str, share: bool) -> Instance:
         apptainer = self.apptainer
+        check_fakeroot(plan)
         self._check_env_image(plan)
         locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
-        name = f"{INSTANCE_PREFIX}{key[:8]}-{secrets.token_hex(3)}"
+        name = f"{self.name_prefix}{key[:8]}-{secrets.token_hex(3)}"
         env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
         instance = Instance(name, plan, key, env_file, locks, share)
         # State first: a crash during start still leaves something the sweep can find.
@@ -239,6 +270,7 @@ class InstanceManager:
                 raise InstanceError(
                     f"apptainer instance start failed for {plan.base_image.name} + "
                     f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
+                    + fakeroot_hint(plan)
                 )
         except BaseException:
             await self._stop(name)
@@ -279,7 +311,7 @@ class InstanceManager:
 
     async def stop_by_name(self, name: str) -> None:
         """Stop one of our instances by name (any of this user's servers); refuse others'."""
-        if not name.startswith(INSTANCE_PREFIX) or self.store.read(name) is None and name not in await self.running_names():
+        if not name.startswith(self.name_prefix) or self.store.read(name) is None and name not in await self.running_names():
             raise InstanceError(f"{name} is not a jupyter-condatainer instance of this user")
         async with self._lock:
             instance = self.instances.pop(name, None)
@@ -335,7 +367,7 @@ class InstanceManager:
             # Ours by name but without a state file: its start or stop was cut short.
             orphans += [
                 name for name in running
-                if name.startswith(INSTANCE_PREFIX) and name not in records and name not in self.instances
+                if name.startswith(self.name_prefix) and name not in records and name not in self.instances
             ]
             await asyncio.gather(*(self._stop_orphan(name, name in running) for name in orphans))
             return orphans
