@@ -3,6 +3,7 @@
     jupyter condatainer kernelspecs sync
     jupyter condatainer kernelspecs list
     jupyter condatainer kernelspecs add NAME --overlay python/3.11 [--overlay X] [--env my.img]
+    jupyter condatainer kernelspecs add NAME --overlay python/3.11 --slurm [--slurm-arg=--partition=debug …]
     jupyter condatainer kernelspecs remove NAME
     jupyter condatainer instances list
     jupyter condatainer instances stop NAME | --orphans
@@ -22,6 +23,7 @@ from .config import CondaTainerConfig
 from .instance import InstanceError, InstanceManager
 from .kernelspecs import KernelspecStore, custom_spec, kernel_name
 from .overlays import OverlayError, looks_like_path, resolve, scan
+from .slurm import SlurmError, check_sbatch_args
 
 
 class _Base(JupyterApp):
@@ -76,8 +78,24 @@ class AddApp(_Base):
     env = Unicode("", config=True, help="A writable env .img (mounted rw; kernels share one instance).")
     base_image = Unicode("", config=True, help="Base .sif (default: the distro's base image).")
     read_only = Bool(False, config=True, help="Mount the env .img read-only.")
-    aliases = {"overlay": "AddApp.overlay", "env": "AddApp.env", "base-image": "AddApp.base_image"}
-    flags = {"read-only": ({"AddApp": {"read_only": True}}, "Mount the env .img read-only.")}
+    slurm = Bool(False, config=True, help="Run the kernel in a SLURM job on a compute node (display name '… (SLURM)').")
+    slurm_arg = List(
+        Unicode(), config=True, help="sbatch option for --slurm kernels (repeatable): --slurm-arg=--partition=debug"
+    )
+    slurm_connect_ip = Unicode(
+        "", config=True, help="Address a --slurm kernel listens on: 'node' (the job's node) or an IP; default 127.0.0.1."
+    )
+    aliases = {
+        "overlay": "AddApp.overlay",
+        "env": "AddApp.env",
+        "base-image": "AddApp.base_image",
+        "slurm-arg": "AddApp.slurm_arg",
+        "slurm-connect-ip": "AddApp.slurm_connect_ip",
+    }
+    flags = {
+        "read-only": ({"AddApp": {"read_only": True}}, "Mount the env .img read-only."),
+        "slurm": ({"AddApp": {"slurm": True}}, "Run the kernel in a SLURM job on a compute node."),
+    }
 
     def start(self) -> None:
         if len(self.extra_args) != 1:
@@ -91,9 +109,28 @@ class AddApp(_Base):
         except OverlayError as err:
             self.fail(str(err))
         writable = bool(self.env) and not self.read_only
-        spec = custom_spec(resolved, label=self.extra_args[0], base_image=self.base_image, writable=writable, share=writable)
+        spec = custom_spec(
+            resolved, label=self.extra_args[0], base_image=self.base_image, writable=writable,
+            share=writable and not self.slurm, extra_config=self.slurm_config(),
+        )
         path = KernelspecStore().write(spec)
         print(f"{spec.name} → {path}")
+
+    def slurm_config(self) -> dict:
+        """Provisioner options of a ``--slurm`` kernel (none for a local one)."""
+        if not self.slurm:
+            if self.slurm_arg or self.slurm_connect_ip:
+                self.fail("--slurm-arg and --slurm-connect-ip need --slurm")
+            return {}
+        config: dict = {"launcher": "slurm"}
+        if self.slurm_arg:
+            try:
+                config["slurm_args"] = check_sbatch_args(self.slurm_arg)
+            except SlurmError as err:
+                self.fail(str(err))
+        if self.slurm_connect_ip:
+            config["slurm_connect_ip"] = self.slurm_connect_ip
+        return config
 
 
 def resolve_spec(spec: str, catalog) -> str:

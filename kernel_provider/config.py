@@ -11,10 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
-from traitlets import List, Unicode, default, validate
+from traitlets import Dict, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 DEFAULT_DISTRO = "ubuntu24"
+CHANNEL_ALIAS_VARIABLES = ("MAMBA_CHANNEL_ALIAS", "CONDA_CHANNEL_ALIAS")
 
 
 def _home() -> Path:
@@ -114,6 +115,24 @@ class CondaTainerConfig(LoggingConfigurable):
         config=True,
         help="Bind paths added to every container ('/src' or '/src:/dst[:ro]'), after CondaTainer's defaults.",
     )
+
+    container_env = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="""Variables set in every container we start, after CondaTainer's own (containers run
+        with --cleanenv, so nothing else of the host gets in). Default: the host's
+        MAMBA_CHANNEL_ALIAS / CONDA_CHANNEL_ALIAS, if set — a site conda mirror. A file:// value
+        that names a local directory is also bound into the container.""",
+    )
+
+    @default("container_env")
+    def _default_container_env(self) -> dict[str, str]:
+        return {key: os.environ[key] for key in CHANNEL_ALIAS_VARIABLES if os.environ.get(key)}
+
+    def container_binds(self) -> list[str]:
+        """Extra binds plus the local directories named by ``file://`` container variables."""
+        local = [v[len("file://") :] for v in self.container_env.values() if v.startswith("file://")]
+        return list(self.extra_binds) + [path for path in local if os.path.isdir(path)]
 
     state_dir = Unicode(
         config=True,

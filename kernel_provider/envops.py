@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import secrets
-import signal
 import socket
 import subprocess
 import tempfile
@@ -29,7 +28,16 @@ from filelock import FileLock, Timeout
 
 from . import command, names
 from .config import CondaTainerConfig
-from .instance import Instance, InstanceManager, apptainer_env, runtime_dir, write_private
+from .instance import (
+    Instance,
+    InstanceManager,
+    check_fakeroot,
+    fakeroot_hint,
+    kill_group,
+    runtime_dir,
+    spawn,
+    write_private,
+)
 from .kernelspecs import KernelspecStore, custom_spec
 from .locks import env_lock_path, is_in_use, is_locked, locked_files
 from .overlays import Catalog, Overlay, OverlayError, OverlayNotFoundError, scan
@@ -126,14 +134,7 @@ class Package:
 
 async def stream(argv: Sequence[str], on_line: Callable[[str], None], env: dict[str, str] | None = None) -> int:
     """Run a command, passing each output line on; kill its process group if cancelled."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env or apptainer_env(),
-        start_new_session=True,
-    )
+    process = await spawn(argv, env, merge_stderr=True)
     try:
         assert process.stdout is not None
         async for raw in process.stdout:
@@ -142,11 +143,7 @@ async def stream(argv: Sequence[str], on_line: Callable[[str], None], env: dict[
                 on_line(line)
         return await process.wait()
     except asyncio.CancelledError:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await process.wait()
+        await kill_group(process)
         raise
 
 
@@ -380,6 +377,7 @@ class EnvOperations:
                 "with a writable kernelspec or stop it first"
             )
         report.step(0.2, f"running {cmd[0]} in the kernel's instance {instance.name}")
+        report.log(f"{cmd[0]} runs in {instance.name}, the instance of a running kernel (no restart needed)")
         report.point_of_no_return()
         argv = command.instance_exec_argv(self.instances.apptainer, instance.name, str(instance.env_file), cmd)
         lines: list[str] = []
@@ -410,14 +408,17 @@ class EnvOperations:
         self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], what: str, check: bool = True
     ) -> None:
         plan = plan_container(
-            StackRequest(overlays=[overlay.path], writable=True, binds=channel_binds(channels)),
+            StackRequest(
+                overlays=[overlay.path], writable=True, env=self.config.container_env, binds=channel_binds(channels)
+            ),
             self.catalog(),
             ImageProbe(),
             environ=os.environ,
             cwd=os.getcwd(),
             uid=os.getuid(),
-            extra_binds=self.config.extra_binds,
+            extra_binds=self.config.container_binds(),
         )
+        check_fakeroot(plan)
         env_file = write_private(runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env))
         lines: list[str] = []
         try:
@@ -426,7 +427,7 @@ class EnvOperations:
         finally:
             env_file.unlink(missing_ok=True)
         if rc != 0 and check:
-            raise RuntimeError(_failure(what, lines))
+            raise RuntimeError(_failure(what, lines) + fakeroot_hint(plan))
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,21 +90,34 @@ def apptainer_env() -> dict[str, str]:
     return command.apptainer_process_env(os.environ, os.getuid(), _cap_bounding_set())
 
 
-async def run(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> CommandResult:
-    """Run a command to completion without blocking the loop; kill it on timeout."""
-    process = await asyncio.create_subprocess_exec(
+async def spawn(argv: Sequence[str], env: dict[str, str] | None = None, merge_stderr: bool = False):
+    """Start a command in its own process group, output piped, without blocking the loop."""
+    return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
         env=env or apptainer_env(),
         start_new_session=True,
     )
+
+
+async def kill_group(process: asyncio.subprocess.Process) -> None:
+    """Kill a spawned command and everything it started (Apptainer forks a starter)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    await process.wait()
+
+
+async def run(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> CommandResult:
+    """Run a command to completion without blocking the loop; kill it on timeout or cancel."""
+    process = await spawn(argv, env)
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
     except (asyncio.TimeoutError, asyncio.CancelledError):
-        process.kill()
-        await process.wait()
+        await kill_group(process)
         raise
     return CommandResult(process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 

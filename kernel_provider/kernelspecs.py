@@ -46,12 +46,18 @@ class StackSpec:
     extra_config: dict = field(default_factory=dict)
 
     @property
+    def slurm(self) -> bool:
+        """Does the kernel run in a SLURM job (provisioner option ``launcher``)?"""
+        return self.extra_config.get("launcher") == "slurm"
+
+    @property
     def name(self) -> str:
-        return kernel_name(self.label)
+        # A SLURM kernel of a stack never replaces the local one of the same label.
+        return kernel_name(self.label) + ("-slurm" if self.slurm else "")
 
     @property
     def display_name(self) -> str:
-        return f"CondaTainer: {self.label}"
+        return f"CondaTainer: {self.label}" + (" (SLURM)" if self.slurm else "")
 
     def provisioner_config(self) -> dict:
         config = {"overlays": list(self.overlays), **self.extra_config}
@@ -78,6 +84,7 @@ class StackSpec:
                     "overlays": list(self.overlays),
                     "base_image": self.base_image,
                     "writable": self.writable,
+                    **({"launcher": "slurm"} if self.slurm else {}),
                 },
             },
         }
@@ -183,9 +190,17 @@ class SyncResult:
 
 
 def custom_spec(
-    overlays: Sequence[str], label: str = "", base_image: str = "", writable: bool = False, share: bool = False
+    overlays: Sequence[str],
+    label: str = "",
+    base_image: str = "",
+    writable: bool = False,
+    share: bool = False,
+    extra_config: dict | None = None,
 ) -> StackSpec:
-    """A user-defined stack (``kernelspecs add``); the label defaults to the overlays."""
+    """A user-defined stack (``kernelspecs add``); the label defaults to the overlays.
+
+    ``extra_config``: more provisioner options, e.g. ``{"launcher": "slurm", "slurm_args": [...]}``.
+    """
     return StackSpec(
         label=label or " + ".join(overlays),
         overlays=tuple(overlays),
@@ -193,4 +208,5 @@ def custom_spec(
         writable=writable,
         share_instance=share,
         origin="custom",
+        extra_config=dict(extra_config or {}),
     )

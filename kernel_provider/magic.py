@@ -31,6 +31,9 @@ USAGE = """Manage the packages of this kernel's CondaTainer env.
   %condatainer update SPEC…  [-c CH] [--dry-run]
   %condatainer remove SPEC…  [--dry-run]
   %condatainer overlays                 images available in the image directories
+  %condatainer create NAME [SPEC…] [-c CH] [--size MB] [--no-kernel]
+                                        a new env NAME.img (through the Jupyter server) and
+                                        its kernel 'CondaTainer: NAME (env)'
 
 Examples:
   %condatainer install numpy
@@ -141,6 +144,7 @@ class CondaTainerMagics(Magics):
             "update": self._change,
             "remove": self._change,
             "overlays": self._overlays,
+            "create": self._create,
         }.get(verb)
         if handler is None:
             raise CondaTainerError(f"unknown subcommand {verb!r}\n\n{USAGE}")
@@ -206,6 +210,39 @@ class CondaTainerMagics(Magics):
         )
         if stale:
             print(f"Note: {', '.join(stale)} changed while imported; restart the kernel to use the new version.")
+
+    def _create(self, verb: str, args: list[str]) -> None:
+        """A new env: only the host can make an image, so the server that runs this kernel does it."""
+        import argparse
+
+        from . import server_link
+
+        parser = argparse.ArgumentParser(prog="%condatainer create", add_help=False)
+        parser.add_argument("name")
+        parser.add_argument("specs", nargs="*")
+        parser.add_argument("-c", "--channel", action="append", default=[])
+        parser.add_argument("--size", type=int, default=1024)
+        parser.add_argument("--no-kernel", action="store_true")
+        try:
+            options = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as err:
+            raise CondaTainerError(f"{err}\n\n{USAGE}") from None
+        from ipykernel.connect import get_connection_file
+
+        body = {
+            "name": options.name, "packages": options.specs, "channels": options.channel,
+            "size_mb": options.size, "register_kernel": not options.no_kernel,
+        }
+        try:
+            server = server_link.find_server(os.path.dirname(get_connection_file()), os.environ.get("JPY_PARENT_PID"))
+            job = server_link.run_job(server, "POST", "condatainer/api/overlays", body, lambda line: print(line, flush=True))
+        except server_link.ServerLinkError as err:
+            raise CondaTainerError(str(err)) from None
+        if job["state"] != "succeeded":
+            raise CondaTainerError(f"creating {options.name} {job['state']}: {job.get('error') or job.get('message')}")
+        print(job.get("message") or f"created {options.name}")
+        if not options.no_kernel:
+            print(f"Switch to the kernel 'CondaTainer: {options.name} (env)' (Kernel → Change Kernel) to use it.")
 
     def _overlays(self, verb: str, args: list[str]) -> None:
         info = _info()

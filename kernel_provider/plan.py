@@ -161,8 +161,9 @@ def gpu_flags(facts: HostFacts) -> list[str]:
 
 
 def needs_fakeroot(env_image: Overlay | None, writable: bool, facts: HostFacts, uid: int) -> Diagnostic | None:
-    """CondaTainer's rule: a writable ``.img`` owned by someone else needs ``--fakeroot``."""
-    if env_image is None or not writable:
+    """CondaTainer's rule: a writable ``.img`` owned by someone else needs ``--fakeroot`` (not for root:
+    root writes any image, and Apptainer refuses ``--fakeroot`` for root without a subuid range)."""
+    if env_image is None or not writable or uid == 0:
         return None
     owner = facts.image_owner(env_image)
     if owner is None or owner == uid:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -56,6 +57,75 @@ def _upper_owner(identity: tuple[str, int, int]) -> int | None:
     result = subprocess.run([debugfs, "-R", "stat /upper", identity[0]], check=False, **_QUIET)
     match = re.search(rb"User:\s+(\d+)", result.stdout)
     return int(match.group(1)) if match else None
+
+
+SUBUID_FILE = "/etc/subuid"
+SUBGID_FILE = "/etc/subgid"
+SUBID_COUNT = 65536
+
+
+def _subid_ranges(path: str) -> list[tuple[str, int, int]]:
+    """``(user or uid, start, count)`` of each line of an ``/etc/subuid``-style file."""
+    ranges = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    ranges.append((fields[0], int(fields[1]), int(fields[2])))
+    except OSError:
+        pass
+    return ranges
+
+
+def has_subid_entry(user: str, uid: int, path: str) -> bool:
+    return any(owner in (user, str(uid)) and count > 0 for owner, _, count in _subid_ranges(path))
+
+
+def unprivileged_userns() -> bool:
+    """Whether ordinary users may create user namespaces (Apptainer's non-setuid mode)."""
+    for path, off in (("/proc/sys/user/max_user_namespaces", "0"), ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
+        try:
+            with open(path, encoding="ascii") as handle:
+                if handle.read().strip() == off:
+                    return False
+        except OSError:
+            continue
+    return True
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def missing_subids(uid: int) -> str | None:
+    """None when ``uid`` is root or has subuid and subgid ranges; else what an admin must add."""
+    user = user_name(uid)
+    if uid == 0 or all(has_subid_entry(user, uid, path) for path in (SUBUID_FILE, SUBGID_FILE)):
+        return None
+    ends = [start + count for path in (SUBUID_FILE, SUBGID_FILE) for _, start, count in _subid_ranges(path)]
+    first = max([100000, *ends])
+    last = first + SUBID_COUNT - 1
+    return (
+        f"{user} has no /etc/subuid entry; an admin must add '{user}:{first}:{SUBID_COUNT}' to /etc/subuid "
+        f"and /etc/subgid (usermod --add-subuids {first}-{last} --add-subgids {first}-{last} {user})"
+    )
+
+
+def fakeroot_problem(uid: int) -> str | None:
+    """Why ``apptainer --fakeroot`` cannot work for ``uid``, or None when it can.
+
+    With ``/etc/subuid`` and ``/etc/subgid`` ranges Apptainer maps a full id range. Without
+    them Apptainer (>= 1.1) falls back to a root-mapped user namespace, which needs
+    unprivileged user namespaces; when those are off too, fakeroot is impossible.
+    """
+    advice = missing_subids(uid)
+    if advice is None or unprivileged_userns():
+        return None
+    return f"{advice}; unprivileged user namespaces are disabled here, so Apptainer has no fallback"
 
 
 def read_sidecar(overlay: Overlay) -> OverlayEnv:

@@ -11,6 +11,9 @@ Hooks, in the order ``KernelManager`` calls them (see jupyter_client's
   ``apptainer`` process would kill the kernel); other signals to the process group.
 - ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it, and
   the instance stops with its last kernel.
+
+With ``launcher = "slurm"`` the same hooks hand over to :class:`kernel_provider.slurm.SlurmKernel`:
+a batch job holds the instance on a compute node and the kernel is a step in it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Dict, Enum, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, List, Unicode
 
-from . import command, supply
+from . import command, slurm, supply
 from .config import CondaTainerConfig
 from .instance import Instance, InstanceManager, apptainer_env, runtime_dir, write_private
 from .overlays import scan
@@ -110,9 +113,49 @@ class CondaTainerProvisioner(LocalProvisioner):
         kernel port is open to other users of a shared login node. 'tcp': localhost ports.""",
     )
 
+    launcher = Enum(
+        ["local", "slurm"],
+        "local",
+        config=True,
+        help="""Where the kernel runs. 'local' (default): an instance on the server's host.
+        'slurm': a SLURM batch job (see slurm_args) holds the allocation and starts the instance
+        on its compute node; the kernel runs there as a job step, restarts reuse the job and
+        shutdown cancels it. Needs sbatch/srun/squeue/scancel on PATH.""",
+    )
+    slurm_args = List(
+        Unicode(),
+        config=True,
+        help="""sbatch options for a SLURM kernel's job, e.g. ['--partition=debug',
+        '--time=8:00:00', '--cpus-per-task=4', '--mem=16G', '--gpus=1', '--account=lab'].
+        The job name and output file are ours. Default: none (one task on one node).""",
+    )
+    slurm_connect_ip = Unicode(
+        "127.0.0.1",
+        config=True,
+        help="""Address a SLURM kernel listens on (tcp) and the server connects to. Default
+        127.0.0.1: right when the compute node is this host (single-node clusters). 'node': the
+        job's node address (SLURM's NodeAddr), which is what a cluster with separate login
+        nodes needs; or any fixed address.""",
+    )
+    slurm_launch_timeout = Float(
+        slurm.DEFAULT_LAUNCH_TIMEOUT,
+        config=True,
+        help="""Seconds a SLURM kernel's job may wait in the queue and start its container; the
+        job is cancelled after that. KERNEL_LAUNCH_TIMEOUT in the kernel's launch environment
+        takes precedence. Default: 300.""",
+    )
+
     instance: Instance | None = None
     process: asyncio.subprocess.Process | None = None  # type: ignore[assignment]
     _kernel_env_file: Path | None = None
+    _slurm_kernel: slurm.SlurmKernel | None = None
+
+    @property
+    def _slurm(self) -> slurm.SlurmKernel:
+        """The SLURM half of this provisioner (``launcher = "slurm"``), kept across restarts."""
+        if self._slurm_kernel is None:
+            self._slurm_kernel = slurm.SlurmKernel(self)
+        return self._slurm_kernel
 
     @property
     def manager(self) -> InstanceManager:
@@ -143,7 +186,7 @@ class CondaTainerProvisioner(LocalProvisioner):
             overlays=self.overlays,
             base_image=self.base_image,
             writable=self.writable,
-            env={**KERNEL_ENV, **self.env},
+            env={**KERNEL_ENV, **config.container_env, **self.env},
             binds=[*host_binds, *([connection_dir] if connection_dir else []), kernel_cwd, *self.binds],
             flags=self.apptainer_flags,
         )
@@ -154,10 +197,13 @@ class CondaTainerProvisioner(LocalProvisioner):
             environ=os.environ,
             cwd=os.getcwd(),
             uid=os.getuid(),
-            extra_binds=config.extra_binds,
+            extra_binds=config.container_binds(),
         )
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        if self.launcher == "slurm":
+            kwargs = await self._slurm.pre_launch(kwargs)
+            return {**kwargs, "cmd": launcher_argv(self._container_argv(list(kwargs["cmd"])))}
         if self.instance is None:
             self._use_ipc()
         kwargs = await super().pre_launch(**kwargs)
@@ -191,6 +237,8 @@ class CondaTainerProvisioner(LocalProvisioner):
         return [*self.instance.plan.env, *spec_env, *forwarded, *info]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        if self.launcher == "slurm":
+            return await self._slurm.launch(cmd, kwargs)
         assert self.instance is not None
         env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
         self._kernel_env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
@@ -215,6 +263,8 @@ class CondaTainerProvisioner(LocalProvisioner):
         return returncode
 
     async def send_signal(self, signum: int) -> None:
+        if self.launcher == "slurm":
+            return await self._slurm.send_signal(signum)
         if not self.process or self.process.returncode is not None:
             return
         if signum == signal.SIGINT:
@@ -240,7 +290,7 @@ class CondaTainerProvisioner(LocalProvisioner):
             self._kernel_env_file.unlink(missing_ok=True)
             self._kernel_env_file = None
         if not restart:
-            await self._release_instance()
+            await (self._slurm.release() if self.launcher == "slurm" else self._release_instance())
 
     async def _release_instance(self) -> None:
         instance, self.instance = self.instance, None

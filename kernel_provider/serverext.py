@@ -1,7 +1,8 @@
 """The jupyter_server extension: REST API for overlays and jobs, plus housekeeping.
 
 At start it syncs the kernelspecs with the image directories (so a user sees the
-stacks that exist) and stops instances left behind by a crashed server. Job progress
+stacks that exist), stops instances left behind by a crashed server and, where SLURM's
+clients are on PATH, cancels the SLURM kernel jobs such a server left. Job progress
 goes out on jupyter_server's event bus (schema ``JOB_EVENT``).
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool
 
+from . import slurm
 from .config import CondaTainerConfig
 from .envops import EnvOperations
 from .handlers import ROUTES
@@ -63,6 +65,7 @@ class CondaTainerExtension(ExtensionApp):
         operations: EnvOperations = self.settings["condatainer_operations"]
         for action in await asyncio.to_thread(operations.recover):
             self.log.warning("CondaTainer recovery: %s", action)
+        await self._sweep_slurm_jobs()
         try:
             swept = await InstanceManager.for_config(self.condatainer).sweep_orphans()
         except InstanceError as err:
@@ -70,6 +73,18 @@ class CondaTainerExtension(ExtensionApp):
             return
         if swept:
             self.log.info("CondaTainer: stopped %d orphaned instance(s): %s", len(swept), ", ".join(swept))
+
+    async def _sweep_slurm_jobs(self) -> None:
+        """Cancel the SLURM kernel jobs of a crashed server (ours by name and state file only)."""
+        if not slurm.available():
+            return
+        try:
+            cancelled = await slurm.sweep_orphans(slurm.state_store(self.condatainer), self.log)
+        except (slurm.SlurmError, OSError, asyncio.TimeoutError) as err:
+            self.log.warning("CondaTainer SLURM orphan sweep failed: %s", err)
+            return
+        if cancelled:
+            self.log.info("CondaTainer: cancelled %d orphaned SLURM job(s): %s", len(cancelled), ", ".join(cancelled))
 
     async def stop_extension(self) -> None:
         await self.jobs.shutdown()

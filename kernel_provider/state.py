@@ -65,6 +65,7 @@ class InstanceRecord:
     stack_key: str
     kernels: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    slurm_job: str = ""  # the SLURM job holding the instance (kernel_provider.slurm), if any
 
     def to_json(self) -> dict:
         return {
@@ -79,6 +80,7 @@ class InstanceRecord:
                 "stack_key": self.stack_key,
                 "kernels": self.kernels,
                 "created": self.created,
+                **({"slurm_job": self.slurm_job} if self.slurm_job else {}),
             },
         }
 
@@ -99,6 +101,7 @@ class InstanceRecord:
             stack_key=ours.get("stack_key", ""),
             kernels=list(ours.get("kernels", [])),
             created=ours.get("created", 0.0),
+            slurm_job=str(ours.get("slurm_job", "")),
         )
 
 

@@ -6,23 +6,36 @@
 # Images are built into $JCT_CACHE/images (default
 # /var/cache/jupyter-condatainer/images) and rebuilt only when their recipe
 # changes: a hash of the image name, the source of the functions that build it
-# and the recipe of the image it is built on is kept in <image>.recipe.
+# (and of the files it copies in) and the recipe of the image it is built on
+# is kept in <image>.recipe.
 # With OUTDIR, the images and their .env sidecars are also made available
 # there (hard links when possible, else copies).
 #
 #   ubuntu24--base_image.sif  Debian bookworm minbase + python3 (named after
-#                             CondaTainer's default base image)
+#                             CondaTainer's default base image), with
+#                             CondaTainer's conda wrappers mm-create, mm-install,
+#                             mm-remove, mm-update, mm-clean, mm-list in /usr/bin
+#                             (py-rattler in /opt/cnt-mm instead of micromamba)
 #   python--3.11.sqf (+.env)  venv with ipykernel at /cnt/python/3.11
 #   hello--1.0.sqf (+.env)    tiny tool at /cnt/hello/1.0, with env sidecar
 #   testenv.img               empty writable env overlay (/ext3/env), sparse
 #
-# Needs root (debootstrap, apptainer build); installs Apptainer first if
-# missing (scripts/setup-apptainer.sh, a fast no-op otherwise).
+# As root, debootstrap builds the base image's root file system directly. An
+# ordinary user gets the same steps in a user namespace with the user's
+# /etc/subuid range and `apptainer build --fakeroot` (needs unprivileged user
+# namespaces and subuid/subgid ranges); the default cache is then
+# ~/.cache/jupyter-condatainer unless JCT_CACHE is set. Installs Apptainer first if missing (scripts/setup-apptainer.sh, a fast
+# no-op otherwise).
 set -euo pipefail
 umask 022   # images are read by ordinary users later
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE_ROOT="${JCT_CACHE:-/var/cache/jupyter-condatainer}"
+if [[ -n ${JCT_CACHE:-} || $EUID -eq 0 ]]; then
+    CACHE_ROOT="${JCT_CACHE:-/var/cache/jupyter-condatainer}"
+else
+    CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/jupyter-condatainer"
+fi
+export PATH="$PATH:/usr/sbin:/sbin"   # debootstrap, chroot (not on an ordinary user's PATH)
 IMAGE_DIR="$CACHE_ROOT/images"
 BASE_IMAGE=ubuntu24--base_image.sif
 WORK_DIR=""   # per-run scratch space under $CACHE_ROOT (same file system)
@@ -64,14 +77,41 @@ make_squashfs() {   # STAGE OUT: STAGE holds cnt/<name>/<version>/...
 # sidecar OUT.env), using WORK for scratch files.
 
 build_base_image() {
-    local out=$1 work=$2 rootfs="$2/rootfs" mirror
+    local out=$1 work=$2
+    build_rootfs "$work/rootfs" "$work"
+    APPTAINER_TMPDIR="$work" run_logged "$work/build.log" apptainer build "$out" "$work/rootfs"
+}
+
+# Without root: the same build_rootfs as root of a user namespace that maps the
+# user's /etc/subuid range (unshare --map-auto), where debootstrap can chown and
+# chroot (container=lxc: bind-mount /dev nodes instead of mknod); then
+# `apptainer build --fakeroot` (the same mapping) packs it with its owners.
+build_base_image_unprivileged() {
+    local out=$1 work=$2 user
+    user=$(id -un)
+    grep -qE "^($user|$(id -u)):" /etc/subuid && grep -qE "^($user|$(id -u)):" /etc/subgid \
+        || die "building the base image without root needs /etc/subuid and /etc/subgid ranges for $user (an admin adds them: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $user; pick a free range), or run as root"
+    {
+        printf '#!/bin/bash\nset -euo pipefail\numask 022\n'
+        declare -p SCRIPT_DIR CACHE_ROOT WORK_DIR
+        declare -f log die run_logged build_rootfs strip_rootfs install_mm_wrappers fetch_wheels
+        printf 'build_rootfs "$1" "$2"\nfind "$1/dev" -maxdepth 1 -type f -delete\n'
+    } >"$work/rootfs.sh"
+    in_userns() { unshare --map-auto --map-root-user --mount --pid --fork "$@"; }
+    run_logged "$work/rootfs.log" in_userns env container=lxc bash "$work/rootfs.sh" "$work/rootfs" "$work"
+    APPTAINER_TMPDIR="$work" run_logged "$work/build.log" apptainer build --fakeroot "$out" "$work/rootfs"
+    remove_tree "$work/rootfs"
+}
+
+build_rootfs() {   # ROOTFS WORK: Debian minbase + python3 + the mm-* wrappers
+    local rootfs=$1 work=$2 mirror
     mirror=$("$SCRIPT_DIR/setup-apptainer.sh" --print-mirror)
     mkdir -p "$CACHE_ROOT/debootstrap"   # downloaded .debs, reused next time
     run_logged "$work/debootstrap.log" debootstrap --variant=minbase \
         --include=python3,python3-venv --cache-dir="$CACHE_ROOT/debootstrap" \
         bookworm "$rootfs" "$mirror"
     strip_rootfs "$rootfs"
-    APPTAINER_TMPDIR="$work" run_logged "$work/build.log" apptainer build "$out" "$rootfs"
+    install_mm_wrappers "$rootfs" "$work"
 }
 
 # Halves the image; the container never runs apt, and debootstrap wrote the
@@ -86,10 +126,39 @@ strip_rootfs() {
     printf 'localhost\n' >"$root/etc/hostname"
 }
 
+# CondaTainer's base images ship micromamba and shell wrappers around it
+# (mm-create, mm-install, ...: micromamba -r "$CNT_CONDA_PREFIX" <command> -n
+# base) in /usr/bin. micromamba and conda-forge cannot be downloaded here, so
+# the same commands run scripts/mm/mm.py on py-rattler (a conda solver and
+# installer from PyPI), in a venv of the image's own python at /opt/cnt-mm.
+install_mm_wrappers() {
+    local root=$1 work=$2 wheels="$CACHE_ROOT/wheels/cnt-mm" command
+    local requirement=py-rattler==0.28.0   # the version scripts/mm/mm.py is tested with
+    fetch_wheels "$wheels" "$requirement"
+    rm -rf "$root/tmp/cnt-mm-wheels"
+    cp -r "$wheels" "$root/tmp/cnt-mm-wheels"
+    # The rootfs is not an image yet: chroot, with nothing from the host's environment.
+    run_logged "$work/cnt-mm.log" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+        chroot "$root" sh -c '
+            python3 -m venv /opt/cnt-mm &&
+            PIP_CONFIG_FILE=/dev/null /opt/cnt-mm/bin/pip install --no-cache-dir \
+                --disable-pip-version-check --no-index --find-links /tmp/cnt-mm-wheels "$1" &&
+            /opt/cnt-mm/bin/python -c "import rattler"' sh "$requirement"
+    rm -rf "$root/tmp/cnt-mm-wheels" "$root/root/.cache"
+    install -m 0644 "$SCRIPT_DIR/mm/mm.py" "$root/opt/cnt-mm/mm.py"
+    for command in create install remove update clean list; do
+        printf '%s\n' '#!/bin/sh' \
+            "# CondaTainer's mm-$command (test image: py-rattler instead of micromamba)" \
+            "exec /opt/cnt-mm/bin/python -I /opt/cnt-mm/mm.py $command \"\$@\"" \
+            >"$root/usr/bin/mm-$command"
+        chmod 0755 "$root/usr/bin/mm-$command"
+    done
+}
+
 build_python_overlay() {
     local out=$1 work=$2 wheels="$CACHE_ROOT/wheels/cp311"
     local venv="$work/stage/cnt/python/3.11"
-    fetch_wheels "$wheels"
+    fetch_wheels "$wheels" ipykernel
     mkdir -p "$venv"
     # Built inside the base image so the venv points at its /usr/bin/python3.
     run_logged "$work/venv.log" container_exec \
@@ -102,23 +171,25 @@ build_python_overlay() {
     printf '#WHATIS:Python 3.11 with ipykernel (test image)\n' >"$out.env"
 }
 
-# Wheels for CPython 3.11 on glibc <= 2.36 (bookworm), downloaded on the host
-# once; later runs reuse the wheelhouse. pip does not widen an explicit
-# manylinux_2_X platform to older ones, so every glibc version is listed.
+# fetch_wheels HOUSE REQUIREMENT...: wheels for CPython 3.11 on glibc <= 2.36
+# (bookworm), downloaded on the host once; later runs reuse the wheelhouse.
+# pip does not widen an explicit manylinux_2_X platform to older ones, so
+# every glibc version is listed.
 fetch_wheels() {
     local house=$1 want args=() minor
+    shift
     args=(--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311
           --platform manylinux2014_x86_64)
     for minor in $(seq 17 36); do
         args+=(--platform "manylinux_2_${minor}_x86_64")
     done
-    want="ipykernel ${args[*]}"
+    want="$* ${args[*]}"
     [[ -f $house/.complete && $(<"$house/.complete") == "$want" ]] && return 0
     python3 -m pip --version >/dev/null 2>&1 \
         || die "the host's python3 has no pip (apt-get install python3-pip)"
     mkdir -p "$house"
     run_logged "$WORK_DIR/pip-download.log" python3 -m pip download --disable-pip-version-check \
-        "${args[@]}" -d "$house" ipykernel
+        "${args[@]}" -d "$house" "$@"
     printf '%s\n' "$want" >"$house/.complete"
 }
 
@@ -147,18 +218,25 @@ build_env_overlay() {
         --create-dir /ext3/env "$1"
 }
 
-recipe_of() {   # NAME DEPENDENCY FUNCTION...
-    local name=$1 dependency=$2; shift 2
+recipe_of() {   # NAME DEPENDENCY FUNCTION-OR-FILE...
+    local name=$1 dependency=$2 part; shift 2
     {
         printf '%s\n' "$name"
         [[ $dependency == - ]] || cat "$IMAGE_DIR/$dependency.recipe"
-        declare -f "$@"   # function source without comments
+        for part in "$@"; do
+            if [[ $part == */* ]]; then
+                cat "$part"          # a file the builder copies into the image
+            else
+                declare -f "$part"   # function source without comments
+            fi
+        done
     } | sha256sum | cut -d' ' -f1
 }
 
 # ensure_image NAME DEPENDENCY BUILDER [HELPER...]
 # Build NAME with BUILDER unless NAME.recipe matches. The recipe covers the
-# source of BUILDER and HELPERs and the recipe of DEPENDENCY ("-" for none).
+# source of BUILDER and HELPERs (functions, or files given as paths with a /)
+# and the recipe of DEPENDENCY ("-" for none).
 # Built in WORK_DIR and moved into place, so a failed build changes nothing.
 ensure_image() {
     local name=$1 builder=$3 target="$IMAGE_DIR/$1" recipe work start
@@ -183,7 +261,7 @@ ensure_image() {
     fi
     mv -f "$work/$name" "$target"
     printf '%s\n' "$recipe" >"$target.recipe"
-    rm -rf --one-file-system "$work"
+    remove_tree "$work"
     log "$name: built in $((SECONDS - start)) s, $(du -h --apparent-size "$target" | cut -f1)"
 }
 
@@ -210,24 +288,33 @@ cleanup() {
     if [[ $status -ne 0 && -n $BUILDING ]]; then
         log "ERROR: building $BUILDING failed (exit $status); any previous $BUILDING is unchanged"
     fi
-    [[ -z $WORK_DIR ]] || rm -rf --one-file-system "$WORK_DIR"
+    [[ -z $WORK_DIR ]] || remove_tree "$WORK_DIR"
+}
+
+# rm -rf; without root, files of the subuid range's other ids (left by a failed
+# unprivileged base build) are removed from inside a user namespace.
+remove_tree() {
+    rm -rf --one-file-system "$@" 2>/dev/null && return 0
+    [[ $EUID -ne 0 ]] && unshare --map-auto --map-root-user rm -rf --one-file-system "$@"
 }
 
 main() {
     local out_dir=${1:-} name
-    [[ $EUID -eq 0 ]] || die "run as root (debootstrap and apptainer build need it)"
     "$SCRIPT_DIR/setup-apptainer.sh" >/dev/null
-    drop_missing_caps
+    [[ $EUID -ne 0 ]] || drop_missing_caps
 
     mkdir -p "$IMAGE_DIR"
     # One build at a time; leftovers of a killed run are removed under the lock.
     exec 9>"$CACHE_ROOT/build-images.lock"
     flock 9
-    rm -rf --one-file-system "$CACHE_ROOT"/work.*
+    remove_tree "$CACHE_ROOT"/work.*
     WORK_DIR=$(mktemp -d "$CACHE_ROOT/work.XXXXXX")
     trap cleanup EXIT
 
-    ensure_image "$BASE_IMAGE" - build_base_image strip_rootfs
+    local base_builder=build_base_image
+    [[ $EUID -eq 0 ]] || base_builder=build_base_image_unprivileged
+    ensure_image "$BASE_IMAGE" - "$base_builder" build_rootfs strip_rootfs install_mm_wrappers fetch_wheels \
+        "$SCRIPT_DIR/mm/mm.py"
     ensure_image python--3.11.sqf "$BASE_IMAGE" build_python_overlay fetch_wheels make_squashfs
     ensure_image hello--1.0.sqf - build_hello_overlay make_squashfs
     ensure_image testenv.img - build_env_overlay

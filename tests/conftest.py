@@ -7,6 +7,7 @@ missing the tests fail with the reason; they are never skipped silently.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -20,6 +21,12 @@ pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 CACHE = Path(os.environ.get("JCT_CACHE", "/var/cache/jupyter-condatainer"))
 IMAGES = Path(os.environ.get("JCT_IMAGES", CACHE / "images"))
+# The supplied-ipykernel cache is worth keeping between runs (it is downloaded); one per
+# user, since each user must be able to write its own (scripts/setup-testuser.sh makes it).
+USER_CACHE = Path(
+    os.environ.get("JCT_USER_CACHE")
+    or (CACHE / "user-cache" if os.getuid() == 0 else CACHE / "users" / getpass.getuser() / "cache")
+)
 REQUIRED_IMAGES = ("ubuntu24--base_image.sif", "python--3.11.sqf", "hello--1.0.sqf", "testenv.img")
 
 
@@ -51,8 +58,7 @@ def image_layout(tmp_path, monkeypatch, built_images):
     shutil.copy(built_images / "testenv.img", images / "env.img")
     (tmp_path / "state").mkdir()
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    # The supplied-ipykernel cache is worth keeping between runs (it is downloaded).
-    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE / "user-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(USER_CACHE))
     monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(images))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -99,3 +105,49 @@ def processes_mentioning(text: str) -> list[str]:
             found.append(f"{pid}: {cmdline}")
     return found
 
+
+
+@pytest.fixture(scope="session")
+def conda_channel(tmp_path_factory):
+    """A local conda channel root with real test packages (``tests/channel.py``).
+
+    Built once per content of ``tests/channel.py`` under ``$JCT_CACHE/channel/<hash>/`` (else
+    in the session's tmp dir) and reused. ``.root`` must be bound into the container at the
+    same path; ``.url`` is ``file://ROOT/conda-forge`` for ``-c``; ``.env`` is
+    ``{"MAMBA_CHANNEL_ALIAS": "file://ROOT"}``, which makes the channel names CondaTainer's
+    wrappers use by default (``conda-forge``, ``bioconda``) resolve to ROOT.
+    """
+    import importlib.util
+
+    from channel import LocalChannel, ensure_channel
+
+    # Built in a child process (tests/channel.py): only check here that the packages are there.
+    missing = [name for name in ("rattler", "rattler_build") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.fail(f"the test channel needs py-rattler and py-rattler-build (missing: {', '.join(missing)}): pip install -e '.[test]'")
+    try:
+        root = ensure_channel(CACHE / "channel")
+    except OSError:
+        root = ensure_channel(tmp_path_factory.mktemp("channel"))
+    return LocalChannel(root)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A private single-node SLURM cluster for the session (``tests/slurm_cluster.py``).
+
+    Fails (never skips) when SLURM is not installed: scripts/setup.sh installs it. Its
+    directory is under /tmp because munged wants its socket's directories traversable.
+    """
+    import tempfile
+
+    from slurm_cluster import SlurmCluster
+
+    root = Path(tempfile.mkdtemp(prefix="jct-slurm-"))
+    cluster = SlurmCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -92,3 +92,94 @@ def test_info_of_a_writable_env_kernel(specs):
     assert "(shared)" in info
     assert "root of the hello tool" in info
     assert f"writable env: {specs / 'images' / 'env.img'} at /ext3/env" in info
+
+
+@pytest.fixture
+def env_kernel(specs, conda_channel, monkeypatch):
+    """A writable env made with the local channel, and a kernelspec for it."""
+    from kernel_provider.envops import EnvOperations
+    from kernel_provider.instance import InstanceManager
+
+    for key, value in conda_channel.env.items():
+        monkeypatch.setenv(key, value)
+
+    class Quiet:
+        def log(self, line): pass
+        def step(self, progress, message): pass
+        def point_of_no_return(self): pass
+
+    config = CondaTainerConfig()
+    asyncio.run(EnvOperations(config, InstanceManager(config)).create(Quiet(), "menv", size_mb=256, packages=["zlib"]))
+    spec = custom_spec(["python/3.11", "menv"], label="menv", writable=True, share=True)
+    KernelspecStore().write(spec)
+    return spec.name
+
+
+def test_install_import_list_remove_and_persist(env_kernel, specs):
+    async def scenario():
+        async with Kernel(env_kernel) as kernel:
+            _, before = await kernel.run("import demopkg")
+            installed, error = await kernel.run("%condatainer install demopkg")
+            assert error is None, error
+            imported, error = await kernel.run("import demopkg; print(demopkg.__version__)")
+            assert error is None, error
+            listing, _ = await kernel.run("%condatainer list demo")
+            removed, error = await kernel.run("%condatainer remove demopkg")
+            assert error is None, error
+            await kernel.restart()
+            _, after_restart = await kernel.run("import demopkg")
+            reinstalled, error = await kernel.run("%condatainer install libdemo=1.0")
+            assert error is None, error
+            return before, imported, listing, after_restart
+
+    before, imported, listing, after_restart = asyncio.run(scenario())
+    assert before["ename"] == "ModuleNotFoundError"
+    assert imported.strip() == "0.1"
+    assert "demopkg" in listing and "0.1" in listing
+    assert after_restart["ename"] == "ModuleNotFoundError"
+    # The kernel is gone; what it installed is in the .img.
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls upper/ext3/env/share/libdemo", str(specs / "images" / "menv.img")],
+        capture_output=True, text=True,
+    ).stdout
+    assert "VERSION" in listing
+
+
+def test_unknown_package_is_a_cell_error_and_the_env_is_unchanged(env_kernel, specs):
+    async def scenario():
+        async with Kernel(env_kernel) as kernel:
+            before, _ = await kernel.run("%condatainer list")
+            _, error = await kernel.run("%condatainer install no-such-package")
+            after, _ = await kernel.run("%condatainer list")
+            return before, error, after
+
+    before, error, after = asyncio.run(scenario())
+    assert error["ename"] == "CondaTainerError"
+    assert "no-such-package" in "\n".join(error["traceback"])
+    assert before == after
+
+
+def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, specs):
+    """The magic and the REST API take one lock per env: never two changes at once."""
+    from kernel_provider.envops import EnvOperations
+
+    lock = EnvOperations(CondaTainerConfig()).env_lock(str(specs / "images" / "menv.img"))
+
+    async def scenario():
+        async with Kernel(env_kernel) as kernel:
+            lock.acquire()
+            try:
+                kernel.client.execute("%condatainer install libdemo=2.0")
+                waiting = ""
+                while "waiting for another operation" not in waiting:
+                    message = await kernel.client.get_iopub_msg(timeout=60)
+                    waiting += message["content"].get("text", "")
+                await asyncio.sleep(1)  # still waiting while the lock is held
+            finally:
+                lock.release()
+            reply = await kernel.client.get_shell_msg(timeout=120)
+            version, _ = await kernel.run("print(open('/ext3/env/share/libdemo/VERSION').read().strip())")
+            return reply["content"]["status"], version.strip()
+
+    status, version = asyncio.run(scenario())
+    assert (status, version) == ("ok", "2.0")

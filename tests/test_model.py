@@ -11,7 +11,7 @@ import pytest
 from kernel_provider import binds, command, envfile, names
 from kernel_provider.config import CondaTainerConfig, image_search_order
 from kernel_provider.overlays import Overlay, OverlayError, OverlayNotFoundError, resolve, scan
-from kernel_provider.plan import BaseImageNotFoundError, StackRequest, build_env, plan_container
+from kernel_provider.plan import BaseImageNotFoundError, StackRequest, plan_container
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 
 import pytest
@@ -126,7 +127,8 @@ async def test_delete_in_use_is_refused(api, image_layout):
     image = image_layout / "images" / "env.img"
     instance = "held-by-test"
     subprocess.run(
-        ["apptainer", "instance", "start", "--overlay", f"{image}:rw",
+        # CondaTainer's rule: an ordinary user mounts the root-built env writable with --fakeroot.
+        ["apptainer", "instance", "start", *(["--fakeroot"] if os.getuid() else []), "--overlay", f"{image}:rw",
          str(image_layout / "images" / "ubuntu24--base_image.sif"), instance],
         check=True, capture_output=True, env=apptainer_env(),
     )
@@ -140,3 +142,121 @@ async def test_delete_in_use_is_refused(api, image_layout):
     status, _ = await api("DELETE", "overlays", "env")
     assert status == 204
     assert not image.exists()
+
+
+# --- package operations with the local test channel ---------------------------------------
+
+@pytest.fixture
+def channel_env(conda_channel, monkeypatch):
+    """Containers resolve conda-forge to the local channel (as a site mirror would)."""
+    for key, value in conda_channel.env.items():
+        monkeypatch.setenv(key, value)
+    return conda_channel
+
+
+def package_names(listing: dict) -> set[str]:
+    return {p["name"] for p in listing["packages"]}
+
+
+async def test_create_install_remove_delete(api, image_layout, channel_env, jp_serverapp):
+    events = []
+    jp_serverapp.event_logger.add_listener(
+        schema_id="https://events.jupyter.org/jupyter_condatainer/job/v1",
+        listener=lambda logger, schema_id, data: events.append(data),
+    )
+    status, data = await api("POST", "overlays", body={"name": "demo", "size_mb": 256, "packages": ["zlib", "demo-tool"]})
+    assert status == 202
+    job = await wait_job(api, data["job"]["id"])
+    assert job["state"] == "succeeded", job
+    progress = [e["progress"] for e in events if e["id"] == job["id"]]
+    assert progress == sorted(progress) and 0 < min(progress) < 1 and progress[-1] == 1
+    image = image_layout / "images" / "demo.img"
+    assert image.exists()
+    assert not list((image_layout / "images").glob(".*")), "no temporary files left"
+    _, listing = await api("GET", "overlays", "demo", "packages")
+    assert {"zlib", "demo-tool", "libdemo"} <= package_names(listing)
+
+    status, data = await api("POST", "overlays", "demo", "packages", body={"specs": ["demopkg"]})
+    assert status == 202
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    assert "demopkg" in env_files(image, "lib/python3.11/site-packages")
+
+    status, data = await api("DELETE", "overlays", "demo", "packages", body={"specs": ["demo-tool"]})
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    _, listing = await api("GET", "overlays", "demo", "packages")
+    assert "demo-tool" not in package_names(listing) and "demopkg" in package_names(listing)
+    assert "demo-tool" not in env_files(image, "bin")
+
+    assert (await api("DELETE", "overlays", "demo"))[0] == 204
+    assert not image.exists()
+
+
+async def test_failing_solve_leaves_the_env_unchanged(api, image_layout, channel_env):
+    _, data = await api("POST", "overlays", body={"name": "solid", "size_mb": 128, "packages": ["zlib"]})
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    image = image_layout / "images" / "solid.img"
+    before = image.read_bytes()
+    for spec in ("no-such-package", "demo-broken"):
+        _, data = await api("POST", "overlays", "solid", "packages", body={"specs": [spec]})
+        job = await wait_job(api, data["job"]["id"])
+        assert job["state"] == "failed"
+        assert spec.split("-")[0] in job["error"] or "libdemo" in job["error"], job["error"]
+    assert image.read_bytes() == before, "a failed install must leave the image byte-for-byte as it was"
+
+
+async def test_two_concurrent_installs_never_both_run(api, image_layout, channel_env):
+    _, data = await api("POST", "overlays", body={"name": "busy", "size_mb": 128})
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    first, second = await asyncio.gather(
+        api("POST", "overlays", "busy", "packages", body={"specs": ["libdemo=1.0"]}),
+        api("POST", "overlays", "busy", "packages", body={"specs": ["demopkg"]}),
+    )
+    statuses = sorted([first[0], second[0]])
+    assert statuses == [202, 409], (first, second)
+    accepted = first if first[0] == 202 else second
+    assert (await wait_job(api, accepted[1]["job"]["id"]))["state"] == "succeeded"
+
+
+async def test_cancel_a_create_halfway_leaves_nothing(api, image_layout, channel_env):
+    _, data = await api("POST", "overlays", body={"name": "halfway", "size_mb": 256, "packages": ["demo-tool"]})
+    job_id = data["job"]["id"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while loop.time() < deadline:
+        _, job = await api("GET", "jobs", job_id)
+        if job["progress"] >= 0.15:  # the ext3 file exists; mm-create runs
+            break
+        await asyncio.sleep(0.05)
+    status, job = await api("DELETE", "jobs", job_id)
+    assert status == 200 and job["state"] == "cancelled"
+    assert not (image_layout / "images" / "halfway.img").exists()
+    assert not list((image_layout / "images").glob(".*")), "no temporary image left"
+
+
+async def test_install_into_an_env_of_a_running_kernel(api, image_layout, channel_env, jp_serverapp):
+    """The kernel's instance has the env mounted: the install runs through it, no restart."""
+    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+
+    _, data = await api("POST", "overlays", body={"name": "live", "size_mb": 128})
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    spec = custom_spec(["python/3.11", "live"], label="live", writable=True, share=True)
+    KernelspecStore().write(spec)
+    kernel_id = await jp_serverapp.kernel_manager.start_kernel(kernel_name=spec.name)
+    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=120)
+        _, data = await api("POST", "overlays", "live", "packages", body={"specs": ["libdemo=2.0"]})
+        job = await wait_job(api, data["job"]["id"])
+        assert job["state"] == "succeeded", job
+        assert any("of a running kernel" in line for line in job["log"]), job["log"]
+        outputs = []
+        await client.execute_interactive(
+            "print(open('/ext3/env/share/libdemo/VERSION').read().strip())",
+            output_hook=lambda m: outputs.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
+            timeout=60,
+        )
+        assert "".join(outputs).strip() == "2.0"
+    finally:
+        client.stop_channels()
+        await jp_serverapp.kernel_manager.shutdown_kernel(kernel_id)
