@@ -28,8 +28,8 @@ def api(jp_fetch, jp_serverapp):
         kwargs = {"method": method, "raise_error": raise_error}
         if body is not None:
             kwargs["body"] = json.dumps(body)
-        elif method in ("POST", "DELETE"):
-            kwargs["allow_nonstandard_methods"] = True
+        if method in ("POST", "DELETE"):
+            kwargs["allow_nonstandard_methods"] = True  # DELETE with a body; POST without one
         if headers is not None:
             kwargs["headers"] = headers
         response = await jp_fetch("condatainer", "api", *path, **kwargs)
