@@ -152,6 +152,35 @@ def stack_key(plan: ContainerPlan) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
 
 
+def _probe_cache_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "jupyter-condatainer" / "python-probes.json"
+
+
+def _probe_key(plan: ContainerPlan) -> str:
+    identities = []
+    for image in (plan.base_image, *plan.overlays):
+        try:
+            st = os.stat(image.path)
+            identities.append([image.path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            identities.append([image.path])
+    return hashlib.sha256(json.dumps([identities, plan.env_dict.get("PATH", "")]).encode()).hexdigest()[:16]
+
+
+def _read_probe_cache() -> dict:
+    try:
+        return json.loads(_probe_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_probe_cache(cache: dict) -> None:
+    path = _probe_cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, json.dumps(dict(list(cache.items())[-200:])))
+
+
 @dataclass(frozen=True)
 class PythonInfo:
     executable: str
@@ -184,6 +213,7 @@ class InstanceManager:
         self.store = StateStore(config.instance_state_dir)
         self.instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
+        self._starting: dict[str, asyncio.Future] = {}
         self._swept = False
         self._version = ""
 
@@ -234,19 +264,26 @@ class InstanceManager:
         write_private(self.info_path(instance.name), json.dumps(info, indent=1))
 
     async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
-        """An instance for ``plan``: a running shared one with the same stack, or a new one."""
+        """An instance for ``plan``: a running shared one with the same stack, or a new one.
+
+        Starts of different stacks run concurrently; kernels that share a stack wait for
+        the one start of it.
+        """
         key = stack_key(plan)
-        async with self._lock:
-            if share:
-                for instance in self.instances.values():
-                    if instance.shared and instance.key == key:
-                        instance.kernels.add(kernel_id)
-                        self._save(instance)
-                        return instance
+        if share:
+            async with self._lock:
+                instance = next((i for i in self.instances.values() if i.shared and i.key == key), None)
+                starting = self._starting.get(key)
+                if instance is None and starting is None:
+                    starting = self._starting[key] = asyncio.ensure_future(self._start(plan, key, share))
+                    starting.add_done_callback(lambda _: self._starting.pop(key, None))
+            if instance is None:
+                instance = await asyncio.shield(starting)
+        else:
             instance = await self._start(plan, key, share)
-            instance.kernels.add(kernel_id)
-            self._save(instance)
-            return instance
+        instance.kernels.add(kernel_id)
+        self._save(instance)
+        return instance
 
     async def release(self, instance: Instance, kernel_id: str) -> None:
         """Forget a kernel; stop the instance when no kernel uses it any more."""
@@ -334,8 +371,18 @@ class InstanceManager:
                 instance.locks.release()
 
     async def probe_python(self, instance: Instance) -> PythonInfo:
-        """Which ``python`` the stack's PATH gives, and whether it has ipykernel (cached)."""
+        """Which ``python`` the stack's PATH gives, and whether it has ipykernel.
+
+        Cached on the instance and on disk, keyed by the images' identities, so only the
+        first start of a stack pays for the probe (an install into the env changes its
+        ``.img`` and so the key).
+        """
         if instance.python is None:
+            key = _probe_key(instance.plan)
+            cache = _read_probe_cache()
+            if key in cache:
+                instance.python = PythonInfo(**{**cache[key], "version": tuple(cache[key]["version"])})
+                return instance.python
             argv = command.instance_exec_argv(
                 self.apptainer, instance.name, str(instance.env_file), ["python", "-c", PROBE_SCRIPT]
             )
@@ -350,6 +397,7 @@ class InstanceManager:
                 raise InstanceError(f"probing python in {instance.name} failed:\n{apptainer_message(result.stderr)}")
             info = json.loads(result.stdout.strip().splitlines()[-1])
             instance.python = PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"], info["glibc"])
+            _write_probe_cache({**cache, key: asdict(instance.python)})
         return instance.python
 
     async def running_names(self) -> list[str]:

@@ -130,12 +130,11 @@ class CondaTainerProvisioner(LocalProvisioner):
         The job name and output file are ours. Default: none (one task on one node).""",
     )
     slurm_connect_ip = Unicode(
-        "127.0.0.1",
+        "node",
         config=True,
-        help="""Address a SLURM kernel listens on (tcp) and the server connects to. Default
-        127.0.0.1: right when the compute node is this host (single-node clusters). 'node': the
-        job's node address (SLURM's NodeAddr), which is what a cluster with separate login
-        nodes needs; or any fixed address.""",
+        help="""Address a SLURM kernel listens on (tcp) and the server connects to. Default 'node':
+        the job's node address (SLURM's NodeAddr), which a cluster with separate login nodes
+        needs (on a single-node cluster it is 127.0.0.1). Or a fixed address, e.g. 127.0.0.1.""",
     )
     slurm_launch_timeout = Float(
         slurm.DEFAULT_LAUNCH_TIMEOUT,

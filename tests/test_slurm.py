@@ -1,0 +1,380 @@
+"""SLURM kernels: argv builders, and the whole lifecycle on a real cluster + Apptainer.
+
+The cluster is the session's private single-node one (``tests/slurm_cluster.py``), so
+every job in its queue is one these tests made; a test still only ever cancels its own.
+Kernels talk to the server over tcp on 127.0.0.1 (the node is this host). Execution goes
+straight to the kernel with the connection file the server wrote; interrupt, restart and
+shutdown go through the server's REST API like JupyterLab's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.manager import AsyncKernelManager
+
+from conftest import processes_mentioning, running_instances
+from kernel_provider import slurm
+from kernel_provider.config import CondaTainerConfig
+from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+from kernel_provider.state import InstanceRecord, Owner
+from test_provisioner import KERNEL, Server, execute, free_port, sync_specs
+
+pytestmark = pytest.mark.integration
+
+REPORT = (
+    "import os, sys; print(os.environ.get('SLURM_JOB_ID'), os.environ.get('SLURM_STEP_ID'), "
+    "os.environ['IN_CONDATAINER'], sys.executable, os.environ.get('http_proxy'), os.environ.get('all_proxy'))"
+)
+
+
+# --- argv builders and decisions (no cluster) ---------------------------------------------
+
+
+def test_sbatch_argv_names_the_job_and_keeps_user_options_last():
+    argv = slurm.sbatch_argv("jcts-abc", "/r/jcts-abc.sbatch", "/r/jcts-abc.out", ["--partition=gpu", "--gpus=1"])
+    assert argv == [
+        "sbatch", "--parsable", "--job-name=jcts-abc", "--output=/r/jcts-abc.out", "--nodes=1", "--ntasks=1",
+        "--partition=gpu", "--gpus=1", "/r/jcts-abc.sbatch",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["--job-name=x", "-J", "--output=/tmp/o", "--wrap=true", "partition=debug"])
+def test_sbatch_args_that_would_hide_our_job_are_refused(bad):
+    with pytest.raises(slurm.SlurmError):
+        slurm.check_sbatch_args(["--time=1:00:00", bad])
+
+
+def test_step_squeue_and_scancel_argv():
+    assert slurm.step_argv("12", "cn1", "jcts-abc-kernel", ["apptainer", "exec", "instance://jcts-abc", "true"]) == [
+        "srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=cn1", "--job-name=jcts-abc-kernel",
+        "/bin/sh", "-c", slurm.FORWARD_SCRIPT, "jct-step", "apptainer", "exec", "instance://jcts-abc", "true",
+    ]
+    assert slurm.job_state_argv("12") == ["squeue", "-h", "-j", "12", "-o", "%T|%P|%r|%N"]
+    assert slurm.my_jobs_argv() == ["squeue", "--me", "-h", "-o", "%i|%j|%T"]
+    assert slurm.steps_argv("12") == ["squeue", "-h", "-s", "-j", "12", "-o", "%i|%j"]
+    assert slurm.scancel_argv("12") == ["scancel", "12"]
+    assert slurm.scancel_argv("12.3", "KILL") == ["scancel", "--signal=KILL", "12.3"]
+    assert slurm.scancel_argv("12", "TERM", batch=True) == ["scancel", "--batch", "--signal=TERM", "12"]
+
+
+def test_job_script_starts_reports_and_stops_the_instance():
+    script = slurm.job_script(
+        ["apptainer", "instance", "start", "--bind", "/a b", "base.sif", "jcts-x"],
+        ["apptainer", "instance", "stop", "jcts-x"],
+        "/run/jcts-x.status",
+    )
+    assert script.startswith("#!/bin/bash\n")
+    assert "if ! apptainer instance start --bind '/a b' base.sif jcts-x; then" in script
+    assert "stop_instance() { apptainer instance stop jcts-x >/dev/null 2>&1; exit 0; }" in script
+    assert "trap stop_instance TERM INT HUP" in script
+    assert 'report state=ready "host=$(hostname)" "proxy=$(find_proxy)"' in script
+    assert slurm.parse_status("state=ready\nhost=cn1\nproxy=10.0.0.1:3128\n") == {
+        "state": "ready", "host": "cn1", "proxy": "10.0.0.1:3128"
+    }
+
+
+def test_proxy_env_is_condatainers():
+    assert slurm.proxy_env("") == []
+    assert dict(slurm.proxy_env("login1:8080")) == {
+        "http_proxy": "http://login1:8080", "https_proxy": "http://login1:8080",
+        "HTTP_PROXY": "http://login1:8080", "HTTPS_PROXY": "http://login1:8080",
+        "all_proxy": "socks5://login1:8080", "ALL_PROXY": "socks5://login1:8080",
+        "no_proxy": "localhost,127.0.0.1", "NO_PROXY": "localhost,127.0.0.1",
+    }
+
+
+def test_client_env_drops_an_outer_jobs_variables():
+    env = slurm.slurm_env({"SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "4", "SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"})
+    assert env == {"SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"}
+
+
+def test_parsers():
+    assert slurm.parse_job_state("PENDING|debug|Resources|\n") == slurm.JobState("PENDING", "debug", "Resources", "")
+    assert slurm.parse_job_state("") is None
+    assert slurm.parse_jobs("7|jcts-a|RUNNING\n8|other|PENDING\n") == [
+        slurm.QueuedJob("7", "jcts-a", "RUNNING"), slurm.QueuedJob("8", "other", "PENDING")
+    ]
+
+
+def _record(name: str, owner: Owner) -> InstanceRecord:
+    return InstanceRecord(name, "b.sif", [], [], [], {}, owner, "key", slurm_job="1")
+
+
+def test_orphans_are_ours_by_name_with_a_dead_or_missing_owner():
+    alive = Owner.current()
+    dead = Owner(alive.pid, alive.start_time + 1, alive.host)  # same PID, other start: a recycled PID
+    elsewhere = Owner(1, 1, "another-login-node")
+    jobs = [slurm.QueuedJob(str(i), name, "RUNNING") for i, name in enumerate(
+        ["jcts-live", "jcts-dead", "jcts-nofile", "jcts-remote", "unrelated", "jct-local"]
+    )]
+    records = {r.name: r for r in [_record("jcts-live", alive), _record("jcts-dead", dead), _record("jcts-remote", elsewhere)]}
+    assert [job.name for job in slurm.orphan_jobs(jobs, records)] == ["jcts-dead", "jcts-nofile"]
+
+
+def test_record_keeps_the_job_id(tmp_path):
+    from kernel_provider.state import StateStore
+
+    store = StateStore(tmp_path)
+    store.write(_record("jcts-a", Owner.current()))
+    assert store.read("jcts-a").slurm_job == "1"
+    assert json.loads(store.path("jcts-a").read_text())["jupyter_condatainer"]["slurm_job"] == "1"
+
+
+def test_slurm_kernelspec_is_named_and_shown_as_such():
+    spec = custom_spec(["python/3.11"], label="py", extra_config={"launcher": "slurm", "slurm_args": ["--partition=debug"]})
+    assert (spec.name, spec.display_name) == ("condatainer-py-slurm", "CondaTainer: py (SLURM)")
+    config = spec.to_kernel_json()["metadata"]["kernel_provisioner"]["config"]
+    assert config == {"overlays": ["python/3.11"], "launcher": "slurm", "slurm_args": ["--partition=debug"]}
+    assert type(spec).from_kernel_json(spec.to_kernel_json()) == spec
+
+
+# --- on the cluster -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slurm_env(user_layout, slurm_cluster, monkeypatch):
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_DATA_HOME", str(user_layout / "xdg-data"))
+    sync_specs()
+    return user_layout
+
+
+def add_slurm_spec(label: str, **config) -> str:
+    spec = custom_spec(["python/3.11"], label=label, extra_config={"launcher": "slurm", **config})
+    KernelspecStore().write(spec)
+    return spec.name
+
+
+def job_of(cluster, kernel_id: str) -> tuple[str, str, str] | None:
+    """(job id, name, state) of the kernel's job; it is named after the kernel id."""
+    jobs = [job for job in cluster.jobs() if job[1].startswith(f"{slurm.JOB_PREFIX}{kernel_id[:8]}")]
+    return jobs[0] if jobs else None
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def slurm_records() -> list:
+    return list(slurm.read_records(slurm.state_store(CondaTainerConfig())).values())
+
+
+class FakeProxy:
+    """A listening port and CondaTainer's shared ``proxy.pid`` pointing at it."""
+
+    def __init__(self, data_home: Path):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.port = self.socket.getsockname()[1]
+        pid_file = data_home / "condatainer" / "proxy.pid"
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(json.dumps({"host": "127.0.0.1", "via": "login1", "port": self.port, "pid": 1}, separators=(",", ":")))
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+async def connect(runtime: Path, kernel_id: str) -> AsyncKernelClient:
+    """A client on the connection file the server wrote (tcp or ipc)."""
+    client = AsyncKernelClient()
+    client.load_connection_file(str(runtime / f"kernel-{kernel_id}.json"))
+    # The server answers once the kernel process runs, maybe before its sockets are up:
+    # without a KernelManager, a client would call one missed heartbeat a dead kernel.
+    client.hb_channel.time_to_dead = 30.0
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    return client
+
+
+def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster):
+    """Start → job step in the container, with the job's variables and the proxy; execute,
+    interrupt, restart in the same job, shutdown leaving no job, instance or state."""
+    name = add_slurm_spec("lifecycle", slurm_args=["--partition=debug"])
+    proxy = FakeProxy(slurm_env / "xdg-data")
+    server = Server(slurm_env, free_port())
+    timings: dict[str, float] = {}
+
+    async def scenario(kernel_id: str) -> tuple[list[str], list[str]]:
+        client = await connect(slurm_env / "runtime", kernel_id)
+        try:
+            out, _ = await execute(client, REPORT)
+            first = out.split()
+            client.execute("import time; time.sleep(60)")
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            await asyncio.to_thread(server.request, "POST", f"/api/kernels/{kernel_id}/interrupt")
+            reply = await client.get_shell_msg(timeout=10)
+            assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+            timings["interrupt"] = time.monotonic() - started
+
+            started = time.monotonic()
+            await asyncio.to_thread(server.request, "POST", f"/api/kernels/{kernel_id}/restart")
+            await client.wait_for_ready(timeout=60)
+            timings["restart"] = time.monotonic() - started
+            out, _ = await execute(client, REPORT)
+            return first, out.split()
+        finally:
+            client.stop_channels()
+
+    try:
+        server.start()
+        started = time.monotonic()
+        kernel = server.request("POST", "/api/kernels", {"name": name})
+        timings["start (POST)"] = time.monotonic() - started
+        job_id, job_name, state = job_of(slurm_cluster, kernel["id"])
+        assert state == "RUNNING"
+        assert [r.slurm_job for r in slurm_records()] == [job_id]
+
+        first, after_restart = asyncio.run(scenario(kernel["id"]))
+        assert first == [job_id, first[1], "1", "/cnt/python/3.11/bin/python",
+                         f"http://127.0.0.1:{proxy.port}", f"socks5://127.0.0.1:{proxy.port}"]
+        assert after_restart[0] == job_id, "a restart is a new step in the same job"
+        assert after_restart[1] != first[1], "…and a new step"
+        assert job_name in running_instances()
+        assert timings["interrupt"] < 2.0
+
+        started = time.monotonic()
+        server.request("DELETE", f"/api/kernels/{kernel['id']}")
+        timings["shutdown"] = time.monotonic() - started
+        assert job_id not in slurm_cluster.job_ids(), "shutdown cancels the job"
+        assert job_name not in running_instances()
+        assert slurm_records() == []
+        assert processes_mentioning(job_name) == []
+        assert list((slurm_env / "runtime" / "condatainer").glob(f"{job_name}*")) == []
+        assert list((slurm_env / "runtime" / "condatainer").glob("kernel-*.env")) == []
+    finally:
+        server.stop()
+        proxy.close()
+    print("\nSLURM kernel timings (s):", {k: round(v, 2) for k, v in timings.items()})
+
+
+def test_slurm_kernel_start_vs_local(slurm_env, slurm_cluster):
+    """The benchmark figure: time to a first execute reply, SLURM vs local, same server."""
+    name = add_slurm_spec("bench")
+    server = Server(slurm_env, free_port())
+
+    async def first_reply(kernel_id: str) -> None:
+        client = await connect(slurm_env / "runtime", kernel_id)
+        try:
+            await execute(client, "pass")
+        finally:
+            client.stop_channels()
+
+    figures = {}
+    try:
+        server.start()
+        for label, kernel_name in [("local", KERNEL), ("slurm", name), ("local", KERNEL), ("slurm", name)]:
+            started = time.monotonic()
+            kernel = server.request("POST", "/api/kernels", {"name": kernel_name})
+            asyncio.run(first_reply(kernel["id"]))
+            figures.setdefault(label, []).append(round(time.monotonic() - started, 2))
+            server.request("DELETE", f"/api/kernels/{kernel['id']}")
+    finally:
+        server.stop()
+    print("\nkernel start to first reply (s):", figures)
+    assert slurm_cluster.jobs() == []
+    assert min(figures["slurm"]) < 15
+
+
+def test_restart_after_the_job_ended_submits_a_new_job(slurm_env, slurm_cluster):
+    """A job that reached its time limit (here: cancelled by hand) kills the kernel; the
+    restart that follows gets a new job, and clients keep their ports."""
+    name = add_slurm_spec("ended")
+
+    async def scenario():
+        km = AsyncKernelManager(kernel_name=name)
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            first = (await execute(client, REPORT))[0].split()[0]
+            slurm_cluster.run(["scancel", first])
+            await asyncio.wait_for(km.provisioner.wait(), 30)
+            await km.restart_kernel(now=True)
+            await client.wait_for_ready(timeout=60)
+            second = (await execute(client, REPORT))[0].split()[0]
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first != second
+    assert slurm_cluster.jobs() == []
+    assert slurm_records() == []
+    assert not {n for n in running_instances() if n.startswith(slurm.JOB_PREFIX)}
+
+
+@pytest.mark.parametrize(
+    ("config", "message", "limit"),
+    [
+        ({"slurm_args": ["--cpus-per-task=64"]}, "cannot start on partition debug: PartitionConfig", 10),
+        ({"slurm_args": ["--time=2:00:00"]}, "cannot start on partition debug: Partition", 10),
+        ({"slurm_args": ["--partition=nope"]}, "invalid partition", 10),
+        ({"slurm_args": ["--begin=now+3600"], "slurm_launch_timeout": 3}, "did not start within 3 s (still PENDING: BeginTime)", 12),
+    ],
+    ids=["more-cpus-than-the-node", "over-partition-time-limit", "no-such-partition", "pending-past-timeout"],
+)
+def test_job_that_cannot_start_fails_with_slurms_reason_and_is_cancelled(
+    slurm_env, slurm_cluster, caplog, config, message, limit
+):
+    name = add_slurm_spec("bad", **config)
+    before = slurm_cluster.job_ids()
+
+    async def scenario():
+        km = AsyncKernelManager(kernel_name=name)
+        started = time.monotonic()
+        with pytest.raises(Exception) as error:
+            await km.start_kernel()
+        return time.monotonic() - started, str(error.value)
+
+    with caplog.at_level("INFO"):
+        elapsed, error = asyncio.run(scenario())
+    assert message in error
+    assert elapsed < limit
+    assert slurm_cluster.job_ids() == before, "the job is cancelled"
+    assert slurm_records() == []
+    assert not {n for n in running_instances() if n.startswith(slurm.JOB_PREFIX)}
+    if "slurm_launch_timeout" in config:
+        assert "queued as job" in caplog.text and "on partition debug (BeginTime)" in caplog.text
+
+
+def test_server_crash_leaves_a_job_the_next_server_cancels(slurm_env, slurm_cluster):
+    """SIGKILL the server: its job keeps running; the next server start cancels that job
+    (and stops its instance) but not a job someone else submitted."""
+    name = add_slurm_spec("crash", slurm_connect_ip="node")
+    unrelated = slurm_cluster.run(["sbatch", "--parsable", "--job-name=unrelated", "--output=/dev/null", "--wrap=sleep 300"]).stdout.strip()
+    server = Server(slurm_env, free_port())
+    try:
+        server.start()
+        kernel = server.request("POST", "/api/kernels", {"name": name})
+        job_id, job_name, _ = job_of(slurm_cluster, kernel["id"])
+        server.kill()
+        assert job_id in slurm_cluster.job_ids(), "jobs outlive a SIGKILLed server"
+
+        server.start()
+        wait_until(lambda: job_id not in slurm_cluster.job_ids(), 30, "the orphaned job to be cancelled")
+        assert unrelated in slurm_cluster.job_ids(), "a job that is not ours stays"
+        wait_until(lambda: job_name not in running_instances(), 10, "the orphan's instance to stop")
+        # The sweep forgets the state file once it has seen the job leave the queue.
+        wait_until(lambda: slurm_records() == [], 10, "the orphan's state file to go")
+        assert server.request("GET", "/api/kernels") == []
+    finally:
+        server.stop()
+        slurm_cluster.run(["scancel", unrelated], check=False)
