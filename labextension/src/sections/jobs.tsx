@@ -60,6 +60,10 @@ function JobRow(props: {
   const tail = showTail
     ? (job.log_tail ?? []).slice(-model.jobs.tailLength)
     : [];
+  // A failed job's message is the first line of its error, which is shown in
+  // full below: do not say it twice.
+  const message =
+    job.error && job.error.startsWith(job.message) ? '' : job.message;
 
   return (
     <li
@@ -92,7 +96,7 @@ function JobRow(props: {
         </div>
       )}
       <div className="jp-condatainer-row jp-condatainer-job-message">
-        <span title={job.message}>{job.message}</span>
+        <span title={message}>{message}</span>
         <span
           className="jp-condatainer-job-time"
           title={trans.__('Started %1', formatTime(job.created))}

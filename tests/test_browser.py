@@ -1,0 +1,329 @@
+"""The CondaTainer panel in a real browser, against a real ``jupyter lab`` on real Apptainer.
+
+Debian's ``chromium`` (``scripts/setup-browser.sh``) is driven by Python ``playwright`` with
+``executable_path``; Playwright's own browser downloads are never used. The server runs as a
+subprocess in an isolated layout (``user_layout``: private Jupyter, image and state dirs) with
+the extension as the editable install put it into the venv, and creates envs from the local
+test channel (``tests/channel.py``): ``MAMBA_CHANNEL_ALIAS=file://ROOT`` in the server's
+environment is passed into every container and its root bound
+(``CondaTainerConfig.container_env``), so the channel names ``conda-forge``/``bioconda`` resolve
+to it, as a site's local conda mirror would.
+
+Screenshots go to ``$JCT_SCREENSHOTS`` (default ``artifacts/screenshots`` in the repo, which
+CI keeps): ``01-panel``, ``02-create-progress``, ``03-packages``, ``04-notebook``,
+``05-dark``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import running_instances
+from kernel_provider.config import CondaTainerConfig
+from kernel_provider.state import StateStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--disable-quic",
+]
+EXTENSION = "jupyter-condatainer"
+KERNEL_LABEL = "CondaTainer: python/3.11"
+UI_TIMEOUT_MS = 20_000  # a panel or dialog state after a click
+JOB_TIMEOUT_MS = 150_000  # an env job (one-shot containers) from start to end
+KERNEL_TIMEOUT_MS = 90_000  # instance start + first kernel reply (+ a supplied ipykernel once)
+FINAL_STATES = ("succeeded", "failed", "cancelled")  # a job's end (data-state)
+FINAL = re.compile(f"^({'|'.join(FINAL_STATES)})$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """``$JCT_SCREENSHOTS`` or ``artifacts/screenshots``; a private one when that is not writable."""
+    wanted = Path(os.environ.get("JCT_SCREENSHOTS") or REPO / "artifacts" / "screenshots")
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        if os.access(wanted, os.W_OK):
+            return wanted
+    except OSError:
+        pass
+    fallback = tmp_path / "screenshots"
+    fallback.mkdir(exist_ok=True)
+    print(f"{wanted} is not writable; screenshots go to {fallback}")
+    return fallback
+
+
+class Lab:
+    """``jupyter lab`` as a subprocess with token auth, stopped with SIGTERM like a user's Ctrl-C."""
+
+    def __init__(self, root: Path, log: Path, env: dict[str, str]):
+        self.root, self.log_path, self.env = root, log, env
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> None:
+        argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
+                "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"]
+        if os.getuid() == 0:
+            argv.append("--allow-root")
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/api/status")
+                return
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"jupyter lab did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def get(self, path: str):
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # the server shuts its kernels (and instances) down
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def lab(user_layout, conda_channel):
+    """A running ``jupyter lab`` in the isolated layout, the test channel wired in."""
+    config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])
+    # No "get notified about news?" toast (and no request to the news feed) in a fresh profile.
+    settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    root = user_layout / "notebooks"
+    root.mkdir()
+    env = {**os.environ, **conda_channel.env}  # a site conda mirror, as CondaTainerConfig.container_env reads it
+    server = Lab(root, user_layout / "lab.log", env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def browser_page(lab):
+    """A Chromium page logged in to ``lab``; records uncaught page errors in ``page.errors``."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail("Python playwright is missing: pip install -e '.[test]' (scripts/setup.sh does)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-browser.sh (scripts/setup.sh does)")
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            page = context.new_page()
+            page.errors = []
+            page.on("pageerror", lambda error: page.errors.append(str(error)))
+            page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+            yield page
+        finally:
+            browser.close()
+
+
+def assert_extension_enabled(env: dict[str, str]) -> None:
+    """``jupyter labextension list`` shows ours enabled and OK, and it is the current build."""
+    result = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    listing = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    assert re.search(rf"^\s*{EXTENSION} v\S+ enabled OK\b", listing, re.M), listing
+    installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / EXTENSION / "package.json"
+    built = REPO / "kernel_provider" / "labextension" / "package.json"
+    assert installed.is_file() and built.is_file(), f"{installed} / {built} missing: run scripts/setup.sh"
+    assert json.loads(installed.read_text())["jupyterlab"]["_build"] == json.loads(built.read_text())["jupyterlab"]["_build"], (
+        f"{installed.parent} is not the current build of labextension/: run scripts/setup.sh"
+    )
+
+
+def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
+    page = browser_page
+    shots = screenshot_dir(tmp_path)
+    assert_extension_enabled(lab.env)
+    try:
+        walk_through(page, shots)
+    except BaseException:
+        page.screenshot(path=str(shots / "failure.png"))
+        print(f"jupyter lab log:\n{lab.log_tail()}")
+        raise
+    assert page.errors == [], page.errors
+
+    # Stopping the server stops the kernel and its instance; nothing of ours is left running.
+    store = StateStore(CondaTainerConfig().instance_state_dir)
+    ours = {record.name for record in store.ours()}
+    assert ours, "the notebook's kernel has an instance"
+    lab.stop()
+    assert lab.process.returncode == 0, lab.log_tail()
+    assert not ours & running_instances()
+    assert store.ours() == []
+
+
+def walk_through(page, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    def shot(name: str) -> None:
+        # Transitions (the progress bar) are fast-forwarded to where they are heading.
+        page.screenshot(path=str(shots / f"{name}.png"), animations="disabled")
+
+    def jobs(target: str, kind: str, state: str = ""):
+        """The job rows of one kind ("Create", "Install", "Remove") on one env."""
+        selector = f'[data-testid="jp-condatainer-job"][data-target="{target}"]'
+        return panel.locator(selector + (f'[data-state="{state}"]' if state else "")).filter(has_text=kind)
+
+    def succeeds(row) -> None:
+        """Wait for a job to end; fail at once, with what the panel says, when it did not succeed."""
+        expect(row).to_have_attribute("data-state", FINAL, timeout=JOB_TIMEOUT_MS)
+        assert row.get_attribute("data-state") == "succeeded", row.inner_text()
+
+    def package(name: str):
+        return panel.locator(f'[data-testid="jp-condatainer-package-row"][data-package-name="{name}"]')
+
+    # The launcher of a fresh workspace offers the CondaTainer kernel.
+    launcher = page.locator(".jp-Launcher")
+    expect(launcher.locator(".jp-LauncherCard", has_text=KERNEL_LABEL).first).to_be_visible(timeout=60_000)
+
+    # The panel, from its tab in the left sidebar.
+    page.locator('.jp-SideBar.jp-mod-left li[data-id="jp-condatainer-panel"]').click()
+    panel = page.get_by_test_id("jp-condatainer-panel")
+    expect(panel).to_be_visible()
+    python = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="python/3.11"]')
+    hello = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="hello/1.0"]')
+    expect(panel.get_by_test_id("jp-condatainer-group-sqf")).to_contain_text("Read-only overlays")
+    expect(python).to_be_visible()
+    expect(python.get_by_test_id("jp-condatainer-open-notebook")).to_be_visible()
+    expect(hello).to_contain_text("hello 1.0 - a tiny test tool")
+    expect(hello).to_contain_text("HELLO_HOME")
+    expect(panel.get_by_test_id("jp-condatainer-group-sif")).to_contain_text("ubuntu24/base_image")
+    expect(panel.get_by_test_id("jp-condatainer-group-img")).to_contain_text("Writable envs")
+    shot("01-panel")
+
+    # A new env from the test channel through the "New env" dialog; its job runs to success.
+    panel.get_by_test_id("jp-condatainer-create-button").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.get_by_test_id("jp-condatainer-create-name").fill("demo")
+    dialog.get_by_test_id("jp-condatainer-create-size").fill("256")
+    dialog.get_by_test_id("jp-condatainer-create-packages").fill("zlib, demo-tool")
+    dialog.get_by_test_id("jp-condatainer-create-channels").fill("conda-forge")
+    dialog.locator(".jp-mod-accept").click()
+    expect(dialog).to_have_count(0)
+    create = jobs("demo", "Create")
+    expect(create).to_have_count(1)
+    # Progress as it happens: the bar and the job's last log lines while it runs (or the job's end,
+    # should it be over before a log line arrives).
+    running = jobs("demo", "Create", "running")
+    ended = create.and_(panel.locator(", ".join(f'[data-state="{state}"]' for state in FINAL_STATES)))
+    expect(running.get_by_test_id("jp-condatainer-job-log").or_(ended)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    if running.count():
+        expect(running.get_by_test_id("jp-condatainer-job-progress")).to_be_visible()
+        running.scroll_into_view_if_needed()
+        shot("02-create-progress")
+    else:
+        print("the create job ended before the panel showed it running: no 02-create-progress screenshot")
+    succeeds(create)
+    demo = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="demo"]')
+    expect(demo).to_be_visible()
+    # "Register as a Jupyter kernel" (on by default): the launcher shows the env's kernel at once.
+    expect(launcher.locator(".jp-LauncherCard", has_text="CondaTainer: demo (env)").first).to_be_visible()
+
+    # Its packages; install one and remove one, each a live job.
+    demo.get_by_test_id("jp-condatainer-packages-button").click()
+    for name in ("zlib", "demo-tool", "libdemo"):
+        expect(package(name)).to_be_visible()
+    panel.get_by_test_id("jp-condatainer-install-input").fill("demopkg")
+    panel.get_by_test_id("jp-condatainer-install-button").click()
+    install = jobs("demo", "Install")
+    expect(install).to_have_count(1)
+    succeeds(install)
+    expect(package("demopkg")).to_be_visible()
+    expect(package("python")).to_be_visible()  # demopkg's dependency
+    package("demo-tool").get_by_test_id("jp-condatainer-package-remove").click()
+    remove = jobs("demo", "Remove")
+    expect(remove).to_have_count(1)
+    succeeds(remove)
+    expect(package("demo-tool")).to_have_count(0)
+    expect(package("zlib")).to_be_visible()
+    # An install that cannot be solved fails with the solver's words; the env stays as it was.
+    panel.get_by_test_id("jp-condatainer-install-input").fill("demo-broken")
+    panel.get_by_test_id("jp-condatainer-install-button").click()
+    broken = jobs("demo", "Install").filter(has_text="demo-broken")
+    expect(broken).to_have_attribute("data-state", FINAL, timeout=JOB_TIMEOUT_MS)
+    expect(broken).to_have_attribute("data-state", "failed")
+    expect(broken.get_by_test_id("jp-condatainer-job-error")).to_contain_text("libdemo >=3")
+    expect(package("demo-broken")).to_have_count(0)
+    expect(package("demopkg")).to_be_visible()
+    panel.get_by_test_id("jp-condatainer-package-filter").fill("demo")
+    expect(panel.get_by_test_id("jp-condatainer-package-row")).to_have_count(1)  # demopkg
+    shot("03-packages")
+
+    # A notebook on python/3.11 from the overlay's button; the kernel runs in the container.
+    python.get_by_test_id("jp-condatainer-open-notebook").click()
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(notebook).to_be_visible()
+    expect(notebook.locator(".jp-KernelName")).to_have_text(KERNEL_LABEL)
+    # Ready when the status bar says so (a cell run while the kernel still starts may be dropped).
+    expect(page.locator("#jp-main-statusbar").get_by_text(f"{KERNEL_LABEL} | Idle")).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+    notebook.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.type("import sys; print(sys.executable)")
+    page.keyboard.press("Shift+Enter")
+    output = notebook.locator(".jp-OutputArea-output").first
+    expect(output).to_have_text("/cnt/python/3.11/bin/python", timeout=KERNEL_TIMEOUT_MS)
+    # The panel shows the overlay in use by that kernel.
+    panel.get_by_test_id("jp-condatainer-refresh-button").click()
+    expect(python.get_by_test_id("jp-condatainer-badge-in-use")).to_be_visible()
+    shot("04-notebook")
+
+    # The dark theme, from the Settings menu: the panel follows the theme's variables.
+    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^JupyterLab Dark$")).click()
+    expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
+    page.wait_for_function(  # the theme's stylesheet is applied, not only announced
+        "getComputedStyle(document.querySelector('#jp-condatainer-panel')).backgroundColor !== 'rgb(255, 255, 255)'"
+    )
+    shot("05-dark")
