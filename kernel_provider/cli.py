@@ -7,6 +7,7 @@
     jupyter condatainer kernelspecs remove NAME
     jupyter condatainer instances list
     jupyter condatainer instances stop NAME | --orphans
+    jupyter condatainer env history|export|rollback|freeze NAME …   (kernel_provider/env_cli.py)
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ class CondaTainerApp(_Group):
     subcommands = {
         "kernelspecs": (KernelspecsApp, KernelspecsApp.description),
         "instances": (InstancesApp, InstancesApp.description),
+        # Imported when used (kernel_provider/env_cli.py builds on this module's base classes).
+        "env": ("kernel_provider.env_cli.EnvApp", "An env's history, export/lock, rollback and freeze."),
     }
 
 

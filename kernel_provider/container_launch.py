@@ -5,6 +5,8 @@ Runs with nothing but the standard library. The host bind-mounts this package at
 ``/opt/jupyter-condatainer/ipykernel/cp3XY``; both go at the *end* of ``sys.path``,
 so packages of the environment itself always win and a supplied ipykernel is used
 only when the environment has none. The ``%condatainer`` magic is loaded on start.
+Before ipykernel starts, the stack's conda envs are activated as ``conda activate`` would
+(``kernel_provider.activation``: ``etc/conda/activate.d/*.sh``, ``conda-meta/state`` variables).
 """
 
 import importlib.util
@@ -18,11 +20,29 @@ NO_IPYKERNEL_EXIT = 3
 MAGIC_EXTENSION = "--ext=kernel_provider.magic"
 
 
+def activate_conda_envs() -> None:
+    """``conda activate`` the stack's envs (activation scripts, env vars); nothing of the host's
+    ``~/.local`` (user site-packages) in this kernel or its child processes."""
+    try:
+        from kernel_provider.activation import activate_in_process
+    except ImportError:  # an older package bound in: no activation
+        pass
+    else:
+        activate_in_process()
+    os.environ["PYTHONNOUSERSITE"] = "1"
+    import site
+
+    user_site = site.getusersitepackages() if hasattr(site, "getusersitepackages") else ""
+    if user_site:
+        sys.path[:] = [p for p in sys.path if not p.startswith(user_site)]
+
+
 def main() -> None:
     # Python put this script's directory first on sys.path; it must not shadow anything.
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)
     sys.path.append(LIB_DIR)
+    activate_conda_envs()
     if importlib.util.find_spec("ipykernel") is None:
         tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
         supplied = os.path.join(SUPPLY_DIR, tag)

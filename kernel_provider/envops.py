@@ -13,20 +13,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
 import shutil
 import secrets
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 from filelock import FileLock, Timeout
 
-from . import command, names
+from . import command, history, names
 from .config import CondaTainerConfig
 from .instance import (
     Instance,
@@ -318,6 +319,7 @@ class EnvOperations:
             temporary = Overlay.from_path(str(tmp))
             report.step(0.15, f"solving and installing {' '.join(packages)}")
             cmd = ["mm-create", "-y", *[a for c in channels for a in ("-c", c)], *packages]
+            cmd = history.recorded(cmd, f"create {name} {' '.join(packages)}", current_user(), self.via)
             await self._run_in_oneshot(report, temporary, cmd, channels, what="mm-create")
             report.step(0.85, "cleaning the package cache")
             await self._run_in_oneshot(report, temporary, ["mm-clean", "-a", "-y", "-q"], channels, what="mm-clean", check=False)
@@ -353,22 +355,36 @@ class EnvOperations:
         specs = validate_specs(specs)
         channels = validate_channels(channels)
         overlay = self.find_env(name)
+        cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
+        cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
+        await self.run_change(report, overlay, cmd, channels)
+        return f"{verb} {' '.join(specs)}: done"
+
+    via = "jupyter-condatainer"  # recorded with each revision (the CLI sets its own)
+
+    async def run_change(
+        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str] = (),
+        binds: Sequence[str] = (), prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run a package command on an env under its lock: in our kernel's instance that has it
+        mounted, else in a one-shot container with a snapshot; refused while another container
+        has it mounted. ``prepare`` runs once the lock is held (checks that need it)."""
         lock = self.try_lock(overlay.path)
         try:
-            cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
+            if prepare is not None:
+                await prepare()
             instance = self.mounted_by(overlay)
             if instance is not None:
                 await self._run_in_instance(report, instance, cmd)
             else:
                 if is_in_use(overlay.path) or is_locked(overlay.path, locked_files()):
                     raise EnvBusyError(
-                        f"{name} is mounted by another container (a kernel of another server or a CondaTainer "
-                        "shell); stop it first"
+                        f"{overlay.name} is mounted by another container (a kernel of another server or a "
+                        "CondaTainer shell); stop it first"
                     )
-                await self._run_with_snapshot(report, overlay, cmd, channels)
+                await self._run_with_snapshot(report, overlay, cmd, channels, binds)
         finally:
             lock.release()
-        return f"{verb} {' '.join(specs)}: done"
 
     async def _run_in_instance(self, report: Reporter, instance: Instance, cmd: list[str]) -> None:
         if not instance.plan.writable:
@@ -376,16 +392,19 @@ class EnvOperations:
                 f"the env is mounted read-only by a running kernel ({instance.name}); restart that kernel "
                 "with a writable kernelspec or stop it first"
             )
-        report.step(0.2, f"running {cmd[0]} in the kernel's instance {instance.name}")
-        report.log(f"{cmd[0]} runs in {instance.name}, the instance of a running kernel (no restart needed)")
+        label = history.command_label(cmd)
+        report.step(0.2, f"running {label} in the kernel's instance {instance.name}")
+        report.log(f"{label} runs in {instance.name}, the instance of a running kernel (no restart needed)")
         report.point_of_no_return()
         argv = command.instance_exec_argv(self.instances.apptainer, instance.name, str(instance.env_file), cmd)
         lines: list[str] = []
         rc = await stream(argv, lambda line: (lines.append(line), report.log(line)))
         if rc != 0:
-            raise RuntimeError(_failure(cmd[0], lines))
+            raise RuntimeError(_failure(label, lines))
 
-    async def _run_with_snapshot(self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str]) -> None:
+    async def _run_with_snapshot(
+        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], binds: Sequence[str] = ()
+    ) -> None:
         """Keep a sparse copy so a failure or cancel puts the image back exactly as it was.
 
         The env lock is held meanwhile; if this process dies, :meth:`recover` finds the
@@ -397,19 +416,22 @@ class EnvOperations:
             snapshot.unlink(missing_ok=True)
             raise RuntimeError(f"could not snapshot {overlay.path} (disk full?)")
         try:
-            report.step(0.2, f"running {cmd[0]}")
-            await self._run_in_oneshot(report, overlay, cmd, channels, what=cmd[0])
+            label = history.command_label(cmd)
+            report.step(0.2, f"running {label}")
+            await self._run_in_oneshot(report, overlay, cmd, channels, what=label, binds=binds)
         except BaseException:
             os.replace(snapshot, overlay.path)
             raise
         snapshot.unlink(missing_ok=True)
 
     async def _run_in_oneshot(
-        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], what: str, check: bool = True
+        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], what: str, check: bool = True,
+        binds: Sequence[str] = (),
     ) -> None:
         plan = plan_container(
             StackRequest(
-                overlays=[overlay.path], writable=True, env=self.config.container_env, binds=channel_binds(channels)
+                overlays=[overlay.path], writable=True, env=self.config.container_env,
+                binds=[*channel_binds(channels), *binds],
             ),
             self.catalog(),
             ImageProbe(),
@@ -442,10 +464,15 @@ class EnvOperations:
         for directory in self.config.image_dirs:
             if not os.access(directory, os.W_OK):
                 continue
-            for path in Path(directory).glob(".*.tmp.img"):
+            for path in [*Path(directory).glob(".*.tmp.img"), *Path(directory).glob(".*.tmp.sqf")]:
                 owner = _tmp_owner(path.name)
                 if owner is not None and not owner.is_alive():
                     path.unlink(missing_ok=True)
+                    actions.append(f"removed unfinished {path.name}")
+            for path in Path(directory).glob(".*.tmp.stage"):
+                owner = _tmp_owner(path.name)
+                if owner is not None and not owner.is_alive():
+                    shutil.rmtree(path, ignore_errors=True)
                     actions.append(f"removed unfinished {path.name}")
             for snapshot in Path(directory).glob(".*.img.snapshot"):
                 image = snapshot.with_name(snapshot.name[1 : -len(".snapshot")])
@@ -482,13 +509,21 @@ class EnvOperations:
                 store.remove(kernel)
 
 
+def current_user() -> str:
+    """Who a revision is recorded for: this process's user."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
+
+
 def snapshot_path(image: str) -> Path:
     return Path(image).with_name(f".{os.path.basename(image)}.snapshot")
 
 
 def _tmp_owner(filename: str) -> Owner | None:
     """The builder recorded in a temporary env's name (``.x.PID-START.rand.tmp.img``)."""
-    match = re.search(r"\.(\d+)-(\d+)\.[0-9a-f]+\.tmp\.img$", filename)
+    match = re.search(r"\.(\d+)-(\d+)\.[0-9a-f]+\.tmp\.(?:img|sqf|stage)$", filename)
     if not match:
         return None
     return Owner(int(match.group(1)), int(match.group(2)), socket.gethostname())

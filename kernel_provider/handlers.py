@@ -176,10 +176,125 @@ class JobHandler(BaseHandler):
         self.finish(job.to_json())
 
 
+# -- env lifecycle: history, export, rollback, freeze (kernel_provider.lifecycle / .freeze) ----
+
+
+class _LifecycleHandler(BaseHandler):
+    def lifecycle(self):
+        from .lifecycle import Lifecycle
+
+        return Lifecycle(self.operations)
+
+    def env_name(self, name: str) -> str:
+        name = self.overlay_name(name)
+        try:
+            self.operations.find_env(name)
+        except OverlayError as err:
+            raise web.HTTPError(400, str(err)) from None
+        return name
+
+    def not_busy(self, name: str) -> None:
+        running = self.jobs.running_for(name)
+        if running:
+            raise web.HTTPError(
+                409, f"job {running.id} ({running.kind}) is running on {name}; wait for it or cancel it"
+            )
+
+
+class HistoryHandler(_LifecycleHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        name = self.env_name(name)
+        revisions = await asyncio.to_thread(self.lifecycle().history, name)
+        self.finish({"name": name, "revisions": [r.to_json() for r in revisions]})
+
+
+class ExportHandler(_LifecycleHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        from .history import HistoryError
+
+        name = self.env_name(name)
+        fmt = self.get_query_argument("format", "yml")
+        revision = self.get_query_argument("revision", None)
+        try:
+            filename, text = await asyncio.to_thread(self.lifecycle().export, name, fmt, revision)
+        except (HistoryError, ValueError) as err:
+            raise web.HTTPError(400, str(err)) from None
+        if self.get_query_argument("download", ""):
+            self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+        self.set_header("X-Filename", filename)
+        self.finish(text, set_content_type="text/plain; charset=utf-8")
+
+
+class RollbackHandler(_LifecycleHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        from .history import HistoryError
+
+        name = self.env_name(name)
+        revision = self.body().get("revision")
+        if isinstance(revision, bool) or not isinstance(revision, int):
+            raise web.HTTPError(400, "revision must be an integer (see GET …/history)")
+        self.not_busy(name)
+        lifecycle = self.lifecycle()
+        try:
+            await asyncio.to_thread(lifecycle.check_revision, name, revision)
+        except HistoryError as err:
+            raise web.HTTPError(400, str(err)) from None
+        busy = await asyncio.to_thread(lifecycle.busy_reason, name)
+        if busy:
+            raise web.HTTPError(409, busy)
+        job = self.jobs.submit("rollback", name, lambda report: lifecycle.rollback(report, name, revision))
+        self.accepted(job)
+
+
+class FreezeHandler(_LifecycleHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        from . import freeze
+        from .history import HistoryError
+
+        name = self.env_name(name)
+        data = self.body()
+        revision = data.get("revision")
+        if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
+            raise web.HTTPError(400, "revision must be an integer or left out (the latest)")
+        frozen, version = data.get("name"), data.get("version")
+        if not isinstance(frozen, str) or not isinstance(version, str):
+            raise web.HTTPError(400, "name and version must be strings, e.g. {\"name\": \"myenv\", \"version\": \"1.0\"}")
+        try:
+            freeze.check_target(self.operations, name, frozen, version)
+        except FileExistsError as err:
+            raise web.HTTPError(409, str(err)) from None
+        except ValueError as err:
+            raise web.HTTPError(400, str(err)) from None
+        self.not_busy(name)
+        try:
+            await asyncio.to_thread(self.lifecycle().check_revision, name, revision)
+        except HistoryError as err:
+            raise web.HTTPError(400, str(err)) from None
+        register = bool(data.get("register_kernel", True))
+        operations = self.operations
+        job = self.jobs.submit(
+            "freeze", name,
+            lambda report: freeze.freeze(operations, report, name, frozen, version, revision, register),
+        )
+        self.accepted(job)
+
+
 _NAME = r"(?P<name>.+?)"  # "python/3.11" raw or %2F-encoded; validated by names.normalize
 ROUTES = [
     (r"/condatainer/api/overlays", OverlaysHandler),
     (rf"/condatainer/api/overlays/{_NAME}/packages", PackagesHandler),
+    (rf"/condatainer/api/overlays/{_NAME}/history", HistoryHandler),
+    (rf"/condatainer/api/overlays/{_NAME}/export", ExportHandler),
+    (rf"/condatainer/api/overlays/{_NAME}/rollback", RollbackHandler),
+    (rf"/condatainer/api/overlays/{_NAME}/freeze", FreezeHandler),
     (rf"/condatainer/api/overlays/{_NAME}", OverlayHandler),
     (r"/condatainer/api/jobs", JobsHandler),
     (r"/condatainer/api/jobs/(?P<job_id>[0-9a-f]+)", JobHandler),

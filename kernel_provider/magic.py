@@ -31,6 +31,10 @@ USAGE = """Manage the packages of this kernel's CondaTainer env.
   %condatainer update SPEC…  [-c CH] [--dry-run]
   %condatainer remove SPEC…  [--dry-run]
   %condatainer overlays                 images available in the image directories
+  %condatainer history [--json]         the env's revisions: when, who, what, packages changed
+  %condatainer export [yml|lock] [--revision N] [-o FILE]
+                                        environment.yml (asked-for specs + channels) or an
+                                        @EXPLICIT lock (every package URL + md5) of a revision
   %condatainer create NAME [SPEC…] [-c CH] [--size MB] [--no-kernel]
                                         a new env NAME.img (through the Jupyter server) and
                                         its kernel 'CondaTainer: NAME (env)'
@@ -117,6 +121,19 @@ def _no_writable_env_message(info: dict) -> str:
     )
 
 
+def _recorded(cmd: list[str], request: str) -> list[str]:
+    """The command wrapped so its revision records who asked for what (``kernel_provider.history``)."""
+    from . import history
+
+    try:
+        import pwd
+
+        user = os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        user = str(os.getuid())
+    return history.recorded(cmd, request, user, "%condatainer")
+
+
 def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
     """Run a command, printing its output into the cell as it comes."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -145,6 +162,8 @@ class CondaTainerMagics(Magics):
             "remove": self._change,
             "overlays": self._overlays,
             "create": self._create,
+            "history": self._history,
+            "export": self._export,
         }.get(verb)
         if handler is None:
             raise CondaTainerError(f"unknown subcommand {verb!r}\n\n{USAGE}")
@@ -191,7 +210,7 @@ class CondaTainerMagics(Magics):
             raise CondaTainerError(f"%condatainer {verb} needs at least one package spec")
         before = _conda_meta()
         with _env_lock(info.get("env_lock")):
-            returncode, lines = run_streaming([f"mm-{verb}", "-y", *args])
+            returncode, lines = run_streaming(_recorded([f"mm-{verb}", "-y", *args], f"{verb} {' '.join(specs)}"))
         if returncode != 0:
             tail = "\n".join(lines[-10:])
             raise CondaTainerError(f"mm-{verb} failed (exit {returncode}); the env is unchanged:\n{tail}")
@@ -234,7 +253,7 @@ class CondaTainerMagics(Magics):
             "size_mb": options.size, "register_kernel": not options.no_kernel,
         }
         try:
-            server = server_link.find_server(os.path.dirname(get_connection_file()), os.environ.get("JPY_PARENT_PID"))
+            server = server_link.find_server(server_link.runtime_dirs(get_connection_file()), os.environ.get("JPY_PARENT_PID"))
             job = server_link.run_job(server, "POST", "condatainer/api/overlays", body, lambda line: print(line, flush=True))
         except server_link.ServerLinkError as err:
             raise CondaTainerError(str(err)) from None
@@ -243,6 +262,54 @@ class CondaTainerMagics(Magics):
         print(job.get("message") or f"created {options.name}")
         if not options.no_kernel:
             print(f"Switch to the kernel 'CondaTainer: {options.name} (env)' (Kernel → Change Kernel) to use it.")
+
+    def _meta(self):
+        from . import history
+
+        if not os.path.isdir(os.path.join(ENV_PREFIX, "conda-meta")):
+            raise CondaTainerError(f"no conda env at {ENV_PREFIX} in this kernel's stack\n\n" + _no_writable_env_message(_info()))
+        return history.load_env_meta(ENV_PREFIX)
+
+    def _history(self, verb: str, args: list[str]) -> None:
+        from . import history
+
+        revisions = self._meta().revisions()
+        if "--json" in args:
+            print(json.dumps([r.to_json() for r in revisions], indent=1))
+            return
+        print(history.format_history(revisions))
+
+    def _export(self, verb: str, args: list[str]) -> None:
+        import argparse
+
+        from . import history
+
+        parser = argparse.ArgumentParser(prog="%condatainer export", add_help=False)
+        parser.add_argument("format", nargs="?", default="yml", choices=["yml", "lock"])
+        parser.add_argument("--revision", "-r", type=int)
+        parser.add_argument("-o", "--output")
+        try:
+            options = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as err:
+            raise CondaTainerError(f"usage: %condatainer export [yml|lock] [--revision N] [-o FILE] ({err})") from None
+        meta = self._meta()
+        info = _info()
+        name = os.path.basename(info.get("writable_env") or "env").rsplit(".", 1)[0].replace("--", "/")
+        try:
+            revision = history.select(meta.revisions(), options.revision)
+            if options.format == "lock":
+                text = history.render_explicit(name, revision, meta)
+            else:
+                alias = os.environ.get("MAMBA_CHANNEL_ALIAS") or os.environ.get("CONDA_CHANNEL_ALIAS") or ""
+                text = history.render_environment_yml(name, revision, meta.channels, alias)
+        except history.HistoryError as err:
+            raise CondaTainerError(str(err)) from None
+        if options.output:
+            with open(options.output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            print(f"wrote {options.output} (revision {revision.number})")
+        else:
+            print(text, end="")
 
     def _overlays(self, verb: str, args: list[str]) -> None:
         info = _info()

@@ -25,16 +25,25 @@ class ServerLinkError(RuntimeError):
     """No server to ask, or the server refused; the message says which."""
 
 
-def find_server(runtime_dir: str, parent_pid: str | None) -> dict:
+def runtime_dirs(connection_file: str) -> list[str]:
+    """Where the host's Jupyter runtime directory shows in the container: the connection file's
+    directory, and the parent of our runtime subdirectory (``$CONDATAINER_INFO``'s)."""
+    dirs = [os.path.dirname(connection_file)]
+    if os.environ.get("CONDATAINER_INFO"):
+        dirs.append(os.path.dirname(os.path.dirname(os.environ["CONDATAINER_INFO"])))
+    return list(dict.fromkeys(d for d in dirs if d))
+
+
+def find_server(dirs: list[str], parent_pid: str | None) -> dict:
     """The server that started this kernel: its ``jpserver-<pid>.json``, else the newest one."""
-    if parent_pid:
-        path = os.path.join(runtime_dir, f"jpserver-{parent_pid}.json")
-        if os.path.isfile(path):
+    for directory in dirs:
+        path = os.path.join(directory, f"jpserver-{parent_pid}.json")
+        if parent_pid and os.path.isfile(path):
             return _read(path)
-    candidates = sorted(glob.glob(os.path.join(runtime_dir, "jpserver-*.json")), key=os.path.getmtime)
+    candidates = sorted((p for d in dirs for p in glob.glob(os.path.join(d, "jpserver-*.json"))), key=os.path.getmtime)
     if not candidates:
         raise ServerLinkError(
-            f"no Jupyter server found in {runtime_dir}: creating an env needs the server that runs this "
+            f"no Jupyter server found in {', '.join(dirs)}: creating an env needs the server that runs this "
             "kernel (JupyterLab, or `jupyter server`); use the CondaTainer panel there instead"
         )
     return _read(candidates[-1])

@@ -12,6 +12,7 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
+import { LifecycleClient } from './lifecycle';
 import { CondaTainerModel } from './model';
 import { createEnvWithDialog } from './sections/createdialog';
 import type { IPanelActions } from './sections/common';
@@ -65,7 +66,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         commands.execute(CommandIDs.openNotebook, { kernelName }),
       newEnv: () => commands.execute(CommandIDs.newEnv)
     };
-    const panel = new CondaTainerPanel({ model, translator, actions });
+    const panel = new CondaTainerPanel({
+      model,
+      translator,
+      actions,
+      lifecycle: new LifecycleClient(serviceManager.serverSettings)
+    });
     shell.add(panel, 'left', { rank: 850 });
     restorer?.add(panel, PANEL_ID);
 

@@ -5,8 +5,10 @@ import type { AccordionPanel } from '@lumino/widgets';
 import * as React from 'react';
 
 import { condatainerIcon } from './icon';
+import type { LifecycleClient } from './lifecycle';
 import type { CondaTainerModel } from './model';
 import type { IPanelActions } from './sections/common';
+import { HistorySection } from './sections/history';
 import { JobsSection } from './sections/jobs';
 import { OverlaysSection } from './sections/overlays';
 import { PackagesSection } from './sections/packages';
@@ -39,8 +41,13 @@ export class CondaTainerPanel extends SidePanel {
     this.addWidget(new OverlaysSection(model, trans, actions));
     this.addWidget(new PackagesSection(model, trans));
     this.addWidget(new JobsSection(model, trans));
+    if (options.lifecycle) {
+      this.addWidget(new HistorySection(model, trans, options.lifecycle));
+    }
     // The overlay list is the longest and the panel's starting point.
-    (this.content as AccordionPanel).setRelativeSizes([2, 1, 1]);
+    (this.content as AccordionPanel).setRelativeSizes(
+      options.lifecycle ? [2, 1, 1, 1] : [2, 1, 1]
+    );
   }
 
   readonly model: CondaTainerModel;
@@ -69,5 +76,7 @@ export namespace CondaTainerPanel {
     model: CondaTainerModel;
     translator: ITranslator;
     actions: IPanelActions;
+    /** The env history/rollback/export/freeze routes; no History section without. */
+    lifecycle?: LifecycleClient;
   }
 }

@@ -8,7 +8,9 @@ project is tested on, so the test base image built by ``scripts/build-images.sh`
 instead, on py-rattler (a real conda solver and installer) in a private virtualenv:
 
     mm-create [-y] [-q] [--dry-run] [-c CHANNEL]... [-f FILE] SPEC...
+    mm-create [-y] [-q] [--dry-run] -f EXPLICIT_FILE [--requested SPEC]...
     mm-install [-y] [-q] [--dry-run] [-c CHANNEL]... [--override-channels] [-f FILE] SPEC...
+    mm-install [-y] [-q] [--dry-run] (-f | --explicit) EXPLICIT_FILE [--requested SPEC]...
     mm-update [-y] [-q] [--dry-run] [-c CHANNEL]... [--override-channels] [-a] [SPEC...]
     mm-remove [-y] [-q] [--dry-run] SPEC...
     mm-clean [-a] [-i] [-p] [-t] [-l] [-f] [-y] [-q] [--dry-run]
@@ -26,6 +28,15 @@ Behaviour kept from the real wrappers:
 - Specs are conda match specs (``python=3.11``, ``libdemo >=2``). ``conda-meta/history`` gets
   micromamba's entries (``==> date <==``, ``# cmd:``, ``-``/``+`` dists, ``# update specs:``,
   ``# remove specs:``); the requested specs of later commands come from it.
+- Explicit files (``@EXPLICIT``, one package URL per line, optionally ``#<md5>`` or
+  ``#sha256:<hex>``: what ``mm-list --explicit`` and ``conda list --explicit`` write) install
+  exactly those packages, without a solve, as micromamba does: ``mm-create -f FILE`` makes the env
+  from them; ``mm-install -f FILE`` installs them next to what is there (replacing packages of the
+  same name). ``mm-install --explicit FILE`` (an addition of this test image, used to roll an env
+  back to an earlier revision) makes the env hold *exactly* the file's packages, removing the
+  others, in one transaction. ``--requested SPEC`` says which specs the user asked for (kept in
+  ``conda-meta/history`` for later solves); without it, explicit installs keep the requested specs of
+  the packages that remain. Hashes are checked against the channel's records.
 - Failures (unsolvable, unknown package, unreachable channel) print the solver's message to
   stderr and exit 1 before anything in the environment changes.
 """
@@ -454,10 +465,161 @@ def load_file_specs(path: str) -> tuple[list[str], list[str]]:
                     raise MMError(f"{path}: '{value}' sections (pip packages) are not supported")
                 blocks.setdefault(current, []).append(value)
         return blocks.get("channels", []), blocks.get("dependencies", [])
-    if "@EXPLICIT" in text:
-        raise MMError(f"{path}: explicit (@EXPLICIT) spec files are not supported")
+    if is_explicit(text):
+        raise MMError(f"{path}: an explicit (@EXPLICIT) file, use it with -f alone")
     specs = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return [], specs
+
+
+# --- explicit (@EXPLICIT) files -------------------------------------------------------------
+
+
+def is_explicit(text: str) -> bool:
+    return any(line.strip() == "@EXPLICIT" for line in text.splitlines())
+
+
+def read_explicit(path: str) -> list[tuple[str, str]] | None:
+    """``(url, hash)`` of each package of an explicit file; None for any other kind of file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise MMError(f"cannot read {path}: {error.strerror}") from None
+    if not is_explicit(text):
+        return None
+    entries = []
+    started = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line == "@EXPLICIT":
+            started = True
+            continue
+        if not started or not line or line.startswith("#"):
+            continue
+        url, _, digest = line.partition("#")
+        url = url.strip()
+        if "://" not in url:
+            url = Path(url).resolve().as_uri()
+        if not url.endswith((".conda", ".tar.bz2")):
+            raise MMError(f"{path}: not a package URL: {line}")
+        entries.append((url, digest.strip()))
+    if not entries:
+        raise MMError(f"{path}: the explicit file lists no packages")
+    return entries
+
+
+def _hash_matches(record, digest: str) -> bool:
+    if not digest:
+        return True
+    kind, _, value = digest.partition(":") if ":" in digest else ("", "", digest)
+    value = value.lower()
+    if kind == "sha256" or (not kind and len(value) == 64):
+        return record.sha256 is None or record.sha256.hex() == value
+    if kind == "md5" or (not kind and len(value) == 32):
+        return record.md5 is None or record.md5.hex() == value
+    raise MMError(f"unknown hash '{digest}' (expected an md5 or sha256:<hex>)")
+
+
+def _split_url(url: str) -> tuple[str, str, str]:
+    """``(channel url, subdir, file name)`` of a package URL."""
+    location, file_name = url.rsplit("/", 1)
+    channel, subdir = location.rsplit("/", 1)
+    return channel, subdir, file_name
+
+
+def _dist_of(file_name: str) -> str:
+    for ext in (".conda", ".tar.bz2"):
+        if file_name.endswith(ext):
+            return file_name[: -len(ext)]
+    return file_name
+
+
+async def explicit_records(prefix: Path, entries: list[tuple[str, str]], installed: list) -> list:
+    """The repodata records of an explicit file's packages (installed ones are reused)."""
+    from rattler import Channel, Gateway
+
+    by_url = {str(r.url): r for r in installed}
+    found: dict[str, object] = {}
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for url, _ in entries:
+        if url in by_url:
+            found[url] = by_url[url]
+        else:
+            channel, subdir, _ = _split_url(url)
+            wanted.setdefault((channel, subdir), []).append(url)
+    if wanted:
+        fresh = [d for d in (prefix / "pkgs", prefix / "pkgs" / "cache") if not d.exists()]
+        gateway = Gateway(cache_dir=prefix / "pkgs" / "cache")
+        try:
+            for (channel, subdir), urls in wanted.items():
+                names = sorted({_dist_of(_split_url(u)[2]).rsplit("-", 2)[0] for u in urls})
+                result = await gateway.query([Channel(channel, channel_config())], [subdir], names, recursive=False)
+                records = [r for group in result for r in group]
+                exact = {str(r.url): r for r in records}
+                by_dist = {_dist_of(r.file_name): r for r in records}
+                for url in urls:
+                    record = exact.get(url) or by_dist.get(_dist_of(_split_url(url)[2]))
+                    if record is None:
+                        raise MMError(f"package not found in its channel: {url}")
+                    found[url] = record
+        except BaseException:
+            if fresh:
+                shutil.rmtree(fresh[0], ignore_errors=True)
+            raise
+    records, seen = [], {}
+    for url, digest in entries:
+        record = found[url]
+        if not _hash_matches(record, digest):
+            raise MMError(f"hash mismatch for {url}: the file says {digest}, the channel has another package")
+        name = record.name.normalized
+        if name in seen:
+            raise MMError(f"the explicit file lists {name} twice ({seen[name]} and {url})")
+        seen[name] = url
+        records.append(record)
+    return records
+
+
+def explicit_channels(records) -> list[str]:
+    """The channels of explicit records, as names when they are under the channel alias."""
+    return merge_channels([channel_display(r) or str(r.channel) for r in records])
+
+
+async def install_explicit(args, prefix: Path, entries, command: str, exact: bool) -> int:
+    """Install an explicit file's packages (``exact``: and nothing else) without solving."""
+    installed = installed_records(prefix)
+    wanted = await explicit_records(prefix, entries, installed)
+    if exact or command == "create":
+        records = wanted
+    else:
+        replaced = {r.name.normalized for r in wanted}
+        records = [r for r in installed if r.name.normalized not in replaced] + wanted
+    names = {r.name.normalized for r in records}
+    current = requested_specs(prefix)
+    if args.requested:
+        match_specs(args.requested)
+        requested = {spec_name(s): s for s in args.requested}
+        missing = sorted(set(requested) - names)
+        if missing:
+            raise MMError(f"requested specs name packages the file does not list: {', '.join(missing)}")
+    else:
+        requested = {n: s for n, s in current.items() if n in names}
+    dropped = sorted(n for n in current if n not in requested)
+    plan = Plan(prefix, records, installed)
+    if not args.quiet:
+        print_plan(plan, list(requested.values()), "Installing")
+    if plan.empty and requested == current:
+        if not args.quiet:
+            print("All requested packages already installed")
+        return 0
+    if args.dry_run:
+        print("Dry run. Not executing the transaction.")
+        return 0
+    confirm(args)
+    await execute(plan, list(requested.values()), args)
+    finish(plan, command, args, update=list(requested.values()), remove=dropped)
+    if command == "create":
+        write_condarc(prefix, merge_channels(explicit_channels(records), ["conda-forge"]))
+    make_readable(prefix)
+    return 0
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -468,6 +630,13 @@ async def cmd_create(args) -> int:
     require_writable(prefix)
     if installed_records(prefix):
         raise MMError(f"a conda environment already exists at {prefix} (use mm-install/mm-remove)")
+    entries = read_explicit(args.file) if args.file else None
+    if entries is not None or args.requested:
+        if entries is None:
+            raise MMError("--requested needs an explicit (@EXPLICIT) file given with -f")
+        if args.specs or args.channel:
+            raise MMError("an explicit file installs exactly its packages: no SPEC or -c with it")
+        return await install_explicit(args, prefix, entries, "create", exact=True)
     file_channels, file_specs = load_file_specs(args.file) if args.file else ([], [])
     specs = file_specs + args.specs
     if not specs:
@@ -499,6 +668,22 @@ async def cmd_install(args, update: bool = False) -> int:
     prefix = env_prefix()
     require_writable(prefix)
     saved, priority = read_condarc(prefix)
+    explicit_file = getattr(args, "explicit", None)
+    entries = read_explicit(explicit_file or args.file) if (explicit_file or args.file) else None
+    if explicit_file and args.file:
+        raise MMError("give either -f FILE or --explicit FILE")
+    if explicit_file and entries is None:
+        raise MMError(f"{explicit_file}: not an explicit (@EXPLICIT) file")
+    if entries is not None or getattr(args, "requested", None):
+        if update:
+            raise MMError("mm-update does not take explicit files (use mm-install -f FILE)")
+        if entries is None:
+            raise MMError("--requested needs an explicit (@EXPLICIT) file given with -f or --explicit")
+        if args.specs or args.channel:
+            raise MMError("an explicit file installs exactly its packages: no SPEC or -c with it")
+        if not installed_records(prefix):
+            raise MMError(f"no conda environment at {prefix} (create it with mm-create -f FILE)")
+        return await install_explicit(args, prefix, entries, "install", exact=bool(explicit_file))
     file_channels, file_specs = load_file_specs(args.file) if getattr(args, "file", None) else ([], [])
     channels = merge_channels(args.channel, file_channels,
                               [] if args.override_channels else saved)
@@ -740,6 +925,12 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     if command in ("install", "update"):
         parser.add_argument("--override-channels", action="store_true",
                             help="ignore the channels of .condarc")
+    if command in ("create", "install"):
+        parser.add_argument("--requested", action="append", default=[], metavar="SPEC",
+                            help="with an explicit file: a spec the user asked for (repeatable)")
+    if command == "install":
+        parser.add_argument("--explicit", metavar="FILE",
+                            help="make the env exactly the packages of this @EXPLICIT file")
     if command == "update":
         parser.add_argument("-a", "--all", action="store_true", help="update every package")
     return parser
