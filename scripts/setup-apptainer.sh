@@ -14,17 +14,31 @@
 # Idempotent: if apptainer (or singularity) already works, this only makes
 # /dev/fuse usable by ordinary users and prints the version.
 #
+# Without root (a cluster login node, Binder): the same two packages, adapted
+# the same way, go into a private prefix instead of / (Apptainer is
+# relocatable when it has no setuid starter), linked as ~/.local/bin/apptainer.
+# The helper packages must be there already (an admin installs them; Binder:
+# binder/apt.txt), and the kernel must allow unprivileged user namespaces.
+#
 # Environment:
-#   JCT_CACHE  cache root (default /var/cache/jupyter-condatainer); downloaded
-#              .debs are kept under $JCT_CACHE/apptainer/ and reused.
+#   JCT_CACHE   cache root (default /var/cache/jupyter-condatainer); downloaded
+#               .debs are kept under $JCT_CACHE/apptainer/ and reused (without
+#               root: ~/.cache/jupyter-condatainer/apptainer, reusing root's
+#               cached .debs when readable).
+#   JCT_APPTAINER_PREFIX  install without root into this prefix (default
+#               ~/.local/opt/apptainer), even when another apptainer works.
+#   JCT_DEBIAN_MIRROR     Debian mirror URL when the machine's apt sources
+#               name none (e.g. an Ubuntu image).
 set -euo pipefail
 
 CACHE_DIR="${JCT_CACHE:-/var/cache/jupyter-condatainer}/apptainer"
 GLIBC_DIR=/opt/apptainer-glibc
+INSTALL_ROOT=/   # where the package's usr/ and etc/ go
 APPTAINER_LIBDIR=usr/lib/x86_64-linux-gnu/apptainer   # relative to /
 EXECUTABLES=(usr/bin/apptainer "$APPTAINER_LIBDIR/bin/starter")
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+APT_USER_OPTS=(-o APT::Sandbox::User=root)   # root; without root: no locking, no dpkg status
 
 # Helpers from bookworm: image tools, FUSE mounters for non-root use, and what
 # apptainer's own package would depend on. gcc/libc6-dev rebuild the preload.
@@ -77,7 +91,11 @@ hint_missing_sys_resource() {
 # The Debian mirror the machine already uses for bookworm (not the security
 # one), from deb822 .sources files or else the one-line sources.list.
 debian_mirror() {
-    local uri="" files=(/etc/apt/sources.list.d/*.sources)
+    local uri="${JCT_DEBIAN_MIRROR:-}" files=(/etc/apt/sources.list.d/*.sources)
+    if [[ -n $uri ]]; then
+        printf '%s\n' "${uri%/}"
+        return 0
+    fi
     if [[ -e ${files[0]} ]]; then
         uri=$(awk 'BEGIN { RS = ""; FS = "\n" }
             {
@@ -98,7 +116,7 @@ debian_mirror() {
                 if ($(i + 1) == "bookworm") { print $i; exit }
             }' /etc/apt/sources.list)
     fi
-    [[ -n $uri ]] || die "no bookworm entry found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list"
+    [[ -n $uri ]] || die "no bookworm entry found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; set JCT_DEBIAN_MIRROR to a Debian mirror URL"
     printf '%s\n' "${uri%/}"
 }
 
@@ -130,7 +148,7 @@ private_apt() {
         -o Dir::Etc::PreferencesParts=/dev/null \
         -o Dir::State::Lists="$apt_dir/lists" \
         -o Dir::Cache="$apt_dir/cache" \
-        -o APT::Sandbox::User=root \
+        "${APT_USER_OPTS[@]}" \
         "$@"
 }
 
@@ -199,7 +217,52 @@ install_apptainer() {
     gcc -O2 -shared -fPIC -o "$root/$APPTAINER_LIBDIR/lib/offsetpreload.so" \
         "$SCRIPT_DIR/offsetpreload.c" -ldl || die "building offsetpreload.so failed"
     # --keep-directory-symlink: do not replace usrmerge links such as /lib.
-    tar -C "$root" -cf - . | tar -C / -xf - --no-overwrite-dir --keep-directory-symlink
+    tar -C "$root" -cf - . | tar -C "$INSTALL_ROOT" -xf - --no-overwrite-dir --keep-directory-symlink
+}
+
+# The relocated layout: Apptainer derives its etc/ and var/ from the directory
+# of its executables (usr/ and usr/lib/ here), so point those at the package's.
+relocate_prefix() {
+    local usr="$INSTALL_ROOT/usr"
+    mkdir -p "$INSTALL_ROOT/var/lib/apptainer/mnt/session"
+    ln -sfn ../etc "$usr/etc"
+    ln -sfn ../var "$usr/var"
+    ln -sfn ../../etc "$usr/lib/etc"
+    ln -sfn ../../var "$usr/lib/var"
+}
+
+# Without root: the same steps into a private prefix, then a link on ~/.local/bin.
+install_unprivileged() {
+    local prefix=$1 tool missing=()
+    for tool in dpkg-deb patchelf gcc apt-get mksquashfs unsquashfs squashfuse fuse2fs fuse-overlayfs newuidmap; do
+        command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool || -x /sbin/$tool ]] || missing+=("$tool")
+    done
+    (( ${#missing[@]} == 0 )) || die "without root, these must be installed first (an admin, or binder/apt.txt): ${missing[*]} (packages: ${HELPER_PACKAGES[*]})"
+    [[ -r $KEYRING ]] || die "$KEYRING is missing (package debian-archive-keyring)"
+    if ! compgen -G "$CACHE_DIR/debs/apptainer_*.deb" >/dev/null || ! compgen -G "$CACHE_DIR/debs/libc6_*.deb" >/dev/null; then
+        CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/jupyter-condatainer/apptainer"
+        APT_USER_OPTS=(-o Debug::NoLocking=1 -o Dir::State::status=/dev/null)
+        download_debs
+    fi
+    log "installing Apptainer into $prefix (no root)"
+    STAGE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/setup-apptainer.XXXXXX")
+    trap 'rm -rf "$STAGE_DIR"' EXIT
+    rm -rf "$prefix.new"
+    mkdir -p "$prefix.new"
+    INSTALL_ROOT="$prefix.new/root"
+    GLIBC_DIR="$prefix/glibc"   # the final path: it is written into the executables
+    mkdir -p "$INSTALL_ROOT"
+    install_private_glibc "$STAGE_DIR"
+    mv "$GLIBC_DIR" "$prefix.new/glibc"
+    install_apptainer "$STAGE_DIR"
+    relocate_prefix
+    rm -rf "$prefix"
+    mv "$prefix.new" "$prefix"
+    mkdir -p "$HOME/.local/bin"
+    ln -sfn "$prefix/root/usr/bin/apptainer" "$HOME/.local/bin/apptainer"
+    "$prefix/root/usr/bin/apptainer" --version || die "$prefix/root/usr/bin/apptainer does not run"
+    [[ -r /dev/fuse && -w /dev/fuse ]] || log "warning: /dev/fuse is not usable by $(id -un): images cannot be mounted (an admin: chmod 0666 /dev/fuse)"
+    log "Apptainer is in $prefix; ~/.local/bin/apptainer links to it (put ~/.local/bin on PATH)"
 }
 
 # Real checks: both executables load with the private glibc, the preload
@@ -216,11 +279,19 @@ check_install() {
 }
 
 main() {
-    if working_version; then
+    local prefix="${JCT_APPTAINER_PREFIX:-$HOME/.local/opt/apptainer}"
+    if [[ $EUID -ne 0 && -n ${JCT_APPTAINER_PREFIX:-} && -x $prefix/root/usr/bin/apptainer ]]; then
+        "$prefix/root/usr/bin/apptainer" --version
+        return 0
+    fi
+    if [[ -z ${JCT_APPTAINER_PREFIX:-} ]] && working_version; then
         open_dev_fuse
         return 0
     fi
-    [[ $EUID -eq 0 ]] || die "apptainer is not installed; run this script as root to install it"
+    if [[ $EUID -ne 0 ]]; then
+        install_unprivileged "$prefix"
+        return 0
+    fi
     [[ $(dpkg --print-architecture) == amd64 ]] || die "only amd64 is supported"
 
     install_helpers

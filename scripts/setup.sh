@@ -43,12 +43,31 @@ ensure_venv() {
     chmod -R a+rX "$VENV"
 }
 
+# pip copied the labextension into the venv when it installed the package (editable); a later
+# build-labextension.sh rebuilds only kernel_provider/labextension. Keep the venv's copy, the one
+# JupyterLab loads, identical to the build.
+sync_labextension() {
+    local built="$REPO/kernel_provider/labextension" installed="$VENV/share/jupyter/labextensions/jupyter-condatainer"
+    if diff -rq "$built" "$installed" -x install.json >/dev/null 2>&1 && cmp -s "$REPO/labextension/install.json" "$installed/install.json"; then
+        return
+    fi
+    log "installing the labextension build into $installed"
+    rm -rf "$installed"
+    mkdir -p "$installed"
+    cp -R "$built/." "$installed/"
+    cp "$REPO/labextension/install.json" "$installed/"
+    chmod -R a+rX "$installed"
+}
+
 main() {
     mkdir -p "$JCT_CACHE"
     chmod 0755 "$JCT_CACHE"
     bash "$REPO/scripts/setup-apptainer.sh" >&2
+    bash "$REPO/scripts/setup-slurm.sh" >&2
     ensure_venv
     PYTHON="$VENV/bin/python" bash "$REPO/scripts/build-labextension.sh" >&2
+    sync_labextension
+    bash "$REPO/scripts/setup-browser.sh" >&2
     bash "$REPO/scripts/build-images.sh" >&2
     echo "$VENV/bin"
 }

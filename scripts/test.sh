@@ -1,13 +1,83 @@
 #!/usr/bin/env bash
-# The whole test suite on a real Apptainer: set up (cached), then pytest.
+# The whole test suite on a real Apptainer: set up (cached), then pytest twice —
+# as root, and again as an ordinary user (Apptainer's unprivileged mode: user
+# namespaces, FUSE mounts, --fakeroot from /etc/subuid).
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -m 'not integration'   only the fast unit tests (after one setup)
-#   scripts/test.sh tests/test_model.py    any pytest arguments
+#   scripts/test.sh tests/test_model.py    any pytest arguments (used by both passes)
+#
+# The second pass runs as $JCT_TEST_USER (default jctuser, created by
+# scripts/setup-testuser.sh) with the same options: on the test files given, or
+# else on $JCT_USER_TESTS (default: the model, instance, kernel lifecycle and
+# server-crash, unprivileged/fakeroot, magic and REST API installs, mm-*
+# wrappers, env lifecycle and fault modules). The modules that act as other
+# users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
+# root pass only and switch to the ordinary users with runuser; so does the
+# tmpfs disk-full fault test (mount needs root). SLURM and browser tests run
+# in the root pass. JCT_TEST_USER= (empty) skips the second pass. Exits
+# non-zero if either pass fails.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$(bash "$REPO/scripts/setup.sh" | tail -n 1)"
 export PATH="$BIN:$PATH"
+export JCT_CACHE="${JCT_CACHE:-/var/cache/jupyter-condatainer}"
+TEST_USER="${JCT_TEST_USER-jctuser}"
 cd "$REPO"
-exec "$BIN/python" -m pytest -p no:cacheprovider "$@"
+
+if [[ $EUID -ne 0 || -z $TEST_USER ]]; then
+    exec "$BIN/python" -m pytest -p no:cacheprovider "$@"
+fi
+
+# The ordinary users (idempotent): one with subuid/subgid ranges, one without.
+USER_HOME="$(bash "$REPO/scripts/setup-testuser.sh" "$TEST_USER" | tail -n 1)"
+export JCT_TEST_USER="$TEST_USER" JCT_TEST_USER_NOSUB="${JCT_TEST_USER_NOSUB:-jctnosub}"
+bash "$REPO/scripts/setup-testuser.sh" --no-subids "$JCT_TEST_USER_NOSUB" >/dev/null
+
+pass() {   # NAME COMMAND...: run a pass, print its time, return its status
+    local name=$1 start=$SECONDS status=0
+    shift
+    printf '\n===== test pass: %s =====\n' "$name"
+    "$@" || status=$?
+    printf '===== test pass: %s: exit %s in %s s =====\n' "$name" "$status" "$((SECONDS - start))"
+    return "$status"
+}
+
+root_status=0
+pass root "$BIN/python" -m pytest -p no:cacheprovider "$@" || root_status=$?
+
+# Only what the ordinary user may see: its own HOME, the shared (read-only) cache and
+# images, a cache of its own for the supplied ipykernel; pytest's basetemp is its own
+# /tmp/pytest-of-USER (short: ipc socket paths must stay under 108 bytes).
+user_env=(
+    HOME="$USER_HOME" USER="$TEST_USER" LOGNAME="$TEST_USER" LANG=C.UTF-8
+    PATH="$BIN:/usr/local/bin:/usr/bin:/bin"
+    JCT_CACHE="$JCT_CACHE" JCT_USER_CACHE="$JCT_CACHE/users/$TEST_USER/cache"
+)
+[[ -z ${JCT_IMAGES:-} ]] || user_env+=(JCT_IMAGES="$JCT_IMAGES")
+# tests/test_browser.py's screenshots of this pass, next to the root pass's (CI keeps artifacts/).
+user_shots="$REPO/artifacts/screenshots/$TEST_USER"
+mkdir -p "$user_shots" && chown "$TEST_USER:" "$user_shots"
+user_env+=(JCT_SCREENSHOTS="$user_shots")
+user_args=("$@")
+has_paths=0
+for arg in "$@"; do
+    if [[ -e ${arg%%::*} ]]; then has_paths=1; fi
+done
+if (( ! has_paths )); then
+    read -r -a default_tests <<<"${JCT_USER_TESTS:-tests/test_model.py tests/test_instance.py \
+        tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
+        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py}"
+    user_args+=("${default_tests[@]}")
+fi
+user_status=0
+pass "$TEST_USER (non-root)" runuser -u "$TEST_USER" -- env -i "${user_env[@]}" \
+    "$BIN/python" -m pytest -p no:cacheprovider "${user_args[@]}" \
+    --ignore=tests/test_two_users.py --ignore=tests/test_binder.py \
+    --deselect=tests/test_faults.py::test_disk_full_while_creating_an_env || user_status=$?
+# Exit 5 (nothing collected) is fine here when the arguments chose only root-pass modules.
+[[ $user_status -ne 5 ]] || user_status=0
+
+printf '\ntest.sh: root pass exit %s, %s pass exit %s\n' "$root_status" "$TEST_USER" "$user_status"
+(( root_status == 0 && user_status == 0 ))

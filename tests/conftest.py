@@ -27,6 +27,8 @@ USER_CACHE = Path(
     os.environ.get("JCT_USER_CACHE")
     or (CACHE / "user-cache" if os.getuid() == 0 else CACHE / "users" / getpass.getuser() / "cache")
 )
+# debugfs is in /sbin, which an ordinary user's PATH often lacks (the product looks there too).
+DEBUGFS = shutil.which("debugfs") or "/sbin/debugfs"
 REQUIRED_IMAGES = ("ubuntu24--base_image.sif", "python--3.11.sqf", "hello--1.0.sqf", "testenv.img")
 
 

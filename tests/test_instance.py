@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import running_instances
+from conftest import DEBUGFS, running_instances
 from kernel_provider import command
 from kernel_provider.config import ApptainerNotFoundError, CondaTainerConfig
 from kernel_provider.instance import InstanceManager, run
@@ -65,7 +65,7 @@ def test_full_stack_in_a_real_instance(user_layout):
     # The write went into the .img: it is there after the instance is gone.
     assert name not in running_instances()
     assert not manager.store.path(name).exists()
-    listing = os.popen(f"debugfs -R 'ls -l /upper/ext3/env' {user_layout}/images/env.img 2>/dev/null").read()
+    listing = os.popen(f"{DEBUGFS} -R 'ls -l /upper/ext3/env' {user_layout}/images/env.img 2>/dev/null").read()
     assert "written-by-test" in listing
 
 

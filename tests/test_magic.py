@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from conftest import DEBUGFS
 from kernel_provider.config import CondaTainerConfig
 from kernel_provider.kernelspecs import KernelspecStore, custom_spec
 from kernel_provider.overlays import scan
@@ -139,7 +140,7 @@ def test_install_import_list_remove_and_persist(env_kernel, specs):
     assert after_restart["ename"] == "ModuleNotFoundError"
     # The kernel is gone; what it installed is in the .img.
     listing = subprocess.run(
-        ["debugfs", "-R", "ls upper/ext3/env/share/libdemo", str(specs / "images" / "menv.img")],
+        [DEBUGFS, "-R", "ls upper/ext3/env/share/libdemo", str(specs / "images" / "menv.img")],
         capture_output=True, text=True,
     ).stdout
     assert "VERSION" in listing

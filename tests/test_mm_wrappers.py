@@ -10,6 +10,7 @@ bound at the same path; ``MAMBA_CHANNEL_ALIAS`` points the channel names ``conda
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class Env:
     def run(self, *argv: str, writable: bool = True, conda_prefix: bool = True, alias: bool = True,
             check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = ["apptainer", "exec", "--containall", "--cleanenv",
+               # CondaTainer's rule: an ordinary user writes the root-built env with --fakeroot.
+               *(["--fakeroot"] if writable and os.getuid() else []),
                "--overlay", f"{self.img}:{'rw' if writable else 'ro'}",
                "--bind", str(self.channel.root),
                "--env", "PATH=/ext3/env/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -83,7 +86,8 @@ def test_create_installs_lists_and_records_history(env):
     out = env.sh(
         "cat /ext3/env/include/zlib.h /ext3/env/share/libdemo/VERSION; demo-tool; "
         "cat /ext3/env/.condarc; cat /ext3/env/conda-meta/history; "
-        "echo unreadable:; find /ext3/env ! -perm -o+r; echo end", writable=False)
+        "echo unreadable:; find /ext3/env ! -perm -o+r ! -name .wh..wh..opq; echo end", writable=False)
+    # (.wh..wh..opq: fuse-overlayfs, used without root, marks new directories opaque with such files)
     assert "zlib 1.3.1" in out
     assert "demo-tool 1.0 libdemo 2.0" in out  # on PATH from /ext3/env/bin
     # -c given without conda-forge: CondaTainer appends conda-forge and saves both.
@@ -199,7 +203,8 @@ def test_failures_leave_the_env_unchanged(env):
 
     # Without -y, a "no" keeps everything as it was.
     declined = subprocess.run(
-        ["apptainer", "exec", "--containall", "--cleanenv", "--overlay", f"{env.img}:rw",
+        ["apptainer", "exec", "--containall", "--cleanenv", *(["--fakeroot"] if os.getuid() else []),
+         "--overlay", f"{env.img}:rw",
          "--bind", str(env.channel.root), "--env", "CNT_CONDA_PREFIX=/ext3/env",
          "--env", f"MAMBA_CHANNEL_ALIAS={env.channel.alias}", str(env.base), "mm-install", "demo-tool"],
         input="n\n", capture_output=True, text=True, env=apptainer_env(), timeout=120)

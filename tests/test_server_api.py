@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from conftest import DEBUGFS
 from kernel_provider.instance import apptainer_env
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
 
 
 def env_files(image, inner: str) -> str:
-    return subprocess.run(["debugfs", "-R", f"ls -l upper/ext3/env/{inner}", str(image)], capture_output=True, text=True).stdout
+    return subprocess.run([DEBUGFS, "-R", f"ls -l upper/ext3/env/{inner}", str(image)], capture_output=True, text=True).stdout
 
 
 async def test_list_overlays(api, image_layout):
