@@ -221,3 +221,49 @@ def test_fifty_instance_cycles_leave_nothing_behind(specs):
     asyncio.run(cycles())
     assert our_leftovers(specs) == clean(specs)
     assert processes_mentioning(str(specs / "images")) == []
+
+
+def test_server_killed_during_env_create_and_install(specs, conda_channel, monkeypatch):
+    """After a SIGKILL mid-create or mid-install and a restart: no temporary image is left and
+    every .img is either as it was before or complete — never half-written."""
+    for key, value in conda_channel.env.items():
+        monkeypatch.setenv(key, value)  # the server passes the site channel alias into containers
+    images = specs / "images"
+    server = Server(specs, free_port())
+
+    def job_reaches(job_id: str, progress: float) -> dict:
+        return wait_for(lambda: (lambda job: job if job["progress"] >= progress or job["state"] != "running" else None)(
+            server.request("GET", f"/condatainer/api/jobs/{job_id}")), timeout=120, interval=0.02)
+
+    def packages(name: str) -> set[str]:
+        listing = server.request("GET", f"/condatainer/api/overlays/{name}/packages")["packages"]
+        return {f"{p['name']}={p['version']}" for p in listing}
+
+    try:
+        server.start()
+        job = server.request("POST", "/condatainer/api/overlays", {"name": "kept", "size_mb": 128, "packages": ["zlib"]})
+        assert wait_for(lambda: server.request("GET", f"/condatainer/api/jobs/{job['job']['id']}")["state"]
+                        in ("succeeded", "failed"), timeout=120)
+        before = packages("kept")
+        assert before and not list(images.glob(".*"))
+
+        # Killed while mm-create fills the temporary image.
+        job = server.request("POST", "/condatainer/api/overlays", {"name": "halfway", "size_mb": 256, "packages": ["demo-tool"]})
+        assert job_reaches(job["job"]["id"], 0.15)["state"] == "running"
+        server.kill()
+        assert list(images.glob(".halfway.*.tmp.img")), "the create was cut off midway"
+        server.start()
+        wait_for(lambda: not list(images.glob(".*")), timeout=60)
+        assert not (images / "halfway.img").exists()
+
+        # Killed while mm-install changes the env (a snapshot of it exists).
+        job = server.request("POST", "/condatainer/api/overlays/kept/packages", {"specs": ["demo-tool"]})
+        job_reaches(job["job"]["id"], 0.2)
+        server.kill()
+        server.start()
+        wait_for(lambda: not list(images.glob(".*")), timeout=60)
+        after = packages("kept")
+        assert after == before or after >= before | {"demo-tool=1.0"}, (before, after)
+        assert our_leftovers(specs)["state"] == []
+    finally:
+        server.stop()
