@@ -40,6 +40,7 @@ from .probes import ImageProbe
 FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
 KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
 IPYKERNEL_MODULE = "ipykernel_launcher"
+IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
 
 
 def launcher_argv(argv: list[str]) -> list[str]:
@@ -165,10 +166,15 @@ class CondaTainerProvisioner(LocalProvisioner):
         km = self.parent
         if km is None or self.transport != "ipc":
             return
+        prefix = str(runtime_dir() / f"k-{self.kernel_id[:8]}")
+        if len(prefix.encode()) + len("-65535") >= IPC_PATH_LIMIT:
+            self.log.warning(
+                "CondaTainer kernel %s: runtime directory too long for ipc sockets (%s); using tcp", self.kernel_id, prefix
+            )
+            return
         km.transport = "ipc"
         km.cache_ports = False
-        # Short prefix: a socket path must stay under 108 bytes.
-        km.ip = str(runtime_dir() / f"k-{self.kernel_id[:8]}")
+        km.ip = prefix
 
     def _plan(self, kernel_cwd: str):
         config = self.manager.config

@@ -483,3 +483,19 @@ def test_recover_removes_dead_builds_and_restores_snapshots(tmp_path, monkeypatc
     (tmp_path / ".env.img.snapshot").write_bytes(b"again")
     with held:
         assert operations.recover() == []  # an operation holds the lock: leave it alone
+
+
+def test_ipc_falls_back_to_tcp_when_the_socket_path_would_be_too_long(tmp_path, monkeypatch):
+    from jupyter_client.manager import KernelManager
+
+    from kernel_provider.provisioner import CondaTainerProvisioner
+
+    def transport_with_runtime(directory):
+        monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(directory))
+        km = KernelManager()
+        provisioner = CondaTainerProvisioner(kernel_id="0123456789abcdef", kernel_spec=None, parent=km)
+        provisioner._use_ipc()
+        return km.transport
+
+    assert transport_with_runtime(tmp_path / "rt") == "ipc"
+    assert transport_with_runtime(tmp_path / ("x" * 90)) == "tcp"
