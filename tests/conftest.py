@@ -54,10 +54,10 @@ def image_layout(tmp_path, monkeypatch, built_images):
     images = tmp_path / "images"
     images.mkdir()
     for name in REQUIRED_IMAGES[:-1]:
-        _link_or_copy(built_images / name, images / name)
+        _link_or_symlink(built_images / name, images / name)
         if (built_images / f"{name}.env").exists():
             shutil.copy(built_images / f"{name}.env", images / f"{name}.env")
-    shutil.copy(built_images / "testenv.img", images / "env.img")
+    sparse_copy(built_images / "testenv.img", images / "env.img")
     (tmp_path / "state").mkdir()
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(USER_CACHE))
@@ -80,11 +80,18 @@ def user_layout(image_layout, monkeypatch):
     return image_layout
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _link_or_symlink(source: Path, target: Path) -> None:
+    """Share a read-only image without copying it (an ordinary user may not hard-link root's
+    files: fs.protected_hardlinks), so a test costs no disk space."""
     try:
         os.link(source, target)
     except OSError:
-        shutil.copy(source, target)
+        target.symlink_to(source)
+
+
+def sparse_copy(source: Path, target: Path) -> None:
+    """Copy an ext3 image keeping its holes (a 256 MiB env is a few MiB on disk)."""
+    subprocess.run(["cp", "--sparse=always", str(source), str(target)], check=True)
 
 
 def running_instances() -> set[str]:
