@@ -141,7 +141,9 @@ def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(spe
 def test_condatainer_cli_holding_an_image_exclusively_fails_the_start_clearly(specs):
     """CondaTainer's remove/rebuild holds LOCK_EX: our start must not mount the image."""
     image = specs / "images" / "python--3.11.sqf"
-    with open(image, "rb+") as held:
+    # (The CLI opens the file read-write; a flock is the same lock on a read-only descriptor,
+    # which an ordinary user can also take on a shared image it may not write.)
+    with open(image, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
 
         async def start():
