@@ -7,7 +7,9 @@ missing the tests fail with the reason; they are never skipped silently.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import json
 import os
 import shutil
 import subprocess
@@ -160,3 +162,53 @@ def slurm_cluster():
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def api(jp_fetch, jp_serverapp):
+    """Call our REST API; return (status, body: decoded JSON, or text for text/plain answers)."""
+
+    async def call(method: str, *path: str, body=None, params=None, headers=None, raise_error=False):
+        kwargs = {"method": method, "raise_error": raise_error}
+        if body is not None:
+            kwargs["body"] = json.dumps(body)
+        if method in ("POST", "DELETE"):
+            kwargs["allow_nonstandard_methods"] = True  # DELETE with a body; POST without one
+        if params:
+            kwargs["params"] = params
+        if headers is not None:
+            kwargs["headers"] = headers
+        response = await jp_fetch("condatainer", "api", *path, **kwargs)
+        text = (response.body or b"").decode()
+        if response.headers.get("Content-Type", "").startswith("text/plain"):
+            return response.code, text
+        return response.code, json.loads(text or "null")
+
+    return call
+
+
+async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
+    """Poll a job of the REST API until it ends; its final JSON."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        _, job = await api("GET", "jobs", job_id)
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+async def run_cell(client, code: str, timeout: float = 180) -> tuple[str, dict | None]:
+    """Execute code in a kernel: (its stdout text, the error content or None)."""
+    out, error = [], None
+
+    def hook(msg):
+        nonlocal error
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            error = msg["content"]
+
+    await client.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return "".join(out), error

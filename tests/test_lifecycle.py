@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cell, wait_job
 from kernel_provider.envops import EnvBusyError, read_conda_meta
 from kernel_provider.instance import apptainer_env
 pytestmark = pytest.mark.integration
@@ -35,38 +36,6 @@ def channel_env(conda_channel, monkeypatch):
 @pytest.fixture
 def jp_server_config(image_layout, channel_env):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True}}}
-
-
-@pytest.fixture
-def api(jp_fetch, jp_serverapp):
-    """Call the API; return (status, decoded body: JSON, or text for text/plain answers)."""
-
-    async def call(method: str, *path: str, body=None, params=None):
-        kwargs = {"method": method, "raise_error": False}
-        if body is not None:
-            kwargs["body"] = json.dumps(body)
-        if method in ("POST", "DELETE"):
-            kwargs["allow_nonstandard_methods"] = True
-        if params:
-            kwargs["params"] = params
-        response = await jp_fetch("condatainer", "api", *path, **kwargs)
-        text = (response.body or b"").decode()
-        if response.headers.get("Content-Type", "").startswith("text/plain"):
-            return response.code, text
-        return response.code, json.loads(text or "null")
-
-    return call
-
-
-async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        _, job = await api("GET", "jobs", job_id)
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 async def run_job(api, *path, body) -> dict:
@@ -213,20 +182,6 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
 # --- activation, freeze, two kernels on one frozen overlay ---------------------------------------
 
 
-async def kernel_run(client, code: str, timeout: float = 120) -> tuple[str, dict | None]:
-    out, error = [], None
-
-    def hook(msg):
-        nonlocal error
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            error = msg["content"]
-
-    await client.execute_interactive(code, output_hook=hook, timeout=timeout)
-    return "".join(out), error
-
-
 class Kernels:
     """Kernels of the test server, shut down at the end."""
 
@@ -282,17 +237,17 @@ async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env,
     try:
         # A writable env kernel: activation scripts and conda env vars, the magic's history.
         kernel_id, client = await kernels.start(spec.name)
-        _, error = await kernel_run(client, ACTIVATE)
+        _, error = await run_cell(client, ACTIVATE)
         assert error is None, error
-        out, error = await kernel_run(client, "%condatainer install libdemo=1.0")
+        out, error = await run_cell(client, "%condatainer install libdemo=1.0")
         assert error is None, (out, error)
-        history_text, error = await kernel_run(client, "%condatainer history")
+        history_text, error = await run_cell(client, "%condatainer history")
         assert error is None, error
-        lock_text, error = await kernel_run(client, "%condatainer export lock")
+        lock_text, error = await run_cell(client, "%condatainer export lock")
         assert error is None, error
         await jp_serverapp.kernel_manager.restart_kernel(kernel_id)
         await client.wait_for_ready(timeout=180)
-        out, error = await kernel_run(client, PROBE)
+        out, error = await run_cell(client, PROBE)
         assert error is None, error
         seen = json.loads(out)
         await kernels.shutdown(kernel_id)
@@ -365,7 +320,7 @@ async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env,
     kernels = Kernels(jp_serverapp.kernel_manager)
     try:
         started = await asyncio.gather(kernels.start(kernel), kernels.start(kernel))
-        outputs = await asyncio.gather(*(kernel_run(c, code) for _, c in started))
+        outputs = await asyncio.gather(*(run_cell(c, code) for _, c in started))
         instances = {jp_serverapp.kernel_manager.get_kernel(k).provisioner.instance.name for k, _ in started}
     finally:
         await kernels.shutdown()

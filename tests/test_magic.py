@@ -9,6 +9,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from conftest import DEBUGFS
+from conftest import run_cell
 from kernel_provider.config import CondaTainerConfig
 from kernel_provider.kernelspecs import KernelspecStore, custom_spec
 from kernel_provider.overlays import scan
@@ -35,17 +36,7 @@ class Kernel:
 
     async def run(self, code: str, timeout: float = 180) -> tuple[str, dict | None]:
         """(stdout text, error content or None)."""
-        out, error = [], None
-
-        def hook(msg):
-            nonlocal error
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                error = msg["content"]
-
-        await self.client.execute_interactive(code, output_hook=hook, timeout=timeout)
-        return "".join(out), error
+        return await run_cell(self.client, code, timeout)
 
     async def restart(self):
         await self.km.restart_kernel()

@@ -11,6 +11,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from conftest import DEBUGFS
+from conftest import wait_job
 from kernel_provider.instance import apptainer_env
 
 pytestmark = pytest.mark.integration
@@ -19,35 +20,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def jp_server_config(image_layout):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True}}}
-
-
-@pytest.fixture
-def api(jp_fetch, jp_serverapp):
-    """Call the API; return (status, decoded JSON body)."""
-
-    async def call(method: str, *path: str, body=None, headers=None, raise_error=False):
-        kwargs = {"method": method, "raise_error": raise_error}
-        if body is not None:
-            kwargs["body"] = json.dumps(body)
-        if method in ("POST", "DELETE"):
-            kwargs["allow_nonstandard_methods"] = True  # DELETE with a body; POST without one
-        if headers is not None:
-            kwargs["headers"] = headers
-        response = await jp_fetch("condatainer", "api", *path, **kwargs)
-        return response.code, json.loads(response.body or b"null")
-
-    return call
-
-
-async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        _, job = await api("GET", "jobs", job_id)
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def env_files(image, inner: str) -> str:
