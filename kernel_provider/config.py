@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from traitlets import Dict, List, Unicode, default, validate
+from traitlets import Bool, Dict, Int, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 DEFAULT_DISTRO = "ubuntu24"
@@ -142,6 +142,27 @@ class CondaTainerConfig(LoggingConfigurable):
     @default("state_dir")
     def _default_state_dir(self) -> str:
         return str(_xdg("XDG_STATE_HOME", ".local/state") / "condatainer")
+
+    max_env_size_mb = Int(
+        65536,
+        config=True,
+        help="""Largest env (.img) a create may ask for, in MB. The image can grow to this size,
+        so a request beyond it (or beyond the free space of the image directory) is refused
+        before anything is written.""",
+    )
+    min_free_mb = Int(
+        512,
+        config=True,
+        help="""Free space (MB) an image directory must keep after an env operation has made its
+        working copy or reserved a new env's full size; operations that would leave less are
+        refused before they start.""",
+    )
+    sparse_envs = Bool(
+        True,
+        config=True,
+        help="""Create env images sparse (apptainer overlay create --sparse): a 64 GB env takes only
+        what its packages use. Turn off on filesystems where sparse files are unsafe or slow.""",
+    )
 
     def require_apptainer(self) -> str:
         """The Apptainer executable, or a clear error that says how to get one."""

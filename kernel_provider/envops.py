@@ -18,6 +18,7 @@ import re
 import shutil
 import secrets
 import socket
+import stat
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,9 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from filelock import FileLock, Timeout
-
 from . import command, history, names
+from .checkpoints import checkpoint
 from .config import CondaTainerConfig
 from .instance import (
     Instance,
@@ -40,7 +40,7 @@ from .instance import (
     write_private,
 )
 from .kernelspecs import KernelspecStore, custom_spec
-from .locks import env_lock_path, is_in_use, is_locked, locked_files
+from .locks import EnvBusyError, EnvLock, ImageWriteHold, env_lock_path, is_in_use, is_locked, locked_files
 from .overlays import Catalog, Overlay, OverlayError, OverlayNotFoundError, scan
 from .plan import ENV_PREFIX, StackRequest, plan_container
 from .probes import ImageProbe, read_sidecar
@@ -56,10 +56,6 @@ _SPEC_RE = re.compile(
 _CHANNEL_RE = re.compile(r"^(?:[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*|(?:file|https?)://[A-Za-z0-9_.~:/\-]+)$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._+\-]{0,63})?$")
 _SHELL_CHARS = set(";&`$(){}\\'\"\n\r\t")
-
-
-class EnvBusyError(RuntimeError):
-    """Another operation, a kernel or the CondaTainer CLI is using the env."""
 
 
 class Reporter(Protocol):
@@ -104,9 +100,10 @@ def validate_env_name(name: str) -> str:
     return name
 
 
-def validate_size(size_mb) -> int:
-    if isinstance(size_mb, bool) or not isinstance(size_mb, int) or not MIN_SIZE_MB <= size_mb <= MAX_SIZE_MB:
-        raise ValueError(f"size_mb must be an integer between {MIN_SIZE_MB} and {MAX_SIZE_MB}")
+def validate_size(size_mb, max_mb: int = MAX_SIZE_MB) -> int:
+    """An env's size in MB: an integer between the minimum and the configured maximum."""
+    if isinstance(size_mb, bool) or not isinstance(size_mb, int) or not MIN_SIZE_MB <= size_mb <= max_mb:
+        raise ValueError(f"size_mb must be an integer between {MIN_SIZE_MB} and {max_mb} (the configured maximum)")
     return size_mb
 
 
@@ -133,9 +130,11 @@ class Package:
     channel: str
 
 
-async def stream(argv: Sequence[str], on_line: Callable[[str], None], env: dict[str, str] | None = None) -> int:
+async def stream(
+    argv: Sequence[str], on_line: Callable[[str], None], env: dict[str, str] | None = None, die_with_parent: bool = False
+) -> int:
     """Run a command, passing each output line on; kill its process group if cancelled."""
-    process = await spawn(argv, env, merge_stderr=True)
+    process = await spawn(argv, env, merge_stderr=True, die_with_parent=die_with_parent)
     try:
         assert process.stdout is not None
         async for raw in process.stdout:
@@ -272,20 +271,43 @@ class EnvOperations:
     def packages(self, name: str) -> list[Package]:
         return read_conda_meta(self.find_env(name).path)
 
-    # -- locking -------------------------------------------------------------------------
+    # -- locking and disk space -------------------------------------------------------------
 
-    def env_lock(self, path: str) -> FileLock:
-        lock_path = env_lock_path(self.config.state_dir, path)
-        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-        return FileLock(lock_path)
+    def env_lock(self, path: str) -> EnvLock:
+        return EnvLock(env_lock_path(self.config.state_dir, path))
 
-    def try_lock(self, path: str) -> FileLock:
-        lock = self.env_lock(path)
+    def try_lock(self, path: str) -> EnvLock:
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
+            return self.env_lock(path).acquire()
+        except EnvBusyError:
             raise EnvBusyError(f"another operation on {os.path.basename(path)} is running; try again when it ends") from None
-        return lock
+
+    def resolve_image(self, overlay: Overlay) -> str:
+        """The regular file an env's name stands for, inside an image directory.
+
+        A symlinked ``.img`` is followed once, here: changes go to its target, never over the
+        link itself, and only when that target lives in one of the image directories.
+        """
+        real = os.path.realpath(overlay.path)
+        dirs = [os.path.realpath(d) for d in self.config.image_dirs]
+        inside = any(os.path.dirname(real) == d for d in dirs)
+        if not inside or not stat.S_ISREG(os.lstat(real).st_mode):
+            raise OverlayError(
+                f"{overlay.name} points to {real}, which is not an image file in an image directory; "
+                "changes are refused. Copy the env into an image directory to change it."
+            )
+        return real
+
+    def check_free_space(self, directory: str, needed_bytes: int, what: str) -> None:
+        """Refuse before starting when ``what`` would leave less than ``min_free_mb`` free."""
+        free = shutil.disk_usage(directory).free
+        reserve = self.config.min_free_mb * MB
+        if needed_bytes + reserve > free:
+            raise DiskSpaceError(
+                f"not enough free space for {what}: it needs {needed_bytes / MB:,.0f} MB and "
+                f"{directory} has {free / MB:,.0f} MB free (keeping {self.config.min_free_mb} MB spare). "
+                "Free some space or choose a smaller size."
+            )
 
     # -- create --------------------------------------------------------------------------
 
@@ -298,36 +320,49 @@ class EnvOperations:
         channels: Sequence[str] = (),
         register_kernel: bool = False,
     ) -> str:
-        """Make ``name.img`` with a conda env, built in a temporary file, moved in at the end."""
+        """Make ``name.img`` with a conda env, built in a temporary file, linked in at the end.
+
+        Until that link the env does not exist; after it, it is complete: a cancel or a crash
+        at any step leaves either nothing or the finished env (the temporary file of a dead
+        server is removed by :meth:`recover`).
+        """
         name = validate_env_name(name)
-        size_mb = validate_size(size_mb)
+        size_mb = validate_size(size_mb, self.config.max_env_size_mb)
         packages = validate_specs(list(packages) or list(DEFAULT_PACKAGES))
         channels = validate_channels(channels)
         target = self.target_dir() / names.filename_for(name, ".img")
         if target.exists() or name in self.catalog().by_name:
             raise FileExistsError(f"an image named {name} already exists")
+        self.check_free_space(str(target.parent), size_mb * MB, f"a {size_mb} MB env")
         apptainer = self.config.require_apptainer()
-        # The owner's identity is in the name, so a sweep can tell a dead build from a live one.
-        owner = Owner.current()
-        tmp = target.with_name(f".{target.stem}.{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}.tmp.img")
+        tmp = work_path(target)
         try:
+            await checkpoint("create.overlay")
             report.step(0.05, f"creating a {size_mb} MB ext3 overlay")
-            argv = [apptainer, "overlay", "create", "--size", str(size_mb), "--create-dir", ENV_PREFIX, str(tmp)]
+            sparse = ["--sparse"] if self.config.sparse_envs else []
+            argv = [apptainer, "overlay", "create", "--size", str(size_mb), *sparse, "--create-dir", ENV_PREFIX, str(tmp)]
             lines: list[str] = []
-            if await stream(argv, lambda line: (lines.append(line), report.log(line))) != 0:
-                raise RuntimeError(_failure(f"creating {target.name} (apptainer overlay create)", lines))
+            if await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
+                raise RuntimeError(failure(f"creating {target.name} (apptainer overlay create)", lines))
             temporary = Overlay.from_path(str(tmp))
+            await checkpoint("create.solve")
             report.step(0.15, f"solving and installing {' '.join(packages)}")
             cmd = ["mm-create", "-y", *[a for c in channels for a in ("-c", c)], *packages]
             cmd = history.recorded(cmd, f"create {name} {' '.join(packages)}", current_user(), self.via)
             await self._run_in_oneshot(report, temporary, cmd, channels, what="mm-create")
+            await checkpoint("create.clean")
             report.step(0.85, "cleaning the package cache")
             await self._run_in_oneshot(report, temporary, ["mm-clean", "-a", "-y", "-q"], channels, what="mm-clean", check=False)
+            await checkpoint("create.commit")
+            report.point_of_no_return()
             report.step(0.95, f"moving {target.name} into place")
             os.chmod(tmp, 0o644)
-            os.link(tmp, target)  # fails if the name appeared meanwhile: never clobber
+            await asyncio.to_thread(fsync_file, tmp)
+            os.link(tmp, target)  # the commit; fails if the name appeared meanwhile: never clobber
+            fsync_dir(target.parent)
+            await checkpoint("create.finish")
         finally:
-            tmp.unlink(missing_ok=True)
+            remove_work_files(tmp)
         if register_kernel:
             kernel = self.register_kernel(name)
             report.log(f"registered kernel {kernel}")
@@ -357,18 +392,19 @@ class EnvOperations:
         overlay = self.find_env(name)
         cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
         cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
-        await self.run_change(report, overlay, cmd, channels)
+        await self.run_change(report, verb, overlay, cmd, channels)
         return f"{verb} {' '.join(specs)}: done"
 
     via = "jupyter-condatainer"  # recorded with each revision (the CLI sets its own)
 
     async def run_change(
-        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str] = (),
+        self, report: Reporter, operation: str, overlay: Overlay, cmd: list[str], channels: Sequence[str] = (),
         binds: Sequence[str] = (), prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Run a package command on an env under its lock: in our kernel's instance that has it
-        mounted, else in a one-shot container with a snapshot; refused while another container
-        has it mounted. ``prepare`` runs once the lock is held (checks that need it)."""
+        mounted, else on a copy that replaces the env only when the command succeeded; refused
+        while another container has it mounted. ``prepare`` runs once the lock is held (checks
+        that need it); ``operation`` names the steps (:mod:`.checkpoints`)."""
         lock = self.try_lock(overlay.path)
         try:
             if prepare is not None:
@@ -377,12 +413,7 @@ class EnvOperations:
             if instance is not None:
                 await self._run_in_instance(report, instance, cmd)
             else:
-                if is_in_use(overlay.path) or is_locked(overlay.path, locked_files()):
-                    raise EnvBusyError(
-                        f"{overlay.name} is mounted by another container (a kernel of another server or a "
-                        "CondaTainer shell); stop it first"
-                    )
-                await self._run_with_snapshot(report, overlay, cmd, channels, binds)
+                await self._run_on_copy(report, operation, overlay, cmd, channels, binds)
         finally:
             lock.release()
 
@@ -400,29 +431,43 @@ class EnvOperations:
         lines: list[str] = []
         rc = await stream(argv, lambda line: (lines.append(line), report.log(line)))
         if rc != 0:
-            raise RuntimeError(_failure(label, lines))
+            raise RuntimeError(failure(label, lines))
 
-    async def _run_with_snapshot(
-        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], binds: Sequence[str] = ()
+    async def _run_on_copy(
+        self, report: Reporter, operation: str, overlay: Overlay, cmd: list[str], channels: Sequence[str],
+        binds: Sequence[str] = (),
     ) -> None:
-        """Keep a sparse copy so a failure or cancel puts the image back exactly as it was.
+        """Change a copy of the env and rename it over the env only when the change succeeded.
 
-        The env lock is held meanwhile; if this process dies, :meth:`recover` finds the
-        snapshot with the lock free and restores it.
+        The env itself is never written: until the rename (atomic, in the same directory) it is
+        byte-for-byte as before, after it the finished result. Apptainer's own write lock is held
+        on the env throughout, so no container can mount it meanwhile; the copy of a killed
+        server is removed by :meth:`recover`, and its container dies with the server.
         """
-        snapshot = snapshot_path(overlay.path)
-        report.step(0.1, "taking a snapshot of the env")
-        if await stream(["cp", "--sparse=always", "--reflink=auto", "--preserve=all", overlay.path, str(snapshot)], report.log) != 0:
-            snapshot.unlink(missing_ok=True)
-            raise RuntimeError(f"could not snapshot {overlay.path} (disk full?)")
-        try:
-            label = history.command_label(cmd)
-            report.step(0.2, f"running {label}")
-            await self._run_in_oneshot(report, overlay, cmd, channels, what=label, binds=binds)
-        except BaseException:
-            os.replace(snapshot, overlay.path)
-            raise
-        snapshot.unlink(missing_ok=True)
+        image = self.resolve_image(overlay)
+        with ImageWriteHold(image):
+            self.check_free_space(os.path.dirname(image), allocated_bytes(image), f"a working copy of {overlay.name}")
+            work = work_path(Path(image))
+            try:
+                await checkpoint(f"{operation}.copy")
+                report.step(0.1, "copying the env (the original stays untouched until the change succeeds)")
+                copy = ["cp", "--sparse=always", "--reflink=auto", "--preserve=all", image, str(work)]
+                lines: list[str] = []
+                if await stream(copy, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
+                    raise DiskSpaceError(failure(f"copying {overlay.name} failed (disk full?); the env is unchanged", lines))
+                await checkpoint(f"{operation}.run")
+                label = history.command_label(cmd)
+                report.step(0.2, f"running {label}")
+                await self._run_in_oneshot(report, Overlay.from_path(str(work)), cmd, channels, what=label, binds=binds)
+                await checkpoint(f"{operation}.commit")
+                report.point_of_no_return()
+                report.step(0.95, f"replacing {overlay.name} with the changed copy")
+                await asyncio.to_thread(fsync_file, work)
+                os.rename(work, image)  # the commit
+                fsync_dir(Path(image).parent)
+                await checkpoint(f"{operation}.finish")
+            finally:
+                remove_work_files(work)
 
     async def _run_in_oneshot(
         self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], what: str, check: bool = True,
@@ -445,67 +490,96 @@ class EnvOperations:
         lines: list[str] = []
         try:
             argv = command.oneshot_exec_argv(self.config.require_apptainer(), plan, str(env_file), cmd)
-            rc = await stream(argv, lambda line: (lines.append(line), report.log(line)))
+            rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True)
         finally:
             env_file.unlink(missing_ok=True)
         if rc != 0 and check:
-            raise RuntimeError(_failure(what, lines) + fakeroot_hint(plan))
+            raise RuntimeError(failure(what, lines) + fakeroot_hint(plan))
 
     # -- recovery ------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Undo what a killed process left in the image directories (ours only).
+        """Remove what a killed process left in the image directories (ours only).
 
-        Half-built envs (``.NAME.PID-START.*.tmp.img`` whose builder is gone) are removed;
-        a snapshot whose env lock is free means an install died midway: it is restored,
-        so the env is exactly as before that install.
+        Every change is built in a hidden work file named after its builder
+        (``.NAME.PID-START.rand.tmp.img``, also ``.sqf``, ``.stage`` and the files a tool makes
+        next to them); the env itself only changes by the final rename or link. So a dead
+        builder's files are simply removed, and the envs stay as they were before (or as the
+        finished result, when the builder died after its commit). Work files still mounted by
+        a container are left for a later start.
         """
         actions = []
+        locked = locked_files()
         for directory in self.config.image_dirs:
             if not os.access(directory, os.W_OK):
                 continue
-            for path in [*Path(directory).glob(".*.tmp.img"), *Path(directory).glob(".*.tmp.sqf")]:
+            for path in sorted(Path(directory).glob(".*.tmp.*")):
                 owner = _tmp_owner(path.name)
-                if owner is not None and not owner.is_alive():
-                    path.unlink(missing_ok=True)
-                    actions.append(f"removed unfinished {path.name}")
-            for path in Path(directory).glob(".*.tmp.stage"):
-                owner = _tmp_owner(path.name)
-                if owner is not None and not owner.is_alive():
+                if owner is None or owner.is_alive() or is_locked(str(path), locked):
+                    continue
+                if not path.name.endswith(".env"):  # a freeze's sidecar goes with its image
+                    actions.append(_outcome_of_interrupted(path))
+                _remove_half_placed_sidecar(path)
+                if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
-                    actions.append(f"removed unfinished {path.name}")
+                else:
+                    path.unlink(missing_ok=True)
             for snapshot in Path(directory).glob(".*.img.snapshot"):
-                image = snapshot.with_name(snapshot.name[1 : -len(".snapshot")])
-                lock = self.env_lock(str(image))
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    continue  # an operation is running right now
-                try:
-                    os.replace(snapshot, image)
-                    actions.append(f"restored {image.name} from its snapshot")
-                finally:
-                    lock.release()
+                actions.append(
+                    f"found {snapshot.name}, a snapshot left by an older version of jupyter-condatainer; it was "
+                    "not restored (it may be incomplete): compare it with the env and remove it by hand"
+                )
+        self._remove_stale_locks()
         return actions
+
+    def _remove_stale_locks(self) -> None:
+        """Lock files of dead holders (a lock is free once its holder died; its file stays)."""
+        directory = Path(env_lock_path(self.config.state_dir, "/")).parent
+        for path in directory.glob("*.lock") if directory.is_dir() else ():
+            try:
+                EnvLock(str(path)).acquire().release()
+            except EnvBusyError:
+                continue  # held right now
 
     # -- delete --------------------------------------------------------------------------
 
-    def delete(self, name: str) -> None:
-        """Remove an image and its sidecar — refused while anyone uses it."""
+    async def delete(self, name: str) -> None:
+        """Remove an image and its sidecar — refused while anyone uses it.
+
+        A symlinked image loses only its link (and the link's sidecar); the file it points to
+        stays. The unlink is the one step: before it nothing changed, after it the env is gone.
+        """
         overlay = self.find(name)
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
-        if self.mounted_by(overlay) or is_locked(overlay.path, locked_files()) or is_in_use(overlay.path):
+        if self.mounted_by(overlay):
+            raise EnvBusyError(f"{name} is in use by a running kernel; shut that kernel down first")
+        busy = await asyncio.to_thread(lambda: is_locked(overlay.path, locked_files()) or is_in_use(overlay.path))
+        if busy:
             raise EnvBusyError(f"{name} is in use (a running kernel or container); stop it first")
         lock = self.try_lock(overlay.path)
         try:
-            os.unlink(overlay.path)
-            Path(overlay.sidecar_path).unlink(missing_ok=True)
+            await checkpoint("delete.unlink")
+            await asyncio.to_thread(self._unlink_image, overlay)
+            await checkpoint("delete.finish")
         finally:
             lock.release()
+        await asyncio.to_thread(self._forget_kernels, name, overlay.path)
+
+    @staticmethod
+    def _unlink_image(overlay: Overlay) -> None:
+        if overlay.kind == "img" and not os.path.islink(overlay.path):
+            with ImageWriteHold(overlay.path):  # no container may mount it while it goes
+                os.unlink(overlay.path)
+        else:
+            os.unlink(overlay.path)
+        Path(overlay.sidecar_path).unlink(missing_ok=True)
+
+    @staticmethod
+    def _forget_kernels(name: str, path: str) -> None:
         store = KernelspecStore()
         for kernel, spec in store.read_all().items():
-            if spec.overlays and spec.overlays[-1] in (name, overlay.path):
+            if spec.overlays and spec.overlays[-1] in (name, path):
                 store.remove(kernel)
 
 
@@ -517,19 +591,81 @@ def current_user() -> str:
         return os.environ.get("USER") or str(os.getuid())
 
 
-def snapshot_path(image: str) -> Path:
-    return Path(image).with_name(f".{os.path.basename(image)}.snapshot")
+class DiskSpaceError(OSError):
+    """An operation would not fit in the image directory's free space."""
+
+
+MB = 1024 * 1024
+
+
+def allocated_bytes(path: str) -> int:
+    """Disk blocks a (sparse) image really uses: what a copy of it costs."""
+    return os.stat(path).st_blocks * 512
+
+
+def work_path(target: Path) -> Path:
+    """A hidden work file next to ``target``, named after its builder (see :meth:`EnvOperations.recover`)."""
+    owner = Owner.current()
+    return target.with_name(f".{target.stem}.{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}.tmp{target.suffix}")
+
+
+def remove_work_files(work: Path) -> None:
+    """A work file and whatever a tool made next to it (``apptainer overlay create`` makes ``….ext3``)."""
+    for path in work.parent.glob(glob_escape(work.name) + "*"):
+        path.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link in ``path`` durable before reporting it done."""
+    fsync_file(path)
 
 
 def _tmp_owner(filename: str) -> Owner | None:
-    """The builder recorded in a temporary env's name (``.x.PID-START.rand.tmp.img``)."""
-    match = re.search(r"\.(\d+)-(\d+)\.[0-9a-f]+\.tmp\.(?:img|sqf|stage)$", filename)
+    """The builder recorded in a work file's name (``.x.PID-START.rand.tmp.img`` and the files beside it)."""
+    match = re.search(r"\.(\d+)-(\d+)\.[0-9a-f]+\.tmp\.(?:img|sqf|stage)", filename)
     if not match:
         return None
     return Owner(int(match.group(1)), int(match.group(2)), socket.gethostname())
 
 
-def _failure(what: str, lines: list[str]) -> str:
+def _outcome_of_interrupted(work: Path) -> str:
+    """What a dead builder's work file means for its image: unchanged, or finished."""
+    image = work.with_name(re.sub(r"^\.(.*)\.\d+-\d+\.[0-9a-f]+\.tmp(\.(?:img|sqf))?.*$", r"\1\2", work.name))
+    if image.suffix not in (".img", ".sqf"):
+        image = image.with_name(image.name + ".sqf")  # a freeze's staging directory
+    if not image.exists():
+        return f"{image.name}: an interrupted build was discarded; nothing was created ({work.name} removed)"
+    if work.is_file() and os.path.samefile(work, image):
+        return f"{image.name}: its build had finished before the interruption; it is complete ({work.name} removed)"
+    return f"{image.name}: an interrupted change was discarded; it is as it was before ({work.name} removed)"
+
+
+def _remove_half_placed_sidecar(work: Path) -> None:
+    """A freeze links its sidecar, then its ``.sqf``: a builder killed between the two leaves a
+    sidecar (the same inode as its work file) without its image, which goes too."""
+    if not work.name.endswith(".tmp.sqf.env"):
+        return
+    stem = work.name[1:].split(".", 1)[0]
+    for sidecar in work.parent.glob(glob_escape(stem) + "*.sqf.env"):
+        image = sidecar.with_name(sidecar.name[: -len(".env")])
+        if not image.exists() and os.path.samefile(sidecar, work):
+            sidecar.unlink()
+
+
+def failure(what: str, lines: list[str]) -> str:
+    """``what`` failed, then the tool's last lines as detail."""
     detail = "\n".join(lines[-15:]) or "(no output)"
     return f"{what} failed:\n{detail}"
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import command, history, names
-from .envops import EnvBusyError, EnvOperations, Reporter, _failure, current_user, stream, validate_env_name
+from .checkpoints import checkpoint
+from .envops import EnvBusyError, EnvOperations, Reporter, current_user, failure, fsync_dir, fsync_file, stream, validate_env_name
 from .history import Revision
 from .instance import apptainer_env, write_private
 from .kernelspecs import KernelspecStore, custom_spec
@@ -89,6 +90,7 @@ async def freeze(
     placed: list[Path] = []
     try:
         # The env lock only while reading: an install running now makes the freeze fail at once.
+        await checkpoint("freeze.read")
         report.step(0.05, f"reading the history of {target.source.name}")
         lock = ops.try_lock(target.source.path)
         try:
@@ -107,36 +109,45 @@ async def freeze(
 
         app = stage / "root" / "cnt" / target.name
         app.mkdir(parents=True)
+        await checkpoint("freeze.install")
         report.step(0.15, f"installing revision {rev.number}'s {len(rev.packages)} packages at {target.prefix}")
         await _install(ops, report, target, app, lock_file, rev)
         if latest:
             _carry_activation(meta_dir, app, report)
         _describe(app, target, rev)
 
+        await checkpoint("freeze.pack")
         report.step(0.8, f"packing {target.path.name}")
         await _mksquashfs(report, stage / "root", tmp_sqf)
         os.chmod(tmp_sqf, 0o644)
 
+        await checkpoint("freeze.commit")
+        report.point_of_no_return()
         report.step(0.95, f"moving {target.path.name} into place")
         sidecar = Path(f"{target.path}.env")
         tmp_env = tmp_sqf.with_name(tmp_sqf.name + ".env")
         tmp_env.write_text(_sidecar_text(target, rev))
         os.chmod(tmp_env, 0o644)
+        await asyncio.to_thread(fsync_file, tmp_sqf)
+        # The sidecar first, the image last (the commit). A builder killed between the two
+        # leaves its work files behind, which lets recovery remove the lone sidecar too.
         try:
             os.link(tmp_env, sidecar)  # never clobber: fails if the name appeared meanwhile
             placed.append(sidecar)
             os.link(tmp_sqf, target.path)
             placed.append(target.path)
+            fsync_dir(target.path.parent)
         except FileExistsError:
             raise FileExistsError(f"an overlay named {target.name} appeared meanwhile; nothing was changed") from None
-        finally:
-            tmp_env.unlink(missing_ok=True)
+        placed.clear()  # committed: from here on, nothing undoes it
+        await checkpoint("freeze.finish")
     except BaseException:
         for path in reversed(placed):
             path.unlink(missing_ok=True)
         raise
     finally:
-        tmp_sqf.unlink(missing_ok=True)
+        for leftover in (tmp_sqf, tmp_sqf.with_name(tmp_sqf.name + ".env")):
+            leftover.unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, stage, True)
     message = f"froze {target.source.name} revision {rev.number} into {target.path}"
     if register_kernel:
@@ -172,9 +183,9 @@ async def _install(ops: EnvOperations, report: Reporter, target: FreezeTarget, a
         env_file = write_private(Path(tmp) / "oneshot.env", command.render_env_file(plan.env))
         argv = command.oneshot_exec_argv(config.require_apptainer(), plan, str(env_file), cmd)
         lines: list[str] = []
-        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)))
+        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True)
     if rc != 0:
-        raise RuntimeError(_failure(f"installing revision {rev.number} at {target.prefix} (mm-create -f)", lines))
+        raise RuntimeError(failure(f"installing revision {rev.number} at {target.prefix} (mm-create -f)", lines))
     for leftover in ("pkgs", "CACHEDIR.TAG"):
         path = app / leftover
         if path.is_dir():
@@ -251,13 +262,13 @@ async def _mksquashfs(report: Reporter, root: Path, out: Path) -> None:
         raise RuntimeError("mksquashfs not found: install squashfs-tools")
     lines: list[str] = []
     argv = [mksquashfs, str(root), str(out), "-all-root", "-noappend", "-no-progress", "-quiet"]
-    rc = await stream([*argv, "-comp", "lz4"], lines.append, env=apptainer_env())
+    rc = await stream([*argv, "-comp", "lz4"], lines.append, env=apptainer_env(), die_with_parent=True)
     if rc != 0:  # a mksquashfs without lz4: its default compressor
         lines.clear()
         out.unlink(missing_ok=True)
-        rc = await stream(argv, lines.append, env=apptainer_env())
+        rc = await stream(argv, lines.append, env=apptainer_env(), die_with_parent=True)
     if rc != 0:
-        raise RuntimeError(_failure(f"packing {out.name} (mksquashfs)", lines))
+        raise RuntimeError(failure(f"packing {out.name} (mksquashfs)", lines))
 
 
 def register_frozen_kernel(ops: EnvOperations, name: str, has_python: bool) -> str | None:

@@ -77,7 +77,7 @@ class OverlaysHandler(BaseHandler):
         data = self.body()
         try:
             name = validate_env_name(data.get("name", ""))
-            size = validate_size(data.get("size_mb", 1024))
+            size = validate_size(data.get("size_mb", 1024), self.operations.config.max_env_size_mb)
             packages = self.list_field(data, "packages")
             if packages:
                 validate_specs(packages)
@@ -101,7 +101,7 @@ class OverlayHandler(BaseHandler):
         if self.jobs.running_for(name):
             raise web.HTTPError(409, f"a job is running on {name}")
         try:
-            self.operations.delete(name)
+            await self.operations.delete(name)
         except EnvBusyError as err:
             raise web.HTTPError(409, str(err)) from None
         except OverlayError as err:

@@ -9,6 +9,7 @@ on a container.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import json
 import os
@@ -28,6 +29,8 @@ from .probes import ImageProbe
 from .state import INSTANCE_PREFIX, InstanceRecord, Owner, StateStore
 
 START_TIMEOUT = 120.0
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True)
 STOP_TIMEOUT = 60.0
 PROBE_SCRIPT = (
     "import importlib.util, json, platform, sys; print(json.dumps({'executable': sys.executable, "
@@ -90,8 +93,14 @@ def apptainer_env() -> dict[str, str]:
     return command.apptainer_process_env(os.environ, os.getuid(), _cap_bounding_set())
 
 
-async def spawn(argv: Sequence[str], env: dict[str, str] | None = None, merge_stderr: bool = False):
-    """Start a command in its own process group, output piped, without blocking the loop."""
+async def spawn(
+    argv: Sequence[str], env: dict[str, str] | None = None, merge_stderr: bool = False, die_with_parent: bool = False
+):
+    """Start a command in its own process group, output piped, without blocking the loop.
+
+    ``die_with_parent``: the command gets SIGKILL when this process dies (for work on a
+    temporary copy, which a dead server's successor deletes: nothing may keep writing it).
+    """
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -99,7 +108,13 @@ async def spawn(argv: Sequence[str], env: dict[str, str] | None = None, merge_st
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
         env=env or apptainer_env(),
         start_new_session=True,
+        preexec_fn=_kill_me_with_parent if die_with_parent else None,
     )
+
+
+def _kill_me_with_parent() -> None:
+    """In the forked child: ask the kernel for SIGKILL when the parent exits (Linux prctl)."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def kill_group(process: asyncio.subprocess.Process) -> None:

@@ -82,6 +82,13 @@ class JobContext:
         self._changed(self.job)
 
 
+def _cancelled_message(job: Job) -> str:
+    """Cancels stop before an operation's commit, so nothing of it took effect."""
+    if job.kind in ("create", "freeze"):
+        return "cancelled; nothing was created"
+    return f"cancelled; {job.target} is as it was before"
+
+
 class JobRegistry:
     """Jobs of this server, newest last."""
 
@@ -99,6 +106,16 @@ class JobRegistry:
         self._on_change(job)
         return job
 
+    def record(self, kind: str, target: str, message: str) -> Job:
+        """A finished job for something that happened outside a request (recovery at start),
+        so the panel and the REST API tell the user what became of their env."""
+        now = time.time()
+        job = Job(id=secrets.token_hex(6), kind=kind, target=target, state="succeeded", progress=1.0,
+                  message=message, created=now, finished=now, cancellable=False)
+        self.jobs[job.id] = job
+        self._on_change(job)
+        return job
+
     async def _run(self, job: Job, work: Callable[[JobContext], Awaitable[str]]) -> None:
         context = JobContext(job, self._on_change)
         job.state = "running"
@@ -107,7 +124,7 @@ class JobRegistry:
             job.message = await work(context) or "done"
             job.state, job.progress = "succeeded", 1.0
         except asyncio.CancelledError:
-            job.state, job.message = "cancelled", "cancelled; the image is as it was before"
+            job.state, job.message = "cancelled", _cancelled_message(job)
         except Exception as err:  # noqa: BLE001 - any failure must end the job, with its message
             job.state, job.error = "failed", str(err) or type(err).__name__
             job.message = job.error.splitlines()[0]

@@ -3,7 +3,7 @@
 One implementation for the REST API, the CLI and the panel. Reading (history, export) takes no
 container: the env's ``conda-meta`` comes out of the ``.img`` with ``debugfs``. A rollback is a
 package change like an install — the env lock, our kernel's instance when one has the env
-mounted, else a one-shot container with a snapshot, refused while another container has the env
+mounted, else a one-shot container on a copy that replaces the env when it succeeded, refused while another container has the env
 mounted — that runs ``mm-install --explicit LOCK`` with the lock of the wanted revision, so the env
 ends with exactly that revision's packages (no solve), recorded as a new revision.
 """
@@ -115,7 +115,7 @@ class Lifecycle:
             report.log(f"rolling back to revision {rev.number} ({rev.time}): {len(rev.packages)} packages")
 
         try:
-            await self.ops.run_change(report, overlay, cmd, binds=binds, prepare=prepare)
+            await self.ops.run_change(report, "rollback", overlay, cmd, binds=binds, prepare=prepare)
         except Unchanged as unchanged:
             return str(unchanged)
         finally:

@@ -9,7 +9,6 @@ at once; a package that was already imported and changed needs a kernel restart.
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import importlib
 import json
@@ -21,6 +20,8 @@ import sys
 from contextlib import contextmanager
 
 from IPython.core.magic import Magics, line_magic, magics_class
+
+from .locks import EnvBusyError, EnvLock
 
 ENV_PREFIX = "/ext3/env"
 USAGE = """Manage the packages of this kernel's CondaTainer env.
@@ -98,17 +99,16 @@ def _env_lock(path: str | None):
     if not path:
         yield
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("waiting for another operation on this env to finish…", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = EnvLock(path)
+    try:
+        lock.acquire()
+    except EnvBusyError:
+        print("waiting for another operation on this env to finish…", flush=True)
+        lock.acquire(blocking=True)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _no_writable_env_message(info: dict) -> str:

@@ -65,6 +65,7 @@ class CondaTainerExtension(ExtensionApp):
         operations: EnvOperations = self.settings["condatainer_operations"]
         for action in await asyncio.to_thread(operations.recover):
             self.log.warning("CondaTainer recovery: %s", action)
+            self.jobs.record("recover", action.split(":", 1)[0], action)
         await self._sweep_slurm_jobs()
         try:
             swept = await InstanceManager.for_config(self.condatainer).sweep_orphans()

@@ -17,7 +17,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from conftest import processes_mentioning, running_instances
 from kernel_provider.config import CondaTainerConfig
-from kernel_provider.envops import EnvOperations
+from kernel_provider.envops import DiskSpaceError, EnvOperations
 from kernel_provider.instance import InstanceManager
 from kernel_provider.kernelspecs import KernelspecStore
 from kernel_provider.overlays import scan
@@ -164,7 +164,7 @@ def test_removal_of_an_image_used_by_our_kernel_is_refused(specs):
         try:
             operations = EnvOperations(CondaTainerConfig(), InstanceManager.for_config(CondaTainerConfig()))
             with pytest.raises(Exception) as error:
-                operations.delete("python/3.11")
+                await operations.delete("python/3.11")
             return str(error.value)
         finally:
             await km.shutdown_kernel()
@@ -173,7 +173,7 @@ def test_removal_of_an_image_used_by_our_kernel_is_refused(specs):
     assert (specs / "images" / "python--3.11.sqf").exists()
 
 
-def test_disk_full_while_creating_an_env(specs, tmp_path):
+def test_an_env_too_big_for_the_free_space_is_refused_before_anything_is_written(specs, tmp_path):
     if os.getuid() != 0:
         pytest.fail("this test mounts a small tmpfs and must run as root (the non-root run excludes it)")
     small = tmp_path / "small"
@@ -182,25 +182,31 @@ def test_disk_full_while_creating_an_env(specs, tmp_path):
     try:
         config = CondaTainerConfig(image_dirs=[str(small), str(specs / "images")])
         operations = EnvOperations(config, InstanceManager(config))
-
-        class Report:
-            lines: list[str] = []
-
-            def log(self, line):
-                self.lines.append(line)
-
-            def step(self, progress, message):
-                pass
-
-            def point_of_no_return(self):
-                pass
-
-        with pytest.raises(RuntimeError) as error:
+        with pytest.raises(DiskSpaceError) as error:
             asyncio.run(operations.create(Report(), "bigenv", size_mb=64))
-        assert "apptainer overlay create" in str(error.value)
-        assert list(small.iterdir()) == [], "no partial file may be left"
+        assert str(error.value).startswith("not enough free space for a 64 MB env: it needs 64 MB")
+        assert list(small.iterdir()) == [], "nothing may be written"
+        # Beyond the configured maximum: refused whatever the free space.
+        with pytest.raises(ValueError, match="between 64 and 1000"):
+            asyncio.run(EnvOperations(CondaTainerConfig(max_env_size_mb=1000)).create(Report(), "huge", size_mb=1001))
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+class Report:
+    """A reporter that keeps the log (what the CLI and the jobs implement)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, line):
+        self.lines.append(line)
+
+    def step(self, progress, message):
+        pass
+
+    def point_of_no_return(self):
+        pass
 
 
 def test_fifty_instance_cycles_leave_nothing_behind(specs):

@@ -461,28 +461,63 @@ def test_hidden_work_files_are_not_images(tmp_path):
     assert set(scan([str(tmp_path)]).by_name) == {"env"}
 
 
-def test_recover_removes_dead_builds_and_restores_snapshots(tmp_path, monkeypatch):
+def test_recover_removes_what_dead_builders_left_and_never_touches_an_env(tmp_path, monkeypatch):
     from kernel_provider.envops import EnvOperations
     from kernel_provider.state import Owner
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     me = Owner.current()
-    dead = tmp_path / ".gone.999999-1.abcdef.tmp.img"
+    dead = [
+        tmp_path / ".gone.999999-1.abcdef.tmp.img",
+        tmp_path / ".gone.999999-1.abcdef.tmp.img.ext3",  # apptainer overlay create's own file
+        tmp_path / ".env.999999-1.abcdef.tmp.img",  # a copy an install was changing
+        tmp_path / ".frozen--1.0.999999-1.abcdef.tmp.sqf",
+    ]
     alive = tmp_path / f".busy.{me.pid}-{me.start_time}.abcdef.tmp.img"
-    for path in (dead, alive):
-        path.write_bytes(b"")
-    (tmp_path / "env.img").write_bytes(b"half-written")
-    (tmp_path / ".env.img.snapshot").write_bytes(b"before")
+    for path in (*dead, alive):
+        path.write_bytes(b"work")
+    stage = tmp_path / ".frozen--1.0.999999-1.abcdef.tmp.stage"
+    (stage / "root").mkdir(parents=True)
+    # A freeze killed between linking its sidecar and its image: the lone sidecar goes too.
+    lone_sidecar_work = tmp_path / ".frozen--1.0.999999-1.abcdef.tmp.sqf.env"
+    lone_sidecar_work.write_text("#WHATIS:frozen\n")
+    os.link(lone_sidecar_work, tmp_path / "frozen--1.0.sqf.env")
+    (tmp_path / "env.img").write_bytes(b"the env")
+    (tmp_path / ".env.img.snapshot").write_bytes(b"older version's snapshot")
     operations = EnvOperations(CondaTainerConfig(image_dirs=[str(tmp_path)]))
+
     actions = operations.recover()
-    assert not dead.exists() and alive.exists()
-    assert (tmp_path / "env.img").read_bytes() == b"before"
-    assert not (tmp_path / ".env.img.snapshot").exists()
-    assert len(actions) == 2
-    held = operations.env_lock(str(tmp_path / "env.img"))
-    (tmp_path / ".env.img.snapshot").write_bytes(b"again")
-    with held:
-        assert operations.recover() == []  # an operation holds the lock: leave it alone
+
+    assert not any(p.exists() for p in dead) and not stage.exists() and alive.exists()
+    assert not (tmp_path / "frozen--1.0.sqf.env").exists()
+    assert (tmp_path / "env.img").read_bytes() == b"the env"  # never restored from anything
+    assert (tmp_path / ".env.img.snapshot").exists() and "not restored" in actions[-1]
+    assert len(actions) == 7
+    assert "env.img: an interrupted change was discarded; it is as it was before" in " ".join(actions)
+    assert "gone.img: an interrupted build was discarded; nothing was created" in " ".join(actions)
+
+
+def test_env_lock_is_private_exclusive_and_removed_when_released(tmp_path):
+    import threading
+
+    from kernel_provider.locks import EnvBusyError, EnvLock
+
+    path = tmp_path / "state" / "locks" / "x.lock"
+    first = EnvLock(str(path)).acquire()
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700 and os.stat(path).st_mode & 0o777 == 0o600
+    with pytest.raises(EnvBusyError):
+        EnvLock(str(path)).acquire()
+    # A waiter blocked on the old file must notice it was unlinked and lock the new one.
+    waiter, got = EnvLock(str(path)), threading.Event()
+    thread = threading.Thread(target=lambda: (waiter.acquire(blocking=True), got.set()))
+    thread.start()
+    first.release()
+    thread.join(timeout=10)
+    assert got.is_set() and waiter.held and path.exists()
+    with pytest.raises(EnvBusyError):
+        EnvLock(str(path)).acquire()
+    waiter.release()
+    assert not path.exists()
 
 
 def test_ipc_falls_back_to_tcp_when_the_socket_path_would_be_too_long(tmp_path, monkeypatch):
