@@ -22,12 +22,13 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from . import command, history, names
 from .checkpoints import checkpoint
+from .journal import Journal
 from .config import CondaTainerConfig
 from .instance import (
     Instance,
@@ -188,6 +189,10 @@ class EnvOperations:
         self.config = config
         self.instances = instances or InstanceManager.for_config(config)
 
+    @property
+    def journal(self) -> Journal:
+        return Journal(Path(self.config.state_dir) / "jupyter-condatainer" / "journal")
+
     # -- lookup --------------------------------------------------------------------------
 
     def catalog(self) -> Catalog:
@@ -334,8 +339,19 @@ class EnvOperations:
         if target.exists() or name in self.catalog().by_name:
             raise FileExistsError(f"an image named {name} already exists")
         self.check_free_space(str(target.parent), size_mb * MB, f"a {size_mb} MB env")
-        apptainer = self.config.require_apptainer()
+        self.config.require_apptainer()
         tmp = work_path(target)
+        with self.journal.record("create", name, str(target)):
+            await self._build(report, name, size_mb, packages, channels, target, tmp)
+        if register_kernel:
+            kernel = self.register_kernel(name)
+            report.log(f"registered kernel {kernel}")
+        return f"created {target}"
+
+    async def _build(
+        self, report: Reporter, name: str, size_mb: int, packages: list[str], channels: list[str], target: Path, tmp: Path
+    ) -> None:
+        apptainer = self.config.require_apptainer()
         try:
             await checkpoint("create.overlay")
             report.step(0.05, f"creating a {size_mb} MB ext3 overlay")
@@ -363,10 +379,6 @@ class EnvOperations:
             await checkpoint("create.finish")
         finally:
             remove_work_files(tmp)
-        if register_kernel:
-            kernel = self.register_kernel(name)
-            report.log(f"registered kernel {kernel}")
-        return f"created {target}"
 
     def register_kernel(self, name: str) -> str:
         """A kernelspec for an env; a Python overlay goes first when the env has no python."""
@@ -407,13 +419,14 @@ class EnvOperations:
         that need it); ``operation`` names the steps (:mod:`.checkpoints`)."""
         lock = self.try_lock(overlay.path)
         try:
-            if prepare is not None:
-                await prepare()
-            instance = self.mounted_by(overlay)
-            if instance is not None:
-                await self._run_in_instance(report, instance, cmd)
-            else:
-                await self._run_on_copy(report, operation, overlay, cmd, channels, binds)
+            with self.journal.record(operation, overlay.name, os.path.realpath(overlay.path)):
+                if prepare is not None:
+                    await prepare()
+                instance = self.mounted_by(overlay)
+                if instance is not None:
+                    await self._run_in_instance(report, instance, cmd)
+                else:
+                    await self._run_on_copy(report, operation, overlay, cmd, channels, binds)
         finally:
             lock.release()
 
@@ -498,17 +511,19 @@ class EnvOperations:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
-        """Remove what a killed process left in the image directories (ours only).
+    def recover(self) -> Recovery:
+        """Say what became of operations a killed server left, and remove their work files.
 
         Every change is built in a hidden work file named after its builder
         (``.NAME.PID-START.rand.tmp.img``, also ``.sqf``, ``.stage`` and the files a tool makes
-        next to them); the env itself only changes by the final rename or link. So a dead
-        builder's files are simply removed, and the envs stay as they were before (or as the
-        finished result, when the builder died after its commit). Work files still mounted by
-        a container are left for a later start.
+        next to them); an env itself only changes by the final rename, link or unlink. So a
+        dead builder's files are simply removed, and its journal record tells whether its env is
+        as before or finished. Work files still mounted by a container are left for a later start.
         """
-        actions = []
+        recovery = Recovery()
+        for file, entry in self.journal.interrupted():
+            recovery.outcomes.append(entry.outcome())
+            file.unlink(missing_ok=True)
         locked = locked_files()
         for directory in self.config.image_dirs:
             if not os.access(directory, os.W_OK):
@@ -517,20 +532,19 @@ class EnvOperations:
                 owner = _tmp_owner(path.name)
                 if owner is None or owner.is_alive() or is_locked(str(path), locked):
                     continue
-                if not path.name.endswith(".env"):  # a freeze's sidecar goes with its image
-                    actions.append(_outcome_of_interrupted(path))
                 _remove_half_placed_sidecar(path)
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+                recovery.removed.append(str(path))
             for snapshot in Path(directory).glob(".*.img.snapshot"):
-                actions.append(
-                    f"found {snapshot.name}, a snapshot left by an older version of jupyter-condatainer; it was "
+                recovery.outcomes.append(
+                    f"found {snapshot}, a snapshot left by an older version of jupyter-condatainer; it was "
                     "not restored (it may be incomplete): compare it with the env and remove it by hand"
                 )
         self._remove_stale_locks()
-        return actions
+        return recovery
 
     def _remove_stale_locks(self) -> None:
         """Lock files of dead holders (a lock is free once its holder died; its file stays)."""
@@ -559,9 +573,10 @@ class EnvOperations:
             raise EnvBusyError(f"{name} is in use (a running kernel or container); stop it first")
         lock = self.try_lock(overlay.path)
         try:
-            await checkpoint("delete.unlink")
-            await asyncio.to_thread(self._unlink_image, overlay)
-            await checkpoint("delete.finish")
+            with self.journal.record("delete", name, overlay.path):
+                await checkpoint("delete.unlink")
+                await asyncio.to_thread(self._unlink_image, overlay)
+                await checkpoint("delete.finish")
         finally:
             lock.release()
         await asyncio.to_thread(self._forget_kernels, name, overlay.path)
@@ -589,6 +604,14 @@ def current_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return os.environ.get("USER") or str(os.getuid())
+
+
+@dataclass
+class Recovery:
+    """What :meth:`EnvOperations.recover` found: messages for the user, files removed."""
+
+    outcomes: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
 
 class DiskSpaceError(OSError):
@@ -638,18 +661,6 @@ def _tmp_owner(filename: str) -> Owner | None:
     if not match:
         return None
     return Owner(int(match.group(1)), int(match.group(2)), socket.gethostname())
-
-
-def _outcome_of_interrupted(work: Path) -> str:
-    """What a dead builder's work file means for its image: unchanged, or finished."""
-    image = work.with_name(re.sub(r"^\.(.*)\.\d+-\d+\.[0-9a-f]+\.tmp(\.(?:img|sqf))?.*$", r"\1\2", work.name))
-    if image.suffix not in (".img", ".sqf"):
-        image = image.with_name(image.name + ".sqf")  # a freeze's staging directory
-    if not image.exists():
-        return f"{image.name}: an interrupted build was discarded; nothing was created ({work.name} removed)"
-    if work.is_file() and os.path.samefile(work, image):
-        return f"{image.name}: its build had finished before the interruption; it is complete ({work.name} removed)"
-    return f"{image.name}: an interrupted change was discarded; it is as it was before ({work.name} removed)"
 
 
 def _remove_half_placed_sidecar(work: Path) -> None:

@@ -87,68 +87,69 @@ async def freeze(
     tag = f"{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}"
     stage = target.path.with_name(f".{target.path.stem}.{tag}.tmp.stage")
     tmp_sqf = target.path.with_name(f".{target.path.stem}.{tag}.tmp.sqf")
-    placed: list[Path] = []
-    try:
-        # The env lock only while reading: an install running now makes the freeze fail at once.
-        await checkpoint("freeze.read")
-        report.step(0.05, f"reading the history of {target.source.name}")
-        lock = ops.try_lock(target.source.path)
+    with ops.journal.record("freeze", target.name, str(target.path)):
+        placed: list[Path] = []
         try:
-            meta_dir = stage / "source"
-            meta_dir.mkdir(parents=True)
-            await asyncio.to_thread(history.dump_env_meta, target.source.path, str(meta_dir))
-            meta = history.load_env_meta(meta_dir, owner=image_owner(target.source.path))
+            # The env lock only while reading: an install running now makes the freeze fail at once.
+            await checkpoint("freeze.read")
+            report.step(0.05, f"reading the history of {target.source.name}")
+            lock = ops.try_lock(target.source.path)
+            try:
+                meta_dir = stage / "source"
+                meta_dir.mkdir(parents=True)
+                await asyncio.to_thread(history.dump_env_meta, target.source.path, str(meta_dir))
+                meta = history.load_env_meta(meta_dir, owner=image_owner(target.source.path))
+            finally:
+                lock.release()
+            revisions = meta.revisions()
+            rev = history.select(revisions, revision)
+            lock_text = history.render_explicit(target.source.name, rev, meta)
+            latest = rev.number == revisions[-1].number
+            lock_file = stage / "explicit.txt"
+            lock_file.write_text(lock_text)
+
+            app = stage / "root" / "cnt" / target.name
+            app.mkdir(parents=True)
+            await checkpoint("freeze.install")
+            report.step(0.15, f"installing revision {rev.number}'s {len(rev.packages)} packages at {target.prefix}")
+            await _install(ops, report, target, app, lock_file, rev)
+            if latest:
+                _carry_activation(meta_dir, app, report)
+            _describe(app, target, rev)
+
+            await checkpoint("freeze.pack")
+            report.step(0.8, f"packing {target.path.name}")
+            await _mksquashfs(report, stage / "root", tmp_sqf)
+            os.chmod(tmp_sqf, 0o644)
+
+            await checkpoint("freeze.commit")
+            report.point_of_no_return()
+            report.step(0.95, f"moving {target.path.name} into place")
+            sidecar = Path(f"{target.path}.env")
+            tmp_env = tmp_sqf.with_name(tmp_sqf.name + ".env")
+            tmp_env.write_text(_sidecar_text(target, rev))
+            os.chmod(tmp_env, 0o644)
+            await asyncio.to_thread(fsync_file, tmp_sqf)
+            # The sidecar first, the image last (the commit). A builder killed between the two
+            # leaves its work files behind, which lets recovery remove the lone sidecar too.
+            try:
+                os.link(tmp_env, sidecar)  # never clobber: fails if the name appeared meanwhile
+                placed.append(sidecar)
+                os.link(tmp_sqf, target.path)
+                placed.append(target.path)
+                fsync_dir(target.path.parent)
+            except FileExistsError:
+                raise FileExistsError(f"an overlay named {target.name} appeared meanwhile; nothing was changed") from None
+            placed.clear()  # committed: from here on, nothing undoes it
+            await checkpoint("freeze.finish")
+        except BaseException:
+            for path in reversed(placed):
+                path.unlink(missing_ok=True)
+            raise
         finally:
-            lock.release()
-        revisions = meta.revisions()
-        rev = history.select(revisions, revision)
-        lock_text = history.render_explicit(target.source.name, rev, meta)
-        latest = rev.number == revisions[-1].number
-        lock_file = stage / "explicit.txt"
-        lock_file.write_text(lock_text)
-
-        app = stage / "root" / "cnt" / target.name
-        app.mkdir(parents=True)
-        await checkpoint("freeze.install")
-        report.step(0.15, f"installing revision {rev.number}'s {len(rev.packages)} packages at {target.prefix}")
-        await _install(ops, report, target, app, lock_file, rev)
-        if latest:
-            _carry_activation(meta_dir, app, report)
-        _describe(app, target, rev)
-
-        await checkpoint("freeze.pack")
-        report.step(0.8, f"packing {target.path.name}")
-        await _mksquashfs(report, stage / "root", tmp_sqf)
-        os.chmod(tmp_sqf, 0o644)
-
-        await checkpoint("freeze.commit")
-        report.point_of_no_return()
-        report.step(0.95, f"moving {target.path.name} into place")
-        sidecar = Path(f"{target.path}.env")
-        tmp_env = tmp_sqf.with_name(tmp_sqf.name + ".env")
-        tmp_env.write_text(_sidecar_text(target, rev))
-        os.chmod(tmp_env, 0o644)
-        await asyncio.to_thread(fsync_file, tmp_sqf)
-        # The sidecar first, the image last (the commit). A builder killed between the two
-        # leaves its work files behind, which lets recovery remove the lone sidecar too.
-        try:
-            os.link(tmp_env, sidecar)  # never clobber: fails if the name appeared meanwhile
-            placed.append(sidecar)
-            os.link(tmp_sqf, target.path)
-            placed.append(target.path)
-            fsync_dir(target.path.parent)
-        except FileExistsError:
-            raise FileExistsError(f"an overlay named {target.name} appeared meanwhile; nothing was changed") from None
-        placed.clear()  # committed: from here on, nothing undoes it
-        await checkpoint("freeze.finish")
-    except BaseException:
-        for path in reversed(placed):
-            path.unlink(missing_ok=True)
-        raise
-    finally:
-        for leftover in (tmp_sqf, tmp_sqf.with_name(tmp_sqf.name + ".env")):
-            leftover.unlink(missing_ok=True)
-        await asyncio.to_thread(shutil.rmtree, stage, True)
+            for leftover in (tmp_sqf, tmp_sqf.with_name(tmp_sqf.name + ".env")):
+                leftover.unlink(missing_ok=True)
+            await asyncio.to_thread(shutil.rmtree, stage, True)
     message = f"froze {target.source.name} revision {rev.number} into {target.path}"
     if register_kernel:
         kernel = register_frozen_kernel(ops, target.name, "python" in rev.packages)

@@ -63,9 +63,12 @@ class CondaTainerExtension(ExtensionApp):
         if not self.sweep_orphans:
             return
         operations: EnvOperations = self.settings["condatainer_operations"]
-        for action in await asyncio.to_thread(operations.recover):
-            self.log.warning("CondaTainer recovery: %s", action)
-            self.jobs.record("recover", action.split(":", 1)[0], action)
+        recovery = await asyncio.to_thread(operations.recover)
+        for path in recovery.removed:
+            self.log.info("CondaTainer recovery: removed the unfinished work file %s", path)
+        for outcome in recovery.outcomes:
+            self.log.warning("CondaTainer recovery: %s", outcome)
+            self.jobs.record("recover", "", outcome)
         await self._sweep_slurm_jobs()
         try:
             swept = await InstanceManager.for_config(self.condatainer).sweep_orphans()

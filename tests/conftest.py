@@ -212,3 +212,24 @@ async def run_cell(client, code: str, timeout: float = 180) -> tuple[str, dict |
 
     await client.execute_interactive(code, output_hook=hook, timeout=timeout)
     return "".join(out), error
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the crash-safety matrix (tests/test_crash_matrix.py) when it ran."""
+    import sys
+
+    module = sys.modules.get("test_crash_matrix")
+    if module is None or not module.MATRIX:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("crash-safety matrix: operation × step × {cancel, kill} → env state")
+    write(f"{'operation':<10} {'step':<8} {'cancel':<10} {'kill':<10}")
+    cells = {(op, step, mode): outcome for op, step, mode, outcome in module.MATRIX}
+    for op, steps in module.STEPS.items():
+        for step in steps:
+            cancel, kill = cells.get((op, step, "cancel"), "-"), cells.get((op, step, "kill"), "-")
+            write(f"{op:<10} {step:<8} {cancel:<10} {kill:<10}")
+    counts = {}
+    for *_, outcome in module.MATRIX:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    write(f"{len(module.MATRIX)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "; no third state")

@@ -486,15 +486,36 @@ def test_recover_removes_what_dead_builders_left_and_never_touches_an_env(tmp_pa
     (tmp_path / ".env.img.snapshot").write_bytes(b"older version's snapshot")
     operations = EnvOperations(CondaTainerConfig(image_dirs=[str(tmp_path)]))
 
-    actions = operations.recover()
+    recovery = operations.recover()
 
     assert not any(p.exists() for p in dead) and not stage.exists() and alive.exists()
     assert not (tmp_path / "frozen--1.0.sqf.env").exists()
     assert (tmp_path / "env.img").read_bytes() == b"the env"  # never restored from anything
-    assert (tmp_path / ".env.img.snapshot").exists() and "not restored" in actions[-1]
-    assert len(actions) == 6  # the lone sidecar goes with its freeze, in one line
-    assert "env.img: an interrupted change was discarded; it is as it was before" in " ".join(actions)
-    assert "gone.img: an interrupted build was discarded; nothing was created" in " ".join(actions)
+    assert len(recovery.removed) == 6
+    assert (tmp_path / ".env.img.snapshot").exists() and "not restored" in recovery.outcomes[-1]
+
+
+def test_the_journal_tells_what_became_of_an_interrupted_operation(tmp_path):
+    from kernel_provider.journal import Entry, Journal
+
+    env, fresh = tmp_path / "env.img", tmp_path / "fresh.img"
+    env.write_bytes(b"before")
+    journal = Journal(tmp_path / "journal")
+    with journal.record("install", "env", str(env)) as entry:
+        assert list(journal.interrupted()) == []  # its writer (this process) is alive
+        assert entry.outcome().endswith("env is as it was before")
+        changed = tmp_path / "changed"
+        changed.write_bytes(b"after")
+        os.rename(changed, env)  # the commit
+        assert entry.outcome().endswith("it had finished: env holds the finished result")
+    assert list((tmp_path / "journal").iterdir()) == []
+
+    dead = Entry("create", "fresh", str(fresh), None, 999999, 1, os.uname().nodename)
+    assert dead.outcome().endswith("nothing was created")
+    fresh.write_bytes(b"")
+    assert dead.outcome().endswith("it had finished: fresh is complete")
+    deleted = Entry("delete", "env", str(tmp_path / "gone.img"), 1, 999999, 1, os.uname().nodename)
+    assert deleted.outcome().endswith("it had finished: env is deleted")
 
 
 def test_env_lock_is_private_exclusive_and_removed_when_released(tmp_path):

@@ -1,0 +1,282 @@
+"""Every env operation, stopped at every one of its steps: by a job cancel and by a server SIGKILL.
+
+For each cell of operations × steps (``kernel_provider.checkpoints.STEPS``) × {cancel, kill}, a
+real ``jupyter server`` runs the operation through the REST API until it reaches that step and
+pauses there (``JCT_PAUSE_AT``); then the job is cancelled or the server is SIGKILLed, and a new
+server is started. Afterwards the env must be either byte-identical (sha256) to before or exactly
+the finished result — never a third state — with no hidden file in the image directory, no
+process, mount or lock left, and a final message (the job's, or the recovery's after a kill)
+that says which of the two happened. The matrix is printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from conftest import processes_mentioning, sparse_copy
+from kernel_provider.checkpoints import STEPS
+from kernel_provider.config import CondaTainerConfig
+from kernel_provider.envops import EnvOperations, read_conda_meta
+from kernel_provider.instance import InstanceManager
+from test_provisioner import Server, free_port
+
+pytestmark = pytest.mark.integration
+
+MATRIX: list[tuple[str, str, str, str]] = []  # (operation, step, mode, outcome), printed by conftest
+
+# What each operation asks for, and how its finished result looks.
+REQUESTS = {
+    "create": ("POST", "/condatainer/api/overlays", {"name": "fresh", "size_mb": 128, "packages": ["zlib"]}),
+    "install": ("POST", "/condatainer/api/overlays/env/packages", {"specs": ["demo-tool"], "channels": ["conda-forge"]}),
+    "remove": ("DELETE", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo"]}),
+    "update": ("POST", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo=2.0"], "channels": ["conda-forge"]}),
+    "rollback": ("POST", "/condatainer/api/overlays/env/rollback", {"revision": 0}),
+    "freeze": ("POST", "/condatainer/api/overlays/env/freeze", {"name": "frozen", "version": "1.0"}),
+    "delete": ("DELETE", "/condatainer/api/overlays/env", None),
+}
+CASES = [
+    (operation, step, mode)
+    for operation, steps in STEPS.items()
+    for step in steps
+    for mode in ("cancel", "kill")
+    if not (operation == "delete" and mode == "cancel")  # a DELETE is one request, not a job
+]
+
+
+@pytest.fixture(scope="module")
+def prepared_env(tmp_path_factory, built_images, conda_channel):
+    """``env.img`` with two revisions: zlib (0), then libdemo 1.0 (1) — built once."""
+    images = tmp_path_factory.mktemp("prepared")
+    for name in ("ubuntu24--base_image.sif", "python--3.11.sqf"):
+        os.symlink(built_images / name, images / name)
+    sparse_copy(built_images / "testenv.img", images / "env.img")
+    config = CondaTainerConfig(
+        image_dirs=[str(images)], state_dir=str(images / ".state"), container_env=conda_channel.env
+    )
+    operations = EnvOperations(config, InstanceManager(config))
+    asyncio.run(operations.change(Quiet(), "env", "install", ["libdemo=1.0"], ["conda-forge"]))
+    shutil.rmtree(images / ".state")
+    return images / "env.img"
+
+
+class Quiet:
+    def log(self, line):
+        pass
+
+    def step(self, progress, message):
+        pass
+
+    def point_of_no_return(self):
+        pass
+
+
+@pytest.fixture
+def layout(user_layout, prepared_env, conda_channel, monkeypatch):
+    (user_layout / "images" / "env.img").unlink()
+    sparse_copy(prepared_env, user_layout / "images" / "env.img")
+    for key, value in conda_channel.env.items():
+        monkeypatch.setenv(key, value)
+    (user_layout / "pause").mkdir()
+    return user_layout
+
+
+@pytest.mark.parametrize(("operation", "step", "mode"), CASES, ids=["-".join(c) for c in CASES])
+def test_stopped_at_every_step_leaves_before_or_finished(layout, monkeypatch, operation, step, mode):
+    images, pause = layout / "images", layout / "pause"
+    before = snapshot(images)
+    server = Server(layout, free_port())
+    monkeypatch.setenv("JCT_PAUSE_AT", f"{operation}.{step}")
+    monkeypatch.setenv("JCT_PAUSE_DIR", str(pause))
+    try:
+        server.start()
+        method, path, body = REQUESTS[operation]
+        job = submit(server, method, path, body)
+        reached = pause / f"{operation}.{step}"
+        wait_for(lambda: reached.exists() or (job and finished(server, job["id"])), f"{operation} to reach {step}")
+        assert reached.exists(), f"the {operation} ended before {step}: {finished(server, job['id'])}"
+        if mode == "cancel":
+            message = cancel(server, job, pause / f"{operation}.{step}.resume")
+        else:
+            server.kill()
+            message = None
+        monkeypatch.delenv("JCT_PAUSE_AT")
+        server.stop()
+        server.start()  # the restart: recovery runs here
+        if mode == "kill":
+            message = wait_for(lambda: recovery_message(server), "the recovery's report", timeout=30, allow_empty=True)
+        after = snapshot(images)
+        outcome = judge(operation, before, after, images)
+        MATRIX.append((operation, step, mode, outcome))
+        expect_message(operation, outcome, message)
+    finally:
+        server.stop()
+    assert leftovers(layout) == {"hidden": [], "processes": [], "mounts": [], "locks": []}
+
+
+def submit(server: Server, method: str, path: str, body) -> dict | None:
+    """Start the operation; a job's JSON, or None for the DELETE (which pauses in its request)."""
+    if method == "DELETE" and body is None:
+        import threading
+
+        threading.Thread(target=lambda: _ignore(server.request, method, path), daemon=True).start()
+        return None
+    return server.request(method, path, body)["job"]
+
+
+def cancel(server: Server, job: dict, resume: Path) -> str:
+    """Cancel the job; past its point of no return the cancel is refused and it finishes."""
+    try:
+        server.request("DELETE", f"/condatainer/api/jobs/{job['id']}")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 409, refused
+        resume.write_text("")
+    final = wait_for(lambda: finished(server, job["id"]), "the job to end")
+    return final["message"] if final["state"] != "failed" else final["error"]
+
+
+def finished(server: Server, job_id: str) -> dict | None:
+    job = server.request("GET", f"/condatainer/api/jobs/{job_id}")
+    return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+
+def recovery_message(server: Server) -> str:
+    jobs = server.request("GET", "/condatainer/api/jobs")["jobs"]
+    return " / ".join(j["message"] for j in jobs if j["kind"] == "recover")
+
+
+def snapshot(images: Path) -> dict[str, str]:
+    """sha256 of every image and sidecar in the directory (hidden work files included)."""
+    found = {}
+    for path in sorted(images.iterdir()):
+        if path.is_file() and not path.is_symlink() and path.suffix in (".img", ".sqf", ".env"):
+            found[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def packages(image: Path) -> dict[str, str]:
+    return {p.name: p.version for p in read_conda_meta(str(image))}
+
+
+def judge(operation: str, before: dict, after: dict, images: Path) -> str:
+    """'before' or 'finished'; fails on any third state."""
+    if after == before:
+        return "before"
+    changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+    env = images / "env.img"
+    finished_as = {
+        "create": lambda: changed == {"fresh.img"} and "zlib" in packages(images / "fresh.img"),
+        "install": lambda: changed == {"env.img"} and "demo-tool" in packages(env),
+        "remove": lambda: changed == {"env.img"} and "libdemo" not in packages(env) and "zlib" in packages(env),
+        "update": lambda: changed == {"env.img"} and packages(env).get("libdemo") == "2.0",
+        "rollback": lambda: changed == {"env.img"} and "libdemo" not in packages(env) and "zlib" in packages(env),
+        "freeze": lambda: changed == {"frozen--1.0.sqf", "frozen--1.0.sqf.env"} and squashfs_holds_env(
+            images / "frozen--1.0.sqf"),
+        "delete": lambda: changed == {"env.img"} and "env.img" not in after,
+    }[operation]
+    assert finished_as(), f"{operation}: a third state: changed {sorted(changed)}"
+    return "finished"
+
+
+def squashfs_holds_env(image: Path) -> bool:
+    unsquashfs = shutil.which("unsquashfs") or "/usr/bin/unsquashfs"
+    listing = subprocess.run([unsquashfs, "-l", str(image)], capture_output=True, text=True, check=True).stdout
+    return "cnt/frozen/1.0/conda-meta/history" in listing
+
+
+def expect_message(operation: str, outcome: str, message: str | None) -> None:
+    """The final word (the job's, or the recovery's after a kill) says which of the two happened."""
+    if operation == "delete" and message is None:
+        return  # never reached: a DELETE is only killed, and the recovery reports it
+    assert message, f"no final message for a {operation} that ended {outcome}"
+    said_before = "as it was before" in message or "nothing was created" in message
+    assert said_before == (outcome == "before"), (outcome, message)
+
+
+def leftovers(layout: Path) -> dict:
+    images = layout / "images"
+    # The env and what the operations made (base images are links shared with other tests).
+    inodes = {f":{p.stat().st_ino} " for p in images.iterdir() if not p.is_symlink() and p.stat().st_nlink == 1}
+    lock_dir = Path(CondaTainerConfig().state_dir) / "jupyter-condatainer" / "locks"
+    return {
+        "hidden": sorted(p.name for p in images.glob(".*")),
+        "processes": processes_mentioning(str(images)),
+        "mounts": [line for line in Path("/proc/mounts").read_text().splitlines() if str(layout) in line],
+        "locks": [line for line in Path("/proc/locks").read_text().splitlines() if any(i in line for i in inodes)]
+        + sorted(p.name for p in lock_dir.glob("*.lock")),
+    }
+
+
+def wait_for(predicate, what: str, timeout: float = 120, allow_empty: bool = False):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    if allow_empty:
+        return None
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _ignore(function, *args):
+    try:
+        function(*args)
+    except OSError:
+        pass  # the server was killed under the request, as intended
+
+
+def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path):
+    """A real ENOSPC: the image directory has room for the working copy and almost nothing more."""
+    if os.getuid() != 0:
+        pytest.fail("this test mounts a small tmpfs and must run as root (the non-root run excludes it)")
+    env = layout / "images" / "env.img"
+    allocated = env.stat().st_blocks * 512
+    small = tmp_path / "small"
+    small.mkdir()
+    size_kb = (2 * allocated) // 1024 + 256
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(small)], check=True)
+    try:
+        sparse_copy(env, small / "full.img")
+        before = snapshot(small)
+        config = CondaTainerConfig(image_dirs=[str(small), str(layout / "images")], min_free_mb=0)
+        operations = EnvOperations(config, InstanceManager(config))
+        report = Quiet()
+        with pytest.raises((RuntimeError, OSError)) as error:
+            asyncio.run(operations.change(report, "full", "install", ["demo-tool"], ["conda-forge"]))
+        assert snapshot(small) == before, "the env must be byte-identical after a disk-full install"
+        assert sorted(p.name for p in small.iterdir()) == ["full.img"], "no work file may be left"
+        assert "failed" in str(error.value).splitlines()[0], error.value
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_symlinked_env_changes_its_target_and_keeps_the_link(layout, tmp_path):
+    images = layout / "images"
+    real = images / "real.img"
+    os.rename(images / "env.img", real)
+    os.symlink(real, images / "linked.img")
+    outside = tmp_path / "outside.img"
+    sparse_copy(real, outside)
+    os.symlink(outside, images / "escape.img")
+    config = CondaTainerConfig()
+    operations = EnvOperations(config, InstanceManager(config))
+
+    asyncio.run(operations.change(Quiet(), "linked", "install", ["demo-tool"], ["conda-forge"]))
+    assert (images / "linked.img").is_symlink() and os.readlink(images / "linked.img") == str(real)
+    assert "demo-tool" in packages(real)
+
+    before = hashlib.sha256(outside.read_bytes()).hexdigest()
+    with pytest.raises(Exception) as refused:
+        asyncio.run(operations.change(Quiet(), "escape", "install", ["demo-tool"], ["conda-forge"]))
+    assert "not an image file in an image directory" in str(refused.value).splitlines()[0]
+    assert hashlib.sha256(outside.read_bytes()).hexdigest() == before and (images / "escape.img").is_symlink()
+    assert not list(images.glob(".*")) and not list(tmp_path.glob(".outside*"))
