@@ -1,8 +1,9 @@
 """Checks of user input before anything runs: image names, package specs, channels, sizes, variables.
 
 Pure: nothing here reads the disk or starts a process. What a check compares with (the image
-catalog, the kernelspec names Jupyter sees) comes in as arguments, so the REST API, the CLI,
-the freeze and the magic refuse the same input with the same words. A refusal is a
+catalog, the kernelspec names Jupyter sees) comes in as arguments, so the REST API (and the
+magic's ``create``, which goes through it), the env operations and the freeze refuse the same
+input with the same words. A refusal is a
 :class:`ValueError` (or :class:`FileExistsError` when the name is taken) whose first line says
 what is wrong and what to do instead.
 """
