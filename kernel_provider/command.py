@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from .plan import ContainerPlan
+from .validation import env_key_problem
 
 CAP_SYS_RESOURCE_BIT = 24
 
@@ -74,8 +75,17 @@ def render_env_file(env: Iterable[tuple[str, str]]) -> str:
     PATH) and then, like every ``--env`` value, once more inside the container. Single
     quotes make the host pass a no-op, so ``$PATH`` and ``$OTHER`` expand inside the
     container, after all variables are set — exactly as with CondaTainer's flags.
+    Keys go in unquoted, so one that is not a plain variable name is refused, never written.
     """
-    return "".join(f"{key}={_single_quote(value)}\n" for key, value in env)
+    lines = []
+    for key, value in env:
+        if problem := env_key_problem(key):
+            raise ValueError(
+                f"cannot pass the variable {key!r} into the container: {problem}; "
+                "rename it in the kernelspec's env or the configuration that sets it"
+            )
+        lines.append(f"{key}={_single_quote(value)}\n")
+    return "".join(lines)
 
 
 def needs_drop_caps(uid: int, cap_bounding_set: int) -> bool:

@@ -40,23 +40,15 @@ from .instance import (
     spawn,
     write_private,
 )
-from .kernelspecs import KernelspecStore, custom_spec
+from .kernelspecs import KernelspecStore, custom_spec, installed_kernel_names
 from .locks import EnvBusyError, EnvLock, ImageWriteHold, env_lock_path, is_in_use, is_locked, locked_files
 from .overlays import Catalog, Overlay, OverlayError, OverlayNotFoundError, scan
 from .plan import ENV_PREFIX, StackRequest, plan_container
 from .probes import ImageProbe, read_sidecar
 from .state import Owner
+from .validation import check_new_name, validate_channels, validate_env_name, validate_size, validate_specs
 
 DEFAULT_PACKAGES = ("zlib",)  # CondaTainer's minimal env
-MIN_SIZE_MB, MAX_SIZE_MB = 64, 1024 * 1024
-_SPEC_RE = re.compile(
-    r"^(?:[A-Za-z0-9_.\-]+::)?[A-Za-z0-9_][A-Za-z0-9_.\-]*"  # [channel::]name
-    r"(?:\s*(?:==|>=|<=|!=|~=|=|<|>)?\s*[A-Za-z0-9_.*+!,|<>=~\-]*)?"  # version constraint
-    r"(?:\[[A-Za-z0-9_.*+!,|<>=~\-= ]*\])?$"  # [key=value] brackets
-)
-_CHANNEL_RE = re.compile(r"^(?:[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*|(?:file|https?)://[A-Za-z0-9_.~:/\-]+)$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._+\-]{0,63})?$")
-_SHELL_CHARS = set(";&`$(){}\\'\"\n\r\t")
 
 
 class Reporter(Protocol):
@@ -67,45 +59,6 @@ class Reporter(Protocol):
     def step(self, progress: float, message: str) -> None: ...
 
     def point_of_no_return(self) -> None: ...
-
-
-def validate_specs(specs: Sequence[str]) -> list[str]:
-    """Conda match-specs, refusing anything that is not one (and every shell character)."""
-    if not specs:
-        raise ValueError("no package specs given")
-    cleaned = []
-    for spec in specs:
-        spec = str(spec).strip()
-        if len(spec) > 200 or set(spec) & _SHELL_CHARS or not _SPEC_RE.match(spec):
-            raise ValueError(
-                f"invalid package spec {spec!r}: use conda match-spec form, "
-                "e.g. 'numpy', 'numpy>=1.26', 'conda-forge::numpy=1.26'"
-            )
-        cleaned.append(spec)
-    return cleaned
-
-
-def validate_channels(channels: Sequence[str]) -> list[str]:
-    cleaned = [str(c).strip() for c in channels if str(c).strip()]
-    for channel in cleaned:
-        if not _CHANNEL_RE.match(channel) or ".." in channel.split("/"):
-            raise ValueError(f"invalid channel {channel!r}: a channel name (conda-forge) or a file:// or https:// URL")
-    return cleaned
-
-
-def validate_env_name(name: str) -> str:
-    """A new env's name: ``myenv`` or ``myenv/1.0`` (file ``myenv--1.0.img``)."""
-    name = str(name).strip()
-    if not _ENV_NAME_RE.match(name) or ".." in name or "--" in name:
-        raise ValueError(f"invalid env name {name!r}: letters, digits, '.', '_', '+', '-' (optionally name/version)")
-    return name
-
-
-def validate_size(size_mb, max_mb: int = MAX_SIZE_MB) -> int:
-    """An env's size in MB: an integer between the minimum and the configured maximum."""
-    if isinstance(size_mb, bool) or not isinstance(size_mb, int) or not MIN_SIZE_MB <= size_mb <= max_mb:
-        raise ValueError(f"size_mb must be an integer between {MIN_SIZE_MB} and {max_mb} (the configured maximum)")
-    return size_mb
 
 
 @dataclass(frozen=True)
@@ -338,6 +291,7 @@ class EnvOperations:
         target = self.target_dir() / names.filename_for(name, ".img")
         if target.exists() or name in self.catalog().by_name:
             raise FileExistsError(f"an image named {name} already exists")
+        check_new_name(name, "img", self.catalog(), installed_kernel_names(), f"{name} (env)")
         self.check_free_space(str(target.parent), size_mb * MB, f"a {size_mb} MB env")
         self.config.require_apptainer()
         tmp = work_path(target)

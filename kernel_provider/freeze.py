@@ -30,15 +30,16 @@ from pathlib import Path
 
 from . import command, history, names
 from .checkpoints import checkpoint
-from .envops import EnvBusyError, EnvOperations, Reporter, current_user, failure, fsync_dir, fsync_file, stream, validate_env_name
+from .envops import EnvBusyError, EnvOperations, Reporter, current_user, failure, fsync_dir, fsync_file, stream
 from .history import Revision
 from .instance import apptainer_env, write_private
-from .kernelspecs import KernelspecStore, custom_spec
+from .kernelspecs import KernelspecStore, custom_spec, installed_kernel_names
 from .lifecycle import image_owner
 from .overlays import Overlay
 from .plan import StackRequest, plan_container
 from .probes import ImageProbe
 from .state import Owner
+from .validation import check_new_name, validate_env_name
 
 ACTIVATION_DIRS = ("activate.d", "deactivate.d")
 
@@ -55,19 +56,21 @@ class FreezeTarget:
 
 
 def check_target(ops: EnvOperations, source: str, name: str, version: str) -> FreezeTarget:
-    """Validate a freeze request; :class:`FileExistsError` when the overlay name is taken."""
+    """Validate a freeze request; :class:`FileExistsError` when the overlay name is taken or would
+    collide with, shadow or be shadowed by another image or kernelspec."""
     overlay = ops.find_env(source)
-    name, version = str(name or "").strip(), str(version or "").strip()
-    if not name or not version:
+    if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
         raise ValueError("a frozen overlay needs a name and a version (e.g. name 'myenv', version '1.0')")
     full = validate_env_name(f"{name}/{version}")
     if "/" in name or "/" in version:
         raise ValueError(f"invalid name or version {name!r}/{version!r}: no '/' inside either")
     target = ops.target_dir() / names.filename_for(full, ".sqf")
-    existing = ops.catalog().by_name.get(full)
+    catalog = ops.catalog()
+    existing = catalog.by_name.get(full)
     if target.exists() or os.path.exists(f"{target}.env") or existing is not None:
         where = existing.path if existing is not None else str(target)
         raise FileExistsError(f"an overlay named {full} already exists ({where}); pick another name or version")
+    check_new_name(full, "sqf", catalog, installed_kernel_names(), f"{full} (frozen)")
     return FreezeTarget(overlay, full, target)
 
 

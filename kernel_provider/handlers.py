@@ -16,12 +16,22 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from .envops import EnvBusyError, EnvOperations, as_json, validate_channels, validate_env_name, validate_size, validate_specs
+from .envops import EnvBusyError, EnvOperations, as_json
 from .jobs import JobError, JobRegistry
+from .kernelspecs import installed_kernel_names
 from .names import InvalidNameError
 from .overlays import OverlayError, OverlayNotFoundError
+from .validation import (
+    check_new_name,
+    validate_channels,
+    validate_env_name,
+    validate_lookup_name,
+    validate_size,
+    validate_specs,
+)
 
 AUTH_RESOURCE = "condatainer"
+MAX_BODY_BYTES = 1024 * 1024  # names, specs and channels: far below this
 
 
 class BaseHandler(ExtensionHandlerMixin, APIHandler):
@@ -36,8 +46,15 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         return self.settings["condatainer_jobs"]
 
     def body(self) -> dict:
+        raw = self.request.body or b"{}"
+        if len(raw) > MAX_BODY_BYTES:
+            raise web.HTTPError(
+                413, f"request body is {len(raw)} bytes, over the {MAX_BODY_BYTES // 1024} KiB limit; send a smaller one"
+            )
         try:
-            data = json.loads(self.request.body or b"{}")
+            data = json.loads(raw)
+        except RecursionError:
+            raise web.HTTPError(400, "request body is nested too deeply; send a flat JSON object") from None
         except ValueError:
             raise web.HTTPError(400, "request body is not valid JSON") from None
         if not isinstance(data, dict):
@@ -53,7 +70,7 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
     def overlay_name(self, name: str) -> str:
         """Map lookup errors to HTTP: bad names 400, unknown ones 404."""
         try:
-            return self.operations.find(name).name
+            return self.operations.find(validate_lookup_name(name)).name
         except InvalidNameError as err:
             raise web.HTTPError(400, str(err)) from None
         except OverlayNotFoundError as err:
@@ -84,8 +101,10 @@ class OverlaysHandler(BaseHandler):
             channels = validate_channels(self.list_field(data, "channels"))
         except ValueError as err:
             raise web.HTTPError(400, str(err)) from None
-        if name in self.operations.catalog().by_name:
-            raise web.HTTPError(409, f"an image named {name} already exists")
+        try:
+            check_new_name(name, "img", self.operations.catalog(), installed_kernel_names(), f"{name} (env)")
+        except FileExistsError as err:
+            raise web.HTTPError(409, str(err)) from None
         register = bool(data.get("register_kernel", False))
         job = self.jobs.submit(
             "create", name, lambda report: self.operations.create(report, name, size, packages, channels, register)

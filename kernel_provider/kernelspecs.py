@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_data_dir
 
 from .overlays import Catalog, OverlayError, resolve
@@ -31,6 +32,12 @@ def kernel_name(label: str) -> str:
     """``python/3.11`` → ``condatainer-python-3.11`` (lowercase, ``[a-z0-9._-]``)."""
     slug = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.")
     return f"condatainer-{slug}"
+
+
+def installed_kernel_names() -> set[str]:
+    """Every kernelspec name Jupyter sees, in any kernels directory, lowercased as Jupyter compares
+    them: a new kernelspec of one of these names would replace or hide that kernel."""
+    return set(KernelSpecManager().find_kernel_specs())
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ def _overlay_variables(
     diagnostics = []
     for overlay in overlays:
         meta = facts.overlay_env(overlay)
+        diagnostics += [Diagnostic("warning", warning) for warning in meta.warnings]
         for key, value in meta.variables.items():
             if key in variables:
                 diagnostics.append(

@@ -8,6 +8,7 @@ Reading inside a ``.sqf`` takes ``unsquashfs`` (no mount, a few ms); the owner o
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pwd
 import re
@@ -17,6 +18,7 @@ import subprocess
 from .envfile import BUILD_SCRIPT_NAME, OverlayEnv, parse_build_script, parse_sidecar
 from .overlays import Overlay
 
+log = logging.getLogger(__name__)
 _QUIET = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "env": {**os.environ, "LC_ALL": "C"}}
 
 
@@ -131,7 +133,7 @@ def fakeroot_problem(uid: int) -> str | None:
 def read_sidecar(overlay: Overlay) -> OverlayEnv:
     try:
         with open(overlay.sidecar_path, encoding="utf-8", errors="replace") as handle:
-            return parse_sidecar(handle.read(), overlay.app_root)
+            return parse_sidecar(handle.read(), overlay.app_root, overlay.sidecar_path)
     except FileNotFoundError:
         return OverlayEnv()
 
@@ -140,11 +142,15 @@ class ImageProbe:
     """:class:`~kernel_provider.plan.HostFacts` backed by the real files."""
 
     def overlay_env(self, overlay: Overlay) -> OverlayEnv:
+        """The overlay's variables as a container gets them; skipped lines are logged."""
         embedded = OverlayEnv()
         if overlay.kind == "sqf":
-            script = _sqf_cat(_identity(overlay.path), f"cnt/{overlay.name}/{BUILD_SCRIPT_NAME}")
-            embedded = parse_build_script(script, overlay.app_root)
-        return embedded.shadowed_by(read_sidecar(overlay))
+            inner = f"cnt/{overlay.name}/{BUILD_SCRIPT_NAME}"
+            embedded = parse_build_script(_sqf_cat(_identity(overlay.path), inner), overlay.app_root, f"{overlay.path}:{inner}")
+        env = embedded.shadowed_by(read_sidecar(overlay))
+        for warning in env.warnings:
+            log.warning("CondaTainer overlay %s: %s", overlay.name, warning)
+        return env
 
     def has_bin(self, overlay: Overlay) -> bool:
         inner = f"cnt/{overlay.name}/bin"

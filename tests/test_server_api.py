@@ -73,13 +73,62 @@ async def test_post_without_xsrf_is_refused(jp_fetch, jp_serverapp, http_server_
         {"name": "ok", "packages": ["$(id)"]},
         {"name": "ok", "packages": "zlib"},
         {"name": "ok", "channels": ["../../etc"]},
+        {"name": None},
+        {"name": 123},
+        {"name": ["ok"]},
+        {"name": "bar.sqf"},
+        {"name": "python/3.12.img"},
+        {"name": "ok", "packages": ["zlib --force"]},
+        {"name": "ok", "packages": ["--override-channels"]},
+        {"name": "ok", "channels": ["-c"]},
+        {"name": "ok", "channels": ["--override-channels"]},
+        {"name": "ok", "channels": ["http://example.org/channel"]},
     ],
-    ids=["dotdot", "shell", "empty", "huge", "tiny", "not-int", "spec-shell", "spec-subst", "not-list", "channel"],
+    ids=["dotdot", "shell", "empty", "huge", "tiny", "not-int", "spec-shell", "spec-subst", "not-list", "channel",
+         "null", "number", "list", "sqf-suffix", "img-suffix", "spec-option", "spec-override", "channel-c",
+         "channel-override", "channel-http"],
 )
-async def test_create_validation(api, body):
+async def test_create_validation(api, body, image_layout):
     status, data = await api("POST", "overlays", body=body)
     assert status == 400, data
     assert data["message"]
+    assert sorted(p.name for p in (image_layout / "images").glob("*.img")) == ["env.img"], "nothing was created"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("env", "already exists"),
+        ("ENV", "differs only in case"),
+        ("python", "already answers to the bare name 'python'"),
+        ("hello/2.0", "already answers to the bare name 'hello'"),
+        ("python-3.11", "same kernel name"),
+    ],
+)
+async def test_create_refuses_names_that_collide_or_shadow(api, image_layout, name, words):
+    status, data = await api("POST", "overlays", body={"name": name})
+    assert status == 409, data
+    assert words in data["message"], data
+    _, jobs = await api("GET", "jobs")
+    assert jobs["jobs"] == [], "no job was started"
+
+
+async def test_deeply_nested_or_huge_bodies_are_refused(jp_fetch):
+    async def post(raw: str):
+        response = await jp_fetch("condatainer", "api", "overlays", method="POST", body=raw, raise_error=False)
+        return response.code, json.loads(response.body or b"{}").get("message", "")
+
+    status, message = await post('{"name": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert status == 400 and "nested too deeply" in message, message
+    status, message = await post(json.dumps({"name": "ok", "packages": ["zlib"] * 200_000}))
+    assert status == 413 and "over the 1024 KiB limit" in message, message
+
+
+async def test_lookups_are_exact_spaces_are_not_trimmed(api, image_layout):
+    status, data = await api("DELETE", "overlays", "env ")
+    assert status == 400 and "remove the spaces" in data["message"], data
+    assert (await api("GET", "overlays", " env", "packages"))[0] == 400
+    assert (image_layout / "images" / "env.img").exists()
 
 
 async def test_unknown_overlay_is_404_and_bad_name_400(api):
