@@ -6,13 +6,16 @@ Unit tests: no Apptainer. Where a real tool is cheap (pip, ``sleep``), it runs f
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+import threading
 
 import pytest
 
-from kernel_provider import supply
-from kernel_provider.instance import InstanceError
+from kernel_provider import instance, supply
+from kernel_provider.config import CondaTainerConfig
+from kernel_provider.instance import InstanceError, InstanceManager
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,3 +85,55 @@ def test_real_pip_without_an_index_fails_twice_promptly(cache, monkeypatch):
 
     asyncio.run(scenario())
     assert sorted(p.name for p in cache.iterdir()) == ["cp311.lock"]
+
+
+def test_concurrent_probe_cache_updates_keep_every_entry(tmp_path, monkeypatch):
+    """Kernel starts in several threads (and servers) add probe results at the same moment."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    writers, per_writer = 8, 20
+    start = threading.Barrier(writers)
+
+    def add_entries(writer: int) -> None:
+        start.wait()
+        for index in range(per_writer):
+            instance._add_to_probe_cache(f"{writer}-{index}", {"executable": "python", "version": [3, writer]})
+
+    threads = [threading.Thread(target=add_entries, args=(writer,)) for writer in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cache = json.loads(instance._probe_cache_path().read_text())
+    assert set(cache) == {f"{w}-{i}" for w in range(writers) for i in range(per_writer)}
+    assert cache["7-19"] == {"executable": "python", "version": [3, 7]}
+
+
+def test_probe_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(instance, "PROBE_CACHE_SIZE", 3)
+    for key in ("a", "b", "c", "a", "d"):
+        instance._add_to_probe_cache(key, {"seen": key})
+    assert list(json.loads(instance._probe_cache_path().read_text())) == ["c", "a", "d"]
+
+
+def test_configs_that_differ_in_anything_get_their_own_manager(tmp_path, monkeypatch):
+    monkeypatch.setattr(InstanceManager, "_managers", {})
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(tmp_path / "images"))
+    monkeypatch.delenv("CNT_APPTAINER_BIN", raising=False)
+
+    def manager(**traits) -> InstanceManager:
+        return InstanceManager.for_config(CondaTainerConfig(**traits))
+
+    default = manager()
+    assert manager() is default  # equal configs share one
+    variants = [
+        manager(apptainer_bin="/opt/apptainer-1.3/bin/apptainer"),
+        manager(image_dirs=[str(tmp_path / "other-images")]),
+        manager(state_dir=str(tmp_path / "other-state")),
+        manager(distro="ubuntu22"),
+        manager(extra_binds=["/data"]),
+        manager(container_env={"MAMBA_CHANNEL_ALIAS": "file:///mirror"}),
+    ]
+    assert len({id(m) for m in [default, *variants]}) == 1 + len(variants)
+    assert variants[0].config.apptainer_bin == "/opt/apptainer-1.3/bin/apptainer"
