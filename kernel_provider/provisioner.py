@@ -274,7 +274,8 @@ class CondaTainerProvisioner(LocalProvisioner):
             return
         if signum == signal.SIGINT:
             # The kernel is the innermost process; SIGINT to apptainer would kill it.
-            kernel = kernel_pid(self.process.pid)
+            # Finding it reads every /proc/PID/stat: thousands of files on a busy login node.
+            kernel = await asyncio.to_thread(kernel_pid, self.process.pid)
             if kernel:
                 os.kill(kernel, signum)
             return
