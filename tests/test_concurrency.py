@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
+import time
 
 import pytest
 
-from kernel_provider import instance, supply
+from kernel_provider import instance, magic, proctree, supply
 from kernel_provider.config import CondaTainerConfig
 from kernel_provider.instance import InstanceError, InstanceManager
 
@@ -137,3 +139,44 @@ def test_configs_that_differ_in_anything_get_their_own_manager(tmp_path, monkeyp
     ]
     assert len({id(m) for m in [default, *variants]}) == 1 + len(variants)
     assert variants[0].config.apptainer_bin == "/opt/apptainer-1.3/bin/apptainer"
+
+
+GRACE = 1.5  # seconds each of SIGINT and SIGTERM get here before the next signal
+
+
+@pytest.fixture
+def quick_stops(monkeypatch):
+    monkeypatch.setattr(magic, "STOP_STEPS", ((signal.SIGINT, GRACE), (signal.SIGTERM, GRACE), (signal.SIGKILL, 5.0)))
+
+
+@pytest.mark.parametrize(
+    "script, stopped_by",
+    [
+        ("echo $$; sleep 60; true", signal.SIGINT),
+        # sh runs a background job with SIGINT ignored: SIGINT ends sh, SIGTERM the orphaned sleep.
+        ("sleep 60 & echo $!; wait", signal.SIGTERM),
+        ("trap '' INT TERM; sleep 60 & echo $!; wait", signal.SIGKILL),
+    ],
+)
+def test_an_interrupted_command_is_stopped_with_all_it_started(script, stopped_by, quick_stops, capsys):
+    """A real SIGINT interrupts run_streaming; it signals the command's tree until none of it is left."""
+    interrupted_at = []
+
+    def interrupt() -> None:
+        interrupted_at.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(1.0, interrupt)
+    timer.start()
+    try:
+        with pytest.raises(magic.CommandInterrupted) as raised:
+            magic.run_streaming(["sh", "-c", script])
+    finally:
+        timer.cancel()
+    stopping_took = time.monotonic() - interrupted_at[0]
+    assert raised.value.ended
+    started = int(capsys.readouterr().out.split()[0])
+    assert not proctree.is_running(started)
+    assert proctree.descendants(os.getpid()) == []
+    signal_times = {signal.SIGINT: 0, signal.SIGTERM: GRACE, signal.SIGKILL: 2 * GRACE}
+    assert signal_times[stopped_by] <= stopping_took < signal_times[stopped_by] + GRACE
