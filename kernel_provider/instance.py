@@ -246,13 +246,13 @@ class InstanceManager:
         directories, distro, binds, container env): a manager acts with its own config,
         so two configs that differ in any of them must not share one.
         """
-        key = cls.config_key(config)
+        key = cls._config_key(config)
         if key not in cls._managers:
             cls._managers[key] = cls(config)
         return cls._managers[key]
 
     @staticmethod
-    def config_key(config: CondaTainerConfig) -> str:
+    def _config_key(config: CondaTainerConfig) -> str:
         values = {name: getattr(config, name) for name in config.trait_names(config=True)}
         return json.dumps(values, sort_keys=True)
 
