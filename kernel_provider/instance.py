@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ START_TIMEOUT = 120.0
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 _LIBC = ctypes.CDLL(None, use_errno=True)
 STOP_TIMEOUT = 60.0
+PROBE_CACHE_SIZE = 200
 PROBE_SCRIPT = (
     "import importlib.util, json, platform, sys; print(json.dumps({'executable': sys.executable, "
     "'version': list(sys.version_info[:2]), 'glibc': platform.libc_ver()[1], "
@@ -190,10 +192,29 @@ def _read_probe_cache() -> dict:
         return {}
 
 
-def _write_probe_cache(cache: dict) -> None:
+def _add_to_probe_cache(key: str, entry: dict) -> None:
+    """Add one probe result, read-modify-write under a lock, replacing the file atomically.
+
+    Kernel starts of one server (each in a worker thread) and of other servers of this
+    user update the file at once; without the lock one's entry overwrites another's.
+    The lock blocks, so call this off the event loop.
+    """
     path = _probe_cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, json.dumps(dict(list(cache.items())[-200:])))
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = _read_probe_cache()
+        cache.pop(key, None)  # newest last: the size cap drops the oldest
+        cache[key] = entry
+        write_private(path, json.dumps(dict(list(cache.items())[-PROBE_CACHE_SIZE:])))
+
+
+def overlay_notes(plan: ContainerPlan) -> dict[str, dict]:
+    """What each overlay's build script and sidecar say about it, for the magic's ``info``.
+
+    Reading a ``.sqf``'s build script runs ``unsquashfs``, so call this off the event loop.
+    """
+    return {o.name: asdict(ImageProbe().overlay_env(o)) for o in plan.overlays}
 
 
 @dataclass(frozen=True)
@@ -234,10 +255,21 @@ class InstanceManager:
 
     @classmethod
     def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
-        key = str(config.instance_state_dir)
+        """The manager for this configuration, shared by everything in the process that uses it.
+
+        Keyed by every configurable value (state directory, Apptainer binary, image
+        directories, distro, binds, container env): a manager acts with its own config,
+        so two configs that differ in any of them must not share one.
+        """
+        key = cls._config_key(config)
         if key not in cls._managers:
             cls._managers[key] = cls(config)
         return cls._managers[key]
+
+    @staticmethod
+    def _config_key(config: CondaTainerConfig) -> str:
+        values = {name: getattr(config, name) for name in config.trait_names(config=True)}
+        return json.dumps(values, sort_keys=True)
 
     @property
     def apptainer(self) -> str:
@@ -272,7 +304,7 @@ class InstanceManager:
             ],
             "writable_env": env_image.path if env_image and plan.writable else None,
             "env_lock": env_lock_path(self.config.state_dir, env_image.path) if env_image and plan.writable else None,
-            "notes": {o.name: asdict(ImageProbe().overlay_env(o)) for o in plan.overlays},
+            "notes": await asyncio.to_thread(overlay_notes, plan),
             "image_dirs": list(self.config.image_dirs),
             "shared": instance.shared,
         }
@@ -394,9 +426,9 @@ class InstanceManager:
         """
         if instance.python is None:
             key = _probe_key(instance.plan)
-            cache = _read_probe_cache()
-            if key in cache:
-                instance.python = PythonInfo(**{**cache[key], "version": tuple(cache[key]["version"])})
+            cached = _read_probe_cache().get(key)
+            if cached:
+                instance.python = PythonInfo(**{**cached, "version": tuple(cached["version"])})
                 return instance.python
             argv = command.instance_exec_argv(
                 self.apptainer, instance.name, str(instance.env_file), ["python", "-c", PROBE_SCRIPT]
@@ -412,7 +444,7 @@ class InstanceManager:
                 raise InstanceError(f"probing python in {instance.name} failed:\n{apptainer_message(result.stderr)}")
             info = json.loads(result.stdout.strip().splitlines()[-1])
             instance.python = PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"], info["glibc"])
-            _write_probe_cache({**cache, key: asdict(instance.python)})
+            await asyncio.to_thread(_add_to_probe_cache, key, asdict(instance.python))
         return instance.python
 
     async def running_names(self) -> list[str]:

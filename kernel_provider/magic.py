@@ -14,16 +14,23 @@ import importlib
 import json
 import os
 import shlex
+import signal
 import site
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from . import proctree
 from .locks import EnvBusyError, EnvLock
 
 ENV_PREFIX = "/ext3/env"
+# How an interrupted command is stopped: SIGINT first (what Ctrl-C in a terminal sends), then
+# harder signals when it has not ended within the seconds given; interrupting again skips ahead.
+STOP_STEPS = ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
+STOP_POLL_INTERVAL = 0.1
 USAGE = """Manage the packages of this kernel's CondaTainer env.
 
   %condatainer info                     base image, overlays, writable env, instance, notes
@@ -49,6 +56,15 @@ Examples:
 
 class CondaTainerError(RuntimeError):
     """A package operation failed; the message is the tool's own."""
+
+
+class CommandInterrupted(KeyboardInterrupt):
+    """The cell was interrupted while a command ran; the command has been stopped (``ended``)
+    or, if it outlived even SIGKILL, is still there (``ended`` false)."""
+
+    def __init__(self, ended: bool):
+        super().__init__()
+        self.ended = ended
 
 
 def _info() -> dict:
@@ -111,6 +127,18 @@ def _env_lock(path: str | None):
         lock.release()
 
 
+def _interrupted_message(verb: str, ended: bool) -> str:
+    if not ended:
+        return (
+            f"%condatainer {verb} was interrupted, but mm-{verb} did not end even after SIGKILL and may "
+            "still change the env; once it has ended, check the env with %condatainer list."
+        )
+    return (
+        f"%condatainer {verb} was interrupted and mm-{verb} was stopped. The env is as mm-{verb} leaves it "
+        "when interrupted; check it with %condatainer list (and %condatainer history)."
+    )
+
+
 def _no_writable_env_message(info: dict) -> str:
     return (
         "This kernel has no writable CondaTainer env, so packages cannot be installed here.\n"
@@ -134,15 +162,77 @@ def _recorded(cmd: list[str], request: str) -> list[str]:
     return history.recorded(cmd, request, user, "%condatainer")
 
 
+class CommandTree:
+    """A command and every process it started, remembered as they are found in ``/proc``.
+
+    The command stays in the kernel's process group (so a kernel that is killed takes it
+    along); stopping it alone means signalling its tree, and children must still be found
+    after their parent (the ``sh`` wrapper) has exited.
+    """
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.pids = {process.pid}
+
+    def running(self) -> set[int]:
+        self.process.poll()  # reap the command once it has exited
+        live = {pid for pid in self.pids if proctree.is_running(pid)}
+        self.pids = live | set(proctree.descendants(*live))
+        return self.pids
+
+    def signal(self, signum: int) -> None:
+        for pid in self.running():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> bool:
+        """Whether all ended within ``timeout`` s; False at once if the cell is interrupted again."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.running():
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(STOP_POLL_INTERVAL)
+        except KeyboardInterrupt:
+            return False
+        return True
+
+
+def stop_command(process: subprocess.Popen) -> bool:
+    """Stop a command and everything it started, and reap it; True once none is left.
+
+    The lock a command runs under may only be released after this: an ``mm-*`` still
+    running would change the env while another operation does. SIGINT comes first, so
+    ``mm-*`` ends the way it does on Ctrl-C in a terminal.
+    """
+    tree = CommandTree(process)
+    for signum, grace in STOP_STEPS:
+        tree.signal(signum)
+        if tree.wait(grace):
+            return True
+    return False
+
+
 def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
-    """Run a command, printing its output into the cell as it comes."""
+    """Run a command, printing its output into the cell as it comes; an interrupt of the
+    cell stops the command (:func:`stop_command`) before it raises :class:`CommandInterrupted`."""
+    from .history import command_label
+
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines = []
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line.rstrip())
-        print(line, end="", flush=True)
-    return process.wait(), lines
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            print(line, end="", flush=True)
+        return process.wait(), lines
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: stopping {command_label(argv)} (interrupt again to stop it harder)…", flush=True)
+        raise CommandInterrupted(stop_command(process)) from None
+    finally:
+        process.stdout.close()
 
 
 @magics_class
@@ -209,8 +299,11 @@ class CondaTainerMagics(Magics):
         if not specs and "--help" not in args:
             raise CondaTainerError(f"%condatainer {verb} needs at least one package spec")
         before = _conda_meta()
-        with _env_lock(info.get("env_lock")):
-            returncode, lines = run_streaming(_recorded([f"mm-{verb}", "-y", *args], f"{verb} {' '.join(specs)}"))
+        try:
+            with _env_lock(info.get("env_lock")):
+                returncode, lines = run_streaming(_recorded([f"mm-{verb}", "-y", *args], f"{verb} {' '.join(specs)}"))
+        except CommandInterrupted as interrupt:
+            raise CondaTainerError(_interrupted_message(verb, interrupt.ended)) from None
         if returncode != 0:
             tail = "\n".join(lines[-10:])
             raise CondaTainerError(f"mm-{verb} failed (exit {returncode}); the env is unchanged:\n{tail}")

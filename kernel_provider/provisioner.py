@@ -35,6 +35,7 @@ from .instance import Instance, InstanceManager, apptainer_env, runtime_dir, wri
 from .overlays import scan
 from .plan import StackRequest, plan_container
 from .probes import ImageProbe
+from .proctree import descendants
 
 # Passed from the server's environment into the kernel: nothing else of the host leaks in.
 FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
@@ -50,26 +51,6 @@ def launcher_argv(argv: list[str]) -> list[str]:
             script = f"{supply.CONTAINER_LIB_DIR}/kernel_provider/container_launch.py"
             return [*argv[:index], script, *argv[index + 2 :]]
     return argv
-
-
-def descendants(pid: int) -> list[int]:
-    """Host PIDs below ``pid``, nearest first (from /proc, no extra dependency)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(0), []):
-            found.append(child)
-            queue.append(child)
-    return found
 
 
 def kernel_pid(exec_pid: int) -> int | None:
@@ -274,7 +255,8 @@ class CondaTainerProvisioner(LocalProvisioner):
             return
         if signum == signal.SIGINT:
             # The kernel is the innermost process; SIGINT to apptainer would kill it.
-            kernel = kernel_pid(self.process.pid)
+            # Finding it reads every /proc/PID/stat: thousands of files on a busy login node.
+            kernel = await asyncio.to_thread(kernel_pid, self.process.pid)
             if kernel:
                 os.kill(kernel, signum)
             return

@@ -13,15 +13,18 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .instance import InstanceError, run
 
 CONTAINER_SUPPLY_DIR = "/opt/jupyter-condatainer/ipykernel"
 CONTAINER_LIB_DIR = "/opt/jupyter-condatainer/lib"
 BUILD_TIMEOUT = 600.0
+LOCK_POLL_INTERVAL = 0.2
 
 
 def supply_root() -> Path:
@@ -60,26 +63,57 @@ def pip_argv(version: tuple[int, int], target: str, glibc: str = "", machine: st
     return [*argv, "ipykernel"]
 
 
+@asynccontextmanager
+async def build_lock(path: str) -> AsyncIterator[None]:
+    """Hold the file lock that lets one process (and one task) build a version at a time.
+
+    Every acquire attempt and the release run on the event loop's thread: filelock's
+    locks are thread-local, so a lock taken in a worker thread and released on the loop
+    stays held and the next build of that version waits forever. Polling without
+    blocking keeps the loop free and lets a cancelled waiter leave without a stray lock.
+    """
+    lock = FileLock(path)
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            break
+        except Timeout:
+            await asyncio.sleep(LOCK_POLL_INTERVAL)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+async def _pip_install(version: tuple[int, int], target: str, glibc: str) -> None:
+    """Run pip into ``target``; an :class:`InstanceError` with pip's message when it fails."""
+    try:
+        result = await run(pip_argv(version, target, glibc), BUILD_TIMEOUT, env=dict(os.environ))
+        failure = result.stderr.strip()[-2000:] if result.returncode != 0 else ""
+    except asyncio.TimeoutError:
+        failure = f"pip did not finish within {BUILD_TIMEOUT:.0f} s"
+    if failure:
+        raise InstanceError(
+            f"the container's Python {version[0]}.{version[1]} has no ipykernel, and building one on the "
+            f"host failed:\n{failure}\nInstall ipykernel into the environment instead."
+        )
+
+
 async def ensure_ipykernel(version: tuple[int, int], glibc: str = "") -> Path:
     """The supplied ipykernel for ``version``, building it (once, under a lock) if needed."""
     target = supply_root() / tag(version)
     if target.is_dir():
         return target
-    lock = FileLock(str(target) + ".lock")
-    await asyncio.to_thread(lock.acquire)
-    try:
+    async with build_lock(str(target) + ".lock"):
         if target.is_dir():
             return target
         staging = tempfile.mkdtemp(prefix=f".{tag(version)}.", dir=target.parent)
-        result = await run(pip_argv(version, staging, glibc), BUILD_TIMEOUT, env=dict(os.environ))
-        if result.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise InstanceError(
-                f"the container's Python {version[0]}.{version[1]} has no ipykernel, and building one on the "
-                f"host failed:\n{result.stderr.strip()[-2000:]}\nInstall ipykernel into the environment instead."
-            )
+        try:
+            await _pip_install(version, staging, glibc)
+        except BaseException:
+            # A partial download can be a hundred MB: remove it, off the loop.
+            await asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True)
+            raise
         os.chmod(staging, 0o755)
         os.replace(staging, target)
         return target
-    finally:
-        lock.release()

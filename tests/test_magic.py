@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
+import threading
 
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from conftest import DEBUGFS
-from conftest import run_cell
+from conftest import DEBUGFS, processes_mentioning, run_cell
 from kernel_provider.config import CondaTainerConfig
 from kernel_provider.kernelspecs import KernelspecStore, custom_spec
 from kernel_provider.overlays import scan
@@ -175,3 +176,58 @@ def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, specs):
 
     status, version = asyncio.run(scenario())
     assert (status, version) == ("ok", "2.0")
+
+
+@pytest.fixture
+def hanging_channel():
+    """A channel URL whose server takes connections and never answers: a download that hangs.
+
+    Yields the URL and an event set once someone (mm-install) has connected.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    connected, closing, held = threading.Event(), threading.Event(), []
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                held.append(server.accept()[0])
+                connected.set()
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/hanging", connected
+    closing.set()
+    thread.join()
+    for connection in [server, *held]:
+        connection.close()
+
+
+def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, specs, hanging_channel):
+    """An interrupt of the cell stops mm-install before the lock is released; the env stays usable."""
+    from kernel_provider.envops import EnvOperations
+
+    url, connected = hanging_channel
+    lock = EnvOperations(CondaTainerConfig()).env_lock(str(specs / "images" / "menv.img"))
+
+    async def scenario():
+        async with Kernel(env_kernel) as kernel:
+            kernel.client.execute(f"%condatainer install demopkg -c {url}")
+            assert await asyncio.to_thread(connected.wait, 120), "mm-install never fetched from the channel"
+            await kernel.km.interrupt_kernel()
+            reply = await kernel.client.get_shell_msg(timeout=120)
+            left_running = processes_mentioning(url)
+            lock.acquire(timeout=0)  # free: raises Timeout otherwise
+            lock.release()
+            _, error = await kernel.run("%condatainer install demopkg")
+            imported, _ = await kernel.run("import demopkg; print(demopkg.__version__)")
+            return reply["content"], left_running, error, imported
+
+    interrupted, left_running, error, imported = asyncio.run(scenario())
+    assert left_running == []
+    assert interrupted["status"] == "error" and interrupted["ename"] == "CondaTainerError"
+    assert "was interrupted and mm-install was stopped" in interrupted["evalue"]
+    assert error is None, error
+    assert imported.strip() == "0.1"
