@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite on a real Apptainer: set up (cached), then pytest twice —
-# as root, and again as an ordinary user (Apptainer's unprivileged mode: user
-# namespaces, FUSE mounts, --fakeroot from /etc/subuid).
+# The whole test suite on a real Apptainer: set up (cached), the labextension's
+# gates (scripts/check-labextension.sh: ESLint, Prettier, Jest), then pytest
+# twice — as root, and again as an ordinary user (Apptainer's unprivileged mode:
+# user namespaces, FUSE mounts, --fakeroot from /etc/subuid).
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -m 'not integration'   only the fast unit tests (after one setup)
@@ -15,8 +16,9 @@
 # users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
 # root pass only and switch to the ordinary users with runuser; so does the
 # tmpfs disk-full fault test (mount needs root). SLURM and browser tests run
-# in the root pass. JCT_TEST_USER= (empty) skips the second pass. Exits
-# non-zero if either pass fails.
+# in the root pass. JCT_TEST_USER= (empty) skips the second pass. The gates
+# run first, whatever the arguments; the pytest passes run even when they
+# fail. Exits non-zero if the gates or either pass fail.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,15 +28,6 @@ export JCT_CACHE="${JCT_CACHE:-/var/cache/jupyter-condatainer}"
 TEST_USER="${JCT_TEST_USER-jctuser}"
 cd "$REPO"
 
-if [[ $EUID -ne 0 || -z $TEST_USER ]]; then
-    exec "$BIN/python" -m pytest -p no:cacheprovider "$@"
-fi
-
-# The ordinary users (idempotent): one with subuid/subgid ranges, one without.
-USER_HOME="$(bash "$REPO/scripts/setup-testuser.sh" "$TEST_USER" | tail -n 1)"
-export JCT_TEST_USER="$TEST_USER" JCT_TEST_USER_NOSUB="${JCT_TEST_USER_NOSUB:-jctnosub}"
-bash "$REPO/scripts/setup-testuser.sh" --no-subids "$JCT_TEST_USER_NOSUB" >/dev/null
-
 pass() {   # NAME COMMAND...: run a pass, print its time, return its status
     local name=$1 start=$SECONDS status=0
     shift
@@ -43,6 +36,22 @@ pass() {   # NAME COMMAND...: run a pass, print its time, return its status
     printf '===== test pass: %s: exit %s in %s s =====\n' "$name" "$status" "$((SECONDS - start))"
     return "$status"
 }
+
+lab_status=0
+pass "labextension gates" env PYTHON="$BIN/python" bash "$REPO/scripts/check-labextension.sh" || lab_status=$?
+
+if [[ $EUID -ne 0 || -z $TEST_USER ]]; then
+    status=0
+    "$BIN/python" -m pytest -p no:cacheprovider "$@" || status=$?
+    printf '\ntest.sh: labextension gates exit %s, pytest exit %s\n' "$lab_status" "$status"
+    (( lab_status == 0 )) || exit "$lab_status"
+    exit "$status"
+fi
+
+# The ordinary users (idempotent): one with subuid/subgid ranges, one without.
+USER_HOME="$(bash "$REPO/scripts/setup-testuser.sh" "$TEST_USER" | tail -n 1)"
+export JCT_TEST_USER="$TEST_USER" JCT_TEST_USER_NOSUB="${JCT_TEST_USER_NOSUB:-jctnosub}"
+bash "$REPO/scripts/setup-testuser.sh" --no-subids "$JCT_TEST_USER_NOSUB" >/dev/null
 
 root_status=0
 pass root "$BIN/python" -m pytest -p no:cacheprovider "$@" || root_status=$?
@@ -79,5 +88,6 @@ pass "$TEST_USER (non-root)" runuser -u "$TEST_USER" -- env -i "${user_env[@]}" 
 # Exit 5 (nothing collected) is fine here when the arguments chose only root-pass modules.
 [[ $user_status -ne 5 ]] || user_status=0
 
-printf '\ntest.sh: root pass exit %s, %s pass exit %s\n' "$root_status" "$TEST_USER" "$user_status"
-(( root_status == 0 && user_status == 0 ))
+printf '\ntest.sh: labextension gates exit %s, root pass exit %s, %s pass exit %s\n' \
+    "$lab_status" "$root_status" "$TEST_USER" "$user_status"
+(( lab_status == 0 && root_status == 0 && user_status == 0 ))

@@ -13,10 +13,13 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
 import { LifecycleClient } from './lifecycle';
+// The panel is added to the shell at activation, so its model and widget
+// load with the plugin.
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { CondaTainerModel } from './model';
-import { createEnvWithDialog } from './sections/createdialog';
 import type { IPanelActions } from './sections/common';
 import { CommandIDs, PANEL_ID, PLUGIN_ID, TRANSLATION_DOMAIN } from './tokens';
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { CondaTainerPanel } from './widget';
 
 /**
@@ -135,6 +138,7 @@ function addCommands(
     label: trans.__('New CondaTainer Env…'),
     caption: trans.__('Create a writable conda env in a new overlay'),
     execute: async () => {
+      const { createEnvWithDialog } = await import('./sections/createdialog');
       const job = await createEnvWithDialog(model, trans);
       if (job) {
         // Bring the panel forward so the new job's progress is in view.

@@ -1,7 +1,13 @@
 import { Signal } from '@lumino/signaling';
 import type { ISignal } from '@lumino/signaling';
 
-import { isFinalState } from './tokens';
+import {
+  activeJobOn,
+  activeJobs,
+  endsNow,
+  mergeJobUpdate,
+  visibleJobs
+} from './jobs';
 import type { IJob } from './tokens';
 
 /**
@@ -9,8 +15,9 @@ import type { IJob } from './tokens';
  *
  * Both sources describe the same job in slightly different shapes (REST has
  * the whole `log`, events only `log_tail`), and can arrive in any order, so
- * every update goes through `upsert`, which keeps a short tail of the log and
- * reports the moment a job reaches a final state, exactly once.
+ * every update goes through `upsert`, which merges the log into a short tail
+ * without repeating lines and reports the moment a job reaches a final
+ * state, exactly once.
  */
 export class JobStore {
   /** Emitted when any job is added, changed or dropped. */
@@ -31,18 +38,17 @@ export class JobStore {
 
   /** Pending and running jobs, oldest first. */
   get active(): IJob[] {
-    return this._all()
-      .filter(job => !isFinalState(job.state))
-      .sort((a, b) => a.created - b.created);
+    return activeJobs(this._all());
   }
 
   /** Active jobs, then the most recent finished ones. */
   get visible(): IJob[] {
-    const finished = this._all()
-      .filter(job => isFinalState(job.state))
-      .sort((a, b) => (b.finished ?? b.created) - (a.finished ?? a.created))
-      .slice(0, this.maxFinished);
-    return [...this.active, ...finished];
+    return visibleJobs(this._all(), this.maxFinished);
+  }
+
+  /** The job that is changing an overlay right now, if any. */
+  activeOn(target: string): IJob | undefined {
+    return activeJobOn(this._all(), target);
   }
 
   get(id: string): IJob | undefined {
@@ -50,30 +56,19 @@ export class JobStore {
   }
 
   /**
-   * Add or update one job. Keeps only a tail of the log: the panel shows the
-   * last lines, and the full log is fetched on demand.
+   * Add or update one job (see `mergeJobUpdate`). Keeps only a tail of the
+   * log: the panel shows the last lines, and the full log is fetched on
+   * demand.
    */
   upsert(job: IJob): void {
     const previous = this._jobs.get(job.id);
-    // Ignore an update that is older than what we have: an event can overtake
-    // the REST answer of the request that started the job.
-    if (previous && isFinalState(previous.state) && !isFinalState(job.state)) {
+    const stored = mergeJobUpdate(previous, job, this.tailLength);
+    if (!stored) {
       return;
     }
-    const tail =
-      job.log_tail ??
-      job.log?.slice(-this.tailLength) ??
-      previous?.log_tail ??
-      [];
-    const stored: IJob = { ...job, log: undefined, log_tail: tail };
     this._jobs.set(job.id, stored);
     this._changed.emit();
-    // A job first seen already ended counts only after the first listing:
-    // those listed on page load changed nothing the panel has shown yet.
-    const endedNow =
-      isFinalState(stored.state) &&
-      (previous ? !isFinalState(previous.state) : this._loaded);
-    if (endedNow) {
+    if (endsNow(previous, stored, this._loaded)) {
       this._finished.emit(stored);
     }
   }

@@ -7,9 +7,11 @@ import type { ISignal } from '@lumino/signaling';
 
 import type { CondaTainerClient } from './client';
 import { parseList } from './format';
+import { jobFromEvent } from './jobs';
 import { JobStore } from './jobstore';
+import { findWritable, kernelsDiffer, sortByName } from './overlays';
 import { errorMessage } from './request';
-import { FALLBACK_POLL_MS, JOB_EVENT_SCHEMA_ID } from './tokens';
+import { FALLBACK_POLL_MS } from './tokens';
 import type { ICreateEnvRequest, IJob, IOverlay, IPackage } from './tokens';
 
 /**
@@ -158,18 +160,16 @@ export class CondaTainerModel extends VDomModel {
   refreshOverlays(): Promise<void> {
     return this._run(ActionKeys.listOverlays, async () => {
       const reply = await this._client.listOverlays();
-      const kernels = kernelKey(reply.overlays);
       const kernelsChanged =
-        this._overlays !== null && kernels !== kernelKey(this._overlays);
+        this._overlays !== null &&
+        kernelsDiffer(this._overlays, reply.overlays);
       this._imageDirs = reply.image_dirs;
-      this._overlays = [...reply.overlays].sort((a, b) =>
-        a.name.localeCompare(b.name)
-      );
+      this._overlays = sortByName(reply.overlays);
       if (kernelsChanged) {
         this._kernelsChanged.emit();
       }
       // The selected env may have been deleted elsewhere.
-      if (this._selected && !this._findWritable(this._selected)) {
+      if (this._selected && !findWritable(this._overlays, this._selected)) {
         this._selected = null;
         this._packages = null;
       }
@@ -199,7 +199,7 @@ export class CondaTainerModel extends VDomModel {
   /** Show the packages of a writable env; selecting it again hides them. */
   select(name: string | null): void {
     const next = name === this._selected ? null : name;
-    if (next !== null && !this._findWritable(next)) {
+    if (next !== null && !findWritable(this._overlays, next)) {
       return;
     }
     this._selected = next;
@@ -293,13 +293,11 @@ export class CondaTainerModel extends VDomModel {
   }
 
   private _onEvent(_: Event.IManager, emission: Event.Emission): void {
-    if (emission.schema_id !== JOB_EVENT_SCHEMA_ID) {
-      return;
+    const job = jobFromEvent(emission);
+    if (job) {
+      this._lastEventAt = Date.now();
+      this.jobs.upsert(job);
     }
-    this._lastEventAt = Date.now();
-    // The event's data is a job with `log_tail` in place of `log`.
-    const { schema_id: _schema, ...job } = emission;
-    this.jobs.upsert(job as unknown as IJob);
   }
 
   /** A finished job may have changed overlays, kernels or packages. */
@@ -325,10 +323,6 @@ export class CondaTainerModel extends VDomModel {
     return this.jobs.active.length > 0 && silentFor >= FALLBACK_POLL_MS;
   }
 
-  private _findWritable(name: string): IOverlay | undefined {
-    return this._overlays?.find(o => o.name === name && o.writable);
-  }
-
   private _emit(): void {
     if (!this.isDisposed) {
       this.stateChanged.emit();
@@ -351,15 +345,6 @@ export class CondaTainerModel extends VDomModel {
   private _followUpTargets = new Set<string>();
   private _followUp = new Debouncer(() => this._refreshAfterJobs(), 500);
   private _kernelsChanged = new Signal<this, void>(this);
-}
-
-/** A comparable summary of which kernelspecs the overlays have. */
-function kernelKey(overlays: ReadonlyArray<IOverlay>): string {
-  return overlays
-    .map(overlay => overlay.kernelspec ?? '')
-    .filter(name => name)
-    .sort()
-    .join('\n');
 }
 
 export namespace CondaTainerModel {

@@ -3,27 +3,11 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 import { ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { parseList } from '../format';
+import { DEFAULT_ENV_FORM, envRequestFromForm } from '../envform';
+import type { IEnvFormValues } from '../envform';
 import type { CondaTainerModel } from '../model';
 import { errorMessage } from '../request';
-import type { ICreateEnvRequest, IJob } from '../tokens';
-
-/** What the user typed, kept as text so a failed attempt can be re-shown. */
-interface IFormValues {
-  name: string;
-  sizeMb: string;
-  packages: string;
-  channels: string;
-  registerKernel: boolean;
-}
-
-const DEFAULT_VALUES: IFormValues = {
-  name: '',
-  sizeMb: '1024',
-  packages: '',
-  channels: '',
-  registerKernel: true
-};
+import type { IJob } from '../tokens';
 
 /**
  * Ask for a new writable env and start the job that creates it.
@@ -36,10 +20,10 @@ export async function createEnvWithDialog(
   model: CondaTainerModel,
   trans: TranslationBundle
 ): Promise<IJob | null> {
-  let values = DEFAULT_VALUES;
+  let values = DEFAULT_ENV_FORM;
   let error: string | null = null;
   for (;;) {
-    const result = await showDialog<IFormValues>({
+    const result = await showDialog<IEnvFormValues>({
       title: trans.__('New writable env'),
       body: new CreateEnvForm(values, error, trans),
       buttons: [
@@ -52,7 +36,7 @@ export async function createEnvWithDialog(
       return null;
     }
     values = result.value;
-    const request = toRequest(values, trans);
+    const request = envRequestFromForm(values, trans);
     if (typeof request === 'string') {
       error = request;
       continue;
@@ -65,35 +49,13 @@ export async function createEnvWithDialog(
   }
 }
 
-/** Turn the form into a request body, or return what is wrong with it. */
-function toRequest(
-  values: IFormValues,
-  trans: TranslationBundle
-): ICreateEnvRequest | string {
-  const name = values.name.trim();
-  if (!name) {
-    return trans.__('Give the env a name.');
-  }
-  const size = Number(values.sizeMb);
-  if (!Number.isInteger(size) || size <= 0) {
-    return trans.__('The size must be a whole number of MB above zero.');
-  }
-  return {
-    name,
-    size_mb: size,
-    packages: parseList(values.packages),
-    channels: parseList(values.channels),
-    register_kernel: values.registerKernel
-  };
-}
-
 /** The dialog body. Inputs are uncontrolled; `getValue` reads them. */
 class CreateEnvForm
   extends ReactWidget
-  implements Dialog.IBodyWidget<IFormValues>
+  implements Dialog.IBodyWidget<IEnvFormValues>
 {
   constructor(
-    private readonly _initial: IFormValues,
+    private readonly _initial: IEnvFormValues,
     private readonly _error: string | null,
     private readonly _trans: TranslationBundle
   ) {
@@ -101,7 +63,7 @@ class CreateEnvForm
     this.addClass('jp-condatainer-create-form');
   }
 
-  getValue(): IFormValues {
+  getValue(): IEnvFormValues {
     const field = (name: string) =>
       this.node.querySelector<HTMLInputElement>(`input[name="${name}"]`);
     return {

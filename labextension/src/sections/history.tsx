@@ -64,7 +64,7 @@ export class HistorySection extends ModelSection {
         </p>
       );
     }
-    const busyJob = model.jobs.active.find(job => job.target === name);
+    const busyJob = model.jobs.activeOn(name);
     const revisions = this._revisions;
     const latest = revisions && revisions.length ? revisions.length - 1 : -1;
     return (
@@ -257,7 +257,9 @@ function RevisionRow(props: {
   const { revision, latest, busy, trans } = props;
   const changes = [
     ...revision.added.map(p => `+ ${p.name} ${p.version}`),
-    ...revision.changed.map(c => `~ ${c.name} ${c.from.version} → ${c.to.version}`),
+    ...revision.changed.map(
+      c => `~ ${c.name} ${c.from.version} → ${c.to.version}`
+    ),
     ...revision.removed.map(p => `- ${p.name} ${p.version}`)
   ];
   return (
@@ -306,7 +308,9 @@ function RevisionRow(props: {
         <Button
           data-testid="jp-condatainer-export-yml"
           onClick={() => props.onExport('yml')}
-          title={trans.__('environment.yml: the specs asked for, and the channels')}
+          title={trans.__(
+            'environment.yml: the specs asked for, and the channels'
+          )}
           minimal
           small
         >

@@ -4,6 +4,7 @@ import { Button } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { formatTime, percent } from '../format';
+import { shownLogLines, shownMessage } from '../jobs';
 import { ActionKeys } from '../model';
 import type { CondaTainerModel } from '../model';
 import { errorMessage } from '../request';
@@ -55,15 +56,8 @@ function JobRow(props: {
   const cancelKey = ActionKeys.cancel(job.id);
   const active = !isFinalState(job.state);
   const progress = percent(job.progress);
-  // Finished jobs stay compact; the tail matters while running or on failure.
-  const showTail = active || job.state === 'failed';
-  const tail = showTail
-    ? (job.log_tail ?? []).slice(-model.jobs.tailLength)
-    : [];
-  // A failed job's message is the first line of its error, which is shown in
-  // full below: do not say it twice.
-  const message =
-    job.error && job.error.startsWith(job.message) ? '' : job.message;
+  const tail = shownLogLines(job, model.jobs.tailLength);
+  const message = shownMessage(job);
 
   return (
     <li

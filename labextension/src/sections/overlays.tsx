@@ -6,12 +6,10 @@ import * as React from 'react';
 import { formatBytes } from '../format';
 import { ActionKeys } from '../model';
 import type { CondaTainerModel } from '../model';
+import { groupByKind } from '../overlays';
 import type { IOverlay, OverlayKind } from '../tokens';
 import { ActionError, Badge, ModelSection } from './common';
 import type { IPanelActions } from './common';
-
-/** Display order of the overlay groups. */
-const GROUP_ORDER: OverlayKind[] = ['sif', 'sqf', 'img'];
 
 /**
  * The overlays, grouped into base images, read-only overlays and writable
@@ -85,34 +83,28 @@ export class OverlaysSection extends ModelSection {
         </p>
       );
     }
-    return GROUP_ORDER.map(kind => {
-      const members = overlays.filter(overlay => overlay.kind === kind);
-      if (members.length === 0) {
-        return null;
-      }
-      return (
-        <div
-          key={kind}
-          className="jp-condatainer-group"
-          data-testid={`jp-condatainer-group-${kind}`}
-        >
-          <h3 className="jp-condatainer-group-title">
-            {groupTitle(kind, trans)}
-          </h3>
-          <ul className="jp-condatainer-list">
-            {members.map(overlay => (
-              <OverlayRow
-                key={overlay.name}
-                overlay={overlay}
-                model={model}
-                trans={trans}
-                actions={this._actions}
-              />
-            ))}
-          </ul>
-        </div>
-      );
-    });
+    return groupByKind(overlays).map(({ kind, overlays: members }) => (
+      <div
+        key={kind}
+        className="jp-condatainer-group"
+        data-testid={`jp-condatainer-group-${kind}`}
+      >
+        <h3 className="jp-condatainer-group-title">
+          {groupTitle(kind, trans)}
+        </h3>
+        <ul className="jp-condatainer-list">
+          {members.map(overlay => (
+            <OverlayRow
+              key={overlay.name}
+              overlay={overlay}
+              model={model}
+              trans={trans}
+              actions={this._actions}
+            />
+          ))}
+        </ul>
+      </div>
+    ));
   }
 }
 

@@ -5,6 +5,7 @@ import * as React from 'react';
 
 import { ActionKeys } from '../model';
 import type { CondaTainerModel } from '../model';
+import { filterPackages } from '../overlays';
 import type { IPackage } from '../tokens';
 import { ActionError, ModelSection } from './common';
 
@@ -52,7 +53,7 @@ function EnvPackages(props: {
   const [filter, setFilter] = React.useState('');
   const [spec, setSpec] = React.useState('');
   const installKey = ActionKeys.install(name);
-  const busyJob = model.jobs.active.find(job => job.target === name);
+  const busyJob = model.jobs.activeOn(name);
 
   const install = async () => {
     await model.installPackages(name, spec);
@@ -128,10 +129,7 @@ function PackageList(props: {
       </p>
     );
   }
-  const needle = filter.trim().toLowerCase();
-  const shown = needle
-    ? packages.filter(pkg => pkg.name.toLowerCase().includes(needle))
-    : packages;
+  const shown = filterPackages(packages, filter);
   if (shown.length === 0) {
     return (
       <p className="jp-condatainer-placeholder">
