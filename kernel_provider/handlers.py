@@ -16,7 +16,9 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from .envmeta import EnvUnreadableError
 from .envops import EnvBusyError, EnvOperations, as_json, validate_channels, validate_env_name, validate_size, validate_specs
+from .history import HistoryError
 from .jobs import JobError, JobRegistry
 from .names import InvalidNameError
 from .overlays import OverlayError, OverlayNotFoundError
@@ -58,6 +60,16 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, str(err)) from None
         except OverlayNotFoundError as err:
             raise web.HTTPError(404, str(err)) from None
+
+    async def read(self, reader, *args):
+        """Run a blocking reader of an env in a thread: bad input is 400, an env that cannot be
+        read reliably now (another container has it open read-write) 409."""
+        try:
+            return await asyncio.to_thread(reader, *args)
+        except EnvUnreadableError as err:
+            raise web.HTTPError(409, str(err)) from None
+        except (HistoryError, OverlayError, ValueError) as err:
+            raise web.HTTPError(400, str(err)) from None
 
     def accepted(self, job) -> None:
         self.set_status(202)
@@ -115,10 +127,7 @@ class PackagesHandler(BaseHandler):
     @authorized
     async def get(self, name: str) -> None:
         name = self.overlay_name(name)
-        try:
-            packages = await asyncio.to_thread(self.operations.packages, name)
-        except OverlayError as err:
-            raise web.HTTPError(400, str(err)) from None
+        packages = await self.read(self.operations.packages, name)
         self.finish({"packages": as_json(packages)})
 
     @web.authenticated
@@ -206,7 +215,7 @@ class HistoryHandler(_LifecycleHandler):
     @authorized
     async def get(self, name: str) -> None:
         name = self.env_name(name)
-        revisions = await asyncio.to_thread(self.lifecycle().history, name)
+        revisions = await self.read(self.lifecycle().history, name)
         self.finish({"name": name, "revisions": [r.to_json() for r in revisions]})
 
 
@@ -214,15 +223,10 @@ class ExportHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        from .history import HistoryError
-
         name = self.env_name(name)
         fmt = self.get_query_argument("format", "yml")
         revision = self.get_query_argument("revision", None)
-        try:
-            filename, text = await asyncio.to_thread(self.lifecycle().export, name, fmt, revision)
-        except (HistoryError, ValueError) as err:
-            raise web.HTTPError(400, str(err)) from None
+        filename, text = await self.read(self.lifecycle().export, name, fmt, revision)
         if self.get_query_argument("download", ""):
             self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
         self.set_header("X-Filename", filename)
@@ -233,21 +237,16 @@ class RollbackHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        from .history import HistoryError
-
         name = self.env_name(name)
         revision = self.body().get("revision")
         if isinstance(revision, bool) or not isinstance(revision, int):
             raise web.HTTPError(400, "revision must be an integer (see GET …/history)")
         self.not_busy(name)
         lifecycle = self.lifecycle()
-        try:
-            await asyncio.to_thread(lifecycle.check_revision, name, revision)
-        except HistoryError as err:
-            raise web.HTTPError(400, str(err)) from None
         busy = await asyncio.to_thread(lifecycle.busy_reason, name)
         if busy:
             raise web.HTTPError(409, busy)
+        await self.read(lifecycle.check_revision, name, revision)
         job = self.jobs.submit("rollback", name, lambda report: lifecycle.rollback(report, name, revision))
         self.accepted(job)
 
@@ -257,7 +256,6 @@ class FreezeHandler(_LifecycleHandler):
     @authorized
     async def post(self, name: str) -> None:
         from . import freeze
-        from .history import HistoryError
 
         name = self.env_name(name)
         data = self.body()
@@ -274,10 +272,7 @@ class FreezeHandler(_LifecycleHandler):
         except ValueError as err:
             raise web.HTTPError(400, str(err)) from None
         self.not_busy(name)
-        try:
-            await asyncio.to_thread(self.lifecycle().check_revision, name, revision)
-        except HistoryError as err:
-            raise web.HTTPError(400, str(err)) from None
+        await self.read(self.lifecycle().check_revision, name, revision)
         register = bool(data.get("register_kernel", True))
         operations = self.operations
         job = self.jobs.submit(

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cell, wait_job
-from kernel_provider.envops import EnvBusyError, read_conda_meta
+from kernel_provider.envmeta import EnvUnreadableError, read_env_meta
+from kernel_provider.envops import read_conda_meta
 from kernel_provider.instance import apptainer_env
+from kernel_provider.overlays import Overlay
 pytestmark = pytest.mark.integration
 
 BASE_IMAGE = "ubuntu24--base_image.sif"
@@ -50,8 +52,13 @@ def names(items) -> set[str]:
     return {item["name"] for item in items}
 
 
+def packages_of(image) -> list:
+    """An image's packages, read on the host (no container of ours has it mounted)."""
+    return read_conda_meta(read_env_meta(Overlay.from_path(str(image))))
+
+
 def package_set(image) -> set[tuple[str, str, str]]:
-    return {(p.name, p.version, p.build) for p in read_conda_meta(str(image))}
+    return {(p.name, p.version, p.build) for p in packages_of(image)}
 
 
 def revision_set(revision: dict) -> set[tuple[str, str, str]]:
@@ -131,6 +138,10 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     try:
         status, data = await api("POST", "overlays", "life", "rollback", body={"revision": 2})
         assert status == 409 and "mounted by another container" in data["message"], data
+        # What debugfs would read now may be stale: reading is refused, saying why.
+        for path, params in [("history", None), ("packages", None), ("export", {"format": "lock"})]:
+            status, data = await api("GET", "overlays", "life", path, params=params)
+            assert status == 409 and "life is open read-write in another container" in data["message"], data
         # The operation itself refuses too (the CLI, or a container mounting it after the check).
         from kernel_provider.lifecycle import Lifecycle
 
@@ -140,7 +151,7 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
             def point_of_no_return(self): pass
 
         operations = jp_serverapp.web_app.settings["condatainer_operations"]
-        with pytest.raises(EnvBusyError, match="mounted by another container"):
+        with pytest.raises(EnvUnreadableError, match="open read-write in another container"):
             await Lifecycle(operations).rollback(Quiet(), "life", 2)
     finally:
         subprocess.run(["apptainer", "instance", "stop", held], capture_output=True, env=apptainer_env())
@@ -174,8 +185,8 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
         capture_output=True, text=True, env=apptainer_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    recreated = {(p.name, p.version, p.build, p.channel) for p in read_conda_meta(str(copy))}
-    original = {(p.name, p.version, p.build, p.channel) for p in read_conda_meta(str(image))}
+    recreated = {(p.name, p.version, p.build, p.channel) for p in packages_of(copy)}
+    original = {(p.name, p.version, p.build, p.channel) for p in packages_of(image)}
     assert recreated == original and len(recreated) == 5
 
 
