@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from . import command, history, names
 from .config import CondaTainerConfig
-from .envmeta import read_env_meta
+from .envmeta import EnvUnreadableError, read_env_meta
 from .instance import (
     Instance,
     InstanceManager,
@@ -346,8 +346,19 @@ class EnvOperations:
         overlay = self.find_env(name)
         cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
         cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
-        await self.run_change(report, overlay, cmd, channels)
-        return f"{verb} {' '.join(specs)}: done"
+        before: dict[str, str] = {}
+
+        async def note_versions() -> None:  # under the env lock, just before the change
+            before.update((await asyncio.to_thread(self.env_meta, overlay)).versions())
+
+        await self.run_change(report, overlay, cmd, channels, prepare=note_versions)
+        done = f"{verb} {' '.join(specs)}: done"
+        try:
+            after = (await asyncio.to_thread(self.env_meta, overlay)).versions()
+        except EnvUnreadableError:
+            return done  # the change is made; only the note about a new Python could be missing
+        note = history.python_gained_note(before, after)
+        return f"{done}; {note}" if note else done
 
     via = "jupyter-condatainer"  # recorded with each revision (the CLI sets its own)
 

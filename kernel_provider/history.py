@@ -179,6 +179,17 @@ def _spec_list(value: str) -> list[str]:
     return [str(item) for item in items]
 
 
+def python_gained_note(before: dict[str, str], after: dict[str, str]) -> str:
+    """The note for a change that pulled ``python`` into an env that had none (package name →
+    version, before and after), else "". A kernel whose Python comes from an overlay keeps
+    running that one, so what was just installed for the env's own Python may not import
+    until the kernel restarts on it."""
+    if "python" in before or "python" not in after:
+        return ""
+    version = ".".join(after["python"].split(".")[:2])
+    return f"the env now has its own Python {version}; restart the kernel to use it"
+
+
 def spec_name(spec: str) -> str:
     """``conda-forge::numpy>=1.26[build=x]`` → ``numpy``."""
     base = re.split(r"[\s=<>!~\[]", spec.strip(), maxsplit=1)[0]

@@ -344,6 +344,55 @@ async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env,
         assert read_only == "Read-only file system"
 
 
+# --- reading an env that a running kernel has mounted ---------------------------------------------
+
+REVISIONS_SEEN = "print(open('/ext3/env/conda-meta/history').read().count('==> '))"
+NEW_PYTHON = "the env now has its own Python 3.11; restart the kernel to use it"
+
+
+async def test_history_of_an_env_a_kernel_has_open(api, image_layout, channel_env, jp_serverapp):
+    """REST reads the env as the kernel's container sees it (the .img on disk lags behind), and a
+    change that pulls python into an env with none says to restart the kernel."""
+    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+
+    await run_job(api, "overlays", body={"name": "open", "size_mb": 256, "packages": ["zlib"]})
+    spec = custom_spec(["python/3.11", "open"], label="open", writable=True, share=True)
+    KernelspecStore().write(spec)
+
+    async def revisions_agree(client) -> int:
+        seen, error = await run_cell(client, REVISIONS_SEEN)
+        assert error is None, error
+        _, data = await api("GET", "overlays", "open", "history")
+        assert len(data["revisions"]) == int(seen), (seen, [r["command"] for r in data["revisions"]])
+        return int(seen)
+
+    kernels = Kernels(jp_serverapp.kernel_manager)
+    try:
+        _, client = await kernels.start(spec.name)
+        out, error = await run_cell(client, "%condatainer install demopkg")
+        assert error is None, (out, error)
+        assert f"Note: {NEW_PYTHON}." in out, out
+        assert await revisions_agree(client) == 2
+        _, listing = await api("GET", "overlays", "open", "packages")
+        assert {"zlib", "demopkg", "python"} <= names(listing["packages"])
+
+        # Through the REST API (the change runs in the kernel's instance): the same note.
+        job = await run_job(api, "overlays", "open", "packages", body={"specs": ["libdemo=1.0"]})
+        assert NEW_PYTHON not in job["message"], job
+        status, data = await api("DELETE", "overlays", "open", "packages", body={"specs": ["demopkg", "python"]})
+        assert status == 202 and (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+        job = await run_job(api, "overlays", "open", "packages", body={"specs": ["demopkg"]})
+        assert job["message"] == f"install demopkg: done; {NEW_PYTHON}", job
+        assert await revisions_agree(client) == 5
+        status, lock = await api("GET", "overlays", "open", "export", params={"format": "lock"})
+        assert status == 200 and "/demopkg-" in lock and "/libdemo-1.0-" in lock, lock
+    finally:
+        await kernels.shutdown()
+    # Stopped: read from the file on disk, which now holds everything.
+    _, data = await api("GET", "overlays", "open", "history")
+    assert len(data["revisions"]) == 5
+
+
 # --- the wrappers' explicit-file modes (scripts/mm/mm.py, run here on the host's py-rattler) -----
 
 
