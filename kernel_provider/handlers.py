@@ -61,6 +61,14 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         except OverlayNotFoundError as err:
             raise web.HTTPError(404, str(err)) from None
 
+    def not_busy(self, name: str) -> None:
+        """409 while a job (running or queued) works on ``name``: one operation per image at a time."""
+        job = self.jobs.running_for(name)
+        if job:
+            raise web.HTTPError(
+                409, f"{name} has a {job.kind} job {job.state} (job {job.id}); wait for it to end or cancel it"
+            )
+
     async def read(self, reader, *args):
         """Run a blocking reader of an env in a thread: bad input is 400, an env that cannot be
         read reliably now (another container has it open read-write) 409."""
@@ -98,6 +106,7 @@ class OverlaysHandler(BaseHandler):
             raise web.HTTPError(400, str(err)) from None
         if name in self.operations.catalog().by_name:
             raise web.HTTPError(409, f"an image named {name} already exists")
+        self.not_busy(name)  # being created (or queued to be)
         register = bool(data.get("register_kernel", False))
         job = self.jobs.submit(
             "create", name, lambda report: self.operations.create(report, name, size, packages, channels, register)
@@ -110,8 +119,7 @@ class OverlayHandler(BaseHandler):
     @authorized
     async def delete(self, name: str) -> None:
         name = self.overlay_name(name)
-        if self.jobs.running_for(name):
-            raise web.HTTPError(409, f"a job is running on {name}")
+        self.not_busy(name)
         try:
             self.operations.delete(name)
         except EnvBusyError as err:
@@ -149,9 +157,7 @@ class PackagesHandler(BaseHandler):
             self.operations.find_env(name)
         except (ValueError, OverlayError) as err:
             raise web.HTTPError(400, str(err)) from None
-        running = self.jobs.running_for(name)
-        if running:
-            raise web.HTTPError(409, f"job {running.id} ({running.kind}) is running on {name}; wait for it or cancel it")
+        self.not_busy(name)
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)
 
@@ -201,13 +207,6 @@ class _LifecycleHandler(BaseHandler):
         except OverlayError as err:
             raise web.HTTPError(400, str(err)) from None
         return name
-
-    def not_busy(self, name: str) -> None:
-        running = self.jobs.running_for(name)
-        if running:
-            raise web.HTTPError(
-                409, f"job {running.id} ({running.kind}) is running on {name}; wait for it or cancel it"
-            )
 
 
 class HistoryHandler(_LifecycleHandler):
