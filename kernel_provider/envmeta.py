@@ -74,7 +74,9 @@ def read_env_meta(
 
 def _copy_from_instance(overlay: Overlay, instance: Instance, apptainer: str, destination: str) -> None:
     """``tar -c`` of the metadata inside the running instance, unpacked into ``destination``."""
-    tar = ["tar", "-c", "--ignore-failed-read", "-C", ENV_PREFIX, *META_PATHS]  # a missing path is no error
+    # A missing path is no error; hard links (conda-meta's records are linked into our sidecar)
+    # are stored as files, since a link member may come before its file.
+    tar = ["tar", "-c", "--ignore-failed-read", "--hard-dereference", "-C", ENV_PREFIX, *META_PATHS]
     argv = command.instance_exec_argv(apptainer, instance.name, str(instance.env_file), tar)
     try:
         result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=apptainer_env(),
