@@ -309,6 +309,8 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         good = server.request("POST", "/api/kernels", {"name": KERNEL})["id"]
         answers = {name: server.refused("POST", "/api/kernels", {"name": f"condatainer-{name}"})
                    for name in ("corrupt", "gone")}
+        session = {"path": "x.ipynb", "name": "x.ipynb", "type": "notebook", "kernel": {"name": "condatainer-corrupt"}}
+        answers["session"] = server.refused("POST", "/api/sessions", session)  # how JupyterLab starts kernels
         assert [p.name for p in runtime.glob("kernel-*.json")] == [f"kernel-{good}.json"]
         assert [p.name for p in (runtime / "condatainer").glob("kernel-*")] == [f"kernel-{good}.env"]
         assert len(store.ours()) == 1
@@ -318,9 +320,10 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         stopped_in = time.monotonic() - started
     finally:
         server.stop()
-    for name, reason in [("corrupt", "image format not recognized"), ("gone", "gone--1.0.sqf")]:
+    for name, label, reason in [("corrupt", "corrupt", "image format not recognized"), ("gone", "gone", "gone--1.0.sqf"),
+                                ("session", "corrupt", "image format not recognized")]:
         status, answer = answers[name]
-        assert status == 500 and answer["message"].startswith(f"The kernel 'CondaTainer: {name}' could not start: ")
+        assert status == 500 and answer["message"].startswith(f"The kernel 'CondaTainer: {label}' could not start: ")
         assert reason in answer["message"], answer
     assert stopped_in < 10, f"the server took {stopped_in:.1f} s to stop"
     assert store.ours() == [] and list(runtime.glob("kernel-*.json")) == []
