@@ -11,7 +11,6 @@ it mounted, otherwise in a one-shot container. One operation per env at a time
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pwd
 import re
@@ -19,8 +18,6 @@ import shutil
 import secrets
 import socket
 import stat
-import subprocess
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +27,7 @@ from . import command, history, names
 from .checkpoints import checkpoint
 from .journal import Journal
 from .config import CondaTainerConfig
+from .envmeta import EnvUnreadableError, read_env_meta
 from .instance import (
     Instance,
     InstanceManager,
@@ -106,33 +104,18 @@ def channel_binds(channels: Sequence[str]) -> list[str]:
     return [c[len("file://"):] for c in channels if c.startswith("file://") and os.path.isdir(c[len("file://"):])]
 
 
-def read_conda_meta(image: str) -> list[Package]:
-    """Packages of an ``.img`` env from its ``conda-meta`` — debugfs, no container."""
-    debugfs = shutil.which("debugfs") or "/sbin/debugfs"
-    with tempfile.TemporaryDirectory() as tmp:
-        result = _run_sync([debugfs, "-R", f"rdump upper{ENV_PREFIX}/conda-meta {tmp}", image])
-        meta = Path(tmp) / "conda-meta"
-        if result != 0 or not meta.is_dir():
-            return []
-        packages = []
-        for path in sorted(meta.glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            packages.append(
-                Package(record.get("name", ""), record.get("version", ""), record.get("build", ""), _channel_name(record))
-            )
+def read_conda_meta(meta: history.EnvMeta) -> list[Package]:
+    """An env's installed packages, from its metadata (:meth:`EnvOperations.env_meta`)."""
+    packages = [
+        Package(record.get("name", ""), record.get("version", ""), record.get("build", ""), _channel_name(record))
+        for record in meta.installed_records()
+    ]
     return sorted(packages, key=lambda p: p.name)
 
 
 def _channel_name(record: dict) -> str:
     channel = str(record.get("channel", ""))
     return channel.rstrip("/").rsplit("/", 1)[-1] if "://" in channel and not channel.startswith("file://") else channel
-
-
-def _run_sync(argv: list[str]) -> int:
-    return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
 
 
 class EnvOperations:
@@ -226,8 +209,14 @@ class EnvOperations:
                 found.setdefault(overlay.path, kernel)
         return found
 
+    def env_meta(self, overlay: Overlay, destination: str | None = None) -> history.EnvMeta:
+        """The env's metadata as it is now: through our kernel's instance when one has it mounted
+        (see :mod:`kernel_provider.envmeta`). Blocking: call it in a thread from the event loop."""
+        instance = self.mounted_by(overlay)
+        return read_env_meta(overlay, instance, self.instances.apptainer if instance else "", destination)
+
     def packages(self, name: str) -> list[Package]:
-        return read_conda_meta(self.find_env(name).path)
+        return read_conda_meta(self.env_meta(self.find_env(name)))
 
     # -- locking and disk space -------------------------------------------------------------
 
@@ -337,7 +326,7 @@ class EnvOperations:
     def register_kernel(self, name: str) -> str:
         """A kernelspec for an env; a Python overlay goes first when the env has no python."""
         overlay = self.find_env(name)
-        has_python = any(p.name == "python" for p in read_conda_meta(overlay.path))
+        has_python = "python" in self.env_meta(overlay).versions()
         stack = [name]
         if not has_python:
             pythons = self.catalog().versions_of("python")
@@ -358,8 +347,19 @@ class EnvOperations:
         overlay = self.find_env(name)
         cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
         cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
-        await self.run_change(report, verb, overlay, cmd, channels)
-        return f"{verb} {' '.join(specs)}: done"
+        before: dict[str, str] = {}
+
+        async def note_versions() -> None:  # under the env lock, just before the change
+            before.update((await asyncio.to_thread(self.env_meta, overlay)).versions())
+
+        await self.run_change(report, verb, overlay, cmd, channels, prepare=note_versions)
+        done = f"{verb} {' '.join(specs)}: done"
+        try:
+            after = (await asyncio.to_thread(self.env_meta, overlay)).versions()
+        except EnvUnreadableError:
+            return done  # the change is made; only the note about a new Python could be missing
+        note = history.python_gained_note(before, after)
+        return f"{done}; {note}" if note else done
 
     via = "jupyter-condatainer"  # recorded with each revision (the CLI sets its own)
 

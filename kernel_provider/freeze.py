@@ -34,7 +34,6 @@ from .envops import EnvBusyError, EnvOperations, Reporter, current_user, failure
 from .history import Revision
 from .instance import apptainer_env, write_private
 from .kernelspecs import KernelspecStore, custom_spec, installed_kernel_names
-from .lifecycle import image_owner
 from .overlays import Overlay
 from .plan import StackRequest, plan_container
 from .probes import ImageProbe
@@ -100,8 +99,7 @@ async def freeze(
             try:
                 meta_dir = stage / "source"
                 meta_dir.mkdir(parents=True)
-                await asyncio.to_thread(history.dump_env_meta, target.source.path, str(meta_dir))
-                meta = history.load_env_meta(meta_dir, owner=image_owner(target.source.path))
+                meta = await asyncio.to_thread(ops.env_meta, target.source, str(meta_dir))
             finally:
                 lock.release()
             revisions = meta.revisions()

@@ -16,7 +16,9 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from .envmeta import EnvUnreadableError
 from .envops import EnvBusyError, EnvOperations, as_json
+from .history import HistoryError
 from .jobs import JobError, JobRegistry
 from .kernelspecs import installed_kernel_names
 from .names import InvalidNameError
@@ -76,6 +78,24 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         except OverlayNotFoundError as err:
             raise web.HTTPError(404, str(err)) from None
 
+    def not_busy(self, name: str) -> None:
+        """409 while a job (running or queued) works on ``name``: one operation per image at a time."""
+        job = self.jobs.running_for(name)
+        if job:
+            raise web.HTTPError(
+                409, f"{name} has a {job.kind} job {job.state} (job {job.id}); wait for it to end or cancel it"
+            )
+
+    async def read(self, reader, *args):
+        """Run a blocking reader of an env in a thread: bad input is 400, an env that cannot be
+        read reliably now (another container has it open read-write) 409."""
+        try:
+            return await asyncio.to_thread(reader, *args)
+        except EnvUnreadableError as err:
+            raise web.HTTPError(409, str(err)) from None
+        except (HistoryError, OverlayError, ValueError) as err:
+            raise web.HTTPError(400, str(err)) from None
+
     def accepted(self, job) -> None:
         self.set_status(202)
         self.finish({"job": job.to_json()})
@@ -101,6 +121,7 @@ class OverlaysHandler(BaseHandler):
             channels = validate_channels(self.list_field(data, "channels"))
         except ValueError as err:
             raise web.HTTPError(400, str(err)) from None
+        self.not_busy(name)  # being created (or queued to be)
         try:
             check_new_name(name, "img", self.operations.catalog(), installed_kernel_names(), f"{name} (env)")
         except FileExistsError as err:
@@ -117,8 +138,7 @@ class OverlayHandler(BaseHandler):
     @authorized
     async def delete(self, name: str) -> None:
         name = self.overlay_name(name)
-        if self.jobs.running_for(name):
-            raise web.HTTPError(409, f"a job is running on {name}")
+        self.not_busy(name)
         try:
             await self.operations.delete(name)
         except EnvBusyError as err:
@@ -134,10 +154,7 @@ class PackagesHandler(BaseHandler):
     @authorized
     async def get(self, name: str) -> None:
         name = self.overlay_name(name)
-        try:
-            packages = await asyncio.to_thread(self.operations.packages, name)
-        except OverlayError as err:
-            raise web.HTTPError(400, str(err)) from None
+        packages = await self.read(self.operations.packages, name)
         self.finish({"packages": as_json(packages)})
 
     @web.authenticated
@@ -159,9 +176,7 @@ class PackagesHandler(BaseHandler):
             self.operations.find_env(name)
         except (ValueError, OverlayError) as err:
             raise web.HTTPError(400, str(err)) from None
-        running = self.jobs.running_for(name)
-        if running:
-            raise web.HTTPError(409, f"job {running.id} ({running.kind}) is running on {name}; wait for it or cancel it")
+        self.not_busy(name)
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)
 
@@ -212,20 +227,13 @@ class _LifecycleHandler(BaseHandler):
             raise web.HTTPError(400, str(err)) from None
         return name
 
-    def not_busy(self, name: str) -> None:
-        running = self.jobs.running_for(name)
-        if running:
-            raise web.HTTPError(
-                409, f"job {running.id} ({running.kind}) is running on {name}; wait for it or cancel it"
-            )
-
 
 class HistoryHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
         name = self.env_name(name)
-        revisions = await asyncio.to_thread(self.lifecycle().history, name)
+        revisions = await self.read(self.lifecycle().history, name)
         self.finish({"name": name, "revisions": [r.to_json() for r in revisions]})
 
 
@@ -233,15 +241,10 @@ class ExportHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        from .history import HistoryError
-
         name = self.env_name(name)
         fmt = self.get_query_argument("format", "yml")
         revision = self.get_query_argument("revision", None)
-        try:
-            filename, text = await asyncio.to_thread(self.lifecycle().export, name, fmt, revision)
-        except (HistoryError, ValueError) as err:
-            raise web.HTTPError(400, str(err)) from None
+        filename, text = await self.read(self.lifecycle().export, name, fmt, revision)
         if self.get_query_argument("download", ""):
             self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
         self.set_header("X-Filename", filename)
@@ -252,21 +255,16 @@ class RollbackHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        from .history import HistoryError
-
         name = self.env_name(name)
         revision = self.body().get("revision")
         if isinstance(revision, bool) or not isinstance(revision, int):
             raise web.HTTPError(400, "revision must be an integer (see GET …/history)")
         self.not_busy(name)
         lifecycle = self.lifecycle()
-        try:
-            await asyncio.to_thread(lifecycle.check_revision, name, revision)
-        except HistoryError as err:
-            raise web.HTTPError(400, str(err)) from None
         busy = await asyncio.to_thread(lifecycle.busy_reason, name)
         if busy:
             raise web.HTTPError(409, busy)
+        await self.read(lifecycle.check_revision, name, revision)
         job = self.jobs.submit("rollback", name, lambda report: lifecycle.rollback(report, name, revision))
         self.accepted(job)
 
@@ -276,7 +274,6 @@ class FreezeHandler(_LifecycleHandler):
     @authorized
     async def post(self, name: str) -> None:
         from . import freeze
-        from .history import HistoryError
 
         name = self.env_name(name)
         data = self.body()
@@ -293,10 +290,7 @@ class FreezeHandler(_LifecycleHandler):
         except ValueError as err:
             raise web.HTTPError(400, str(err)) from None
         self.not_busy(name)
-        try:
-            await asyncio.to_thread(self.lifecycle().check_revision, name, revision)
-        except HistoryError as err:
-            raise web.HTTPError(400, str(err)) from None
+        await self.read(self.lifecycle().check_revision, name, revision)
         register = bool(data.get("register_kernel", True))
         operations = self.operations
         job = self.jobs.submit(

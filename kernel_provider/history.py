@@ -1,8 +1,8 @@
 """An env's revisions from ``conda-meta/history``; ``environment.yml`` and ``@EXPLICIT`` locks.
 
 Standard library only: the ``%condatainer`` magic imports this inside the container, where it
-reads ``/ext3/env`` directly; on the host the same files come out of the ``.img`` with
-``debugfs`` (:func:`dump_env_meta`), no container needed.
+reads ``/ext3/env`` directly; on the host the same files are copied out first
+(:func:`kernel_provider.envmeta.read_env_meta`).
 
 ``conda-meta/history`` is what micromamba (and CondaTainer's ``mm-*`` wrappers) write: one entry
 per transaction, ``==> date <==``, ``# cmd: …``, ``-``/``+`` package dists, ``# update specs: […]``,
@@ -22,9 +22,6 @@ import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,6 +179,17 @@ def _spec_list(value: str) -> list[str]:
     return [str(item) for item in items]
 
 
+def python_gained_note(before: dict[str, str], after: dict[str, str]) -> str:
+    """The note for a change that pulled ``python`` into an env that had none (package name →
+    version, before and after), else "". A kernel whose Python comes from an overlay keeps
+    running that one, so what was just installed for the env's own Python may not import
+    until the kernel restarts on it."""
+    if "python" in before or "python" not in after:
+        return ""
+    version = ".".join(after["python"].split(".")[:2])
+    return f"the env now has its own Python {version}; restart the kernel to use it"
+
+
 def spec_name(spec: str) -> str:
     """``conda-forge::numpy>=1.26[build=x]`` → ``numpy``."""
     base = re.split(r"[\s=<>!~\[]", spec.strip(), maxsplit=1)[0]
@@ -304,9 +312,17 @@ class EnvMeta:
     def revisions(self) -> list[Revision]:
         return build_revisions(self.history, self.sidecar, self.owner)
 
+    def installed_records(self) -> list[dict]:
+        """The package records in ``conda-meta`` now (not the kept copies of removed ones)."""
+        return [self.records[ident] for ident in sorted(self.installed)]
+
+    def versions(self) -> dict[str, str]:
+        """Installed package name → version."""
+        return {record["name"]: str(record.get("version", "")) for record in self.installed_records()}
+
 
 def load_env_meta(prefix: str | os.PathLike, owner: str = "") -> EnvMeta:
-    """Read an env prefix's metadata from a directory (``/ext3/env``, or a debugfs dump)."""
+    """Read an env prefix's metadata from a directory (``/ext3/env``, or a copy of its files)."""
     prefix = Path(prefix)
     meta = prefix / "conda-meta"
     result = EnvMeta(owner=owner)
@@ -351,28 +367,6 @@ def read_condarc_channels(text: str) -> list[str]:
         if stripped == "channels:":
             inside = True
     return channels
-
-
-def dump_env_meta(image: str, destination: str, prefix: str = "/ext3/env") -> bool:
-    """Copy an ``.img`` env's ``conda-meta``, ``.condarc`` and ``etc/conda`` out with ``debugfs``.
-
-    Read-only, no mount: works while a container has the image mounted. Returns whether the
-    image has a ``conda-meta`` at all.
-    """
-    debugfs = shutil.which("debugfs") or next(
-        (p for p in ("/sbin/debugfs", "/usr/sbin/debugfs") if os.access(p, os.X_OK)), "debugfs"
-    )
-    inner = f"upper{prefix}"
-    target = Path(destination)
-    (target / "etc").mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as commands:
-        commands.write(f'rdump "{inner}/conda-meta" "{target}"\n')
-        commands.write(f'rdump "{inner}/etc/conda" "{target / "etc"}"\n')
-        commands.write(f'dump "{inner}/.condarc" "{target / ".condarc"}"\n')
-        commands.flush()
-        subprocess.run([debugfs, "-f", commands.name, image], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False, env={**os.environ, "LC_ALL": "C"})
-    return (target / "conda-meta").is_dir()
 
 
 # --- export -----------------------------------------------------------------------------------

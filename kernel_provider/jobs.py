@@ -1,15 +1,19 @@
 """Background jobs: long overlay operations with progress, a log, and cancellation.
 
-A job is an asyncio task in the server's loop. Every change of state, progress or log
-is pushed through a callback (the server extension emits it on jupyter_server's event
-bus), so clients never have to poll in tight loops.
+A job is an asyncio task in the server's loop. At most ``concurrency`` jobs run at once (each
+runs solvers and containers: a hundred at once would starve the machine); the others wait in
+order as ``queued`` and can be cancelled there. Every change of state, progress or log is
+pushed through a callback (the server extension emits it on jupyter_server's event bus), so
+clients never have to poll in tight loops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -90,18 +94,23 @@ def _cancelled_message(job: Job) -> str:
 
 
 class JobRegistry:
-    """Jobs of this server, newest last."""
+    """Jobs of this server, newest last; at most ``concurrency`` run at once (default: one per CPU)."""
 
-    def __init__(self, on_change: Callable[[Job], None] = lambda job: None):
+    def __init__(self, on_change: Callable[[Job], None] = lambda job: None, concurrency: int | None = None):
         self.jobs: dict[str, Job] = {}
+        self.concurrency = max(1, concurrency or os.cpu_count() or 1)
         self._tasks: dict[str, asyncio.Task] = {}
         self._on_change = on_change
+        self._running = 0
+        self._queue: deque[asyncio.Future] = deque()  # one per queued job: set when its turn comes
 
     def submit(self, kind: str, target: str, work: Callable[[JobContext], Awaitable[str]]) -> Job:
-        """Start ``work(context)``; its return value becomes the job's final message."""
+        """Start ``work(context)`` now, or queue it while ``concurrency`` jobs run; its return value
+        becomes the job's final message."""
         job = Job(id=secrets.token_hex(6), kind=kind, target=target)
         self.jobs[job.id] = job
-        self._tasks[job.id] = asyncio.get_running_loop().create_task(self._run(job, work))
+        turn = self._take_slot(job)
+        self._tasks[job.id] = asyncio.get_running_loop().create_task(self._run(job, work, turn))
         self._forget_old()
         self._on_change(job)
         return job
@@ -116,19 +125,48 @@ class JobRegistry:
         self._on_change(job)
         return job
 
-    async def _run(self, job: Job, work: Callable[[JobContext], Awaitable[str]]) -> None:
+    def _take_slot(self, job: Job) -> asyncio.Future | None:
+        """None when the job may run now, else the future that tells it its turn has come."""
+        if self._running < self.concurrency:
+            self._running += 1
+            return None
+        job.state = "queued"
+        job.message = (f"queued: waiting for one of the {self.concurrency} running jobs to end "
+                       f"({len(self._queue) + 1} waiting)")
+        turn = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        return turn
+
+    def _give_slot(self) -> None:
+        """A job ended: its slot goes to the first queued job still waiting, if any."""
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():  # not cancelled meanwhile
+                turn.set_result(None)
+                return
+        self._running -= 1
+
+    async def _run(self, job: Job, work: Callable[[JobContext], Awaitable[str]], turn: asyncio.Future | None) -> None:
         context = JobContext(job, self._on_change)
-        job.state = "running"
-        self._on_change(job)
         try:
+            if turn is not None:
+                await turn
+            job.state, job.message = "running", ""
+            self._on_change(job)
             job.message = await work(context) or "done"
             job.state, job.progress = "succeeded", 1.0
         except asyncio.CancelledError:
-            job.state, job.message = "cancelled", _cancelled_message(job)
+            started = job.state == "running"
+            job.state = "cancelled"
+            job.message = _cancelled_message(job) if started else "cancelled while queued; nothing was done"
         except Exception as err:  # noqa: BLE001 - any failure must end the job, with its message
             job.state, job.error = "failed", str(err) or type(err).__name__
             job.message = job.error.splitlines()[0]
         finally:
+            if turn is None or turn.done() and not turn.cancelled():
+                self._give_slot()  # it held a slot (even if cancelled just as its turn came)
+            elif turn in self._queue:
+                self._queue.remove(turn)
             job.finished = time.time()
             self._tasks.pop(job.id, None)
             self._on_change(job)

@@ -1,7 +1,8 @@
 """An env's lifecycle on top of :mod:`envops`: history, export/lock, rollback (freeze: :mod:`freeze`).
 
-One implementation for the REST API, the CLI and the panel. Reading (history, export) takes no
-container: the env's ``conda-meta`` comes out of the ``.img`` with ``debugfs``. A rollback is a
+One implementation for the REST API, the CLI and the panel. Reading (history, export) goes through
+:mod:`kernel_provider.envmeta`: the running kernel's instance when one has the env mounted, else
+``debugfs`` on the ``.img`` (refused while another container has it open read-write). A rollback is a
 package change like an install — the env lock, our kernel's instance when one has the env
 mounted, else a one-shot container on a copy that replaces the env when it succeeded, refused while another container has the env
 mounted — that runs ``mm-install --explicit LOCK`` with the lock of the wanted revision, so the env
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import secrets
-import tempfile
 
 from . import history
 from .envops import EnvOperations, Reporter, current_user
@@ -29,13 +28,6 @@ class Unchanged(Exception):
     """The env already holds the wanted package set."""
 
 
-def image_owner(path: str) -> str:
-    try:
-        return pwd.getpwuid(os.stat(path).st_uid).pw_name
-    except (KeyError, OSError):
-        return ""
-
-
 class Lifecycle:
     """History, export and rollback of the ``.img`` envs of one :class:`EnvOperations`."""
 
@@ -46,11 +38,8 @@ class Lifecycle:
     # -- reading ---------------------------------------------------------------------------
 
     def meta(self, name: str) -> EnvMeta:
-        """The env's ``conda-meta`` (history, sidecar, package records) read with debugfs."""
-        overlay = self.ops.find_env(name)
-        with tempfile.TemporaryDirectory(prefix="jct-meta-") as tmp:
-            history.dump_env_meta(overlay.path, tmp)
-            return history.load_env_meta(tmp, owner=image_owner(overlay.path))
+        """The env's ``conda-meta`` (history, sidecar, package records) as it is now. Blocking."""
+        return self.ops.env_meta(self.ops.find_env(name))
 
     def history(self, name: str) -> list[Revision]:
         return self.meta(name).revisions()

@@ -70,11 +70,13 @@ class SharedLocks:
         return bool(self._fds)
 
 
-def locked_files(proc_locks: str = "/proc/locks") -> set[tuple[int, int]]:
+def locked_files(proc_locks: str = "/proc/locks", write_only: bool = False) -> set[tuple[int, int]]:
     """(device, inode) of every file someone holds a lock on, read in one go.
 
     Works for images we cannot open for writing (a shared image directory) and sees
-    the CLI's flocks and Apptainer's own lock on a mounted ``.img``.
+    the CLI's flocks and Apptainer's own lock on a mounted ``.img`` (an OFD lock, ``READ``
+    for a read-only mount, ``WRITE`` for a writable one). ``write_only``: only write locks,
+    i.e. an ``.img`` that some container may be changing right now.
     """
     found = set()
     try:
@@ -85,7 +87,7 @@ def locked_files(proc_locks: str = "/proc/locks") -> set[tuple[int, int]]:
     for line in lines:
         fields = line.split()
         device = next((f for f in fields if f.count(":") == 2), None)
-        if device is None:
+        if device is None or write_only and "WRITE" not in fields:
             continue
         major, minor, inode = device.split(":")
         try:

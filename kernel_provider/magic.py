@@ -88,6 +88,10 @@ def _conda_meta() -> dict[str, dict]:
     return records
 
 
+def _versions(records: dict[str, dict]) -> dict[str, str]:
+    return {name: str(record.get("version", "")) for name, record in records.items()}
+
+
 def _top_level_modules(record: dict) -> set[str]:
     """Importable top-level names a conda package installs into site-packages."""
     found = set()
@@ -312,6 +316,11 @@ class CondaTainerMagics(Magics):
 
     @staticmethod
     def _restart_note(before: dict[str, dict], after: dict[str, dict]) -> None:
+        from . import history
+
+        python = history.python_gained_note(_versions(before), _versions(after))
+        if python:
+            print(f"Note: {python}.")
         changed = [
             name for name, record in before.items()
             if name not in after or after[name].get("version") != record.get("version")

@@ -12,6 +12,10 @@ Hooks, in the order ``KernelManager`` calls them (see jupyter_client's
 - ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it, and
   the instance stops with its last kernel.
 
+A start that fails in ``pre_launch`` or ``launch_kernel`` leaves nothing behind (instance, env
+file, connection file) and raises :class:`KernelStartError`, whose message jupyter_server sends
+to the client.
+
 With ``launcher = "slurm"`` the same hooks hand over to :class:`kernel_provider.slurm.SlurmKernel`:
 a batch job holds the instance on a compute node and the kernel is a step in it.
 """
@@ -19,14 +23,17 @@ a batch job holds the instance on a compute node and the kernel is a step in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
+from tornado import web
 from traitlets import Bool, Dict, Enum, Float, List, Unicode
 
 from . import command, slurm, supply
@@ -42,6 +49,21 @@ FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
 KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
 IPYKERNEL_MODULE = "ipykernel_launcher"
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
+
+
+class KernelStartError(web.HTTPError):
+    """A kernel could not start; the message says why.
+
+    An HTTPError because jupyter_server's API handlers send its message to the client
+    (``POST /api/kernels`` → ``{"message": …}``); any other exception becomes
+    ``500 {"message": "Unhandled error"}`` with the reason only in the server's log.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(500, log_message=message)
+
+    def __str__(self) -> str:
+        return self.log_message or ""
 
 
 def launcher_argv(argv: list[str]) -> list[str]:
@@ -186,7 +208,46 @@ class CondaTainerProvisioner(LocalProvisioner):
             extra_binds=config.container_binds(),
         )
 
+    @contextlib.asynccontextmanager
+    async def _undone_on_failure(self) -> AsyncIterator[None]:
+        """A failed start leaves nothing behind and tells the user why (see :class:`KernelStartError`)."""
+        try:
+            yield
+        except BaseException as err:
+            try:
+                await self._abandon_start()
+            except Exception:  # noqa: BLE001 - the start's own error is what the user needs
+                self.log.exception("CondaTainer kernel %s: cleaning up after a failed start failed", self.kernel_id)
+            if isinstance(err, Exception):
+                label = self.kernel_spec.display_name if self.kernel_spec else self.kernel_id
+                raise KernelStartError(f"The kernel {label!r} could not start: {err}") from err
+            raise
+
+    async def _abandon_start(self) -> None:
+        """Remove what the start wrote: the instance (or SLURM job), the kernel's env file, the
+        connection file (it holds the kernel's key) and its ipc sockets, and jupyter_client's
+        record of the start."""
+        await self.cleanup(restart=False)
+        if self.parent is not None:
+            self.parent.cleanup_connection_file()
+            self.parent.cleanup_ipc_files()
+        self._forget_pending_start()
+
+    def _forget_pending_start(self) -> None:
+        """jupyter_client 8 keeps a failed first start among the MultiKernelManager's pending
+        kernels; jupyter_server's ``shutdown_all`` then fails on that id ("Kernel does not exist")
+        before it stops the event loop, and the server hangs on SIGTERM. Drop the entry (a
+        failed restart has none: its kernel is a known one)."""
+        multi = getattr(self.parent, "parent", None)
+        pending = getattr(multi, "_pending_kernels", None)
+        if isinstance(pending, dict) and self.kernel_id not in multi:
+            pending.pop(self.kernel_id, None)
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        async with self._undone_on_failure():
+            return await self._pre_launch(**kwargs)
+
+    async def _pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         if self.launcher == "slurm":
             kwargs = await self._slurm.pre_launch(kwargs)
             return {**kwargs, "cmd": launcher_argv(self._container_argv(list(kwargs["cmd"])))}
@@ -199,13 +260,9 @@ class CondaTainerProvisioner(LocalProvisioner):
             await manager.sweep_orphans_once()
             plan = await asyncio.to_thread(self._plan, kernel_cwd)
             self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance)
-        try:
-            python = await manager.probe_python(self.instance)
-            if not python.has_ipykernel:
-                await supply.ensure_ipykernel(python.version, python.glibc)
-        except BaseException:
-            await self._release_instance()
-            raise
+        python = await manager.probe_python(self.instance)
+        if not python.has_ipykernel:
+            await supply.ensure_ipykernel(python.version, python.glibc)
         kwargs["cmd"] = launcher_argv(self._container_argv(list(kwargs["cmd"])))
         return kwargs
 
@@ -223,6 +280,10 @@ class CondaTainerProvisioner(LocalProvisioner):
         return [*self.instance.plan.env, *spec_env, *forwarded, *info]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        async with self._undone_on_failure():
+            return await self._launch_kernel(cmd, **kwargs)
+
+    async def _launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         if self.launcher == "slurm":
             return await self._slurm.launch(cmd, kwargs)
         assert self.instance is not None

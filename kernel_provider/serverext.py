@@ -9,10 +9,11 @@ goes out on jupyter_server's event bus (schema ``JOB_EVENT``).
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool
+from traitlets import Bool, Integer, default
 
 from . import slurm
 from .config import CondaTainerConfig
@@ -36,6 +37,16 @@ class CondaTainerExtension(ExtensionApp):
     sweep_orphans = Bool(
         True, config=True, help="Stop instances left by a crashed server (ours only) when the server starts."
     )
+    job_concurrency = Integer(
+        config=True,
+        min=1,
+        help="""How many overlay jobs (create, install, remove, rollback, freeze) run at once; more
+        wait as 'queued' in the order they came. Default: the number of CPUs.""",
+    )
+
+    @default("job_concurrency")
+    def _default_job_concurrency(self) -> int:
+        return os.cpu_count() or 1
 
     @property
     def condatainer(self) -> CondaTainerConfig:
@@ -44,7 +55,7 @@ class CondaTainerExtension(ExtensionApp):
     def initialize_settings(self) -> None:
         config = self.condatainer
         self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
-        self.jobs = JobRegistry(on_change=self._emit)
+        self.jobs = JobRegistry(on_change=self._emit, concurrency=self.job_concurrency)
         self.settings.update(
             condatainer_operations=EnvOperations(config, InstanceManager.for_config(config)),
             condatainer_jobs=self.jobs,

@@ -25,7 +25,9 @@ import pytest
 from conftest import processes_mentioning, sparse_copy
 from kernel_provider.checkpoints import STEPS
 from kernel_provider.config import CondaTainerConfig
+from kernel_provider.envmeta import read_env_meta
 from kernel_provider.envops import EnvOperations, read_conda_meta
+from kernel_provider.overlays import Overlay
 from kernel_provider.instance import InstanceManager
 from test_provisioner import Server, free_port
 
@@ -163,7 +165,7 @@ def snapshot(images: Path) -> dict[str, str]:
 
 
 def packages(image: Path) -> dict[str, str]:
-    return {p.name: p.version for p in read_conda_meta(str(image))}
+    return {p.name: p.version for p in read_conda_meta(read_env_meta(Overlay.from_path(str(image))))}
 
 
 def judge(operation: str, before: dict, after: dict, images: Path) -> str:

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cell, wait_job
-from kernel_provider.envops import EnvBusyError, read_conda_meta
+from kernel_provider.envmeta import EnvUnreadableError, read_env_meta
+from kernel_provider.envops import read_conda_meta
 from kernel_provider.instance import apptainer_env
+from kernel_provider.overlays import Overlay
 pytestmark = pytest.mark.integration
 
 BASE_IMAGE = "ubuntu24--base_image.sif"
@@ -50,8 +52,13 @@ def names(items) -> set[str]:
     return {item["name"] for item in items}
 
 
+def packages_of(image) -> list:
+    """An image's packages, read on the host (no container of ours has it mounted)."""
+    return read_conda_meta(read_env_meta(Overlay.from_path(str(image))))
+
+
 def package_set(image) -> set[tuple[str, str, str]]:
-    return {(p.name, p.version, p.build) for p in read_conda_meta(str(image))}
+    return {(p.name, p.version, p.build) for p in packages_of(image)}
 
 
 def revision_set(revision: dict) -> set[tuple[str, str, str]]:
@@ -131,6 +138,10 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     try:
         status, data = await api("POST", "overlays", "life", "rollback", body={"revision": 2})
         assert status == 409 and "mounted by another container" in data["message"], data
+        # What debugfs would read now may be stale: reading is refused, saying why.
+        for path, params in [("history", None), ("packages", None), ("export", {"format": "lock"})]:
+            status, data = await api("GET", "overlays", "life", path, params=params)
+            assert status == 409 and "life is open read-write in another container" in data["message"], data
         # The operation itself refuses too (the CLI, or a container mounting it after the check).
         from kernel_provider.lifecycle import Lifecycle
 
@@ -140,7 +151,7 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
             def point_of_no_return(self): pass
 
         operations = jp_serverapp.web_app.settings["condatainer_operations"]
-        with pytest.raises(EnvBusyError, match="mounted by another container"):
+        with pytest.raises(EnvUnreadableError, match="open read-write in another container"):
             await Lifecycle(operations).rollback(Quiet(), "life", 2)
     finally:
         subprocess.run(["apptainer", "instance", "stop", held], capture_output=True, env=apptainer_env())
@@ -174,8 +185,8 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
         capture_output=True, text=True, env=apptainer_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    recreated = {(p.name, p.version, p.build, p.channel) for p in read_conda_meta(str(copy))}
-    original = {(p.name, p.version, p.build, p.channel) for p in read_conda_meta(str(image))}
+    recreated = {(p.name, p.version, p.build, p.channel) for p in packages_of(copy)}
+    original = {(p.name, p.version, p.build, p.channel) for p in packages_of(image)}
     assert recreated == original and len(recreated) == 5
 
 
@@ -331,6 +342,55 @@ async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env,
         assert path == "/cnt/frozen/2.0/lib/python3.11/site-packages/demopkg/__init__.py"
         assert greeting == "hello from /cnt/frozen/2.0" and variable == "from conda-meta/state"
         assert read_only == "Read-only file system"
+
+
+# --- reading an env that a running kernel has mounted ---------------------------------------------
+
+REVISIONS_SEEN = "print(open('/ext3/env/conda-meta/history').read().count('==> '))"
+NEW_PYTHON = "the env now has its own Python 3.11; restart the kernel to use it"
+
+
+async def test_history_of_an_env_a_kernel_has_open(api, image_layout, channel_env, jp_serverapp):
+    """REST reads the env as the kernel's container sees it (the .img on disk lags behind), and a
+    change that pulls python into an env with none says to restart the kernel."""
+    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+
+    await run_job(api, "overlays", body={"name": "open", "size_mb": 256, "packages": ["zlib"]})
+    spec = custom_spec(["python/3.11", "open"], label="open", writable=True, share=True)
+    KernelspecStore().write(spec)
+
+    async def revisions_agree(client) -> int:
+        seen, error = await run_cell(client, REVISIONS_SEEN)
+        assert error is None, error
+        _, data = await api("GET", "overlays", "open", "history")
+        assert len(data["revisions"]) == int(seen), (seen, [r["command"] for r in data["revisions"]])
+        return int(seen)
+
+    kernels = Kernels(jp_serverapp.kernel_manager)
+    try:
+        _, client = await kernels.start(spec.name)
+        out, error = await run_cell(client, "%condatainer install demopkg")
+        assert error is None, (out, error)
+        assert f"Note: {NEW_PYTHON}." in out, out
+        assert await revisions_agree(client) == 2
+        _, listing = await api("GET", "overlays", "open", "packages")
+        assert {"zlib", "demopkg", "python"} <= names(listing["packages"])
+
+        # Through the REST API (the change runs in the kernel's instance): the same note.
+        job = await run_job(api, "overlays", "open", "packages", body={"specs": ["libdemo=1.0"]})
+        assert NEW_PYTHON not in job["message"], job
+        status, data = await api("DELETE", "overlays", "open", "packages", body={"specs": ["demopkg", "python"]})
+        assert status == 202 and (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+        job = await run_job(api, "overlays", "open", "packages", body={"specs": ["demopkg"]})
+        assert job["message"] == f"install demopkg: done; {NEW_PYTHON}", job
+        assert await revisions_agree(client) == 5
+        status, lock = await api("GET", "overlays", "open", "export", params={"format": "lock"})
+        assert status == 200 and "/demopkg-" in lock and "/libdemo-1.0-" in lock, lock
+    finally:
+        await kernels.shutdown()
+    # Stopped: read from the file on disk, which now holds everything.
+    _, data = await api("GET", "overlays", "open", "history")
+    assert len(data["revisions"]) == 5
 
 
 # --- the wrappers' explicit-file modes (scripts/mm/mm.py, run here on the host's py-rattler) -----

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from kernel_provider.config import CondaTainerConfig
 from kernel_provider.instance import apptainer_env
 from kernel_provider.kernelspecs import KernelspecStore, custom_spec
 from kernel_provider.overlays import scan
+from kernel_provider.provisioner import KernelStartError
 from kernel_provider.state import StateStore
 
 pytestmark = pytest.mark.integration
@@ -180,14 +183,15 @@ def test_bad_input_fails_fast_and_leaves_nothing(kernel_env, overlays, config, r
         async def scenario():
             km = AsyncKernelManager(kernel_name="condatainer-bad")
             started = time.monotonic()
-            with pytest.raises(Exception) as error:
+            with pytest.raises(KernelStartError) as error:
                 await km.start_kernel()
-            return time.monotonic() - started, str(error.value)
+            return time.monotonic() - started, str(error.value), km.connection_file
 
-        elapsed, message = asyncio.run(scenario())
+        elapsed, message, connection_file = asyncio.run(scenario())
     finally:
         os.environ.pop("CNT_APPTAINER_BIN", None)
-    assert reason in message
+    assert reason in message and message.startswith("The kernel 'CondaTainer: bad' could not start: ")
+    assert not os.path.exists(connection_file), "the connection file (it holds the kernel's key) is removed"
     assert elapsed < 10
     assert running_instances() == before
     assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []
@@ -228,6 +232,14 @@ class Server:
         with urllib.request.urlopen(request, timeout=120) as response:
             payload = response.read()
         return json.loads(payload) if payload else {}
+
+    def refused(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """Status and JSON answer of a request that must fail."""
+        try:
+            answer = self.request(method, path, body)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+        raise AssertionError(f"{method} {path} succeeded: {answer}")
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -277,3 +289,41 @@ def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images
     finally:
         server.stop()
         subprocess.run(["apptainer", "instance", "stop", unrelated], capture_output=True, env=apptainer_env())
+
+
+def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kernel_env):
+    """``POST /api/kernels`` of a kernelspec whose overlay is corrupt or gone: the answer says why,
+    nothing of the start stays (no connection file with its key), and SIGTERM stops the server
+    at once (jupyter_server hangs on a failed start jupyter_client still counts as pending)."""
+    images = kernel_env / "images"
+    (images / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)
+    shutil.copy(images / "hello--1.0.sqf", images / "gone--1.0.sqf")
+    KernelspecStore().write(custom_spec(["corrupt/1.0"], label="corrupt"))
+    KernelspecStore().write(custom_spec(["python/3.11", str(images / "gone--1.0.sqf")], label="gone"))
+    runtime = kernel_env / "runtime"
+    store = StateStore(CondaTainerConfig().instance_state_dir)
+    server = Server(kernel_env, free_port())
+    try:
+        server.start()
+        (images / "gone--1.0.sqf").unlink()  # after the server's kernelspec sync, which would drop the spec
+        good = server.request("POST", "/api/kernels", {"name": KERNEL})["id"]
+        answers = {name: server.refused("POST", "/api/kernels", {"name": f"condatainer-{name}"})
+                   for name in ("corrupt", "gone")}
+        session = {"path": "x.ipynb", "name": "x.ipynb", "type": "notebook", "kernel": {"name": "condatainer-corrupt"}}
+        answers["session"] = server.refused("POST", "/api/sessions", session)  # how JupyterLab starts kernels
+        assert [p.name for p in runtime.glob("kernel-*.json")] == [f"kernel-{good}.json"]
+        assert [p.name for p in (runtime / "condatainer").glob("kernel-*")] == [f"kernel-{good}.env"]
+        assert len(store.ours()) == 1
+        server.process.terminate()
+        started = time.monotonic()
+        server.process.wait(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        server.stop()
+    for name, label, reason in [("corrupt", "corrupt", "image format not recognized"), ("gone", "gone", "gone--1.0.sqf"),
+                                ("session", "corrupt", "image format not recognized")]:
+        status, answer = answers[name]
+        assert status == 500 and answer["message"].startswith(f"The kernel 'CondaTainer: {label}' could not start: ")
+        assert reason in answer["message"], answer
+    assert stopped_in < 10, f"the server took {stopped_in:.1f} s to stop"
+    assert store.ours() == [] and list(runtime.glob("kernel-*.json")) == []

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def jp_server_config(image_layout):
-    return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True}}}
+def jp_server_config(image_layout, request):
+    """The server with our extension; a test adds config with indirect parametrization."""
+    return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True}}, **getattr(request, "param", {})}
 
 
 def env_files(image, inner: str) -> str:
@@ -284,3 +285,48 @@ async def test_install_into_an_env_of_a_running_kernel(api, image_layout, channe
     finally:
         client.stop_channels()
         await jp_serverapp.kernel_manager.shutdown_kernel(kernel_id)
+
+
+# --- the job queue --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jp_server_config", [{"CondaTainerExtension": {"job_concurrency": 1}}], indirect=True)
+async def test_jobs_beyond_the_limit_wait_queued(api, image_layout, channel_env, jp_serverapp):
+    states = []
+
+    async def listen(logger, schema_id, data):
+        states.append((data["target"], data["state"]))
+
+    jp_serverapp.event_logger.add_listener(schema_id="https://events.jupyter.org/jupyter_condatainer/job/v1", listener=listen)
+    jobs = {}
+    for name in ("first", "second", "third"):
+        status, data = await api("POST", "overlays", body={"name": name, "size_mb": 128})
+        assert status == 202, data
+        jobs[name] = data["job"]
+    assert jobs["second"]["state"] == jobs["third"]["state"] == "queued", jobs
+    assert "waiting for one of the 1 running jobs" in jobs["second"]["message"], jobs["second"]
+    assert jobs["third"]["cancellable"]
+
+    status, third = await api("DELETE", "jobs", jobs["third"]["id"])
+    assert status == 200 and third["state"] == "cancelled", third
+    assert third["message"] == "cancelled while queued; nothing was done"
+    first = await wait_job(api, jobs["first"]["id"])
+    second = await wait_job(api, jobs["second"]["id"])
+    assert first["state"] == second["state"] == "succeeded", (first, second)
+    assert states.index(("second", "running")) > states.index(("first", "succeeded")), states
+    assert ("third", "running") not in states
+    images = image_layout / "images"
+    assert (images / "first.img").exists() and (images / "second.img").exists()
+    assert not (images / "third.img").exists() and not list(images.glob(".*")), list(images.iterdir())
+
+
+async def test_a_second_create_of_a_name_being_built_is_refused(api, image_layout, channel_env):
+    status, data = await api("POST", "overlays", body={"name": "twice", "size_mb": 128})
+    assert status == 202
+    job_id = data["job"]["id"]
+    status, refused = await api("POST", "overlays", body={"name": "twice", "size_mb": 128})
+    assert status == 409, refused
+    assert refused["message"].startswith("twice has a create job") and job_id in refused["message"], refused
+    assert (await wait_job(api, job_id))["state"] == "succeeded"
+    status, refused = await api("POST", "overlays", body={"name": "twice", "size_mb": 128})
+    assert status == 409 and "already exists" in refused["message"], refused
