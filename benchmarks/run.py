@@ -403,11 +403,11 @@ def make_layout(root: Path, isolate_registry: bool) -> Path:
 
 
 def write_kernelspecs(root: Path, images: Path) -> None:
-    from kernel_provider.command import needs_drop_caps
-    from kernel_provider.config import CondaTainerConfig
-    from kernel_provider.instance import _cap_bounding_set
-    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
-    from kernel_provider.overlays import scan
+    from kernel_provider.host.config import CondaTainerConfig
+    from kernel_provider.host.instances import _cap_bounding_set
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+    from kernel_provider.model.command import needs_drop_caps
+    from kernel_provider.model.overlays import scan
 
     config = CondaTainerConfig()
     store = KernelspecStore()
@@ -430,7 +430,7 @@ def write_kernelspecs(root: Path, images: Path) -> None:
 
 
 def apptainer_env() -> dict[str, str]:
-    from kernel_provider.instance import apptainer_env as env
+    from kernel_provider.host.process import apptainer_env as env
 
     return env()
 
@@ -609,8 +609,8 @@ class Timeline:
 
 
 def provisioner_targets() -> list[tuple[type, str, str]]:
-    from kernel_provider.instance import InstanceManager
-    from kernel_provider.provisioner import CondaTainerProvisioner as P
+    from kernel_provider.host.instances import InstanceManager
+    from kernel_provider.kernel.provisioner import CondaTainerProvisioner as P
 
     M = InstanceManager
     return [
@@ -808,9 +808,9 @@ class Bench:
     def _listing(self) -> None:
         from jupyter_client.kernelspec import KernelSpecManager
 
-        from kernel_provider.kernelspecs import KernelspecStore, StackSpec
-        from kernel_provider.overlays import scan
-        from kernel_provider.probes import read_sidecar
+        from kernel_provider.host.probes import read_sidecar
+        from kernel_provider.kernel.kernelspecs import KernelspecStore, StackSpec
+        from kernel_provider.model.overlays import scan
 
         reps = 20 if self.quick else 100
         many = self.root / "many-overlays"
@@ -894,7 +894,7 @@ class Bench:
 
     # 8
     async def concurrent(self) -> None:
-        from kernel_provider.instance import InstanceManager
+        from kernel_provider.host.instances import InstanceManager
 
         reps = 1 if self.quick else 2
         await self.warm_up(KERNEL, LOCAL_KERNEL)
@@ -1200,7 +1200,7 @@ async def run_all(args, root: Path, report: Report, kernels: Kernels) -> None:
 
 async def stop_instances(kernels: Kernels) -> None:
     """Stop what the provisioner still holds, then any of our instances still registered."""
-    from kernel_provider.instance import InstanceManager
+    from kernel_provider.host.instances import InstanceManager
 
     for manager in list(InstanceManager._managers.values()):
         for name in list(manager.instances):
@@ -1293,7 +1293,7 @@ def main() -> None:
     except KeyboardInterrupt:
         report.errors.append("interrupted")
     finally:
-        from kernel_provider.instance import InstanceManager
+        from kernel_provider.host.instances import InstanceManager
 
         known = set(kernels.instance_names)
         for manager in InstanceManager._managers.values():

@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def _jupyter_server_extension_points() -> list[dict]:
     # Imported lazily: the container side must not need jupyter_server.
-    from .serverext import CondaTainerExtension
+    from kernel_provider.server.extension import CondaTainerExtension
 
     return [{"module": "kernel_provider", "app": CondaTainerExtension}]

@@ -15,8 +15,8 @@ export PATH="$BIN:$PATH"
 has_base_image() {
     "$BIN/python" - <<'PY'
 import sys
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.overlays import scan
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.model.overlays import scan
 config = CondaTainerConfig()
 sys.exit(0 if scan(config.image_dirs, config.distro).base_image() else 1)
 PY

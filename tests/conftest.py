@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_provider.instance import apptainer_env
+from kernel_provider.host.process import apptainer_env
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 

@@ -29,10 +29,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import running_instances
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.state import StateStore
+
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.state import StateStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

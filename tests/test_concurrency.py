@@ -15,9 +15,12 @@ import time
 
 import pytest
 
-from kernel_provider import instance, magic, proctree, supply
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.instance import InstanceError, InstanceManager
+from kernel_provider.host import python as probes
+from kernel_provider.host import supply
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.process import InstanceError
+from kernel_provider.incontainer import magic, proctree
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,24 +101,24 @@ def test_concurrent_probe_cache_updates_keep_every_entry(tmp_path, monkeypatch):
     def add_entries(writer: int) -> None:
         start.wait()
         for index in range(per_writer):
-            instance._add_to_probe_cache(f"{writer}-{index}", {"executable": "python", "version": [3, writer]})
+            probes.remember(f"{writer}-{index}", {"executable": "python", "version": [3, writer]})
 
     threads = [threading.Thread(target=add_entries, args=(writer,)) for writer in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    cache = json.loads(instance._probe_cache_path().read_text())
+    cache = json.loads(probes.cache_path().read_text())
     assert set(cache) == {f"{w}-{i}" for w in range(writers) for i in range(per_writer)}
     assert cache["7-19"] == {"executable": "python", "version": [3, 7]}
 
 
 def test_probe_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(instance, "PROBE_CACHE_SIZE", 3)
+    monkeypatch.setattr(probes, "PROBE_CACHE_SIZE", 3)
     for key in ("a", "b", "c", "a", "d"):
-        instance._add_to_probe_cache(key, {"seen": key})
-    assert list(json.loads(instance._probe_cache_path().read_text())) == ["c", "a", "d"]
+        probes.remember(key, {"seen": key})
+    assert list(json.loads(probes.cache_path().read_text())) == ["c", "a", "d"]
 
 
 def test_configs_that_differ_in_anything_get_their_own_manager(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Every env operation, stopped at every one of its steps: by a job cancel and by a server SIGKILL.
 
-For each cell of operations × steps (``kernel_provider.checkpoints.STEPS``) × {cancel, kill}, a
+For each cell of operations × steps (``kernel_provider.envs.checkpoints.STEPS``) × {cancel, kill}, a
 real ``jupyter server`` runs the operation through the REST API until it reaches that step and
 pauses there (``JCT_PAUSE_AT``); then the job is cancelled or the server is SIGKILLed, and a new
 server is started. Afterwards the env must be either byte-identical (sha256) to before or exactly
@@ -21,15 +21,15 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-
 from conftest import processes_mentioning, sparse_copy
-from kernel_provider.checkpoints import STEPS
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.envmeta import read_env_meta
-from kernel_provider.envops import EnvOperations, read_conda_meta
-from kernel_provider.overlays import Overlay
-from kernel_provider.instance import InstanceManager
 from test_provisioner import Server, free_port
+
+from kernel_provider.envs.checkpoints import STEPS
+from kernel_provider.envs.envmeta import read_env_meta
+from kernel_provider.envs.operations import EnvOperations, read_conda_meta
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.model.overlays import Overlay
 
 pytestmark = pytest.mark.integration
 

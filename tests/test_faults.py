@@ -12,19 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import processes_mentioning, running_instances
 from jupyter_client import BlockingKernelClient
 from jupyter_client.manager import AsyncKernelManager
-
-from conftest import processes_mentioning, running_instances
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.envops import DiskSpaceError, EnvOperations
-from kernel_provider.instance import InstanceManager
-from kernel_provider.kernelspecs import KernelspecStore
-from kernel_provider.overlays import scan
-from kernel_provider.plan import StackRequest, plan_container
-from kernel_provider.probes import ImageProbe
-from kernel_provider.state import StateStore
 from test_provisioner import KERNEL, Server, free_port
+
+from kernel_provider.envs.operations import DiskSpaceError, EnvOperations
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.probes import ImageProbe
+from kernel_provider.host.state import StateStore
+from kernel_provider.kernel.kernelspecs import KernelspecStore
+from kernel_provider.model.overlays import scan
+from kernel_provider.model.plan import StackRequest, plan_container
 
 pytestmark = pytest.mark.integration
 

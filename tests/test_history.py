@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_provider import activation, history
+from kernel_provider.incontainer import activation, history
 
 CH = "file:///data/channel/conda-forge"
 HISTORY = f"""==> 2024-05-01 10:00:00 <==

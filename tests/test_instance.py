@@ -7,14 +7,19 @@ import json
 import os
 
 import pytest
-
 from conftest import DEBUGFS, running_instances
-from kernel_provider import command
-from kernel_provider.config import ApptainerNotFoundError, CondaTainerConfig
-from kernel_provider.instance import InstanceManager, run
-from kernel_provider.overlays import OverlayError, OverlayNotFoundError, scan
-from kernel_provider.plan import BaseImageNotFoundError, StackRequest, plan_container
-from kernel_provider.probes import ImageProbe
+
+from kernel_provider.host.config import ApptainerNotFoundError, CondaTainerConfig
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.probes import ImageProbe
+from kernel_provider.host.process import run
+from kernel_provider.model import command
+from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError, scan
+from kernel_provider.model.plan import (
+    BaseImageNotFoundError,
+    StackRequest,
+    plan_container,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cell, wait_job
-from kernel_provider.envmeta import EnvUnreadableError, read_env_meta
-from kernel_provider.envops import read_conda_meta
-from kernel_provider.instance import apptainer_env
-from kernel_provider.overlays import Overlay
+
+from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
+from kernel_provider.envs.operations import read_conda_meta
+from kernel_provider.host.process import apptainer_env
+from kernel_provider.model.overlays import Overlay
+
 pytestmark = pytest.mark.integration
 
 BASE_IMAGE = "ubuntu24--base_image.sif"
@@ -143,7 +144,7 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
             status, data = await api("GET", "overlays", "life", path, params=params)
             assert status == 409 and "life is open read-write in another container" in data["message"], data
         # The operation itself refuses too (the CLI, or a container mounting it after the check).
-        from kernel_provider.lifecycle import Lifecycle
+        from kernel_provider.envs.lifecycle import Lifecycle
 
         class Quiet:
             def log(self, line): pass
@@ -233,7 +234,7 @@ ACTIVATE = (
 
 
 async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env, jp_serverapp, monkeypatch):
-    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
     images = image_layout / "images"
     # Variables of the host (the server's environment) that must not reach a kernel.
@@ -353,7 +354,7 @@ NEW_PYTHON = "the env now has its own Python 3.11; restart the kernel to use it"
 async def test_history_of_an_env_a_kernel_has_open(api, image_layout, channel_env, jp_serverapp):
     """REST reads the env as the kernel's container sees it (the .img on disk lags behind), and a
     change that pulls python into an env with none says to restart the kernel."""
-    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
     await run_job(api, "overlays", body={"name": "open", "size_mb": 256, "packages": ["zlib"]})
     spec = custom_spec(["python/3.11", "open"], label="open", writable=True, share=True)

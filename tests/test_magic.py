@@ -8,12 +8,12 @@ import subprocess
 import threading
 
 import pytest
+from conftest import DEBUGFS, processes_mentioning, run_cell
 from jupyter_client.manager import AsyncKernelManager
 
-from conftest import DEBUGFS, processes_mentioning, run_cell
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.kernelspecs import KernelspecStore, custom_spec
-from kernel_provider.overlays import scan
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+from kernel_provider.model.overlays import scan
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +90,8 @@ def test_info_of_a_writable_env_kernel(specs):
 @pytest.fixture
 def env_kernel(specs, conda_channel, monkeypatch):
     """A writable env made with the local channel, and a kernelspec for it."""
-    from kernel_provider.envops import EnvOperations
-    from kernel_provider.instance import InstanceManager
+    from kernel_provider.envs.operations import EnvOperations
+    from kernel_provider.host.instances import InstanceManager
 
     for key, value in conda_channel.env.items():
         monkeypatch.setenv(key, value)
@@ -154,7 +154,7 @@ def test_unknown_package_is_a_cell_error_and_the_env_is_unchanged(env_kernel, sp
 
 def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, specs):
     """The magic and the REST API take one lock per env: never two changes at once."""
-    from kernel_provider.envops import EnvOperations
+    from kernel_provider.envs.operations import EnvOperations
 
     lock = EnvOperations(CondaTainerConfig()).env_lock(str(specs / "images" / "menv.img"))
 
@@ -207,7 +207,7 @@ def hanging_channel():
 
 def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, specs, hanging_channel):
     """An interrupt of the cell stops mm-install before the lock is released; the env stays usable."""
-    from kernel_provider.envops import EnvOperations
+    from kernel_provider.envs.operations import EnvOperations
 
     url, connected = hanging_channel
     lock = EnvOperations(CondaTainerConfig()).env_lock(str(specs / "images" / "menv.img"))

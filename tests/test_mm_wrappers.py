@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_provider.instance import apptainer_env
+from kernel_provider.host.process import apptainer_env
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from kernel_provider import binds, command, envfile, names
-from kernel_provider.config import CondaTainerConfig, image_search_order
-from kernel_provider.overlays import Overlay, OverlayError, OverlayNotFoundError, resolve, scan
-from kernel_provider.plan import BaseImageNotFoundError, StackRequest, plan_container
+from kernel_provider.host.config import CondaTainerConfig, image_search_order
+from kernel_provider.model import binds, command, envfile, names
+from kernel_provider.model.overlays import (
+    Overlay,
+    OverlayError,
+    OverlayNotFoundError,
+    resolve,
+    scan,
+)
+from kernel_provider.model.plan import (
+    BaseImageNotFoundError,
+    StackRequest,
+    plan_container,
+)
 
 
 @dataclass
@@ -437,14 +447,14 @@ def test_config_traits_from_env_and_config(monkeypatch, tmp_path):
 
 def test_missing_apptainer_is_a_clear_error(monkeypatch):
     cfg = CondaTainerConfig(apptainer_bin="/nonexistent/apptainer")
-    from kernel_provider.config import ApptainerNotFoundError
+    from kernel_provider.host.config import ApptainerNotFoundError
 
     with pytest.raises(ApptainerNotFoundError, match="Apptainer not found.*CNT_APPTAINER_BIN"):
         cfg.require_apptainer()
 
 
 def test_supply_pip_targets_the_containers_python_and_glibc():
-    from kernel_provider import supply
+    from kernel_provider.host import supply
 
     argv = supply.pip_argv((3, 12), "/t", glibc="2.19", machine="x86_64")
     assert argv[argv.index("--python-version") + 1] == "3.12"
@@ -462,8 +472,8 @@ def test_hidden_work_files_are_not_images(tmp_path):
 
 
 def test_recover_removes_what_dead_builders_left_and_never_touches_an_env(tmp_path, monkeypatch):
-    from kernel_provider.envops import EnvOperations
-    from kernel_provider.state import Owner
+    from kernel_provider.envs.operations import EnvOperations
+    from kernel_provider.host.state import Owner
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     me = Owner.current()
@@ -496,7 +506,7 @@ def test_recover_removes_what_dead_builders_left_and_never_touches_an_env(tmp_pa
 
 
 def test_the_journal_tells_what_became_of_an_interrupted_operation(tmp_path):
-    from kernel_provider.journal import Entry, Journal
+    from kernel_provider.envs.journal import Entry, Journal
 
     env, fresh = tmp_path / "env.img", tmp_path / "fresh.img"
     env.write_bytes(b"before")
@@ -521,7 +531,7 @@ def test_the_journal_tells_what_became_of_an_interrupted_operation(tmp_path):
 def test_env_lock_is_private_exclusive_and_removed_when_released(tmp_path):
     import threading
 
-    from kernel_provider.locks import EnvBusyError, EnvLock
+    from kernel_provider.incontainer.envlock import EnvBusyError, EnvLock
 
     path = tmp_path / "state" / "locks" / "x.lock"
     first = EnvLock(str(path)).acquire()
@@ -544,7 +554,7 @@ def test_env_lock_is_private_exclusive_and_removed_when_released(tmp_path):
 def test_ipc_falls_back_to_tcp_when_the_socket_path_would_be_too_long(tmp_path, monkeypatch):
     from jupyter_client.manager import KernelManager
 
-    from kernel_provider.provisioner import CondaTainerProvisioner
+    from kernel_provider.kernel.provisioner import CondaTainerProvisioner
 
     def transport_with_runtime(directory):
         monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(directory))

@@ -15,16 +15,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import processes_mentioning, running_instances
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
-from conftest import processes_mentioning, running_instances
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.instance import apptainer_env
-from kernel_provider.kernelspecs import KernelspecStore, custom_spec
-from kernel_provider.overlays import scan
-from kernel_provider.provisioner import KernelStartError
-from kernel_provider.state import StateStore
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.process import apptainer_env
+from kernel_provider.host.state import StateStore
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+from kernel_provider.kernel.provisioner import KernelStartError
+from kernel_provider.model.overlays import scan
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,10 @@ import os
 import subprocess
 
 import pytest
+from conftest import DEBUGFS, wait_job
 from tornado.httpclient import HTTPClientError
 
-from conftest import DEBUGFS
-from conftest import wait_job
-from kernel_provider.instance import apptainer_env
+from kernel_provider.host.process import apptainer_env
 
 pytestmark = pytest.mark.integration
 
@@ -260,7 +259,7 @@ async def test_cancel_a_create_halfway_leaves_nothing(api, image_layout, channel
 
 async def test_install_into_an_env_of_a_running_kernel(api, image_layout, channel_env, jp_serverapp):
     """The kernel's instance has the env mounted: the install runs through it, no restart."""
-    from kernel_provider.kernelspecs import KernelspecStore, custom_spec
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
     _, data = await api("POST", "overlays", body={"name": "live", "size_mb": 128})
     assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"

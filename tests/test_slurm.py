@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import processes_mentioning, running_instances
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
-
-from conftest import processes_mentioning, running_instances
-from kernel_provider import slurm
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.kernelspecs import KernelspecStore, custom_spec
-from kernel_provider.state import InstanceRecord, Owner
 from test_provisioner import KERNEL, Server, execute, free_port, sync_specs
+
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.state import InstanceRecord, Owner
+from kernel_provider.kernel import slurm
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +119,7 @@ def test_orphans_are_ours_by_name_with_a_dead_or_missing_owner():
 
 
 def test_record_keeps_the_job_id(tmp_path):
-    from kernel_provider.state import StateStore
+    from kernel_provider.host.state import StateStore
 
     store = StateStore(tmp_path)
     store.write(_record("jcts-a", Owner.current()))

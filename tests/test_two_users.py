@@ -18,13 +18,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import running_instances
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.instance import InstanceManager
-from kernel_provider.overlays import scan
-from kernel_provider.plan import StackRequest, plan_container
-from kernel_provider.probes import ImageProbe
+
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.probes import ImageProbe
+from kernel_provider.model.overlays import scan
+from kernel_provider.model.plan import StackRequest, plan_container
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +35,11 @@ NOSUB_USER = os.environ.get("JCT_TEST_USER_NOSUB", "jctnosub")  # has none
 START_AND_CRASH = textwrap.dedent(
     """
     import asyncio, os
-    from kernel_provider.config import CondaTainerConfig
-    from kernel_provider.instance import InstanceManager
-    from kernel_provider.overlays import scan
-    from kernel_provider.plan import StackRequest, plan_container
-    from kernel_provider.probes import ImageProbe
+    from kernel_provider.host.config import CondaTainerConfig
+    from kernel_provider.host.instances import InstanceManager
+    from kernel_provider.model.overlays import scan
+    from kernel_provider.model.plan import StackRequest, plan_container
+    from kernel_provider.host.probes import ImageProbe
     config = CondaTainerConfig()
     plan = plan_container(StackRequest(overlays=["python/3.11"]), scan(config.image_dirs, config.distro),
                           ImageProbe(), environ=os.environ, cwd=os.getcwd(), uid=os.getuid())
@@ -51,12 +51,14 @@ START_AND_CRASH = textwrap.dedent(
 WRITE_ROOT_OWNED_ENV = textwrap.dedent(
     """
     import asyncio, os, sys
-    from kernel_provider import command, probes
-    from kernel_provider.config import CondaTainerConfig
-    from kernel_provider.instance import InstanceManager, run
-    from kernel_provider.overlays import scan
-    from kernel_provider.plan import StackRequest, plan_container
-    from kernel_provider.probes import ImageProbe
+    from kernel_provider.model import command
+    from kernel_provider.host import probes
+    from kernel_provider.host.config import CondaTainerConfig
+    from kernel_provider.host.instances import InstanceManager
+    from kernel_provider.host.process import run
+    from kernel_provider.model.overlays import scan
+    from kernel_provider.model.plan import StackRequest, plan_container
+    from kernel_provider.host.probes import ImageProbe
     if sys.argv[1] == "no-userns":
         probes.unprivileged_userns = lambda: False  # what a node without user namespaces reports
     config = CondaTainerConfig()

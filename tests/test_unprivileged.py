@@ -12,15 +12,18 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import running_instances
-from kernel_provider import command, probes
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.instance import FakerootUnavailableError, InstanceManager, check_fakeroot, run
-from kernel_provider.overlays import scan
-from kernel_provider.plan import StackRequest, plan_container
-from kernel_provider.probes import ImageProbe
-from kernel_provider.state import StateStore
+
+from kernel_provider.host import probes
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.containers import FakerootUnavailableError, check_fakeroot
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.probes import ImageProbe
+from kernel_provider.host.process import run
+from kernel_provider.host.state import StateStore
+from kernel_provider.model import command
+from kernel_provider.model.overlays import scan
+from kernel_provider.model.plan import StackRequest, plan_container
 
 ROOT = os.getuid() == 0
 

@@ -1,4 +1,4 @@
-"""Unit tests of the input checks (kernel_provider.validation) and of the places that apply them."""
+"""Unit tests of the input checks (kernel_provider.model.validation) and of the places that apply them."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from kernel_provider import command, envfile, freeze, names
-from kernel_provider.config import CondaTainerConfig
-from kernel_provider.envops import EnvOperations
-from kernel_provider.overlays import scan
-from kernel_provider.validation import (
+from kernel_provider.envs import freeze
+from kernel_provider.envs.operations import EnvOperations
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.model import command, envfile, names
+from kernel_provider.model.overlays import scan
+from kernel_provider.model.validation import (
     MAX_ENV_VALUE_BYTES,
     NameTakenError,
     check_new_name,
@@ -291,7 +292,7 @@ def test_bad_build_script_lines_are_skipped_and_warnings_survive_shadowing():
 
 
 def test_sidecar_warnings_become_plan_diagnostics(catalog):
-    from kernel_provider.plan import StackRequest, plan_container
+    from kernel_provider.model.plan import StackRequest, plan_container
 
     class Facts:
         def overlay_env(self, overlay):

@@ -1,0 +1,71 @@
+"""``jupyter condatainer instances``: list and stop the Apptainer instances of CondaTainer kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from traitlets import Bool
+
+from kernel_provider.cli.base import Command, CommandGroup
+from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.process import InstanceError
+
+
+class ListInstancesApp(Command):
+    description = "List this user's jupyter-condatainer instances (state files and running)."
+
+    json_output = Bool(False, config=True, help="Print JSON.")
+    flags = {"json": ({"ListInstancesApp": {"json_output": True}}, "Print JSON.")}
+
+    def start(self) -> None:
+        manager = InstanceManager.for_config(self.cnt)
+        running = set(asyncio.run(manager.running_names()))
+        rows = [
+            {
+                "name": r.name,
+                "running": r.name in running,
+                "owner_pid": r.owner.pid,
+                "owner_alive": r.owner.is_alive(),
+                "kernels": r.kernels,
+                "overlays": r.overlays,
+            }
+            for r in manager.store.ours()
+        ]
+        if self.json_output:
+            print(json.dumps(rows, indent=1))
+            return
+        for row in rows:
+            state = "running" if row["running"] else "stopped"
+            owner = "owner alive" if row["owner_alive"] else "ORPHAN"
+            print(f"{row['name']:28} {state:8} {owner:12} kernels={len(row['kernels'])}")
+
+
+class StopInstancesApp(Command):
+    description = "Stop instances by name, or every orphan left by a crashed server (--orphans)."
+
+    orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
+    flags = {"orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances.")}
+
+    def start(self) -> None:
+        manager = InstanceManager.for_config(self.cnt)
+        try:
+            if self.orphans:
+                for name in asyncio.run(manager.sweep_orphans()):
+                    print(f"stopped orphan {name}")
+                return
+            if not self.extra_args:
+                self.fail("give instance names or --orphans")
+            for name in self.extra_args:
+                asyncio.run(manager.stop_by_name(name))
+                print(f"stopped {name}")
+        except InstanceError as err:
+            self.fail(str(err))
+
+
+class InstancesApp(CommandGroup):
+    description = "Manage the Apptainer instances of CondaTainer kernels."
+    subcommands = {
+        "list": (ListInstancesApp, ListInstancesApp.description),
+        "stop": (StopInstancesApp, StopInstancesApp.description),
+    }

@@ -1,0 +1,566 @@
+"""Operations on CondaTainer images: list, create env, install/remove packages, delete.
+
+One implementation for the REST API, the CLI and the ``%condatainer`` magic. Package
+changes run CondaTainer's own micromamba wrappers (``mm-create``, ``mm-install -y``,
+``mm-remove -y``, ``mm-clean``) inside the base image, exactly as the CLI does, with the
+env's ``.img`` mounted writable — through the running instance when a live kernel has
+it mounted, otherwise in a one-shot container. One operation per env at a time
+(a lock file shared with every process of this user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kernel_provider.envs import workfiles
+from kernel_provider.envs.checkpoints import checkpoint
+from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
+from kernel_provider.envs.journal import Journal
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.containers import check_fakeroot, fakeroot_hint, plan_for_host
+from kernel_provider.host.instances import Instance, InstanceManager
+from kernel_provider.host.locks import (
+    ImageWriteHold,
+    is_in_use,
+    is_locked,
+    locked_files,
+)
+from kernel_provider.host.probes import read_sidecar
+from kernel_provider.host.process import failure, stream
+from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.incontainer import history
+from kernel_provider.incontainer.constants import ENV_PREFIX
+from kernel_provider.incontainer.envlock import EnvBusyError, EnvLock, env_lock_path
+from kernel_provider.kernel.kernelspecs import (
+    KernelspecStore,
+    custom_spec,
+    installed_kernel_names,
+)
+from kernel_provider.model import command, names
+from kernel_provider.model.overlays import (
+    Catalog,
+    Overlay,
+    OverlayError,
+    OverlayNotFoundError,
+    scan,
+)
+from kernel_provider.model.plan import StackRequest
+from kernel_provider.model.validation import (
+    check_new_name,
+    validate_channels,
+    validate_env_name,
+    validate_size,
+    validate_specs,
+)
+
+DEFAULT_PACKAGES = ("zlib",)  # CondaTainer's minimal env
+
+
+class Reporter(Protocol):
+    """Progress sink: a job context on the server, the cell's output in the magic."""
+
+    def log(self, line: str) -> None: ...
+
+    def step(self, progress: float, message: str) -> None: ...
+
+    def point_of_no_return(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    """One row of the overlay listing."""
+
+    name: str
+    kind: str
+    path: str
+    size: int
+    whatis: str
+    notes: dict
+    in_use: bool
+    kernelspec: str | None
+    writable: bool
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    build: str
+    channel: str
+
+
+def channel_binds(channels: Sequence[str]) -> list[str]:
+    """Local ``file://`` channels must be visible inside the container at the same path."""
+    return [c[len("file://"):] for c in channels if c.startswith("file://") and os.path.isdir(c[len("file://"):])]
+
+
+def read_conda_meta(meta: history.EnvMeta) -> list[Package]:
+    """An env's installed packages, from its metadata (:meth:`EnvOperations.env_meta`)."""
+    packages = [
+        Package(record.get("name", ""), record.get("version", ""), record.get("build", ""), history.short_channel(record.get("channel", "")))
+        for record in meta.installed_records()
+    ]
+    return sorted(packages, key=lambda p: p.name)
+
+
+class EnvOperations:
+    """The operations, bound to one configuration and this server's instances."""
+
+    def __init__(self, config: CondaTainerConfig, instances: InstanceManager | None = None):
+        self.config = config
+        self.instances = instances or InstanceManager.for_config(config)
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(Path(self.config.state_dir) / "jupyter-condatainer" / "journal")
+
+    # -- lookup --------------------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        return scan(self.config.image_dirs, self.config.distro)
+
+    def find(self, name: str) -> Overlay:
+        """An image by its exact catalog name; names never reach the filesystem as paths."""
+        name = names.normalize(name)
+        catalog = self.catalog()
+        if name not in catalog.by_name:
+            raise OverlayNotFoundError(name, catalog.dirs, catalog.suggestions(name))
+        return catalog.by_name[name]
+
+    def find_env(self, name: str) -> Overlay:
+        overlay = self.find(name)
+        if overlay.kind != "img":
+            raise OverlayError(f"{name} is a read-only .{overlay.kind} image; packages can only change in an .img env")
+        return overlay
+
+    def target_dir(self) -> Path:
+        """Where new envs go: the first writable image directory (the user's, at worst)."""
+        for directory in self.config.image_dirs:
+            if os.path.isdir(directory) and os.access(directory, os.W_OK):
+                return Path(directory)
+        fallback = Path(self.config.image_dirs[-1])
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+    def mounted_by(self, overlay: Overlay) -> Instance | None:
+        """Our running instance that has this image mounted, if any."""
+        return next(
+            (i for i in self.instances.instances.values() if any(o.path == overlay.path for o in i.plan.overlays)),
+            None,
+        )
+
+    # -- listing -------------------------------------------------------------------------
+
+    def list(self) -> list[OverlayInfo]:
+        """Every image with its notes and state; no container is started."""
+        catalog = self.catalog()
+        locked = locked_files()
+        ours = {o.path for i in self.instances.instances.values() for o in (i.plan.base_image, *i.plan.overlays)}
+        kernels = self._kernels_by_overlay(catalog)
+        rows, seen = [], set()
+        for name, overlay in sorted(catalog.by_name.items()):
+            if overlay.path in seen:
+                continue  # the default-distro alias of an image already listed
+            seen.add(overlay.path)
+            meta = read_sidecar(overlay)
+            try:
+                size = os.stat(overlay.path).st_size
+            except OSError:
+                continue
+            rows.append(
+                OverlayInfo(
+                    name=overlay.name,
+                    kind=overlay.kind,
+                    path=overlay.path,
+                    size=size,
+                    whatis=meta.whatis,
+                    notes=meta.notes,
+                    in_use=overlay.path in ours or is_locked(overlay.path, locked),
+                    kernelspec=kernels.get(overlay.path),
+                    writable=overlay.kind == "img" and os.access(overlay.path, os.W_OK),
+                )
+            )
+        return rows
+
+    def _kernels_by_overlay(self, catalog: Catalog) -> dict[str, str]:
+        """Image path → the kernelspec whose last overlay is that image."""
+        found = {}
+        for kernel, spec in KernelspecStore().read_all().items():
+            if not spec.overlays:
+                continue
+            last = spec.overlays[-1]
+            overlay = catalog.by_name.get(last) or (Overlay.from_path(last) if os.path.isabs(last) else None)
+            if overlay is not None:
+                found.setdefault(overlay.path, kernel)
+        return found
+
+    def env_meta(self, overlay: Overlay, destination: str | None = None) -> history.EnvMeta:
+        """The env's metadata as it is now: through our kernel's instance when one has it mounted
+        (see :mod:`kernel_provider.envs.envmeta`). Blocking: call it in a thread from the event loop."""
+        instance = self.mounted_by(overlay)
+        return read_env_meta(overlay, instance, self.instances.apptainer if instance else "", destination)
+
+    def packages(self, name: str) -> list[Package]:
+        return read_conda_meta(self.env_meta(self.find_env(name)))
+
+    # -- locking and disk space -------------------------------------------------------------
+
+    def env_lock(self, path: str) -> EnvLock:
+        return EnvLock(env_lock_path(self.config.state_dir, path))
+
+    def try_lock(self, path: str) -> EnvLock:
+        try:
+            return self.env_lock(path).acquire()
+        except EnvBusyError:
+            raise EnvBusyError(f"another operation on {os.path.basename(path)} is running; try again when it ends") from None
+
+    def resolve_image(self, overlay: Overlay) -> str:
+        """The regular file an env's name stands for, inside an image directory.
+
+        A symlinked ``.img`` is followed once, here: changes go to its target, never over the
+        link itself, and only when that target lives in one of the image directories.
+        """
+        real = os.path.realpath(overlay.path)
+        dirs = [os.path.realpath(d) for d in self.config.image_dirs]
+        inside = any(os.path.dirname(real) == d for d in dirs)
+        if not inside or not stat.S_ISREG(os.lstat(real).st_mode):
+            raise OverlayError(
+                f"{overlay.name} points to {real}, which is not an image file in an image directory; "
+                "changes are refused. Copy the env into an image directory to change it."
+            )
+        return real
+
+    def check_free_space(self, directory: str, needed_bytes: int, what: str) -> None:
+        """Refuse before starting when ``what`` would leave less than ``min_free_mb`` free."""
+        free = shutil.disk_usage(directory).free
+        reserve = self.config.min_free_mb * MB
+        if needed_bytes + reserve > free:
+            raise DiskSpaceError(
+                f"not enough free space for {what}: it needs {needed_bytes / MB:,.0f} MB and "
+                f"{directory} has {free / MB:,.0f} MB free (keeping {self.config.min_free_mb} MB spare). "
+                "Free some space or choose a smaller size."
+            )
+
+    # -- create --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        report: Reporter,
+        name: str,
+        size_mb: int = 1024,
+        packages: Sequence[str] = (),
+        channels: Sequence[str] = (),
+        register_kernel: bool = False,
+    ) -> str:
+        """Make ``name.img`` with a conda env, built in a temporary file, linked in at the end.
+
+        Until that link the env does not exist; after it, it is complete: a cancel or a crash
+        at any step leaves either nothing or the finished env (the temporary file of a dead
+        server is removed by :meth:`recover`).
+        """
+        name = validate_env_name(name)
+        size_mb = validate_size(size_mb, self.config.max_env_size_mb)
+        packages = validate_specs(list(packages) or list(DEFAULT_PACKAGES))
+        channels = validate_channels(channels)
+        target = self.target_dir() / names.filename_for(name, ".img")
+        if target.exists() or name in self.catalog().by_name:
+            raise FileExistsError(f"an image named {name} already exists")
+        check_new_name(name, "img", self.catalog(), installed_kernel_names(), f"{name} (env)")
+        self.check_free_space(str(target.parent), size_mb * MB, f"a {size_mb} MB env")
+        self.config.require_apptainer()
+        tmp = workfiles.work_path(target)
+        with self.journal.record("create", name, str(target)):
+            await self._build(report, name, size_mb, packages, channels, target, tmp)
+        if register_kernel:
+            kernel = self.register_kernel(name)
+            report.log(f"registered kernel {kernel}")
+        return f"created {target}"
+
+    async def _build(
+        self, report: Reporter, name: str, size_mb: int, packages: list[str], channels: list[str], target: Path, tmp: Path
+    ) -> None:
+        apptainer = self.config.require_apptainer()
+        try:
+            await checkpoint("create.overlay")
+            report.step(0.05, f"creating a {size_mb} MB ext3 overlay")
+            sparse = ["--sparse"] if self.config.sparse_envs else []
+            argv = [apptainer, "overlay", "create", "--size", str(size_mb), *sparse, "--create-dir", ENV_PREFIX, str(tmp)]
+            lines: list[str] = []
+            if await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
+                raise RuntimeError(failure(f"creating {target.name} (apptainer overlay create)", lines))
+            temporary = Overlay.from_path(str(tmp))
+            await checkpoint("create.solve")
+            report.step(0.15, f"solving and installing {' '.join(packages)}")
+            cmd = ["mm-create", "-y", *[a for c in channels for a in ("-c", c)], *packages]
+            cmd = history.recorded(cmd, f"create {name} {' '.join(packages)}", current_user(), self.via)
+            await self._run_in_oneshot(report, temporary, cmd, channels, what="mm-create")
+            await checkpoint("create.clean")
+            report.step(0.85, "cleaning the package cache")
+            await self._run_in_oneshot(report, temporary, ["mm-clean", "-a", "-y", "-q"], channels, what="mm-clean", check=False)
+            await checkpoint("create.commit")
+            report.point_of_no_return()
+            report.step(0.95, f"moving {target.name} into place")
+            os.chmod(tmp, 0o644)
+            await asyncio.to_thread(workfiles.fsync_file, tmp)
+            os.link(tmp, target)  # the commit; fails if the name appeared meanwhile: never clobber
+            workfiles.fsync_dir(target.parent)
+            await checkpoint("create.finish")
+        finally:
+            workfiles.remove_work_files(tmp)
+
+    def register_kernel(self, name: str) -> str:
+        """A kernelspec for an env; a Python overlay goes first when the env has no python."""
+        overlay = self.find_env(name)
+        has_python = "python" in self.env_meta(overlay).versions()
+        stack = [name]
+        if not has_python:
+            pythons = self.catalog().versions_of("python")
+            if pythons:
+                stack.insert(0, pythons[-1].name)
+        spec = custom_spec(stack, label=f"{name} (env)", writable=True, share=True)
+        KernelspecStore().write(spec)
+        return spec.name
+
+    # -- install / remove ----------------------------------------------------------------
+
+    async def change(self, report: Reporter, name: str, verb: str, specs: Sequence[str], channels: Sequence[str] = ()) -> str:
+        """``mm-install -y`` / ``mm-remove -y`` / ``mm-update -y`` in an env, safely."""
+        if verb not in ("install", "remove", "update"):
+            raise ValueError(f"unknown package operation {verb!r}")
+        specs = validate_specs(specs)
+        channels = validate_channels(channels)
+        overlay = self.find_env(name)
+        cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
+        cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
+        before: dict[str, str] = {}
+
+        async def note_versions() -> None:  # under the env lock, just before the change
+            before.update((await asyncio.to_thread(self.env_meta, overlay)).versions())
+
+        await self.run_change(report, verb, overlay, cmd, channels, prepare=note_versions)
+        done = f"{verb} {' '.join(specs)}: done"
+        try:
+            after = (await asyncio.to_thread(self.env_meta, overlay)).versions()
+        except EnvUnreadableError:
+            return done  # the change is made; only the note about a new Python could be missing
+        note = history.python_gained_note(before, after)
+        return f"{done}; {note}" if note else done
+
+    via = "jupyter-condatainer"  # recorded with each revision (the CLI sets its own)
+
+    async def run_change(
+        self, report: Reporter, operation: str, overlay: Overlay, cmd: list[str], channels: Sequence[str] = (),
+        binds: Sequence[str] = (), prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run a package command on an env under its lock: in our kernel's instance that has it
+        mounted, else on a copy that replaces the env only when the command succeeded; refused
+        while another container has it mounted. ``prepare`` runs once the lock is held (checks
+        that need it); ``operation`` names the steps (:mod:`.checkpoints`)."""
+        lock = self.try_lock(overlay.path)
+        try:
+            with self.journal.record(operation, overlay.name, os.path.realpath(overlay.path)):
+                if prepare is not None:
+                    await prepare()
+                instance = self.mounted_by(overlay)
+                if instance is not None:
+                    await self._run_in_instance(report, instance, cmd)
+                else:
+                    await self._run_on_copy(report, operation, overlay, cmd, channels, binds)
+        finally:
+            lock.release()
+
+    async def _run_in_instance(self, report: Reporter, instance: Instance, cmd: list[str]) -> None:
+        if not instance.plan.writable:
+            raise EnvBusyError(
+                f"the env is mounted read-only by a running kernel ({instance.name}); restart that kernel "
+                "with a writable kernelspec or stop it first"
+            )
+        label = history.command_label(cmd)
+        report.step(0.2, f"running {label} in the kernel's instance {instance.name}")
+        report.log(f"{label} runs in {instance.name}, the instance of a running kernel (no restart needed)")
+        report.point_of_no_return()
+        argv = command.instance_exec_argv(self.instances.apptainer, instance.name, str(instance.env_file), cmd)
+        lines: list[str] = []
+        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)))
+        if rc != 0:
+            raise RuntimeError(failure(label, lines))
+
+    async def _run_on_copy(
+        self, report: Reporter, operation: str, overlay: Overlay, cmd: list[str], channels: Sequence[str],
+        binds: Sequence[str] = (),
+    ) -> None:
+        """Change a copy of the env and rename it over the env only when the change succeeded.
+
+        The env itself is never written: until the rename (atomic, in the same directory) it is
+        byte-for-byte as before, after it the finished result. Apptainer's own write lock is held
+        on the env throughout, so no container can mount it meanwhile; the copy of a killed
+        server is removed by :meth:`recover`, and its container dies with the server.
+        """
+        image = self.resolve_image(overlay)
+        with ImageWriteHold(image):
+            self.check_free_space(os.path.dirname(image), workfiles.allocated_bytes(image), f"a working copy of {overlay.name}")
+            work = workfiles.work_path(Path(image))
+            try:
+                await checkpoint(f"{operation}.copy")
+                report.step(0.1, "copying the env (the original stays untouched until the change succeeds)")
+                copy = ["cp", "--sparse=always", "--reflink=auto", "--preserve=all", image, str(work)]
+                lines: list[str] = []
+                if await stream(copy, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
+                    detail = "\n".join(lines[-15:])
+                    raise DiskSpaceError(f"could not copy {overlay.name} (is the disk full?); the env is unchanged:\n{detail}")
+                await checkpoint(f"{operation}.run")
+                label = history.command_label(cmd)
+                report.step(0.2, f"running {label}")
+                await self._run_in_oneshot(report, Overlay.from_path(str(work)), cmd, channels, what=label, binds=binds)
+                await checkpoint(f"{operation}.commit")
+                report.point_of_no_return()
+                report.step(0.95, f"replacing {overlay.name} with the changed copy")
+                await asyncio.to_thread(workfiles.fsync_file, work)
+                os.rename(work, image)  # the commit
+                workfiles.fsync_dir(Path(image).parent)
+                await checkpoint(f"{operation}.finish")
+            finally:
+                workfiles.remove_work_files(work)
+
+    async def _run_in_oneshot(
+        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], what: str, check: bool = True,
+        binds: Sequence[str] = (),
+    ) -> None:
+        request = StackRequest(
+            overlays=[overlay.path], writable=True, env=self.config.container_env,
+            binds=[*channel_binds(channels), *binds],
+        )
+        plan = await asyncio.to_thread(plan_for_host, request, self.config, self.catalog())
+        check_fakeroot(plan)
+        env_file = write_private(runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env))
+        lines: list[str] = []
+        try:
+            argv = command.oneshot_exec_argv(self.config.require_apptainer(), plan, str(env_file), cmd)
+            rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True)
+        finally:
+            env_file.unlink(missing_ok=True)
+        if rc != 0 and check:
+            raise RuntimeError(failure(what, lines) + fakeroot_hint(plan))
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self) -> Recovery:
+        """Say what became of operations a killed server left, and remove their work files.
+
+        Every change is built in a hidden work file named after its builder
+        (``.NAME.PID-START.rand.tmp.img``, also ``.sqf``, ``.stage`` and the files a tool makes
+        next to them); an env itself only changes by the final rename, link or unlink. So a
+        dead builder's files are simply removed, and its journal record tells whether its env is
+        as before or finished. Work files still mounted by a container are left for a later start.
+        """
+        recovery = Recovery()
+        for file, entry in self.journal.interrupted():
+            recovery.outcomes.append(entry.outcome())
+            file.unlink(missing_ok=True)
+        locked = locked_files()
+        for directory in self.config.image_dirs:
+            if not os.access(directory, os.W_OK):
+                continue
+            for path in sorted(Path(directory).glob(".*.tmp.*")):
+                owner = workfiles.builder_of(path.name)
+                if owner is None or owner.is_alive() or is_locked(str(path), locked):
+                    continue
+                workfiles.remove_half_placed_sidecar(path)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                recovery.removed.append(str(path))
+            for snapshot in Path(directory).glob(".*.img.snapshot"):
+                recovery.outcomes.append(
+                    f"found {snapshot}, a snapshot left by an older version of jupyter-condatainer; it was "
+                    "not restored (it may be incomplete): compare it with the env and remove it by hand"
+                )
+        self._remove_stale_locks()
+        return recovery
+
+    def _remove_stale_locks(self) -> None:
+        """Lock files of dead holders (a lock is free once its holder died; its file stays)."""
+        directory = Path(env_lock_path(self.config.state_dir, "/")).parent
+        for path in directory.glob("*.lock") if directory.is_dir() else ():
+            try:
+                EnvLock(str(path)).acquire().release()
+            except EnvBusyError:
+                continue  # held right now
+
+    # -- delete --------------------------------------------------------------------------
+
+    async def delete(self, name: str) -> None:
+        """Remove an image and its sidecar — refused while anyone uses it.
+
+        A symlinked image loses only its link (and the link's sidecar); the file it points to
+        stays. The unlink is the one step: before it nothing changed, after it the env is gone.
+        """
+        overlay = self.find(name)
+        if overlay.kind == "sif":
+            raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
+        if self.mounted_by(overlay):
+            raise EnvBusyError(f"{name} is in use by a running kernel; shut that kernel down first")
+        busy = await asyncio.to_thread(lambda: is_locked(overlay.path, locked_files()) or is_in_use(overlay.path))
+        if busy:
+            raise EnvBusyError(f"{name} is in use (a running kernel or container); stop it first")
+        lock = self.try_lock(overlay.path)
+        try:
+            with self.journal.record("delete", name, overlay.path):
+                await checkpoint("delete.unlink")
+                await asyncio.to_thread(self._unlink_image, overlay)
+                await checkpoint("delete.finish")
+        finally:
+            lock.release()
+        await asyncio.to_thread(self._forget_kernels, name, overlay.path)
+
+    @staticmethod
+    def _unlink_image(overlay: Overlay) -> None:
+        if overlay.kind == "img" and not os.path.islink(overlay.path):
+            with ImageWriteHold(overlay.path):  # no container may mount it while it goes
+                os.unlink(overlay.path)
+        else:
+            os.unlink(overlay.path)
+        Path(overlay.sidecar_path).unlink(missing_ok=True)
+
+    @staticmethod
+    def _forget_kernels(name: str, path: str) -> None:
+        store = KernelspecStore()
+        for kernel, spec in store.read_all().items():
+            if spec.overlays and spec.overlays[-1] in (name, path):
+                store.remove(kernel)
+
+
+def current_user() -> str:
+    """Who a revision is recorded for: this process's user."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
+
+
+@dataclass
+class Recovery:
+    """What :meth:`EnvOperations.recover` found: messages for the user, files removed."""
+
+    outcomes: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+class DiskSpaceError(OSError):
+    """An operation would not fit in the image directory's free space."""
+
+
+MB = 1024 * 1024
+
+
+def as_json(rows) -> list[dict]:
+    return [asdict(row) for row in rows]

@@ -1,0 +1,258 @@
+"""Instance lifecycle: start, share, stop and sweep persistent Apptainer instances.
+
+One :class:`InstanceManager` per server process keeps the instances it started,
+the kernels using each, and the CondaTainer shared locks on their images. Every
+Apptainer call is an asyncio subprocess, so the server's event loop never waits
+on a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kernel_provider.host import instanceinfo, python
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.containers import check_fakeroot, fakeroot_hint
+from kernel_provider.host.locks import ImageBusyError, SharedLocks, is_in_use
+from kernel_provider.host.process import InstanceError, apptainer_message, run
+from kernel_provider.host.python import PythonInfo
+from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.host.state import (
+    INSTANCE_PREFIX,
+    InstanceRecord,
+    Owner,
+    StateStore,
+)
+from kernel_provider.model import command
+from kernel_provider.model.plan import ContainerPlan
+
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+
+
+def stack_key(plan: ContainerPlan) -> str:
+    """Identity of a stack: kernels with equal keys may share an instance."""
+    identity = [plan.base_image.path, plan.overlay_args, list(plan.binds), list(plan.flags), plan.fakeroot, list(plan.env)]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Instance:
+    """A running instance started by this server."""
+
+    name: str
+    plan: ContainerPlan
+    key: str
+    env_file: Path
+    locks: SharedLocks
+    shared: bool
+    kernels: set[str] = field(default_factory=set)
+    python: PythonInfo | None = None  # probed once (kernel_provider.host.python)
+
+
+class InstanceManager:
+    """This server's instances. Use :meth:`for_config` to get the process-wide one."""
+
+    _managers: dict[str, InstanceManager] = {}
+
+    def __init__(self, config: CondaTainerConfig):
+        self.config = config
+        self.store = StateStore(config.instance_state_dir)
+        self.instances: dict[str, Instance] = {}
+        self._lock = asyncio.Lock()
+        self._starting: dict[str, asyncio.Future] = {}
+        self._swept = False
+        self._version = ""
+
+    @classmethod
+    def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
+        """The manager for this configuration, shared by everything in the process that uses it.
+
+        Keyed by every configurable value (state directory, Apptainer binary, image
+        directories, distro, binds, container env): a manager acts with its own config,
+        so two configs that differ in any of them must not share one.
+        """
+        key = cls._config_key(config)
+        if key not in cls._managers:
+            cls._managers[key] = cls(config)
+        return cls._managers[key]
+
+    @staticmethod
+    def _config_key(config: CondaTainerConfig) -> str:
+        values = {name: getattr(config, name) for name in config.trait_names(config=True)}
+        return json.dumps(values, sort_keys=True)
+
+    @property
+    def apptainer(self) -> str:
+        return self.config.require_apptainer()
+
+    @property
+    def name_prefix(self) -> str:
+        """``jct-<scope>-``: the scope ties a name to this state directory, so a sweep never
+        mistakes the instances of a server with another state directory for its orphans."""
+        scope = hashlib.sha256(str(self.store.directory).encode()).hexdigest()[:4]
+        return f"{INSTANCE_PREFIX}{scope}-"
+
+    async def apptainer_version(self) -> str:
+        if not self._version:
+            result = await run([self.apptainer, "--version"], STOP_TIMEOUT)
+            self._version = result.stdout.strip() or "unknown"
+        return self._version
+
+    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
+        """An instance for ``plan``: a running shared one with the same stack, or a new one.
+
+        Starts of different stacks run concurrently; kernels that share a stack wait for
+        the one start of it.
+        """
+        key = stack_key(plan)
+        if share:
+            async with self._lock:
+                instance = next((i for i in self.instances.values() if i.shared and i.key == key), None)
+                starting = self._starting.get(key)
+                if instance is None and starting is None:
+                    starting = self._starting[key] = asyncio.ensure_future(self._start(plan, key, share))
+                    starting.add_done_callback(lambda _: self._starting.pop(key, None))
+            if instance is None:
+                instance = await asyncio.shield(starting)
+        else:
+            instance = await self._start(plan, key, share)
+        instance.kernels.add(kernel_id)
+        self._save(instance)
+        return instance
+
+    async def release(self, instance: Instance, kernel_id: str) -> None:
+        """Forget a kernel; stop the instance when no kernel uses it any more."""
+        async with self._lock:
+            instance.kernels.discard(kernel_id)
+            if instance.kernels:
+                self._save(instance)
+                return
+            self.instances.pop(instance.name, None)
+        await self._stop(instance.name)
+        instance.locks.release()
+
+    def _check_env_image(self, plan: ContainerPlan) -> None:
+        env_image = plan.env_image
+        if env_image and plan.writable and is_in_use(env_image.path):
+            raise ImageBusyError(
+                f"{env_image.path} is mounted by another container (a running kernel or a CondaTainer "
+                "shell); a writable env can be mounted once. Stop that kernel, or use a kernel with "
+                "share_instance so both notebooks use one instance."
+            )
+
+    async def _start(self, plan: ContainerPlan, key: str, share: bool) -> Instance:
+        apptainer = self.apptainer
+        check_fakeroot(plan)
+        self._check_env_image(plan)
+        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
+        name = f"{self.name_prefix}{key[:8]}-{secrets.token_hex(3)}"
+        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
+        instance = Instance(name, plan, key, env_file, locks, share)
+        # State first: a crash during start still leaves something the sweep can find.
+        self._save(instance)
+        try:
+            result = await run(command.instance_start_argv(apptainer, plan, name, str(env_file)), START_TIMEOUT)
+            if result.returncode != 0:
+                raise InstanceError(
+                    f"apptainer instance start failed for {plan.base_image.name} + "
+                    f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
+                    + fakeroot_hint(plan)
+                )
+        except BaseException:
+            await self._stop(name)
+            locks.release()
+            raise
+        self.instances[name] = instance
+        await instanceinfo.write(instance, self.config, await self.apptainer_version())
+        return instance
+
+    def _save(self, instance: Instance) -> None:
+        plan = instance.plan
+        self.store.write(
+            InstanceRecord(
+                name=instance.name,
+                base_image=plan.base_image.path,
+                overlays=plan.overlay_args,
+                bind_paths=list(plan.binds),
+                env=[f"{k}={v}" for k, v in plan.env],
+                notes=dict(plan.notes),
+                owner=Owner.current(),
+                stack_key=instance.key,
+                kernels=sorted(instance.kernels),
+            )
+        )
+
+    async def _stop(self, name: str) -> None:
+        """Stop an instance (if running) and remove its state and runtime files."""
+        try:
+            await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
+        finally:
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Remove an instance's state file and its runtime files."""
+        self.store.remove(name)
+        for path in (runtime_dir() / f"{name}.env", instanceinfo.path(name)):
+            path.unlink(missing_ok=True)
+
+    async def stop_by_name(self, name: str) -> None:
+        """Stop one of our instances by name (any of this user's servers); refuse others'."""
+        if not name.startswith(self.name_prefix) or self.store.read(name) is None and name not in await self.running_names():
+            raise InstanceError(f"{name} is not a jupyter-condatainer instance of this user")
+        async with self._lock:
+            instance = self.instances.pop(name, None)
+            await self._stop(name)
+            if instance:
+                instance.locks.release()
+
+    async def probe_python(self, instance: Instance) -> PythonInfo:
+        """Which ``python`` the stack's PATH gives and whether it has ipykernel (once per instance)."""
+        if instance.python is None:
+            instance.python = await python.probe_python(self.apptainer, instance.name, str(instance.env_file), instance.plan)
+        return instance.python
+
+    async def running_names(self) -> list[str]:
+        """Names of this user's running Apptainer instances (anyone's, not only ours)."""
+        result = await run(command.instance_list_argv(self.apptainer), STOP_TIMEOUT)
+        if result.returncode != 0:
+            raise InstanceError(f"apptainer instance list failed:\n{apptainer_message(result.stderr)}")
+        try:
+            listing = json.loads(result.stdout or "{}").get("instances", [])
+        except ValueError:
+            return []
+        return [entry.get("instance", "") for entry in listing]
+
+    async def sweep_orphans_once(self) -> None:
+        """Clean up after a crashed server the first time this process needs an instance."""
+        if not self._swept:
+            self._swept = True
+            await self.sweep_orphans()
+
+    async def sweep_orphans(self) -> list[str]:
+        """Stop our instances whose server is gone; never touch a live server's or the CLI's."""
+        async with self._lock:
+            running = set(await self.running_names())
+            records = {r.name: r for r in self.store.ours()}
+            orphans = [
+                name for name, record in records.items()
+                if name not in self.instances and not record.owner.is_alive()
+            ]
+            # Ours by name but without a state file: its start or stop was cut short.
+            orphans += [
+                name for name in running
+                if name.startswith(self.name_prefix) and name not in records and name not in self.instances
+            ]
+            await asyncio.gather(*(self._stop_orphan(name, name in running) for name in orphans))
+            return orphans
+
+    async def _stop_orphan(self, name: str, running: bool) -> None:
+        if running:
+            await self._stop(name)
+        else:
+            self._forget(name)

@@ -1,0 +1,147 @@
+"""CondaTainer's image lock protocol, so the CLI and Jupyter can share images safely.
+
+While a container runs, CondaTainer holds a shared, non-blocking ``flock`` on the
+base ``.sif`` and every ``.sqf``; removing or rebuilding an image probes with an
+exclusive lock and refuses while anyone holds it. ``.img`` files are not flock'ed by
+CondaTainer (Apptainer locks them itself while mounted), but the same probe tells
+whether one is mounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Iterable
+
+from kernel_provider.incontainer.envlock import EnvBusyError
+
+
+class ImageBusyError(RuntimeError):
+    """An image is held by another process in a way that forbids what we asked."""
+
+
+def _try_flock(path: str, exclusive: bool) -> int:
+    flags = os.O_RDWR if exclusive else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except OSError as err:
+        raise ImageBusyError(f"cannot open {path}: {err.strerror}") from err
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        use = "for writing" if exclusive else "for reading: it is being written or removed"
+        raise ImageBusyError(f"{path} is in use; cannot open it {use}") from None
+    return fd
+
+
+def is_in_use(path: str) -> bool:
+    """The LOCK_EX probe CondaTainer runs before removing an image."""
+    try:
+        os.close(_try_flock(path, exclusive=True))
+    except ImageBusyError:
+        return True
+    return False
+
+
+class SharedLocks:
+    """Shared flocks on images, held for as long as a container uses them."""
+
+    def __init__(self, paths: Iterable[str]):
+        self.paths = list(dict.fromkeys(paths))
+        self._fds: list[int] = []
+
+    def acquire(self) -> SharedLocks:
+        try:
+            for path in self.paths:
+                self._fds.append(_try_flock(path, exclusive=False))
+        except ImageBusyError:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    @property
+    def held(self) -> bool:
+        return bool(self._fds)
+
+
+def locked_files(proc_locks: str = "/proc/locks", write_only: bool = False) -> set[tuple[int, int]]:
+    """(device, inode) of every file someone holds a lock on, read in one go.
+
+    Works for images we cannot open for writing (a shared image directory) and sees
+    the CLI's flocks and Apptainer's own lock on a mounted ``.img`` (an OFD lock, ``READ``
+    for a read-only mount, ``WRITE`` for a writable one). ``write_only``: only write locks,
+    i.e. an ``.img`` that some container may be changing right now.
+    """
+    found = set()
+    try:
+        with open(proc_locks, encoding="ascii") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        device = next((f for f in fields if f.count(":") == 2), None)
+        if device is None or write_only and "WRITE" not in fields:
+            continue
+        major, minor, inode = device.split(":")
+        try:
+            found.add((os.makedev(int(major, 16), int(minor, 16)), int(inode)))
+        except ValueError:
+            continue
+    return found
+
+
+def is_locked(path: str, locked: set[tuple[int, int]]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in locked
+
+
+class ImageWriteHold:
+    """An open-file-description write lock on a whole ``.img``: Apptainer's own lock.
+
+    Apptainer takes an OFD lock (write for ``:rw``, read for ``:ro``) on an ext3 overlay while
+    it is mounted, and refuses to mount an image someone else holds for writing. Holding this
+    while we change or delete an env means no container can mount it meanwhile, and taking it
+    without waiting is also the check that none has it mounted now. The file is opened with
+    ``O_NOFOLLOW``: the caller passes the resolved path it checked.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> ImageWriteHold:
+        fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise EnvBusyError(
+                    f"{os.path.basename(self.path)} is mounted by a container (a kernel or a CondaTainer shell); "
+                    "stop it first"
+                ) from None
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ImageWriteHold:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

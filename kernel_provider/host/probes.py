@@ -1,0 +1,169 @@
+"""Facts about images read from disk: the real :class:`~kernel_provider.model.plan.HostFacts`.
+
+Reading inside a ``.sqf`` takes ``unsquashfs`` (no mount, a few ms); the owner of an
+``.img``'s ``upper/`` takes ``debugfs``. Results are cached per file identity
+(path, size, mtime), so a kernel restart or a listing does not pay twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pwd
+import re
+import shutil
+import subprocess
+
+from kernel_provider.host.debugfs import find_debugfs
+from kernel_provider.model.envfile import (
+    BUILD_SCRIPT_NAME,
+    OverlayEnv,
+    parse_build_script,
+    parse_sidecar,
+)
+from kernel_provider.model.overlays import Overlay
+
+log = logging.getLogger(__name__)
+_QUIET = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "env": {**os.environ, "LC_ALL": "C"}}
+
+
+def _identity(path: str) -> tuple[str, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path, -1, -1
+    return path, st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def _sqf_listing(identity: tuple[str, int, int], inner: str) -> tuple[str, ...] | None:
+    """Paths under ``inner`` in the archive; None when unsquashfs cannot tell."""
+    if not shutil.which("unsquashfs"):
+        return None
+    result = subprocess.run(["unsquashfs", "-l", "-d", "", identity[0], inner], check=False, **_QUIET)
+    if result.returncode != 0:
+        return None
+    return tuple(line.strip() for line in result.stdout.decode(errors="replace").splitlines() if line.startswith("/"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sqf_cat(identity: tuple[str, int, int], inner: str) -> str:
+    if not shutil.which("unsquashfs"):
+        return ""
+    result = subprocess.run(["unsquashfs", "-cat", identity[0], inner], check=False, **_QUIET)
+    return result.stdout.decode(errors="replace") if result.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _upper_owner(identity: tuple[str, int, int]) -> int | None:
+    debugfs = find_debugfs()
+    if not debugfs:
+        return None
+    result = subprocess.run([debugfs, "-R", "stat /upper", identity[0]], check=False, **_QUIET)
+    match = re.search(rb"User:\s+(\d+)", result.stdout)
+    return int(match.group(1)) if match else None
+
+
+SUBUID_FILE = "/etc/subuid"
+SUBGID_FILE = "/etc/subgid"
+SUBID_COUNT = 65536
+
+
+def _subid_ranges(path: str) -> list[tuple[str, int, int]]:
+    """``(user or uid, start, count)`` of each line of an ``/etc/subuid``-style file."""
+    ranges = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    ranges.append((fields[0], int(fields[1]), int(fields[2])))
+    except OSError:
+        pass
+    return ranges
+
+
+def has_subid_entry(user: str, uid: int, path: str) -> bool:
+    return any(owner in (user, str(uid)) and count > 0 for owner, _, count in _subid_ranges(path))
+
+
+def unprivileged_userns() -> bool:
+    """Whether ordinary users may create user namespaces (Apptainer's non-setuid mode)."""
+    for path, off in (("/proc/sys/user/max_user_namespaces", "0"), ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
+        try:
+            with open(path, encoding="ascii") as handle:
+                if handle.read().strip() == off:
+                    return False
+        except OSError:
+            continue
+    return True
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def missing_subids(uid: int) -> str | None:
+    """None when ``uid`` is root or has subuid and subgid ranges; else what an admin must add."""
+    user = user_name(uid)
+    if uid == 0 or all(has_subid_entry(user, uid, path) for path in (SUBUID_FILE, SUBGID_FILE)):
+        return None
+    ends = [start + count for path in (SUBUID_FILE, SUBGID_FILE) for _, start, count in _subid_ranges(path)]
+    first = max([100000, *ends])
+    last = first + SUBID_COUNT - 1
+    return (
+        f"{user} has no /etc/subuid entry; an admin must add '{user}:{first}:{SUBID_COUNT}' to /etc/subuid "
+        f"and /etc/subgid (usermod --add-subuids {first}-{last} --add-subgids {first}-{last} {user})"
+    )
+
+
+def fakeroot_problem(uid: int) -> str | None:
+    """Why ``apptainer --fakeroot`` cannot work for ``uid``, or None when it can.
+
+    With ``/etc/subuid`` and ``/etc/subgid`` ranges Apptainer maps a full id range. Without
+    them Apptainer (>= 1.1) falls back to a root-mapped user namespace, which needs
+    unprivileged user namespaces; when those are off too, fakeroot is impossible.
+    """
+    advice = missing_subids(uid)
+    if advice is None or unprivileged_userns():
+        return None
+    return f"{advice}; unprivileged user namespaces are disabled here, so Apptainer has no fallback"
+
+
+def read_sidecar(overlay: Overlay) -> OverlayEnv:
+    try:
+        with open(overlay.sidecar_path, encoding="utf-8", errors="replace") as handle:
+            return parse_sidecar(handle.read(), overlay.app_root, overlay.sidecar_path)
+    except FileNotFoundError:
+        return OverlayEnv()
+
+
+class ImageProbe:
+    """:class:`~kernel_provider.model.plan.HostFacts` backed by the real files."""
+
+    def overlay_env(self, overlay: Overlay) -> OverlayEnv:
+        """The overlay's variables as a container gets them; skipped lines are logged."""
+        embedded = OverlayEnv()
+        if overlay.kind == "sqf":
+            inner = f"cnt/{overlay.name}/{BUILD_SCRIPT_NAME}"
+            embedded = parse_build_script(_sqf_cat(_identity(overlay.path), inner), overlay.app_root, f"{overlay.path}:{inner}")
+        env = embedded.shadowed_by(read_sidecar(overlay))
+        for warning in env.warnings:
+            log.warning("CondaTainer overlay %s: %s", overlay.name, warning)
+        return env
+
+    def has_bin(self, overlay: Overlay) -> bool:
+        inner = f"cnt/{overlay.name}/bin"
+        listing = _sqf_listing(_identity(overlay.path), inner)
+        # When the archive cannot be listed, keep the PATH entry: a missing dir is harmless.
+        return listing is None or any(path == "/" + inner or path.startswith(f"/{inner}/") for path in listing)
+
+    def image_owner(self, overlay: Overlay) -> int | None:
+        return _upper_owner(_identity(overlay.path)) if overlay.kind == "img" else None
+
+    def device_exists(self, path: str) -> bool:
+        return os.path.exists(path)

@@ -1,0 +1,110 @@
+"""Which Python a stack's PATH gives, and whether it has ipykernel: probed once per stack.
+
+The answer is cached on disk, keyed by the images' identities (path, size, mtime) and PATH, so
+only the first start of a stack pays for the probe; an install into the env changes its ``.img``
+and so the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kernel_provider.host.process import InstanceError, apptainer_message, run
+from kernel_provider.host.runtime import write_private
+from kernel_provider.model import command
+from kernel_provider.model.plan import ContainerPlan
+
+PROBE_TIMEOUT = 120.0
+PROBE_CACHE_SIZE = 200
+PROBE_SCRIPT = (
+    "import importlib.util, json, platform, sys; print(json.dumps({'executable': sys.executable, "
+    "'version': list(sys.version_info[:2]), 'glibc': platform.libc_ver()[1], "
+    "'ipykernel': importlib.util.find_spec('ipykernel') is not None}))"
+)
+
+
+class NoPythonError(InstanceError):
+    """The stack has no ``python`` on its PATH."""
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    executable: str
+    version: tuple[int, int]
+    has_ipykernel: bool
+    glibc: str = ""
+
+
+def cache_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "jupyter-condatainer" / "python-probes.json"
+
+
+def cache_key(plan: ContainerPlan) -> str:
+    identities = []
+    for image in (plan.base_image, *plan.overlays):
+        try:
+            st = os.stat(image.path)
+            identities.append([image.path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            identities.append([image.path])
+    return hashlib.sha256(json.dumps([identities, plan.env_dict.get("PATH", "")]).encode()).hexdigest()[:16]
+
+
+def read_cache() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def remember(key: str, entry: dict) -> None:
+    """Add one probe result, read-modify-write under a lock, replacing the file atomically.
+
+    Kernel starts of one server (each in a worker thread) and of other servers of this
+    user update the file at once; without the lock one's entry overwrites another's.
+    The lock blocks, so call this off the event loop.
+    """
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = read_cache()
+        cache.pop(key, None)  # newest last: the size cap drops the oldest
+        cache[key] = entry
+        write_private(path, json.dumps(dict(list(cache.items())[-PROBE_CACHE_SIZE:])))
+
+
+def no_python_message(overlays: str) -> str:
+    return (
+        f"no `python` on the container PATH of this stack ({overlays or 'base image only'}). Add a "
+        "Python overlay (e.g. python/3.11) or an env .img with python to the kernel's overlays."
+    )
+
+
+async def probe_python(apptainer: str, instance_name: str, env_file: str, plan: ContainerPlan) -> PythonInfo:
+    """Probe (or recall) the Python of a running instance of ``plan``."""
+    key = cache_key(plan)
+    cached = read_cache().get(key)
+    if cached:
+        return PythonInfo(**{**cached, "version": tuple(cached["version"])})
+    argv = command.instance_exec_argv(apptainer, instance_name, env_file, ["python", "-c", PROBE_SCRIPT])
+    result = await run(argv, PROBE_TIMEOUT)
+    if result.returncode != 0:
+        if "not found" in result.stderr:
+            raise NoPythonError(no_python_message(", ".join(o.name for o in plan.overlays)))
+        raise InstanceError(f"probing python in {instance_name} failed:\n{apptainer_message(result.stderr)}")
+    python = parse_probe(result.stdout)
+    await asyncio.to_thread(remember, key, asdict(python))
+    return python
+
+
+def parse_probe(stdout: str) -> PythonInfo:
+    info = json.loads(stdout.strip().splitlines()[-1])
+    return PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"], info["glibc"])

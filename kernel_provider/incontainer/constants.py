@@ -1,0 +1,6 @@
+"""Paths inside the container, defined once for the host (which binds them) and the container side."""
+
+ENV_PREFIX = "/ext3/env"  # CondaTainer's conda env in a writable .img overlay
+LIB_DIR = "/opt/jupyter-condatainer/lib"  # this package is bound read-only at LIB_DIR/kernel_provider
+SUPPLY_DIR = "/opt/jupyter-condatainer/ipykernel"  # host-built ipykernel, one cp3XY directory per Python
+LAUNCHER = f"{LIB_DIR}/kernel_provider/incontainer/launch.py"

@@ -1,0 +1,422 @@
+"""``%condatainer``: manage the running kernel's CondaTainer env from a notebook.
+
+Runs inside the container with only the standard library and IPython. Package changes
+call CondaTainer's own wrappers (``mm-install -y`` …) right here in the kernel's
+instance, where the env's ``.img`` is mounted writable, holding the same per-env lock
+as the server's REST API so the two never change one env at once. New packages import
+at once; a package that was already imported and changed needs a kernel restart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import signal
+import site
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from . import history, proctree
+from .constants import ENV_PREFIX
+from .envlock import EnvBusyError, EnvLock
+
+# How an interrupted command is stopped: SIGINT first (what Ctrl-C in a terminal sends), then
+# harder signals when it has not ended within the seconds given; interrupting again skips ahead.
+STOP_STEPS = ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
+STOP_POLL_INTERVAL = 0.1
+USAGE = """Manage the packages of this kernel's CondaTainer env.
+
+  %condatainer info                     base image, overlays, writable env, instance, notes
+  %condatainer list [PATTERN]           packages in the env (name, version, build, channel)
+  %condatainer install SPEC… [-c CH] [--dry-run]
+  %condatainer update SPEC…  [-c CH] [--dry-run]
+  %condatainer remove SPEC…  [--dry-run]
+  %condatainer overlays                 images available in the image directories
+  %condatainer history [--json]         the env's revisions: when, who, what, packages changed
+  %condatainer export [yml|lock] [--revision N] [-o FILE]
+                                        environment.yml (asked-for specs + channels) or an
+                                        @EXPLICIT lock (every package URL + md5) of a revision
+  %condatainer create NAME [SPEC…] [-c CH] [--size MB] [--no-kernel]
+                                        a new env NAME.img (through the Jupyter server) and
+                                        its kernel 'CondaTainer: NAME (env)'
+
+Examples:
+  %condatainer install numpy
+  %condatainer install "libdemo>=2" -c file:///data/channel
+  %condatainer list demo
+"""
+
+
+class CondaTainerError(RuntimeError):
+    """A package operation failed; the message is the tool's own."""
+
+
+class CommandInterrupted(KeyboardInterrupt):
+    """The cell was interrupted while a command ran; the command has been stopped (``ended``)
+    or, if it outlived even SIGKILL, is still there (``ended`` false)."""
+
+    def __init__(self, ended: bool):
+        super().__init__()
+        self.ended = ended
+
+
+def _info() -> dict:
+    path = os.environ.get("CONDATAINER_INFO", "")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _conda_meta() -> dict[str, dict]:
+    """Package name → its whole record (with ``files``: what a restart note needs)."""
+    return {record["name"]: record for record in history.read_package_records(os.path.join(ENV_PREFIX, "conda-meta"))}
+
+
+def _versions(records: dict[str, dict]) -> dict[str, str]:
+    return {name: str(record.get("version", "")) for name, record in records.items()}
+
+
+def _top_level_modules(record: dict) -> set[str]:
+    """Importable top-level names a conda package installs into site-packages."""
+    found = set()
+    for path in record.get("files", []):
+        parts = path.split("/")
+        if "site-packages" in parts:
+            index = parts.index("site-packages")
+            if index + 1 < len(parts):
+                found.add(parts[index + 1].split(".")[0])
+    return {name for name in found if name.isidentifier()}
+
+
+def _refresh_import_paths() -> None:
+    """Make freshly installed packages importable without a restart."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    site_dir = os.path.join(ENV_PREFIX, "lib", version, "site-packages")
+    if os.path.isdir(site_dir) and site_dir not in sys.path:
+        site.addsitedir(site_dir)
+    importlib.invalidate_caches()
+
+
+@contextmanager
+def _env_lock(path: str | None):
+    """Wait for (and hold) the env's lock shared with the server's operations."""
+    if not path:
+        yield
+        return
+    lock = EnvLock(path)
+    try:
+        lock.acquire()
+    except EnvBusyError:
+        print("waiting for another operation on this env to finish…", flush=True)
+        lock.acquire(blocking=True)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _interrupted_message(verb: str, ended: bool) -> str:
+    if not ended:
+        return (
+            f"%condatainer {verb} was interrupted, but mm-{verb} did not end even after SIGKILL and may "
+            "still change the env; once it has ended, check the env with %condatainer list."
+        )
+    return (
+        f"%condatainer {verb} was interrupted and mm-{verb} was stopped. The env is as mm-{verb} leaves it "
+        "when interrupted; check it with %condatainer list (and %condatainer history)."
+    )
+
+
+def _no_writable_env_message(info: dict) -> str:
+    return (
+        "This kernel has no writable CondaTainer env, so packages cannot be installed here.\n"
+        "Create one in the CondaTainer panel (tick 'register as kernel'), or from a terminal:\n"
+        "  jupyter condatainer kernelspecs add myenv --overlay python/3.11 --env /path/to/myenv.img\n"
+        "then start the kernel 'CondaTainer: myenv'."
+        + (f"\n(this kernel's overlays: {', '.join(o['name'] for o in info.get('overlays', []))})" if info else "")
+    )
+
+
+def _recorded(cmd: list[str], request: str) -> list[str]:
+    """The command wrapped so its revision records who asked for what (``kernel_provider.incontainer.history``)."""
+
+    try:
+        import pwd
+
+        user = os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        user = str(os.getuid())
+    return history.recorded(cmd, request, user, "%condatainer")
+
+
+class CommandTree:
+    """A command and every process it started, remembered as they are found in ``/proc``.
+
+    The command stays in the kernel's process group (so a kernel that is killed takes it
+    along); stopping it alone means signalling its tree, and children must still be found
+    after their parent (the ``sh`` wrapper) has exited.
+    """
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.pids = {process.pid}
+
+    def running(self) -> set[int]:
+        self.process.poll()  # reap the command once it has exited
+        live = {pid for pid in self.pids if proctree.is_running(pid)}
+        self.pids = live | set(proctree.descendants(*live))
+        return self.pids
+
+    def signal(self, signum: int) -> None:
+        for pid in self.running():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> bool:
+        """Whether all ended within ``timeout`` s; False at once if the cell is interrupted again."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.running():
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(STOP_POLL_INTERVAL)
+        except KeyboardInterrupt:
+            return False
+        return True
+
+
+def stop_command(process: subprocess.Popen) -> bool:
+    """Stop a command and everything it started, and reap it; True once none is left.
+
+    The lock a command runs under may only be released after this: an ``mm-*`` still
+    running would change the env while another operation does. SIGINT comes first, so
+    ``mm-*`` ends the way it does on Ctrl-C in a terminal.
+    """
+    tree = CommandTree(process)
+    for signum, grace in STOP_STEPS:
+        tree.signal(signum)
+        if tree.wait(grace):
+            return True
+    return False
+
+
+def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
+    """Run a command, printing its output into the cell as it comes; an interrupt of the
+    cell stops the command (:func:`stop_command`) before it raises :class:`CommandInterrupted`."""
+
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            print(line, end="", flush=True)
+        return process.wait(), lines
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: stopping {history.command_label(argv)} (interrupt again to stop it harder)…", flush=True)
+        raise CommandInterrupted(stop_command(process)) from None
+    finally:
+        process.stdout.close()
+
+
+@magics_class
+class CondaTainerMagics(Magics):
+    @line_magic
+    def condatainer(self, line: str) -> None:
+        args = shlex.split(line)
+        if not args or args[0] in ("-h", "--help", "help"):
+            print(USAGE)
+            return
+        verb, rest = args[0], args[1:]
+        handler = {
+            "info": self._info,
+            "list": self._list,
+            "install": self._change,
+            "update": self._change,
+            "remove": self._change,
+            "overlays": self._overlays,
+            "create": self._create,
+            "history": self._history,
+            "export": self._export,
+        }.get(verb)
+        if handler is None:
+            raise CondaTainerError(f"unknown subcommand {verb!r}\n\n{USAGE}")
+        handler(verb, rest)
+
+    condatainer.__doc__ = USAGE
+
+    def _info(self, verb: str, args: list[str]) -> None:
+        info = _info()
+        if not info:
+            print("This kernel is not running in a CondaTainer instance (no CONDATAINER_INFO).")
+            return
+        print(f"instance:   {info['instance']}{' (shared)' if info.get('shared') else ''}")
+        print(f"apptainer:  {info.get('apptainer_version', '?')}")
+        print(f"base image: {info['base_image']}")
+        print("overlays (in mount order):")
+        for overlay in info.get("overlays", []):
+            print(f"  {overlay['name']:<24} {overlay['mount']}")
+            notes = info.get("notes", {}).get(overlay["name"], {})
+            if notes.get("whatis"):
+                print(f"      {notes['whatis']}")
+            for key, note in notes.get("notes", {}).items():
+                print(f"      {key}: {note}")
+        env = info.get("writable_env")
+        print(f"writable env: {env + ' at ' + ENV_PREFIX if env else 'none (read-only stack)'}")
+
+    def _list(self, verb: str, args: list[str]) -> None:
+        pattern = args[0].lower() if args else ""
+        records = [r for name, r in sorted(_conda_meta().items()) if pattern in name.lower()]
+        if not records:
+            print("no packages" + (f" matching {pattern!r}" if pattern else f" in {ENV_PREFIX}"))
+            return
+        print(f"{'name':<28} {'version':<14} {'build':<20} channel")
+        for record in records:
+            channel = history.short_channel(record.get("channel", ""))
+            print(f"{record.get('name', ''):<28} {record.get('version', ''):<14} {record.get('build', ''):<20} {channel}")
+
+    def _change(self, verb: str, args: list[str]) -> None:
+        info = _info()
+        if not os.environ.get("CNT_CONDA_PREFIX"):
+            raise CondaTainerError(_no_writable_env_message(info))
+        specs = [a for a in args if not a.startswith("-")]
+        if not specs and "--help" not in args:
+            raise CondaTainerError(f"%condatainer {verb} needs at least one package spec")
+        before = _conda_meta()
+        try:
+            with _env_lock(info.get("env_lock")):
+                returncode, lines = run_streaming(_recorded([f"mm-{verb}", "-y", *args], f"{verb} {' '.join(specs)}"))
+        except CommandInterrupted as interrupt:
+            raise CondaTainerError(_interrupted_message(verb, interrupt.ended)) from None
+        if returncode != 0:
+            tail = "\n".join(lines[-10:])
+            raise CondaTainerError(f"mm-{verb} failed (exit {returncode}); the env is unchanged:\n{tail}")
+        _refresh_import_paths()
+        self._restart_note(before, _conda_meta())
+
+    @staticmethod
+    def _restart_note(before: dict[str, dict], after: dict[str, dict]) -> None:
+
+        python = history.python_gained_note(_versions(before), _versions(after))
+        if python:
+            print(f"Note: {python}.")
+        changed = [
+            name for name, record in before.items()
+            if name not in after or after[name].get("version") != record.get("version")
+            or after[name].get("build") != record.get("build")
+        ]
+        stale = sorted(
+            module for name in changed for module in _top_level_modules(before[name]) if module in sys.modules
+        )
+        if stale:
+            print(f"Note: {', '.join(stale)} changed while imported; restart the kernel to use the new version.")
+
+    def _create(self, verb: str, args: list[str]) -> None:
+        """A new env: only the host can make an image, so the server that runs this kernel does it."""
+        import argparse
+
+        from . import server_link
+
+        parser = argparse.ArgumentParser(prog="%condatainer create", add_help=False)
+        parser.add_argument("name")
+        parser.add_argument("specs", nargs="*")
+        parser.add_argument("-c", "--channel", action="append", default=[])
+        parser.add_argument("--size", type=int, default=1024)
+        parser.add_argument("--no-kernel", action="store_true")
+        try:
+            options = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as err:
+            raise CondaTainerError(f"{err}\n\n{USAGE}") from None
+        from ipykernel.connect import get_connection_file
+
+        body = {
+            "name": options.name, "packages": options.specs, "channels": options.channel,
+            "size_mb": options.size, "register_kernel": not options.no_kernel,
+        }
+        try:
+            server = server_link.find_server(server_link.runtime_dirs(get_connection_file()), os.environ.get("JPY_PARENT_PID"))
+            job = server_link.run_job(server, "POST", "condatainer/api/overlays", body, lambda line: print(line, flush=True))
+        except server_link.ServerLinkError as err:
+            raise CondaTainerError(str(err)) from None
+        if job["state"] != "succeeded":
+            raise CondaTainerError(f"creating {options.name} {job['state']}: {job.get('error') or job.get('message')}")
+        print(job.get("message") or f"created {options.name}")
+        if not options.no_kernel:
+            print(f"Switch to the kernel 'CondaTainer: {options.name} (env)' (Kernel → Change Kernel) to use it.")
+
+    def _meta(self):
+
+        if not os.path.isdir(os.path.join(ENV_PREFIX, "conda-meta")):
+            raise CondaTainerError(f"no conda env at {ENV_PREFIX} in this kernel's stack\n\n" + _no_writable_env_message(_info()))
+        return history.load_env_meta(ENV_PREFIX)
+
+    def _history(self, verb: str, args: list[str]) -> None:
+
+        revisions = self._meta().revisions()
+        if "--json" in args:
+            print(json.dumps([r.to_json() for r in revisions], indent=1))
+            return
+        print(history.format_history(revisions))
+
+    def _export(self, verb: str, args: list[str]) -> None:
+        import argparse
+
+
+        parser = argparse.ArgumentParser(prog="%condatainer export", add_help=False)
+        parser.add_argument("format", nargs="?", default="yml", choices=["yml", "lock"])
+        parser.add_argument("--revision", "-r", type=int)
+        parser.add_argument("-o", "--output")
+        try:
+            options = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as err:
+            raise CondaTainerError(f"usage: %condatainer export [yml|lock] [--revision N] [-o FILE] ({err})") from None
+        meta = self._meta()
+        info = _info()
+        name = os.path.basename(info.get("writable_env") or "env").rsplit(".", 1)[0].replace("--", "/")
+        try:
+            revision = history.select(meta.revisions(), options.revision)
+            if options.format == "lock":
+                text = history.render_explicit(name, revision, meta)
+            else:
+                text = history.render_environment_yml(name, revision, meta.channels, history.channel_alias(os.environ))
+        except history.HistoryError as err:
+            raise CondaTainerError(str(err)) from None
+        if options.output:
+            with open(options.output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            print(f"wrote {options.output} (revision {revision.number})")
+        else:
+            print(text, end="")
+
+    def _overlays(self, verb: str, args: list[str]) -> None:
+        info = _info()
+        dirs = info.get("image_dirs", [])
+        print("Images in the CondaTainer image directories:")
+        for directory in dirs:
+            try:
+                entries = sorted(os.listdir(directory))
+            except OSError:
+                continue
+            images = [e for e in entries if e.endswith((".sif", ".sqf", ".img"))]
+            if images:
+                print(f"  {directory}")
+                for entry in images:
+                    print(f"    {entry.rsplit('.', 1)[0].replace('--', '/'):<32} {entry}")
+        print(
+            "\nA kernel runs one fixed stack. To use other overlays, pick another 'CondaTainer: …' kernel, or add one:\n"
+            "  jupyter condatainer kernelspecs add NAME --overlay python/3.11 --overlay OTHER [--env my.img]"
+        )
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(CondaTainerMagics)

@@ -1,0 +1,219 @@
+"""Kernelspecs for CondaTainer stacks: discovery (pure) and syncing to disk (separate).
+
+The server's ``POST /api/kernels`` carries only a kernelspec name, so every stack a
+user can pick is a kernelspec of its own: one per Python overlay (``python/3.11`` →
+``condatainer-python-3.11``, "CondaTainer: python/3.11") and one per stack a user
+registered (``jupyter condatainer kernelspecs add``). Specs we write carry
+``metadata.condatainer.managed_by`` so a sync only ever touches its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_core.paths import jupyter_data_dir
+
+from kernel_provider.model.overlays import Catalog, OverlayError, resolve
+
+MANAGED_BY = "jupyter-condatainer"
+PROVISIONER = "condatainer-provisioner"
+PYTHON_PACKAGES = ("python",)
+KERNEL_ARGV = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def kernel_name(label: str) -> str:
+    """``python/3.11`` → ``condatainer-python-3.11`` (lowercase, ``[a-z0-9._-]``)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.")
+    return f"condatainer-{slug}"
+
+
+def installed_kernel_names() -> set[str]:
+    """Every kernelspec name Jupyter sees, in any kernels directory, lowercased as Jupyter compares
+    them: a new kernelspec of one of these names would replace or hide that kernel."""
+    return set(KernelSpecManager().find_kernel_specs())
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """A kernel's stack as it will be written into ``kernel.json``."""
+
+    label: str
+    overlays: tuple[str, ...]
+    base_image: str = ""
+    writable: bool = False
+    share_instance: bool = False
+    origin: str = "auto"  # "auto": from the image directories; "custom": added by a user
+    extra_config: dict = field(default_factory=dict)
+
+    @property
+    def slurm(self) -> bool:
+        """Does the kernel run in a SLURM job (provisioner option ``launcher``)?"""
+        return self.extra_config.get("launcher") == "slurm"
+
+    @property
+    def name(self) -> str:
+        # A SLURM kernel of a stack never replaces the local one of the same label.
+        return kernel_name(self.label) + ("-slurm" if self.slurm else "")
+
+    @property
+    def display_name(self) -> str:
+        return f"CondaTainer: {self.label}" + (" (SLURM)" if self.slurm else "")
+
+    def provisioner_config(self) -> dict:
+        config = {"overlays": list(self.overlays), **self.extra_config}
+        if self.base_image:
+            config["base_image"] = self.base_image
+        if self.writable:
+            config["writable"] = True
+        if self.share_instance:
+            config["share_instance"] = True
+        return config
+
+    def to_kernel_json(self) -> dict:
+        return {
+            "argv": KERNEL_ARGV,
+            "display_name": self.display_name,
+            "language": "python",
+            "interrupt_mode": "message",
+            "metadata": {
+                "kernel_provisioner": {"provisioner_name": PROVISIONER, "config": self.provisioner_config()},
+                "condatainer": {
+                    "managed_by": MANAGED_BY,
+                    "origin": self.origin,
+                    "label": self.label,
+                    "overlays": list(self.overlays),
+                    "base_image": self.base_image,
+                    "writable": self.writable,
+                    **({"launcher": "slurm"} if self.slurm else {}),
+                },
+            },
+        }
+
+    @classmethod
+    def from_kernel_json(cls, data: dict) -> StackSpec | None:
+        meta = data.get("metadata", {}).get("condatainer", {})
+        if meta.get("managed_by") != MANAGED_BY:
+            return None
+        config = dict(data["metadata"]["kernel_provisioner"].get("config", {}))
+        known = {"overlays", "base_image", "writable", "share_instance"}
+        return cls(
+            label=meta.get("label", ""),
+            overlays=tuple(config.get("overlays", [])),
+            base_image=config.get("base_image", ""),
+            writable=bool(config.get("writable", False)),
+            share_instance=bool(config.get("share_instance", False)),
+            origin=meta.get("origin", "auto"),
+            extra_config={k: v for k, v in config.items() if k not in known},
+        )
+
+
+def discover(catalog: Catalog) -> list[StackSpec]:
+    """One kernel per Python overlay in the image directories (newest first per package)."""
+    specs = []
+    for package in PYTHON_PACKAGES:
+        for overlay in reversed(catalog.versions_of(package)):
+            if overlay.kind == "sqf":
+                specs.append(StackSpec(label=overlay.name, overlays=(overlay.name,)))
+    return specs
+
+
+def is_usable(spec: StackSpec, catalog: Catalog) -> bool:
+    """Do the spec's overlays and base image still exist?"""
+    try:
+        for overlay in spec.overlays:
+            resolve(overlay, catalog)
+    except OverlayError:
+        return False
+    return bool(spec.base_image and os.path.isfile(spec.base_image)) or catalog.base_image() is not None
+
+
+class KernelspecStore:
+    """Our kernelspecs in one Jupyter kernels directory (default: the user's)."""
+
+    def __init__(self, kernels_dir: str | os.PathLike | None = None):
+        self.kernels_dir = Path(kernels_dir or Path(jupyter_data_dir()) / "kernels")
+
+    def read_all(self) -> dict[str, StackSpec]:
+        found = {}
+        if not self.kernels_dir.is_dir():
+            return found
+        for path in sorted(self.kernels_dir.glob("*/kernel.json")):
+            try:
+                spec = StackSpec.from_kernel_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if spec is not None:
+                found[path.parent.name] = spec
+        return found
+
+    def write(self, spec: StackSpec) -> Path:
+        directory = self.kernels_dir / spec.name
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / ".kernel.json.tmp"
+        tmp.write_text(json.dumps(spec.to_kernel_json(), indent=1) + "\n")
+        os.replace(tmp, directory / "kernel.json")
+        return directory
+
+    def remove(self, name: str) -> None:
+        """Remove a kernelspec directory, but only one of ours."""
+        if name in self.read_all():
+            shutil.rmtree(self.kernels_dir / name, ignore_errors=True)
+
+    def sync(self, catalog: Catalog, wanted: Iterable[StackSpec] | None = None) -> SyncResult:
+        """Write the discovered specs, keep usable custom ones, remove our stale ones."""
+        wanted = list(discover(catalog) if wanted is None else wanted)
+        existing = self.read_all()
+        result = SyncResult()
+        for spec in wanted:
+            if existing.get(spec.name) != spec:
+                self.write(spec)
+                result.written.append(spec.name)
+            else:
+                result.unchanged.append(spec.name)
+        wanted_names = {spec.name for spec in wanted}
+        for name, spec in existing.items():
+            if name in wanted_names:
+                continue
+            if spec.origin == "custom" and is_usable(spec, catalog):
+                result.unchanged.append(name)
+                continue
+            self.remove(name)
+            result.removed.append(name)
+        return result
+
+
+@dataclass
+class SyncResult:
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def custom_spec(
+    overlays: Sequence[str],
+    label: str = "",
+    base_image: str = "",
+    writable: bool = False,
+    share: bool = False,
+    extra_config: dict | None = None,
+) -> StackSpec:
+    """A user-defined stack (``kernelspecs add``); the label defaults to the overlays.
+
+    ``extra_config``: more provisioner options, e.g. ``{"launcher": "slurm", "slurm_args": [...]}``.
+    """
+    return StackSpec(
+        label=label or " + ".join(overlays),
+        overlays=tuple(overlays),
+        base_image=base_image,
+        writable=writable,
+        share_instance=share,
+        origin="custom",
+        extra_config=dict(extra_config or {}),
+    )

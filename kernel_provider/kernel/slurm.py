@@ -1,0 +1,734 @@
+"""Kernels on SLURM compute nodes: a batch job holds the allocation and the instance.
+
+Why it is built this way:
+
+- **The job owns the instance.** A job step's processes die when the step ends, so the
+  Apptainer instance is started by the *batch script*, which then sleeps until the job
+  is cancelled (and stops the instance on SIGTERM). The kernel is a job step in that
+  allocation (``srun --jobid=J --overlap``, 0.04 s), so a restart is a new step in the
+  same job, not a new wait in the queue.
+- **tcp on the node's address.** ipc sockets do not cross nodes. The ports must be free
+  on the *node*, so the first kernel gets a connection file with ports 0 and ipykernel
+  writes the ports it bound back into it; that file, the job's output and status files
+  live in the Jupyter runtime directory, which the login and compute nodes must share
+  (it is under ``$HOME`` by default).
+- **Signals.** SIGINT to ``srun`` is not forwarded (it prints the step's status), so
+  kernels are interrupted by message; TERM/KILL go to the kernel's step via
+  ``scancel --signal``.
+- **Orphans.** A SIGKILLed server leaves its jobs running. Every job is named
+  ``jcts-…`` and has a state file (``kernel_provider.host.state``, with the job id and the
+  owning server), so the next server start cancels exactly the jobs whose server is
+  gone. The prefix differs from local instances' ``jct-`` on purpose: a server's local
+  sweep must never stop an instance that a job runs on its host (single-node clusters).
+
+Pure functions build every argv (tested as such); :class:`SlurmAllocation` runs them
+with asyncio subprocesses; :class:`SlurmKernel` is the provisioner's SLURM half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo, port_names
+from jupyter_client.localinterfaces import is_local_ip
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from jupyter_core.paths import jupyter_runtime_dir
+
+from kernel_provider.host import instanceinfo, supply
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.instances import Instance, InstanceManager, stack_key
+from kernel_provider.host.locks import SharedLocks
+from kernel_provider.host.process import (
+    InstanceError,
+    apptainer_env,
+    apptainer_message,
+    run,
+)
+from kernel_provider.host.python import (
+    PROBE_SCRIPT,
+    NoPythonError,
+    PythonInfo,
+    no_python_message,
+    parse_probe,
+)
+from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.host.state import InstanceRecord, Owner, StateStore
+from kernel_provider.model import command
+from kernel_provider.model.plan import ContainerPlan
+
+JOB_PREFIX = "jcts-"
+POLL_INTERVAL = 0.2
+COMMAND_TIMEOUT = 60.0
+STEP_TIMEOUT = 120.0
+RELEASE_TIMEOUT = 30.0
+DEFAULT_LAUNCH_TIMEOUT = 300.0
+LAUNCH_TIMEOUT_VARIABLE = "KERNEL_LAUNCH_TIMEOUT"  # the gateway clients' convention
+CONNECT_TO_NODE = "node"
+
+# Pending reasons that no amount of waiting resolves: fail at once with the reason.
+HOPELESS_REASONS = frozenset(
+    {
+        "PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints",
+        "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "DependencyNeverSatisfied",
+    }
+)
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "RESIZING", "REQUEUED"})
+# sbatch options we set ourselves; a kernelspec must not change them.
+RESERVED_OPTIONS = ("--job-name", "-J", "--output", "-o", "--error", "-e", "--parsable", "--wrap", "--array", "-a")
+# Client variables kept from the server's environment; other SLURM_* come from a job
+# the server itself may run in, and would leak into our sbatch/srun as options.
+KEPT_SLURM_VARIABLES = ("SLURM_CONF", "SLURM_CLUSTERS")
+# What a step forwards into the container (``--cleanenv`` drops the rest): the job's
+# SLURM_* and the GPUs SLURM gave it, as Apptainer's APPTAINERENV_ variables.
+FORWARD_PATTERN = "SLURM_[A-Za-z0-9_]+|CUDA_VISIBLE_DEVICES|ROCR_VISIBLE_DEVICES|HIP_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL"
+FORWARD_SCRIPT = (
+    f"for name in $(env | grep -oE '^({FORWARD_PATTERN})=' | tr -d =); do "
+    'export "APPTAINERENV_$name=$(printenv "$name")"; done; exec "$@"'
+)
+NO_PROXY = "localhost,127.0.0.1"
+
+log = logging.getLogger(__name__)
+
+
+class SlurmError(InstanceError):
+    """A kernel's job could not be submitted, did not start, or its step failed."""
+
+
+# --- pure argv builders -------------------------------------------------------------
+
+
+def check_sbatch_args(args: Sequence[str]) -> list[str]:
+    """The kernelspec's sbatch options, refusing the ones that identify our job."""
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        if not arg.startswith("-"):
+            raise SlurmError(f"slurm_args must be sbatch options like '--partition=debug', not {arg!r}")
+        if option in RESERVED_OPTIONS:
+            raise SlurmError(f"slurm_args may not set {option}: jupyter-condatainer names the job and its output itself")
+    return list(args)
+
+
+def sbatch_argv(name: str, script: str, output: str, slurm_args: Sequence[str]) -> list[str]:
+    """Submit the holding job. One node and one task unless the kernelspec says otherwise."""
+    return [
+        "sbatch", "--parsable", f"--job-name={name}", f"--output={output}", "--nodes=1", "--ntasks=1",
+        *check_sbatch_args(slurm_args), script,
+    ]
+
+
+def job_state_argv(job_id: str) -> list[str]:
+    """One job's state, partition, pending reason and node, ``|``-separated."""
+    return ["squeue", "-h", "-j", job_id, "-o", "%T|%P|%r|%N"]
+
+
+def my_jobs_argv() -> list[str]:
+    """All of this user's jobs (the orphan sweep filters them by our name prefix)."""
+    return ["squeue", "--me", "-h", "-o", "%i|%j|%T"]
+
+
+def steps_argv(job_id: str) -> list[str]:
+    return ["squeue", "-h", "-s", "-j", job_id, "-o", "%i|%j"]
+
+
+def node_address_argv(node: str) -> list[str]:
+    """The address SLURM itself reaches the node at (``NodeAddr``)."""
+    return ["sinfo", "-h", "-N", "-n", node, "-o", "%o"]
+
+
+def step_argv(job_id: str, node: str, step_name: str, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` as a step of the job on its instance's node, with SLURM's variables
+    forwarded into the container (see :data:`FORWARD_SCRIPT`)."""
+    return [
+        "srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
+        f"--job-name={step_name}", "/bin/sh", "-c", FORWARD_SCRIPT, "jct-step", *argv,
+    ]
+
+
+def scancel_argv(target: str, signal_name: str = "", batch: bool = False) -> list[str]:
+    """Cancel a job or step, or only signal it (``batch``: just the batch script)."""
+    return ["scancel", *(["--batch"] if batch else []), *([f"--signal={signal_name}"] if signal_name else []), target]
+
+
+def proxy_finder_script() -> str:
+    """Bash that prints ``host:port`` of CondaTainer's proxy when one answers.
+
+    As CondaTainer's ``internal/proxy``: the per-job PID file in its tmp dir first, then
+    the shared one in its data dir (JSON ``{"host", "via", "port", "pid"}``), used only
+    when a TCP connect to it succeeds within a second.
+    """
+    return r"""find_proxy() {
+    local file host port
+    for file in "${CNT_TMPDIR:-${SLURM_TMPDIR:-${TMPDIR:-/tmp}}}/cnt-${USER:-condatainer}/proxy.pid" \
+                "${XDG_DATA_HOME:-$HOME/.local/share}/condatainer/proxy.pid"; do
+        [ -r "$file" ] || continue
+        host=$(sed -n 's/.*"host"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
+        port=$(sed -n 's/.*"port"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$file")
+        [ -n "$host" ] && [ -n "$port" ] || continue
+        if timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null; then
+            echo "$host:$port"
+            return
+        fi
+    done
+}"""
+
+
+def job_script(start_argv: Sequence[str], stop_argv: Sequence[str], status_file: str) -> str:
+    """The batch script: start the instance, report, hold the allocation until cancelled.
+
+    The status file (``key=value`` lines, replaced atomically) tells the server that the
+    instance is up and which proxy the node sees. A SIGTERM (``scancel``) stops the
+    instance before the job ends: with ``proctrack/linuxproc`` its daemonised processes
+    would otherwise outlive the job.
+    """
+    return f"""#!/bin/bash
+# jupyter-condatainer: holds a kernel's allocation and its Apptainer instance.
+status={shlex.quote(status_file)}
+report() {{ printf '%s\\n' "$@" >"$status.tmp" && mv -f "$status.tmp" "$status"; }}
+stop_instance() {{ {shlex.join(stop_argv)} >/dev/null 2>&1; exit 0; }}
+trap stop_instance TERM INT HUP
+{proxy_finder_script()}
+if ! {shlex.join(start_argv)}; then
+    report state=failed
+    exit 1
+fi
+report state=ready "host=$(hostname)" "proxy=$(find_proxy)"
+while :; do sleep 3600 & wait $!; done
+"""
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """The batch script's status file as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def proxy_env(address: str) -> list[tuple[str, str]]:
+    """CondaTainer's ``ProxyEnvList``: one port speaks HTTP CONNECT and SOCKS5."""
+    if not address:
+        return []
+    http, socks = f"http://{address}", f"socks5://{address}"
+    return [
+        ("http_proxy", http), ("https_proxy", http), ("HTTP_PROXY", http), ("HTTPS_PROXY", http),
+        ("all_proxy", socks), ("ALL_PROXY", socks), ("no_proxy", NO_PROXY), ("NO_PROXY", NO_PROXY),
+    ]
+
+
+def slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment for sbatch/srun/squeue/scancel (and so for the job): the server's,
+    without the SLURM_* of a job the server may itself run in."""
+    return {
+        key: value for key, value in environ.items()
+        if not key.startswith("SLURM_") or key in KEPT_SLURM_VARIABLES
+    }
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str
+    partition: str
+    reason: str
+    node: str
+
+
+def parse_job_state(stdout: str) -> JobState | None:
+    """``squeue -o %T|%P|%r|%N`` output; None when the job is not in the queue."""
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            return JobState(*parts)
+    return None
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: str
+    name: str
+    state: str
+
+
+def parse_jobs(stdout: str) -> list[QueuedJob]:
+    jobs = []
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            jobs.append(QueuedJob(*parts))
+    return jobs
+
+
+def orphan_jobs(jobs: Iterable[QueuedJob], records: Mapping[str, InstanceRecord]) -> list[QueuedJob]:
+    """Our jobs (by name prefix) whose owning server is gone, or that have no state file.
+
+    A job's state file is written before it is submitted, so a job of ours without one
+    was left by an interrupted start or stop. Other names are never ours to cancel.
+    """
+    orphans = []
+    for job in jobs:
+        if not job.name.startswith(JOB_PREFIX):
+            continue
+        record = records.get(job.name)
+        if record is None or not record.owner.is_alive():
+            orphans.append(job)
+    return orphans
+
+
+# --- running SLURM commands ------------------------------------------------------------
+
+
+def available() -> bool:
+    """Are SLURM's clients on PATH (a login node of a cluster)?"""
+    return all(shutil.which(name) for name in ("sbatch", "srun", "squeue", "scancel"))
+
+
+async def run_slurm(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT):
+    """Run a SLURM client; a missing one is a :class:`SlurmError` that says so."""
+    if not shutil.which(argv[0]):
+        raise SlurmError(f"{argv[0]} not found: SLURM kernels need SLURM's client commands on PATH")
+    return await run(argv, timeout, env=slurm_env(apptainer_env()))
+
+
+def state_store(config: CondaTainerConfig) -> StateStore:
+    """SLURM kernels' state files: apart from CondaTainer's own ``instance/`` directory,
+    whose files describe instances on *this* host."""
+    return StateStore(Path(config.state_dir) / "jupyter-condatainer" / "slurm")
+
+
+def read_records(store: StateStore) -> dict[str, InstanceRecord]:
+    if not store.directory.is_dir():
+        return {}
+    records = (store.read(path.stem) for path in sorted(store.directory.glob(f"{JOB_PREFIX}*.json")))
+    return {record.name: record for record in records if record is not None}
+
+
+_swept: set[str] = set()
+
+
+async def sweep_orphans_once(store: StateStore, logger: logging.Logger = log) -> None:
+    """The first SLURM kernel of a process cleans up after a crashed server."""
+    key = str(store.directory)
+    if key not in _swept:
+        _swept.add(key)
+        await sweep_orphans(store, logger)
+
+
+async def sweep_orphans(store: StateStore, logger: logging.Logger = log) -> list[str]:
+    """Cancel our jobs whose server is gone; forget state files of jobs that ended.
+
+    Returns the names of the cancelled jobs. Jobs of other names, and ours whose server
+    is alive (on this host or another), are left alone. Without any state file there is
+    nothing of ours to find (each is written before its job is submitted), so SLURM is
+    not even asked: a server start on a machine without SLURM kernels stays quiet.
+    """
+    records = read_records(store)
+    if not records:
+        return []
+    result = await run_slurm(my_jobs_argv())
+    if result.returncode != 0:
+        raise SlurmError(f"squeue failed: {result.stderr.strip()}")
+    jobs = parse_jobs(result.stdout)
+    orphans = orphan_jobs(jobs, records)
+    await asyncio.gather(*(_cancel_orphan(job, store, logger) for job in orphans))
+    queued = {job.name for job in jobs}
+    for name, record in records.items():
+        if name not in queued and not record.owner.is_alive():
+            _forget(store, name)
+    return [job.name for job in orphans]
+
+
+async def _cancel_orphan(job: QueuedJob, store: StateStore, logger: logging.Logger) -> None:
+    logger.info("CondaTainer: cancelling job %s (%s) left by a server that is gone", job.job_id, job.name)
+    await stop_job(job.job_id, graceful=job.state == "RUNNING")
+    _forget(store, job.name)
+
+
+async def job_state(job_id: str) -> JobState | None:
+    """The job's state, or None once it has left the queue."""
+    result = await run_slurm(job_state_argv(job_id))
+    if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        raise SlurmError(f"squeue failed for job {job_id}: {result.stderr.strip()}")
+    return parse_job_state(result.stdout)
+
+
+async def stop_job(job_id: str, graceful: bool) -> None:
+    """End a job and wait until it has left the queue.
+
+    ``graceful``: SIGTERM to the batch script first, which stops the instance and exits;
+    ``scancel`` after that (or at once for a job that never ran) makes sure it is gone.
+    """
+    if graceful:
+        await run_slurm(scancel_argv(job_id, "TERM", batch=True))
+        if await _wait_gone(job_id, RELEASE_TIMEOUT):
+            return
+    await run_slurm(scancel_argv(job_id))
+    await _wait_gone(job_id, RELEASE_TIMEOUT)
+
+
+async def _wait_gone(job_id: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = await job_state(job_id)
+        if state is None or state.state not in ACTIVE_STATES:
+            return True
+        await asyncio.sleep(POLL_INTERVAL)
+    return False
+
+
+def _forget(store: StateStore, name: str) -> None:
+    """Remove a job's state file and the files it kept in the runtime directory."""
+    store.remove(name)
+    for suffix in (".env", ".sbatch", ".status", ".status.tmp", ".out", ".json"):
+        (runtime_dir() / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+# --- one kernel's allocation ---------------------------------------------------------------
+
+
+class SlurmAllocation:
+    """A kernel's batch job: its instance on the node, steps in it, and its end.
+
+    Use :meth:`submit`, then :meth:`wait_ready`; :meth:`release` ends it (also after
+    a failed start). The state file is written before ``sbatch``, so a server killed at
+    any point leaves a job the next server can attribute.
+    """
+
+    def __init__(self, instance: Instance, store: StateStore, apptainer: str, logger: logging.Logger = log):
+        self.instance = instance
+        self.store = store
+        self.apptainer = apptainer
+        self.log = logger
+        self.job_id = ""
+        self.node = ""  # SLURM's node name (for srun --nodelist)
+        self.proxy = ""  # host:port of CondaTainer's proxy as seen from the node
+        self.python: PythonInfo | None = None
+
+    @property
+    def name(self) -> str:
+        return self.instance.name
+
+    def _path(self, suffix: str) -> Path:
+        return runtime_dir() / f"{self.name}{suffix}"
+
+    def save(self) -> None:
+        plan = self.instance.plan
+        self.store.write(
+            InstanceRecord(
+                name=self.name, base_image=plan.base_image.path, overlays=plan.overlay_args,
+                bind_paths=list(plan.binds), env=[f"{k}={v}" for k, v in plan.env], notes=dict(plan.notes),
+                owner=Owner.current(), stack_key=self.instance.key, kernels=sorted(self.instance.kernels),
+                slurm_job=self.job_id,
+            )
+        )
+
+    async def submit(self, slurm_args: Sequence[str]) -> str:
+        """``sbatch`` the holding job; SLURM's refusal becomes the error message."""
+        plan, name = self.instance.plan, self.name
+        start = command.instance_start_argv(self.apptainer, plan, name, str(self.instance.env_file))
+        script = job_script(start, command.instance_stop_argv(self.apptainer, name), str(self._path(".status")))
+        script_path = write_private(self._path(".sbatch"), script)
+        self.save()
+        result = await run_slurm(sbatch_argv(name, str(script_path), str(self._path(".out")), slurm_args))
+        if result.returncode != 0:
+            raise SlurmError(f"SLURM did not accept the kernel's job: {_slurm_message(result.stderr)}")
+        self.job_id = result.stdout.strip().split(";")[0]
+        self.save()
+        return self.job_id
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the job runs and its instance is up; fail with SLURM's reason.
+
+        Logs "queued as job N on partition P" while the job waits. A pending reason in
+        :data:`HOPELESS_REASONS` fails at once; anything else fails after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        announced: tuple[str, str] | None = None
+        while True:
+            job = await job_state(self.job_id)
+            status = self._read_status()
+            if status.get("state") == "failed":
+                raise SlurmError(f"job {self.job_id} could not start the container:\n{self._output_tail()}")
+            if job is None or job.state not in ACTIVE_STATES:
+                ended = job.state if job else "left the queue"
+                raise SlurmError(f"job {self.job_id} ended ({ended}) before its container was up:\n{self._output_tail()}")
+            if job.state == "RUNNING" and status.get("state") == "ready":
+                self.node, self.proxy = job.node, status.get("proxy", "")
+                return
+            if job.state == "PENDING":
+                if job.reason in HOPELESS_REASONS:
+                    raise SlurmError(f"job {self.job_id} cannot start on partition {job.partition}: {job.reason}")
+                if announced != (job.partition, job.reason):
+                    announced = (job.partition, job.reason)
+                    why = f" ({job.reason})" if _meaningful(job.reason) else ""
+                    self.log.info("CondaTainer kernel: queued as job %s on partition %s%s", self.job_id, job.partition, why)
+            if time.monotonic() > deadline:
+                reason = f": {job.reason}" if _meaningful(job.reason) else ""
+                raise SlurmError(
+                    f"job {self.job_id} did not start within {timeout:g} s (still {job.state}{reason}); it was cancelled"
+                )
+            await asyncio.sleep(POLL_INTERVAL)
+
+    def _read_status(self) -> dict[str, str]:
+        try:
+            return parse_status(self._path(".status").read_text())
+        except OSError:
+            return {}
+
+    def _output_tail(self) -> str:
+        try:
+            return apptainer_message(self._path(".out").read_text(errors="replace"))
+        except OSError:
+            return "(no job output)"
+
+    async def node_address(self) -> str:
+        """The node's ``NodeAddr``, resolved to an IP address on this host."""
+        result = await run_slurm(node_address_argv(self.node))
+        address = result.stdout.strip().splitlines()[0] if result.stdout.strip() else self.node
+        infos = await asyncio.to_thread(socket.getaddrinfo, address, None, socket.AF_INET, socket.SOCK_STREAM)
+        return infos[0][4][0]
+
+    async def is_running(self) -> bool:
+        state = await job_state(self.job_id) if self.job_id else None
+        return state is not None and state.state == "RUNNING"
+
+    def step(self, argv: Sequence[str], step_name: str = "") -> list[str]:
+        return step_argv(self.job_id, self.node, step_name or f"{self.name}-step", argv)
+
+    async def probe_python(self) -> PythonInfo:
+        """Which ``python`` the stack's PATH gives on the node, and whether it has ipykernel."""
+        if self.python is None:
+            inner = command.instance_exec_argv(
+                self.apptainer, self.name, str(self.instance.env_file), ["python", "-c", PROBE_SCRIPT]
+            )
+            result = await run_slurm(self.step(inner), STEP_TIMEOUT)
+            if result.returncode != 0:
+                if "not found" in result.stderr:
+                    raise NoPythonError(no_python_message(", ".join(o.name for o in self.instance.plan.overlays)))
+                raise SlurmError(f"probing python in job {self.job_id} failed:\n{apptainer_message(result.stderr)}")
+            self.python = parse_probe(result.stdout)
+        return self.python
+
+    async def start_step(self, argv: Sequence[str], step_name: str) -> asyncio.subprocess.Process:
+        """Start a long-running step (the kernel); its output goes where the server's goes."""
+        full = self.step(argv, step_name)
+        return await asyncio.create_subprocess_exec(
+            *full, stdin=asyncio.subprocess.DEVNULL, env=slurm_env(apptainer_env()), start_new_session=True
+        )
+
+    async def signal_step(self, step_name: str, signal_name: str) -> bool:
+        """Signal the running step of that name; False when there is none."""
+        result = await run_slurm(steps_argv(self.job_id))
+        ids = [line.split("|")[0] for line in result.stdout.splitlines() if line.strip().endswith(f"|{step_name}")]
+        if not ids:
+            return False
+        await run_slurm(scancel_argv(ids[-1], signal_name))
+        return True
+
+    async def release(self) -> None:
+        """Stop the instance and end the job; forget its files and state. Idempotent."""
+        try:
+            if self.job_id:
+                await stop_job(self.job_id, graceful=bool(self._read_status()))
+        finally:
+            self.instance.locks.release()
+            _forget(self.store, self.name)
+
+
+def _meaningful(reason: str) -> bool:
+    """squeue prints ``None`` for a job that waits for nothing in particular."""
+    return reason not in ("", "None")
+
+
+def _slurm_message(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return "\n".join(lines[-4:]) or "(no output)"
+
+
+# --- the provisioner's SLURM half ------------------------------------------------------------
+
+
+class SlurmKernel:
+    """What :class:`~kernel_provider.kernel.provisioner.CondaTainerProvisioner` does when its
+    ``launcher`` is ``slurm``: one allocation per kernel, kept across restarts."""
+
+    def __init__(self, provisioner):
+        self.provisioner = provisioner
+        self.allocation: SlurmAllocation | None = None
+
+    @property
+    def log(self):
+        return self.provisioner.log
+
+    @property
+    def manager(self) -> InstanceManager:
+        return self.provisioner.manager
+
+    def launch_timeout(self, env: Mapping[str, str]) -> float:
+        """``KERNEL_LAUNCH_TIMEOUT`` from the launch environment, else ``slurm_launch_timeout``."""
+        try:
+            return float(env[LAUNCH_TIMEOUT_VARIABLE])
+        except (KeyError, ValueError):
+            return float(self.provisioner.slurm_launch_timeout)
+
+    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Get the allocation (first start, or after its job ended) and the kernel's command and env.
+
+        LocalProvisioner's own pre_launch is skipped on purpose: it refuses addresses
+        that are not on this host and picks ports that are free *here*; the base class's
+        pre_launch (env substitutions, ``_finalize_env``) still runs.
+        """
+        p, km = self.provisioner, self.provisioner.parent
+        km.transport, km.cache_ports = "tcp", False  # ipc does not cross nodes
+        if not km.connection_file:
+            km.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{p.kernel_id}.json")
+        extra_arguments = kwargs.pop("extra_arguments", [])
+        kwargs.pop("transport_encryption", None)
+        if self.allocation is not None and not await self.allocation.is_running():
+            # A job that reached its time limit (or was cancelled by hand): the restart
+            # that follows the kernel's death gets a new job instead of failing forever.
+            self.log.warning("CondaTainer kernel %s: job %s has ended; submitting a new one", p.kernel_id, self.allocation.job_id)
+            await self.release()
+        if self.allocation is None:
+            await self._allocate(str(kwargs.get("cwd") or os.getcwd()), kwargs.get("env") or os.environ)
+        try:
+            python = await self.allocation.probe_python()
+            if not python.has_ipykernel:
+                await supply.ensure_ipykernel(python.version, python.glibc)
+            await self._prepare_connection_file(km)
+        except BaseException:
+            await self.release()
+            raise
+        cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
+        return await KernelProvisionerBase.pre_launch(p, cmd=cmd, **kwargs)
+
+    async def _allocate(self, kernel_cwd: str, env: Mapping[str, str]) -> None:
+        p, manager = self.provisioner, self.manager
+        store = state_store(manager.config)
+        await sweep_orphans_once(store, self.log)
+        plan: ContainerPlan = await asyncio.to_thread(p._plan, kernel_cwd)
+        name = f"{JOB_PREFIX}{p.kernel_id[:8]}-{secrets.token_hex(2)}"
+        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
+        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
+        instance = Instance(name, plan, stack_key(plan), env_file, locks, shared=False, kernels={p.kernel_id})
+        allocation = SlurmAllocation(instance, store, manager.apptainer, self.log)
+        self.allocation = allocation
+        try:
+            await allocation.submit(p.slurm_args)
+            self.log.info("CondaTainer kernel %s: submitted job %s (%s)", p.kernel_id, allocation.job_id, name)
+            await allocation.wait_ready(self.launch_timeout(env))
+            await instanceinfo.write(instance, manager.config, await manager.apptainer_version())  # for the magic
+        except BaseException:
+            await self.release()
+            raise
+        p.instance = instance
+        self.log.info(
+            "CondaTainer kernel %s: job %s running on %s", p.kernel_id, allocation.job_id, allocation.node
+        )
+
+    async def connect_ip(self) -> str:
+        """Where the kernel listens: ``slurm_connect_ip``, or the node's address for ``node``."""
+        wanted = self.provisioner.slurm_connect_ip
+        if wanted == CONNECT_TO_NODE:
+            return await self.allocation.node_address()
+        if is_local_ip(wanted) and not await self._node_is_this_host():
+            self.log.warning(
+                "CondaTainer kernel on node %s listens on %s, which this host cannot reach; "
+                "set slurm_connect_ip = 'node'", self.allocation.node, wanted,
+            )
+        return wanted
+
+    async def _node_is_this_host(self) -> bool:
+        try:
+            return is_local_ip(await self.allocation.node_address())
+        except (OSError, IndexError, SlurmError):
+            return True  # unknown: no warning
+
+    async def _prepare_connection_file(self, km) -> None:
+        """A first start (or one on another address) gets a connection file with ports 0:
+        the kernel binds ports free on its node and writes them back (ipykernel does so
+        for ports given as 0). A restart keeps the file, so clients keep their ports."""
+        ip = await self.connect_ip()
+        if ip == km.ip and all(getattr(km, name) for name in port_names) and os.path.exists(km.connection_file):
+            return
+        km.ip = ip
+        for name in port_names:
+            setattr(km, name, 0)
+        info = km.get_connection_info()
+        info["key"] = info["key"].decode()
+        info["kernel_name"] = km.kernel_name
+        write_private(Path(km.connection_file), json.dumps(info, indent=1))
+        km._connection_file_written = True
+
+    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> KernelConnectionInfo:
+        """Run the kernel as a step; on its first start wait for the ports it bound."""
+        p, km, allocation = self.provisioner, self.provisioner.parent, self.allocation
+        env = [*proxy_env(allocation.proxy), *p._kernel_env(kwargs.get("env", {}))]
+        p._kernel_env_file = write_private(runtime_dir() / f"kernel-{p.kernel_id}.env", command.render_env_file(env))
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        inner = command.instance_exec_argv(allocation.apptainer, allocation.name, str(p._kernel_env_file), cmd, pwd=cwd)
+        self.log.debug("CondaTainer kernel %s: job %s step %s", p.kernel_id, allocation.job_id, inner)
+        p.process = await allocation.start_step(inner, self.step_name)
+        p.pid = p.pgid = p.process.pid
+        p.cwd = cwd
+        try:
+            if not all(getattr(km, name) for name in port_names):
+                await self._load_bound_ports(km, p.process)
+        except BaseException:
+            await self.send_signal(signal.SIGKILL)
+            await self.release()  # the server forgets a kernel whose start failed
+            raise
+        p.connection_info = km.get_connection_info()
+        return p.connection_info
+
+    @property
+    def step_name(self) -> str:
+        return f"{self.allocation.name}-kernel"
+
+    async def _load_bound_ports(self, km, process: asyncio.subprocess.Process) -> None:
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                info = json.loads(Path(km.connection_file).read_text())
+            except (OSError, ValueError):
+                info = {}
+            if all(info.get(name) for name in port_names):
+                km.load_connection_info(info)
+                return
+            if process.returncode is not None:
+                raise SlurmError(
+                    f"the kernel step in job {self.allocation.job_id} exited ({process.returncode}) "
+                    "before it listened; see the server log for its output"
+                )
+            await asyncio.sleep(0.1)
+        raise SlurmError(f"the kernel in job {self.allocation.job_id} did not listen within {STEP_TIMEOUT:g} s")
+
+    async def send_signal(self, signum: int) -> None:
+        """TERM/KILL go to the kernel's step; SIGINT cannot be delivered (use messages)."""
+        process = self.provisioner.process
+        if not process or process.returncode is not None or self.allocation is None:
+            return
+        if signum == signal.SIGINT:
+            self.log.warning("CondaTainer SLURM kernels are interrupted by message (interrupt_mode 'message')")
+            return
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        if not await self.allocation.signal_step(self.step_name, name):
+            try:
+                process.send_signal(signum)  # srun forwards TERM; KILL ends srun itself
+            except ProcessLookupError:
+                pass
+
+    async def release(self) -> None:
+        """End the allocation (shutdown, or a failed start)."""
+        allocation, self.allocation = self.allocation, None
+        self.provisioner.instance = None
+        if allocation is not None:
+            await allocation.release()

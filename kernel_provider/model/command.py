@@ -1,0 +1,101 @@
+"""Apptainer argument lists, built from a :class:`~kernel_provider.model.plan.ContainerPlan`.
+
+Pure functions: each returns an argv list for ``asyncio.create_subprocess_exec`` (never
+a shell string) or the text of an ``--env-file``. An instance's start environment is
+not visible to ``exec instance://``, so every exec re-passes the whole environment
+with ``--cleanenv --env-file`` — which also keeps the host's ``PYTHONPATH``, ``JPY_*``
+and friends out of the container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from kernel_provider.model.plan import ContainerPlan
+from kernel_provider.model.validation import env_key_problem
+
+CAP_SYS_RESOURCE_BIT = 24
+
+
+def _mount_args(plan: ContainerPlan) -> list[str]:
+    args = list(plan.flags)
+    if plan.fakeroot:
+        args.append("--fakeroot")
+    for bind in plan.binds:
+        args += ["--bind", bind]
+    for overlay in plan.overlay_args:
+        args += ["--overlay", overlay]
+    return args
+
+
+def instance_start_argv(apptainer: str, plan: ContainerPlan, name: str, env_file: str) -> list[str]:
+    """``apptainer instance start`` with the plan's binds, overlays and flags."""
+    return [
+        apptainer, "instance", "start", *_mount_args(plan),
+        "--cleanenv", "--env-file", env_file, plan.base_image.path, name,
+    ]
+
+
+def instance_exec_argv(
+    apptainer: str, name: str, env_file: str, command: Sequence[str], pwd: str = ""
+) -> list[str]:
+    """Run ``command`` in a running instance with exactly the given environment."""
+    argv = [apptainer, "exec", "--cleanenv", "--env-file", env_file]
+    if pwd:
+        argv += ["--pwd", pwd]
+    return [*argv, f"instance://{name}", *command]
+
+
+def oneshot_exec_argv(
+    apptainer: str, plan: ContainerPlan, env_file: str, command: Sequence[str], pwd: str = ""
+) -> list[str]:
+    """Run ``command`` in a fresh container that lives only as long as it does."""
+    argv = [apptainer, "exec", *_mount_args(plan), "--cleanenv", "--env-file", env_file]
+    if pwd:
+        argv += ["--pwd", pwd]
+    return [*argv, plan.base_image.path, *command]
+
+
+def instance_stop_argv(apptainer: str, name: str, force: bool = False) -> list[str]:
+    return [apptainer, "instance", "stop", *(["--force"] if force else []), name]
+
+
+def instance_list_argv(apptainer: str) -> list[str]:
+    return [apptainer, "instance", "list", "--json"]
+
+
+def _single_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def render_env_file(env: Iterable[tuple[str, str]]) -> str:
+    """An ``--env-file`` equivalent to CondaTainer's ``--env KEY=VALUE`` flags.
+
+    Apptainer evaluates an env-file on the *host* (``$PATH`` would become the host's
+    PATH) and then, like every ``--env`` value, once more inside the container. Single
+    quotes make the host pass a no-op, so ``$PATH`` and ``$OTHER`` expand inside the
+    container, after all variables are set — exactly as with CondaTainer's flags.
+    Keys go in unquoted, so one that is not a plain variable name is refused, never written.
+    """
+    lines = []
+    for key, value in env:
+        if problem := env_key_problem(key):
+            raise ValueError(
+                f"cannot pass the variable {key!r} into the container: {problem}; "
+                "rename it in the kernelspec's env or the configuration that sets it"
+            )
+        lines.append(f"{key}={_single_quote(value)}\n")
+    return "".join(lines)
+
+
+def needs_drop_caps(uid: int, cap_bounding_set: int) -> bool:
+    """Root without CAP_SYS_RESOURCE (some VMs, containers) must tell Apptainer to drop it."""
+    return uid == 0 and not cap_bounding_set & (1 << CAP_SYS_RESOURCE_BIT)
+
+
+def apptainer_process_env(host_env: Mapping[str, str], uid: int, cap_bounding_set: int) -> dict[str, str]:
+    """Environment for the ``apptainer`` process itself (not the container's)."""
+    env = dict(host_env)
+    if needs_drop_caps(uid, cap_bounding_set) and "APPTAINER_DROP_CAPS" not in env:
+        env["APPTAINER_DROP_CAPS"] = "CAP_SYS_RESOURCE"
+    return env
