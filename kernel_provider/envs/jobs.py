@@ -86,6 +86,11 @@ class JobContext:
         self._changed(self.job)
 
 
+def job_running_message(target: str, job: Job) -> str:
+    """The refusal while ``job`` works on ``target`` (one operation per image at a time)."""
+    return f"{target} has a {job.kind} job {job.state} (job {job.id}); wait for it to end or cancel it"
+
+
 def _cancelled_message(job: Job) -> str:
     """Cancels stop before an operation's commit, so nothing of it took effect."""
     if job.kind in ("create", "freeze"):

@@ -16,7 +16,12 @@ import os
 import secrets
 
 from kernel_provider.envs.operations import EnvOperations, Reporter, current_user
-from kernel_provider.host.locks import is_in_use, is_locked, locked_files
+from kernel_provider.host.locks import (
+    in_use_message,
+    is_in_use,
+    is_locked,
+    locked_files,
+)
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import history
 from kernel_provider.incontainer.history import EnvMeta, Revision
@@ -75,8 +80,7 @@ class Lifecycle:
         if self.ops.mounted_by(overlay) is not None:
             return None  # our kernel's instance: the change runs through it
         if is_in_use(overlay.path) or is_locked(overlay.path, locked_files()):
-            return (f"{overlay.name} is mounted by another container (a kernel of another server or a "
-                    "CondaTainer shell); stop it first")
+            return in_use_message(overlay.name)
         return None
 
     async def rollback(self, report: Reporter, name: str, revision: int | str) -> str:

@@ -29,6 +29,7 @@ from kernel_provider.host.containers import check_fakeroot, fakeroot_hint, plan_
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.locks import (
     ImageWriteHold,
+    in_use_message,
     is_in_use,
     is_locked,
     locked_files,
@@ -251,6 +252,21 @@ class EnvOperations:
 
     # -- create --------------------------------------------------------------------------
 
+    def check_create(self, name: str, size_mb: int) -> Path:
+        """Refuse a new env before anything runs: a bad or taken name, too big, no room for it.
+
+        Returns the image file it will be. The REST API calls it before queueing the job, so
+        the user hears at once; :meth:`create` calls it again when the job starts.
+        """
+        name = validate_env_name(name)
+        size_mb = validate_size(size_mb, self.config.max_env_size_mb)
+        check_new_name(name, "img", self.catalog(), installed_kernel_names(), f"{name} (env)")
+        target = self.target_dir() / names.filename_for(name, ".img")
+        if target.exists():
+            raise FileExistsError(f"an image named {name} already exists ({target})")
+        self.check_free_space(str(target.parent), size_mb * MB, f"a {size_mb} MB env")
+        return target
+
     async def create(
         self,
         report: Reporter,
@@ -266,15 +282,9 @@ class EnvOperations:
         at any step leaves either nothing or the finished env (the temporary file of a dead
         server is removed by :meth:`recover`).
         """
-        name = validate_env_name(name)
-        size_mb = validate_size(size_mb, self.config.max_env_size_mb)
+        target = self.check_create(name, size_mb)
         packages = validate_specs(list(packages) or list(DEFAULT_PACKAGES))
         channels = validate_channels(channels)
-        target = self.target_dir() / names.filename_for(name, ".img")
-        if target.exists() or name in self.catalog().by_name:
-            raise FileExistsError(f"an image named {name} already exists")
-        check_new_name(name, "img", self.catalog(), installed_kernel_names(), f"{name} (env)")
-        self.check_free_space(str(target.parent), size_mb * MB, f"a {size_mb} MB env")
         self.config.require_apptainer()
         tmp = workfiles.work_path(target)
         with self.journal.record("create", name, str(target)):
@@ -508,10 +518,10 @@ class EnvOperations:
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
         if self.mounted_by(overlay):
-            raise EnvBusyError(f"{name} is in use by a running kernel; shut that kernel down first")
+            raise EnvBusyError(in_use_message(name, "a running kernel of this server", "shut that kernel down first"))
         busy = await asyncio.to_thread(lambda: is_locked(overlay.path, locked_files()) or is_in_use(overlay.path))
         if busy:
-            raise EnvBusyError(f"{name} is in use (a running kernel or container); stop it first")
+            raise EnvBusyError(in_use_message(name))
         lock = self.try_lock(overlay.path)
         try:
             with self.journal.record("delete", name, overlay.path):

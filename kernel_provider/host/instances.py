@@ -18,7 +18,12 @@ from pathlib import Path
 from kernel_provider.host import instanceinfo, python
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint
-from kernel_provider.host.locks import ImageBusyError, SharedLocks, is_in_use
+from kernel_provider.host.locks import (
+    ImageBusyError,
+    SharedLocks,
+    in_use_message,
+    is_in_use,
+)
 from kernel_provider.host.process import InstanceError, apptainer_message, run
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
@@ -140,11 +145,10 @@ class InstanceManager:
     def _check_env_image(self, plan: ContainerPlan) -> None:
         env_image = plan.env_image
         if env_image and plan.writable and is_in_use(env_image.path):
-            raise ImageBusyError(
-                f"{env_image.path} is mounted by another container (a running kernel or a CondaTainer "
-                "shell); a writable env can be mounted once. Stop that kernel, or use a kernel with "
-                "share_instance so both notebooks use one instance."
-            )
+            raise ImageBusyError(in_use_message(
+                env_image.path, advice="a writable env can be mounted once. Stop that kernel, or use a kernel "
+                "with share_instance so both notebooks use one instance."
+            ))
 
     async def _start(self, plan: ContainerPlan, key: str, share: bool) -> Instance:
         apptainer = self.apptainer

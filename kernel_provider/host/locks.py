@@ -17,6 +17,13 @@ from collections.abc import Iterable
 
 from kernel_provider.incontainer.envlock import EnvBusyError
 
+OTHER_CONTAINER = "another container (a kernel of another server, or a CondaTainer shell or instance)"
+
+
+def in_use_message(name: str, holder: str = OTHER_CONTAINER, advice: str = "stop it first") -> str:
+    """The one wording of "this image is in use": what holds it, then what to do."""
+    return f"{name} is in use by {holder}; {advice}"
+
 
 class ImageBusyError(RuntimeError):
     """An image is held by another process in a way that forbids what we asked."""
@@ -127,10 +134,7 @@ class ImageWriteHold:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise EnvBusyError(
-                    f"{os.path.basename(self.path)} is mounted by a container (a kernel or a CondaTainer shell); "
-                    "stop it first"
-                ) from None
+                raise EnvBusyError(in_use_message(os.path.basename(self.path))) from None
             raise
         self._fd = fd
         return self

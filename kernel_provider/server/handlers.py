@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -17,23 +19,43 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from kernel_provider.envs.envmeta import EnvUnreadableError
-from kernel_provider.envs.jobs import JobError, JobRegistry
-from kernel_provider.envs.operations import EnvOperations, as_json
+from kernel_provider.envs.jobs import JobError, JobRegistry, job_running_message
+from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, as_json
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.incontainer.history import HistoryError
-from kernel_provider.kernel.kernelspecs import installed_kernel_names
 from kernel_provider.model.names import InvalidNameError
 from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError
 from kernel_provider.model.validation import (
-    check_new_name,
     validate_channels,
     validate_env_name,
     validate_lookup_name,
-    validate_size,
     validate_specs,
 )
 
 AUTH_RESOURCE = "condatainer"
+# What each refusal means in HTTP, most specific first: the one place errors become statuses.
+HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (OverlayNotFoundError, 404),
+    (EnvUnreadableError, 409),
+    (EnvBusyError, 409),
+    (FileExistsError, 409),
+    (JobError, 409),
+    (DiskSpaceError, 507),
+    (InvalidNameError, 400),
+    (HistoryError, 400),
+    (OverlayError, 400),
+    (ValueError, 400),
+)
+
+
+@contextmanager
+def http_errors() -> Iterator[None]:
+    """Turn our refusals into HTTP errors whose message is the refusal's (first line first)."""
+    try:
+        yield
+    except tuple(kind for kind, _ in HTTP_STATUS) as err:
+        status = next(code for kind, code in HTTP_STATUS if isinstance(err, kind))
+        raise web.HTTPError(status, str(err)) from None
 MAX_BODY_BYTES = 1024 * 1024  # names, specs and channels: far below this
 
 
@@ -71,31 +93,21 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         return value
 
     def overlay_name(self, name: str) -> str:
-        """Map lookup errors to HTTP: bad names 400, unknown ones 404."""
-        try:
+        """The catalog name of ``name``: bad names 400, unknown ones 404."""
+        with http_errors():
             return self.operations.find(validate_lookup_name(name)).name
-        except InvalidNameError as err:
-            raise web.HTTPError(400, str(err)) from None
-        except OverlayNotFoundError as err:
-            raise web.HTTPError(404, str(err)) from None
 
     def not_busy(self, name: str) -> None:
         """409 while a job (running or queued) works on ``name``: one operation per image at a time."""
         job = self.jobs.running_for(name)
         if job:
-            raise web.HTTPError(
-                409, f"{name} has a {job.kind} job {job.state} (job {job.id}); wait for it to end or cancel it"
-            )
+            raise web.HTTPError(409, job_running_message(name, job))
 
     async def read(self, reader, *args):
         """Run a blocking reader of an env in a thread: bad input is 400, an env that cannot be
         read reliably now (another container has it open read-write) 409."""
-        try:
+        with http_errors():
             return await asyncio.to_thread(reader, *args)
-        except EnvUnreadableError as err:
-            raise web.HTTPError(409, str(err)) from None
-        except (HistoryError, OverlayError, ValueError) as err:
-            raise web.HTTPError(400, str(err)) from None
 
     def accepted(self, job) -> None:
         self.set_status(202)
@@ -113,20 +125,15 @@ class OverlaysHandler(BaseHandler):
     @authorized
     async def post(self) -> None:
         data = self.body()
-        try:
-            name = validate_env_name(data.get("name", ""))
-            size = validate_size(data.get("size_mb", 1024), self.operations.config.max_env_size_mb)
+        name, size = data.get("name", ""), data.get("size_mb", 1024)
+        with http_errors():
+            validate_env_name(name)
             packages = self.list_field(data, "packages")
             if packages:
                 validate_specs(packages)
             channels = validate_channels(self.list_field(data, "channels"))
-        except ValueError as err:
-            raise web.HTTPError(400, str(err)) from None
-        self.not_busy(name)  # being created (or queued to be)
-        try:
-            check_new_name(name, "img", self.operations.catalog(), installed_kernel_names(), f"{name} (env)")
-        except FileExistsError as err:
-            raise web.HTTPError(409, str(err)) from None
+            self.not_busy(name)  # being created (or queued to be)
+            await asyncio.to_thread(self.operations.check_create, name, size)
         register = bool(data.get("register_kernel", False))
         job = self.jobs.submit(
             "create", name, lambda report: self.operations.create(report, name, size, packages, channels, register)
@@ -140,12 +147,8 @@ class OverlayHandler(BaseHandler):
     async def delete(self, name: str) -> None:
         name = self.overlay_name(name)
         self.not_busy(name)
-        try:
+        with http_errors():
             await self.operations.delete(name)
-        except EnvBusyError as err:
-            raise web.HTTPError(409, str(err)) from None
-        except OverlayError as err:
-            raise web.HTTPError(400, str(err)) from None
         self.set_status(204)
         self.finish()
 
@@ -171,12 +174,10 @@ class PackagesHandler(BaseHandler):
     async def _change(self, name: str, verb: str) -> None:
         name = self.overlay_name(name)
         data = self.body()
-        try:
+        with http_errors():
             specs = validate_specs(self.list_field(data, "specs"))
             channels = validate_channels(self.list_field(data, "channels"))
             self.operations.find_env(name)
-        except (ValueError, OverlayError) as err:
-            raise web.HTTPError(400, str(err)) from None
         self.not_busy(name)
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)
@@ -204,10 +205,8 @@ class JobHandler(BaseHandler):
     @authorized
     async def delete(self, job_id: str) -> None:
         self.job(job_id)
-        try:
+        with http_errors():
             job = await self.jobs.cancel(job_id)
-        except JobError as err:
-            raise web.HTTPError(409, str(err)) from None
         self.finish(job.to_json())
 
 
@@ -222,10 +221,8 @@ class _LifecycleHandler(BaseHandler):
 
     def env_name(self, name: str) -> str:
         name = self.overlay_name(name)
-        try:
+        with http_errors():
             self.operations.find_env(name)
-        except OverlayError as err:
-            raise web.HTTPError(400, str(err)) from None
         return name
 
 
@@ -284,12 +281,8 @@ class FreezeHandler(_LifecycleHandler):
         frozen, version = data.get("name"), data.get("version")
         if not isinstance(frozen, str) or not isinstance(version, str):
             raise web.HTTPError(400, "name and version must be strings, e.g. {\"name\": \"myenv\", \"version\": \"1.0\"}")
-        try:
+        with http_errors():
             freeze.check_target(self.operations, name, frozen, version)
-        except FileExistsError as err:
-            raise web.HTTPError(409, str(err)) from None
-        except ValueError as err:
-            raise web.HTTPError(400, str(err)) from None
         self.not_busy(name)
         await self.read(self.lifecycle().check_revision, name, revision)
         register = bool(data.get("register_kernel", True))
