@@ -40,7 +40,7 @@ REQUESTS = {
     "create": ("POST", "/condatainer/api/overlays", {"name": "fresh", "size_mb": 128, "packages": ["zlib"]}),
     "install": ("POST", "/condatainer/api/overlays/env/packages", {"specs": ["demo-tool"], "channels": ["conda-forge"]}),
     "remove": ("DELETE", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo"]}),
-    "update": ("POST", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo=2.0"], "channels": ["conda-forge"]}),
+    "update": ("PATCH", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo"], "channels": ["conda-forge"]}),
     "rollback": ("POST", "/condatainer/api/overlays/env/rollback", {"revision": 0}),
     "freeze": ("POST", "/condatainer/api/overlays/env/freeze", {"name": "frozen", "version": "1.0"}),
     "delete": ("DELETE", "/condatainer/api/overlays/env", None),
@@ -65,7 +65,8 @@ def prepared_env(tmp_path_factory, built_images, conda_channel):
         image_dirs=[str(images)], state_dir=str(images / ".state"), container_env=conda_channel.env
     )
     operations = EnvOperations(config, InstanceManager(config))
-    asyncio.run(operations.change(Quiet(), "env", "install", ["libdemo=1.0"], ["conda-forge"]))
+    for spec in ("zlib", "libdemo=1.0"):
+        asyncio.run(operations.change(Quiet(), "env", "install", [spec], ["conda-forge"]))
     shutil.rmtree(images / ".state")
     return images / "env.img"
 
@@ -236,29 +237,51 @@ def _ignore(function, *args):
         pass  # the server was killed under the request, as intended
 
 
-def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path):
-    """A real ENOSPC: the image directory has room for the working copy and almost nothing more."""
+def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path, monkeypatch):
+    """A real ENOSPC: the disk fills up while the install runs (paused at its run step, then filled)."""
     if os.getuid() != 0:
         pytest.fail("this test mounts a small tmpfs and must run as root (the non-root run excludes it)")
     env = layout / "images" / "env.img"
-    allocated = env.stat().st_blocks * 512
     small = tmp_path / "small"
     small.mkdir()
-    size_kb = (2 * allocated) // 1024 + 256
+    size_kb = (2 * env.stat().st_blocks * 512) // 1024 + 4096
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(small)], check=True)
+    pause = layout / "pause"
+    monkeypatch.setenv("JCT_PAUSE_AT", "install.run")
+    monkeypatch.setenv("JCT_PAUSE_DIR", str(pause))
     try:
         sparse_copy(env, small / "full.img")
         before = snapshot(small)
         config = CondaTainerConfig(image_dirs=[str(small), str(layout / "images")], min_free_mb=0)
         operations = EnvOperations(config, InstanceManager(config))
-        report = Quiet()
+
+        async def install_on_a_full_disk():
+            task = asyncio.ensure_future(operations.change(Quiet(), "full", "install", ["demo-tool"], ["conda-forge"]))
+            while not (pause / "install.run").exists():
+                await asyncio.sleep(0.05)
+            fill(small / "filler")
+            (pause / "install.run.resume").write_text("")
+            return await task
+
         with pytest.raises((RuntimeError, OSError)) as error:
-            asyncio.run(operations.change(report, "full", "install", ["demo-tool"], ["conda-forge"]))
+            asyncio.run(install_on_a_full_disk())
+        (small / "filler").unlink()
         assert snapshot(small) == before, "the env must be byte-identical after a disk-full install"
         assert sorted(p.name for p in small.iterdir()) == ["full.img"], "no work file may be left"
         assert "failed" in str(error.value).splitlines()[0], error.value
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write until the filesystem is full."""
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
 
 
 def test_a_symlinked_env_changes_its_target_and_keeps_the_link(layout, tmp_path):

@@ -168,6 +168,12 @@ class PackagesHandler(BaseHandler):
 
     @web.authenticated
     @authorized
+    async def patch(self, name: str) -> None:
+        """Update the named packages (``mm-update``) within what the env's specs allow."""
+        await self._change(name, "update")
+
+    @web.authenticated
+    @authorized
     async def delete(self, name: str) -> None:
         await self._change(name, "remove")
 
