@@ -197,9 +197,12 @@ class Report:
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
-        print(f"  {row.measure}: {row.ours.fmt(row.unit)}"
-              + (f" vs {row.baseline_label} {row.baseline.fmt(row.unit)}" if row.baseline else "")
-              + (f" = {row.ratio:.2f}×" if row.ratio is not None else ""), flush=True)
+        print(
+            f"  {row.measure}: {row.ours.fmt(row.unit)}"
+            + (f" vs {row.baseline_label} {row.baseline.fmt(row.unit)}" if row.baseline else "")
+            + (f" = {row.ratio:.2f}×" if row.ratio is not None else ""),
+            flush=True,
+        )
         return row
 
 
@@ -216,20 +219,30 @@ def absolute_target(row: Row, limit: float, text: str) -> Row:
 
 
 def print_table(report: Report) -> None:
-    headers = ["#", "measure", "ours: median [min–max]", "baseline", "baseline: median [min–max]", "ratio",
-               "target", "result"]
+    headers = [
+        "#",
+        "measure",
+        "ours: median [min–max]",
+        "baseline",
+        "baseline: median [min–max]",
+        "ratio",
+        "target",
+        "result",
+    ]
     lines = []
     for row in report.rows:
-        lines.append([
-            row.bench,
-            row.measure,
-            row.ours.fmt(row.unit),
-            row.baseline_label,
-            row.baseline.fmt(row.unit) if row.baseline else "",
-            f"{row.ratio:.2f}×" if row.ratio is not None else "",
-            row.target,
-            {None: "", True: "PASS", False: "MISS"}[row.passed],
-        ])
+        lines.append(
+            [
+                row.bench,
+                row.measure,
+                row.ours.fmt(row.unit),
+                row.baseline_label,
+                row.baseline.fmt(row.unit) if row.baseline else "",
+                f"{row.ratio:.2f}×" if row.ratio is not None else "",
+                row.target,
+                {None: "", True: "PASS", False: "MISS"}[row.passed],
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
     rule = "-+-".join("-" * w for w in widths)
     print()
@@ -416,8 +429,16 @@ def write_kernelspecs(root: Path, images: Path) -> None:
     apptainer = config.require_apptainer()
     wrapper = {
         "argv": [
-            apptainer, "exec", "--overlay", f"{images / PYTHON_OVERLAY}:ro", str(images / BASE_IMAGE),
-            "/cnt/python/3.11/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+            apptainer,
+            "exec",
+            "--overlay",
+            f"{images / PYTHON_OVERLAY}:ro",
+            str(images / BASE_IMAGE),
+            "/cnt/python/3.11/bin/python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
         ],
         "display_name": "Python 3.11 (apptainer exec, by hand)",
         "language": "python",
@@ -586,6 +607,7 @@ class Timeline:
     def _wrap(self, original, label):
         events = self.events
         if asyncio.iscoroutinefunction(original):
+
             async def wrapped(*args, **kwargs):
                 t0 = time.perf_counter()
                 try:
@@ -593,12 +615,14 @@ class Timeline:
                 finally:
                     events.append((label, t0, time.perf_counter()))
         else:
+
             def wrapped(*args, **kwargs):
                 t0 = time.perf_counter()
                 try:
                     return original(*args, **kwargs)
                 finally:
                     events.append((label, t0, time.perf_counter()))
+
         return wrapped
 
     def of(self, label: str) -> list[tuple[float, float]]:
@@ -658,8 +682,11 @@ class Bench:
         for _ in range(self.n):
             ours.append(await self.start_stop(KERNEL))
             local.append(await self.start_stop(LOCAL_KERNEL))
-        self.report.add(ratio_target(Row("1", "cold start → first execute_reply", Stat(ours), "s",
-                                         "local ipykernel start", Stat(local)), 1.3))
+        self.report.add(
+            ratio_target(
+                Row("1", "cold start → first execute_reply", Stat(ours), "s", "local ipykernel start", Stat(local)), 1.3
+            )
+        )
 
     # 2
     async def shared(self) -> None:
@@ -679,8 +706,16 @@ class Bench:
                 local.append(await self.start_stop(LOCAL_KERNEL))
         finally:
             await self.k.stop(first, first_client)
-        self.report.add(Row("2", "2nd kernel on a shared instance → first reply", Stat(ours), "s",
-                            "local ipykernel start", Stat(local)))
+        self.report.add(
+            Row(
+                "2",
+                "2nd kernel on a shared instance → first reply",
+                Stat(ours),
+                "s",
+                "local ipykernel start",
+                Stat(local),
+            )
+        )
 
     async def interleaved(self, names: list[str], count: int, action, warm: int = 1) -> list[list[float]]:
         """Keep one running kernel per name; ``count`` rounds of ``action`` on each in turn.
@@ -750,16 +785,30 @@ class Bench:
             return seconds
 
         ours, local_restart = await self.interleaved([KERNEL, LOCAL_KERNEL], self.n, action)
-        self.report.add(ratio_target(Row("3", "restart → first execute_reply", Stat(ours), "s",
-                                         "local ipykernel start", Stat(local_start)), 1.0))
-        self.report.add(Row("3", "restart (info: vs local restart)", Stat(ours), "s",
-                            "local ipykernel restart", Stat(local_restart)))
+        self.report.add(
+            ratio_target(
+                Row("3", "restart → first execute_reply", Stat(ours), "s", "local ipykernel start", Stat(local_start)),
+                1.0,
+            )
+        )
+        self.report.add(
+            Row(
+                "3", "restart (info: vs local restart)", Stat(ours), "s", "local ipykernel restart", Stat(local_restart)
+            )
+        )
 
     # 4
     async def interrupt(self) -> None:
         ours, local = await self.interleaved([KERNEL, LOCAL_KERNEL], self.n, self.interrupt_once)
-        self.report.add(absolute_target(Row("4", "interrupt → KeyboardInterrupt reply", Stat(ours), "s",
-                                            "local ipykernel (signal)", Stat(local)), 0.1, "≤ 0.1 s"))
+        self.report.add(
+            absolute_target(
+                Row(
+                    "4", "interrupt → KeyboardInterrupt reply", Stat(ours), "s", "local ipykernel (signal)", Stat(local)
+                ),
+                0.1,
+                "≤ 0.1 s",
+            )
+        )
 
     async def shutdown_once(self, name: str) -> tuple[float, float]:
         """(seconds until shutdown_kernel returned, until no process was left)."""
@@ -783,10 +832,18 @@ class Bench:
             returned, gone = await self.shutdown_once(LOCAL_KERNEL)
             local.append(gone)
             local_return.append(returned)
-        self.report.add(Row("5", "shutdown → no process left", Stat(ours), "s",
-                            "local ipykernel shutdown", Stat(local),
-                            note=f"shutdown_kernel() itself returned after {Stat(ours_return).fmt('s')} "
-                                 f"(local {Stat(local_return).fmt('s')})"))
+        self.report.add(
+            Row(
+                "5",
+                "shutdown → no process left",
+                Stat(ours),
+                "s",
+                "local ipykernel shutdown",
+                Stat(local),
+                note=f"shutdown_kernel() itself returned after {Stat(ours_return).fmt('s')} "
+                f"(local {Stat(local_return).fmt('s')})",
+            )
+        )
 
     # 6
     async def wrapper(self) -> None:
@@ -796,10 +853,26 @@ class Bench:
             ours.append(await self.start_stop(KERNEL))
             wrapped.append(await self.start_stop(WRAPPER_KERNEL))
         ours_restart, wrapped_restart = await self.interleaved([KERNEL, WRAPPER_KERNEL], self.n, self.restart_once)
-        self.report.add(Row("6", "cold start vs hand-made apptainer-exec kernel", Stat(ours), "s",
-                            "one-shot wrapper start", Stat(wrapped)))
-        self.report.add(Row("6", "restart vs hand-made apptainer-exec kernel", Stat(ours_restart), "s",
-                            "one-shot wrapper restart", Stat(wrapped_restart)))
+        self.report.add(
+            Row(
+                "6",
+                "cold start vs hand-made apptainer-exec kernel",
+                Stat(ours),
+                "s",
+                "one-shot wrapper start",
+                Stat(wrapped),
+            )
+        )
+        self.report.add(
+            Row(
+                "6",
+                "restart vs hand-made apptainer-exec kernel",
+                Stat(ours_restart),
+                "s",
+                "one-shot wrapper restart",
+                Stat(wrapped_restart),
+            )
+        )
 
     # 7
     async def listing(self) -> None:
@@ -832,11 +905,22 @@ class Bench:
         cpu: list[float] = []
         ours = timed(listing, reps, cpu)
         base = timed(lambda: os.listdir(many), reps)
-        self.report.add(absolute_target(Row("7", "list 500 overlays (scan + read_sidecar)", Stat(ours), "ms",
-                                            "os.listdir", Stat(base),
-                                            note=f"CPU time of this process {Stat(cpu).fmt('ms')} "
-                                                 "(wall time grows with the machine's load, CPU time does not)"),
-                                        0.050, "≤ 50 ms"))
+        self.report.add(
+            absolute_target(
+                Row(
+                    "7",
+                    "list 500 overlays (scan + read_sidecar)",
+                    Stat(ours),
+                    "ms",
+                    "os.listdir",
+                    Stat(base),
+                    note=f"CPU time of this process {Stat(cpu).fmt('ms')} "
+                    "(wall time grows with the machine's load, CPU time does not)",
+                ),
+                0.050,
+                "≤ 50 ms",
+            )
+        )
 
         pythons = self.root / "python-overlays"
         pythons.mkdir()
@@ -865,8 +949,16 @@ class Bench:
         sync_reps = 5 if self.quick else 20
         fresh = timed(sync_fresh, sync_reps)
         naive = timed(naive_write, sync_reps)
-        self.report.add(Row("7", "kernelspec sync, 500 python overlays (new)", Stat(fresh), "ms",
-                            "write 500 kernel.json", Stat(naive)))
+        self.report.add(
+            Row(
+                "7",
+                "kernelspec sync, 500 python overlays (new)",
+                Stat(fresh),
+                "ms",
+                "write 500 kernel.json",
+                Stat(naive),
+            )
+        )
 
         steady = kernels_root / "steady"
         KernelspecStore(steady).sync(scan([str(pythons)], "ubuntu24"))
@@ -882,15 +974,31 @@ class Bench:
                     found += bool(json.load(handle))
             return found
 
-        self.report.add(Row("7", "kernelspec re-sync, 500 unchanged", Stat(timed(resync, sync_reps)), "ms",
-                            "read 500 kernel.json", Stat(timed(naive_read, sync_reps))))
+        self.report.add(
+            Row(
+                "7",
+                "kernelspec re-sync, 500 unchanged",
+                Stat(timed(resync, sync_reps)),
+                "ms",
+                "read 500 kernel.json",
+                Stat(timed(naive_read, sync_reps)),
+            )
+        )
 
         def get_all_specs() -> int:
             return len(KernelSpecManager(kernel_dirs=[str(steady)], ensure_native_kernel=False).get_all_specs())
 
-        self.report.add(Row("7", "KernelSpecManager.get_all_specs, 500 specs", Stat(timed(get_all_specs, sync_reps)),
-                            "ms", "read 500 kernel.json", Stat(timed(naive_read, sync_reps)),
-                            note="what every GET /api/kernelspecs costs (jupyter_client, not ours)"))
+        self.report.add(
+            Row(
+                "7",
+                "KernelSpecManager.get_all_specs, 500 specs",
+                Stat(timed(get_all_specs, sync_reps)),
+                "ms",
+                "read 500 kernel.json",
+                Stat(timed(naive_read, sync_reps)),
+                note="what every GET /api/kernelspecs costs (jupyter_client, not ours)",
+            )
+        )
 
     # 8
     async def concurrent(self) -> None:
@@ -931,18 +1039,43 @@ class Bench:
             return Stat([run[index] for run in runs])
 
         failures = sum(run[1] for run in ours)
-        self.report.add(Row("8", f"{CONCURRENT} kernels at once: total wall time", stat(ours, 0), "s",
-                            f"{CONCURRENT} local ipykernels", stat(local, 0),
-                            note=f"slowest single kernel {stat(ours, 4).fmt('s')} (local {stat(local, 4).fmt('s')}); "
-                                 f"{os.cpu_count()} cores"))
-        row = self.report.add(Row("8", f"{CONCURRENT} kernels at once: failures", stat(ours, 1), "",
-                                  f"{CONCURRENT} local ipykernels", stat(local, 1), target="0 failures"))
+        self.report.add(
+            Row(
+                "8",
+                f"{CONCURRENT} kernels at once: total wall time",
+                stat(ours, 0),
+                "s",
+                f"{CONCURRENT} local ipykernels",
+                stat(local, 0),
+                note=f"slowest single kernel {stat(ours, 4).fmt('s')} (local {stat(local, 4).fmt('s')}); "
+                f"{os.cpu_count()} cores",
+            )
+        )
+        row = self.report.add(
+            Row(
+                "8",
+                f"{CONCURRENT} kernels at once: failures",
+                stat(ours, 1),
+                "",
+                f"{CONCURRENT} local ipykernels",
+                stat(local, 1),
+                target="0 failures",
+            )
+        )
         row.passed = failures == 0
-        self.report.add(Row("8", f"{CONCURRENT} kernels at once: peak memory (sum of PSS)", stat(ours, 2), "MiB",
-                            f"{CONCURRENT} local ipykernels", stat(local, 2),
-                            note=f"peak sum of RSS {stat(ours, 5).fmt('MiB')} (local {stat(local, 5).fmt('MiB')}); "
-                                 f"peak MemAvailable drop {stat(ours, 3).fmt('MiB')} "
-                                 f"(local {stat(local, 3).fmt('MiB')}, includes other users of the machine)"))
+        self.report.add(
+            Row(
+                "8",
+                f"{CONCURRENT} kernels at once: peak memory (sum of PSS)",
+                stat(ours, 2),
+                "MiB",
+                f"{CONCURRENT} local ipykernels",
+                stat(local, 2),
+                note=f"peak sum of RSS {stat(ours, 5).fmt('MiB')} (local {stat(local, 5).fmt('MiB')}); "
+                f"peak MemAvailable drop {stat(ours, 3).fmt('MiB')} "
+                f"(local {stat(local, 3).fmt('MiB')}, includes other users of the machine)",
+            )
+        )
         for run in ours + local:
             for error in run[6]:
                 self.report.errors.append(f"[8] {error}")
@@ -964,8 +1097,15 @@ class Bench:
         # Kernels that failed half-way are still in self.k.live: stop them too.
         await self.k.stop_all()
         slowest = max((seconds for _, _, seconds in ok), default=0.0)
-        return (total, len(errors), sampler.peak_pss / 1024, sampler.available_drop_mib, slowest,
-                sampler.peak_rss / 1024, errors)
+        return (
+            total,
+            len(errors),
+            sampler.peak_pss / 1024,
+            sampler.available_drop_mib,
+            slowest,
+            sampler.peak_rss / 1024,
+            errors,
+        )
 
     # 9
     async def phases(self) -> None:
@@ -999,19 +1139,25 @@ class Bench:
                 await execute(client, "1")
                 t_end = time.perf_counter()
                 events = list(timeline.events)
-                collect(phases, events, {
-                    "start_kernel() returned": t_started - t_begin,
-                    "exec spawned → first execute_reply": t_end - end_of(events, "launch_kernel", t_started),
-                    "total": t_end - t_begin,
-                })
+                collect(
+                    phases,
+                    events,
+                    {
+                        "start_kernel() returned": t_started - t_begin,
+                        "exec spawned → first execute_reply": t_end - end_of(events, "launch_kernel", t_started),
+                        "total": t_end - t_begin,
+                    },
+                )
                 if i == 0:
                     memory_lines = self.memory_breakdown(km)
                     local, local_client, _ = await self.k.start(LOCAL_KERNEL)
                     local_process = getattr(local.provisioner, "process", None)
                     if local_process is not None:
                         pss, rss = memory_kib(local_process.pid)
-                        memory_lines.append(f"      a local ipykernel for comparison: PSS {pss / 1024:.1f} MiB, "
-                                            f"RSS {rss / 1024:.1f} MiB")
+                        memory_lines.append(
+                            f"      a local ipykernel for comparison: PSS {pss / 1024:.1f} MiB, "
+                            f"RSS {rss / 1024:.1f} MiB"
+                        )
                     await self.k.stop(local, local_client)
                 # restart: the old kernel's shutdown, then a start without plan/instance/probe
                 timeline.clear()
@@ -1020,12 +1166,18 @@ class Bench:
                 await execute(client, "1")
                 t_end = time.perf_counter()
                 events = [e for e in timeline.events if e[0] != "pre_launch (all)"]
-                collect(restart_phases, events, {
-                    "old kernel gone (shutdown_request → cleanup done)":
-                        end_of(events, "provisioner cleanup", t_begin) - t_begin,
-                    "exec spawned → first execute_reply": t_end - end_of(events, "launch_kernel", t_begin),
-                    "total": t_end - t_begin,
-                })
+                collect(
+                    restart_phases,
+                    events,
+                    {
+                        "old kernel gone (shutdown_request → cleanup done)": end_of(
+                            events, "provisioner cleanup", t_begin
+                        )
+                        - t_begin,
+                        "exec spawned → first execute_reply": t_end - end_of(events, "launch_kernel", t_begin),
+                        "total": t_end - t_begin,
+                    },
+                )
                 timeline.clear()
                 client.stop_channels()
                 self.k.live.pop(id(km), None)
@@ -1044,10 +1196,22 @@ class Bench:
         lines += await asyncio.to_thread(self.raw_apptainer)
         self.report.details += lines
         print("\n".join(lines), flush=True)
-        fixed = [a + b for a, b in zip(phases.get("apptainer instance start", []),
-                                       phases.get("python probe (exec, cached per instance)", []))]
-        self.report.add(Row("9", "cold start: instance start + probe, part of total", Stat(fixed), "s",
-                            "cold start total", Stat(phases["total"])))
+        fixed = [
+            a + b
+            for a, b in zip(
+                phases.get("apptainer instance start", []), phases.get("python probe (exec, cached per instance)", [])
+            )
+        ]
+        self.report.add(
+            Row(
+                "9",
+                "cold start: instance start + probe, part of total",
+                Stat(fixed),
+                "s",
+                "cold start total",
+                Stat(phases["total"]),
+            )
+        )
 
     def memory_breakdown(self, km) -> list[str]:
         """PSS/RSS of each host process behind one of our kernels."""
@@ -1081,8 +1245,12 @@ class Bench:
 
         def start(name):
             self.k.instance_names.add(name)
-            subprocess.run(["apptainer", "instance", "start", *overlay, str(images / BASE_IMAGE), name],
-                           env=env, capture_output=True, check=True)
+            subprocess.run(
+                ["apptainer", "instance", "start", *overlay, str(images / BASE_IMAGE), name],
+                env=env,
+                capture_output=True,
+                check=True,
+            )
 
         overlay = ["--overlay", f"{images / PYTHON_OVERLAY}:ro"]
         py = "/cnt/python/3.11/bin/python"
@@ -1090,16 +1258,22 @@ class Bench:
         for i in range(self.n):
             name = f"cntbench-raw-{os.getpid()}-{i}"
             self.k.instance_names.add(name)
-            run("apptainer instance start (sif + python sqf)",
-                ["apptainer", "instance", "start", *overlay, "--cleanenv", str(images / BASE_IMAGE), name])
+            run(
+                "apptainer instance start (sif + python sqf)",
+                ["apptainer", "instance", "start", *overlay, "--cleanenv", str(images / BASE_IMAGE), name],
+            )
             try:
                 run("apptainer instance list --json", ["apptainer", "instance", "list", "--json"])
                 run("apptainer exec instance:// true", ["apptainer", "exec", f"instance://{name}", "true"])
                 run("exec python -c pass (in instance)", ["apptainer", "exec", f"instance://{name}", py, "-c", "pass"])
-                run(f"exec python -c '{imports}' (1st in instance)",
-                    ["apptainer", "exec", f"instance://{name}", py, "-c", imports])
-                run(f"exec python -c '{imports}' (2nd in instance)",
-                    ["apptainer", "exec", f"instance://{name}", py, "-c", imports])
+                run(
+                    f"exec python -c '{imports}' (1st in instance)",
+                    ["apptainer", "exec", f"instance://{name}", py, "-c", imports],
+                )
+                run(
+                    f"exec python -c '{imports}' (2nd in instance)",
+                    ["apptainer", "exec", f"instance://{name}", py, "-c", imports],
+                )
             finally:
                 run("apptainer instance stop", ["apptainer", "instance", "stop", name])
             start(f"{name}-f")
@@ -1107,22 +1281,33 @@ class Bench:
             start(f"{name}-z")
             for label, value in self.instance_exit(f"{name}-z").items():
                 results.setdefault(label, []).append(value)
-            run("one-shot apptainer exec (sif + sqf) true",
-                ["apptainer", "exec", *overlay, str(images / BASE_IMAGE), "true"])
+            run(
+                "one-shot apptainer exec (sif + sqf) true",
+                ["apptainer", "exec", *overlay, str(images / BASE_IMAGE), "true"],
+            )
             run("host: venv python -c pass", [venv_python, "-c", "pass"])
             run(f"host: venv python -c '{imports}'", [venv_python, "-c", imports])
         with open("/proc/1/cmdline", "rb") as handle:
             init = handle.read().split(b"\0")[0].decode(errors="replace")
         lines = ["[9] raw commands (no provisioner):"]
         lines += [f"      {label:<62} {Stat(v).fmt('s')}" for label, v in results.items()]
-        lines.append(f"      (the instance's monitor process is reaped by its parent: PID 1 = {init}"
-                     f"{', or this run’s subreaper' if os.environ.get(SUBREAPER_MARK) else ''})")
+        lines.append(
+            f"      (the instance's monitor process is reaped by its parent: PID 1 = {init}"
+            f"{', or this run’s subreaper' if os.environ.get(SUBREAPER_MARK) else ''})"
+        )
         return lines
 
     def instance_exit(self, name: str) -> dict[str, float]:
         """SIGTERM to an instance's init: when is its monitor a zombie, when reaped?"""
-        listing = json.loads(subprocess.run(["apptainer", "instance", "list", "--json", name], env=apptainer_env(),
-                                            capture_output=True, text=True, check=True).stdout)
+        listing = json.loads(
+            subprocess.run(
+                ["apptainer", "instance", "list", "--json", name],
+                env=apptainer_env(),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         pid = listing["instances"][0]["pid"]
         with open(f"/proc/{pid}/stat") as handle:
             monitor = int(handle.read().rsplit(")", 1)[1].split()[1])
@@ -1141,8 +1326,10 @@ class Bench:
                 break
             time.sleep(0.002)
         gone = time.perf_counter() - started
-        return {"SIGTERM to instance init → its monitor exited (zombie)": zombie if zombie is not None else gone,
-                "SIGTERM to instance init → monitor reaped (what stop waits for)": gone}
+        return {
+            "SIGTERM to instance init → its monitor exited (zombie)": zombie if zombie is not None else gone,
+            "SIGTERM to instance init → monitor reaped (what stop waits for)": gone,
+        }
 
 
 def timed(function: Callable[[], object], reps: int, cpu: list[float] | None = None) -> list[float]:
@@ -1237,8 +1424,9 @@ def run_under_subreaper() -> int:
     if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
         sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child (same process group)
-    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
-                             env={**os.environ, SUBREAPER_MARK: "1"})
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env={**os.environ, SUBREAPER_MARK: "1"}
+    )
     signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     while True:
         try:
@@ -1255,14 +1443,24 @@ def run_under_subreaper() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=3 (and fewer micro-benchmark repetitions)")
-    parser.add_argument("--only", action="append", metavar="NAME",
-                        help=f"run only these ({', '.join(BENCHMARKS)}, or 1-{len(BENCHMARKS)}); repeatable")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help=f"run only these ({', '.join(BENCHMARKS)}, or 1-{len(BENCHMARKS)}); repeatable",
+    )
     parser.add_argument("-n", type=int, default=10, help="repetitions of the full run (default 10)")
-    parser.add_argument("--shared-registry", action="store_true",
-                        help="use the user's Apptainer instance registry instead of a private APPTAINER_CONFIGDIR")
+    parser.add_argument(
+        "--shared-registry",
+        action="store_true",
+        help="use the user's Apptainer instance registry instead of a private APPTAINER_CONFIGDIR",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--subreaper", action="store_true",
-                        help="reap finished instance monitors at once, as systemd would (see run_under_subreaper)")
+    parser.add_argument(
+        "--subreaper",
+        action="store_true",
+        help="reap finished instance monitors at once, as systemd would (see run_under_subreaper)",
+    )
     args = parser.parse_args()
     if args.subreaper and not os.environ.get(SUBREAPER_MARK):
         sys.exit(run_under_subreaper())
@@ -1278,12 +1476,17 @@ def main() -> None:
 
     local_argv = KernelSpecManager().get_kernel_spec(LOCAL_KERNEL).argv
     version = subprocess.run(["apptainer", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"jupyter-condatainer benchmarks ({'quick' if args.quick else 'full'}), {platform.node()}: "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, {version}, "
-          f"jupyter_client {jupyter_client.__version__}, host ipykernel {ipykernel.__version__}")
-    print(f"layout {root}; local kernel: {LOCAL_KERNEL} {local_argv[0]} → {sys.executable}; "
-          f"Apptainer registry: {'private' if not args.shared_registry else 'shared with the user'}; "
-          f"orphans reaped by {'this run (--subreaper)' if os.environ.get(SUBREAPER_MARK) else 'PID 1'}", flush=True)
+    print(
+        f"jupyter-condatainer benchmarks ({'quick' if args.quick else 'full'}), {platform.node()}: "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, {version}, "
+        f"jupyter_client {jupyter_client.__version__}, host ipykernel {ipykernel.__version__}"
+    )
+    print(
+        f"layout {root}; local kernel: {LOCAL_KERNEL} {local_argv[0]} → {sys.executable}; "
+        f"Apptainer registry: {'private' if not args.shared_registry else 'shared with the user'}; "
+        f"orphans reaped by {'this run (--subreaper)' if os.environ.get(SUBREAPER_MARK) else 'PID 1'}",
+        flush=True,
+    )
 
     report = Report()
     kernels = Kernels(root)

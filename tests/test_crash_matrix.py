@@ -245,10 +245,10 @@ def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path, 
     small = tmp_path / "small"
     small.mkdir()
     size_kb = (2 * env.stat().st_blocks * 512) // 1024 + 4096
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(small)], check=True)
     pause = layout / "pause"
     monkeypatch.setenv("JCT_PAUSE_AT", "install.run")
     monkeypatch.setenv("JCT_PAUSE_DIR", str(pause))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(small)], check=True)
     try:
         sparse_copy(env, small / "full.img")
         before = snapshot(small)

@@ -36,5 +36,5 @@ async def checkpoint(name: str) -> None:
     pause_dir = Path(os.environ.get("JCT_PAUSE_DIR", "."))
     (pause_dir / name).write_text(str(os.getpid()))
     resume = pause_dir / f"{name}.resume"
-    while not resume.exists():  # until resumed, cancelled or killed
+    while not resume.exists():  # noqa: ASYNC110 - polls a file another process writes
         await asyncio.sleep(0.05)

@@ -81,14 +81,16 @@ def _copy_from_instance(overlay: Overlay, instance: Instance, apptainer: str, de
     tar = ["tar", "-c", "--ignore-failed-read", "--hard-dereference", "-C", ENV_PREFIX, *META_PATHS]
     argv = command.instance_exec_argv(apptainer, instance.name, str(instance.env_file), tar)
     try:
-        result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=apptainer_env(),
-                                timeout=READ_TIMEOUT, check=False)
+        result = subprocess.run(
+            argv, capture_output=True, stdin=subprocess.DEVNULL, env=apptainer_env(), timeout=READ_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired:
         result = subprocess.CompletedProcess(argv, -1, b"", f"no answer in {READ_TIMEOUT:.0f} s".encode())
     if result.returncode != 0:
         raise EnvUnreadableError(
             f"could not read {overlay.name} through the container of the kernel that has it open "
-            f"({instance.name}); try again, or restart that kernel:\n{apptainer_message(result.stderr.decode(errors='replace'))}"
+            f"({instance.name}); try again, or restart that kernel:\n"
+            + apptainer_message(result.stderr.decode(errors="replace"))
         )
     if result.stdout:
         with tarfile.open(fileobj=io.BytesIO(result.stdout)) as archive:
@@ -124,5 +126,10 @@ def _copy_with_debugfs(image: str, destination: str) -> None:
         commands.write(f'rdump "{inner}/etc/conda" "{target / "etc"}"\n')
         commands.write(f'dump "{inner}/.condarc" "{target / ".condarc"}"\n')
         commands.flush()
-        subprocess.run([debugfs, "-f", commands.name, image], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False, env={**os.environ, "LC_ALL": "C"})
+        subprocess.run(
+            [debugfs, "-f", commands.name, image],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )

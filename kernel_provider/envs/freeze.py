@@ -120,7 +120,7 @@ async def freeze(
             app.mkdir(parents=True)
             await checkpoint("freeze.install")
             report.step(0.15, f"installing revision {rev.number}'s {len(rev.packages)} packages at {target.prefix}")
-            await _install(ops, report, target, app, lock_file, rev)
+            await _install(ops, report, target, app, lock_file, lock_text, rev)
             if latest:
                 _carry_activation(meta_dir, app, report)
             _describe(app, target, rev)
@@ -147,7 +147,9 @@ async def freeze(
                 placed.append(target.path)
                 fsync_dir(target.path.parent)
             except FileExistsError:
-                raise FileExistsError(f"an overlay named {target.name} appeared meanwhile; nothing was changed") from None
+                raise FileExistsError(
+                    f"an overlay named {target.name} appeared meanwhile; nothing was changed"
+                ) from None
             placed.clear()  # committed: from here on, nothing undoes it
             await checkpoint("freeze.finish")
         except BaseException:
@@ -167,14 +169,21 @@ async def freeze(
     return message
 
 
-async def _install(ops: EnvOperations, report: Reporter, target: FreezeTarget, app: Path, lock_file: Path,
-                   rev: Revision) -> None:
+async def _install(
+    ops: EnvOperations,
+    report: Reporter,
+    target: FreezeTarget,
+    app: Path,
+    lock_file: Path,
+    lock_text: str,
+    rev: Revision,
+) -> None:
     """``mm-create -f LOCK`` with the prefix at ``/cnt/<name>/<version>`` (the staging dir bound there)."""
     config = ops.config
     request = StackRequest(
         overlays=[],
         env={**config.container_env, "CNT_CONDA_PREFIX": target.prefix},
-        binds=[f"{app}:{target.prefix}", str(lock_file.parent), *history.local_channel_dirs(lock_file.read_text())],
+        binds=[f"{app}:{target.prefix}", str(lock_file.parent), *history.local_channel_dirs(lock_text)],
     )
     plan = await asyncio.to_thread(plan_for_host, request, config, ops.catalog())
     requested = [a for spec in rev.requested.values() for a in ("--requested", spec)]
@@ -266,7 +275,7 @@ async def _mksquashfs(report: Reporter, root: Path, out: Path) -> None:
     rc = await stream([*argv, "-comp", "lz4"], lines.append, env=apptainer_env(), die_with_parent=True)
     if rc != 0:  # a mksquashfs without lz4: its default compressor
         lines.clear()
-        out.unlink(missing_ok=True)
+        await asyncio.to_thread(out.unlink, missing_ok=True)
         rc = await stream(argv, lines.append, env=apptainer_env(), die_with_parent=True)
     if rc != 0:
         raise RuntimeError(failure(f"packing {out.name} (mksquashfs)", lines))

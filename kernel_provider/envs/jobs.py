@@ -124,8 +124,17 @@ class JobRegistry:
         """A finished job for something that happened outside a request (recovery at start),
         so the panel and the REST API tell the user what became of their env."""
         now = time.time()
-        job = Job(id=secrets.token_hex(6), kind=kind, target=target, state="succeeded", progress=1.0,
-                  message=message, created=now, finished=now, cancellable=False)
+        job = Job(
+            id=secrets.token_hex(6),
+            kind=kind,
+            target=target,
+            state="succeeded",
+            progress=1.0,
+            message=message,
+            created=now,
+            finished=now,
+            cancellable=False,
+        )
         self.jobs[job.id] = job
         self._on_change(job)
         return job
@@ -136,8 +145,9 @@ class JobRegistry:
             self._running += 1
             return None
         job.state = "queued"
-        job.message = (f"queued: waiting for one of the {self.concurrency} running jobs to end "
-                       f"({len(self._queue) + 1} waiting)")
+        job.message = (
+            f"queued: waiting for one of the {self.concurrency} running jobs to end ({len(self._queue) + 1} waiting)"
+        )
         turn = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
         return turn

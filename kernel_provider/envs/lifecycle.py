@@ -3,9 +3,9 @@
 One implementation for the REST API, the CLI and the panel. Reading (history, export) goes through
 :mod:`kernel_provider.envs.envmeta`: the running kernel's instance when one has the env mounted, else
 ``debugfs`` on the ``.img`` (refused while another container has it open read-write). A rollback is a
-package change like an install — the env lock, our kernel's instance when one has the env
-mounted, else a one-shot container on a copy that replaces the env when it succeeded, refused while another container has the env
-mounted — that runs ``mm-install --explicit LOCK`` with the lock of the wanted revision, so the env
+package change like an install — the env lock, our kernel's instance when one has the env mounted,
+else a one-shot container on a copy that replaces the env when it succeeded, refused while another
+container has the env mounted — that runs ``mm-install --explicit LOCK`` with the lock of the wanted revision, so the env
 ends with exactly that revision's packages (no solve), recorded as a new revision.
 """
 
@@ -116,7 +116,9 @@ class Lifecycle:
         rev = target["revision"]
         after = await asyncio.to_thread(self.history, name)
         if not after or _package_set(after[-1]) != _package_set(rev):
-            raise RuntimeError(f"the rollback of {overlay.name} ran, but its packages differ from revision {rev.number}")
+            raise RuntimeError(
+                f"the rollback of {overlay.name} ran, but its packages differ from revision {rev.number}"
+            )
         return f"rolled back {overlay.name} to revision {rev.number} (now revision {after[-1].number})"
 
 

@@ -100,13 +100,18 @@ class Package:
 
 def channel_binds(channels: Sequence[str]) -> list[str]:
     """Local ``file://`` channels must be visible inside the container at the same path."""
-    return [c[len("file://"):] for c in channels if c.startswith("file://") and os.path.isdir(c[len("file://"):])]
+    return [c[len("file://") :] for c in channels if c.startswith("file://") and os.path.isdir(c[len("file://") :])]
 
 
 def read_conda_meta(meta: history.EnvMeta) -> list[Package]:
     """An env's installed packages, from its metadata (:meth:`EnvOperations.env_meta`)."""
     packages = [
-        Package(record.get("name", ""), record.get("version", ""), record.get("build", ""), history.short_channel(record.get("channel", "")))
+        Package(
+            record.get("name", ""),
+            record.get("version", ""),
+            record.get("build", ""),
+            history.short_channel(record.get("channel", "")),
+        )
         for record in meta.installed_records()
     ]
     return sorted(packages, key=lambda p: p.name)
@@ -167,7 +172,7 @@ class EnvOperations:
         ours = {o.path for i in self.instances.instances.values() for o in (i.plan.base_image, *i.plan.overlays)}
         kernels = self._kernels_by_overlay(catalog)
         rows, seen = [], set()
-        for name, overlay in sorted(catalog.by_name.items()):
+        for _, overlay in sorted(catalog.by_name.items()):
             if overlay.path in seen:
                 continue  # the default-distro alias of an image already listed
             seen.add(overlay.path)
@@ -221,7 +226,9 @@ class EnvOperations:
         try:
             return self.env_lock(path).acquire()
         except EnvBusyError:
-            raise EnvBusyError(f"another operation on {os.path.basename(path)} is running; try again when it ends") from None
+            raise EnvBusyError(
+                f"another operation on {os.path.basename(path)} is running; try again when it ends"
+            ) from None
 
     def resolve_image(self, overlay: Overlay) -> str:
         """The regular file an env's name stands for, inside an image directory.
@@ -295,14 +302,31 @@ class EnvOperations:
         return f"created {target}"
 
     async def _build(
-        self, report: Reporter, name: str, size_mb: int, packages: list[str], channels: list[str], target: Path, tmp: Path
+        self,
+        report: Reporter,
+        name: str,
+        size_mb: int,
+        packages: list[str],
+        channels: list[str],
+        target: Path,
+        tmp: Path,
     ) -> None:
         apptainer = self.config.require_apptainer()
         try:
             await checkpoint("create.overlay")
             report.step(0.05, f"creating a {size_mb} MB ext3 overlay")
             sparse = ["--sparse"] if self.config.sparse_envs else []
-            argv = [apptainer, "overlay", "create", "--size", str(size_mb), *sparse, "--create-dir", ENV_PREFIX, str(tmp)]
+            argv = [
+                apptainer,
+                "overlay",
+                "create",
+                "--size",
+                str(size_mb),
+                *sparse,
+                "--create-dir",
+                ENV_PREFIX,
+                str(tmp),
+            ]
             lines: list[str] = []
             if await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
                 raise RuntimeError(failure(f"creating {target.name} (apptainer overlay create)", lines))
@@ -314,7 +338,9 @@ class EnvOperations:
             await self._run_in_oneshot(report, temporary, cmd, channels, what="mm-create")
             await checkpoint("create.clean")
             report.step(0.85, "cleaning the package cache")
-            await self._run_in_oneshot(report, temporary, ["mm-clean", "-a", "-y", "-q"], channels, what="mm-clean", check=False)
+            await self._run_in_oneshot(
+                report, temporary, ["mm-clean", "-a", "-y", "-q"], channels, what="mm-clean", check=False
+            )
             await checkpoint("create.commit")
             report.point_of_no_return()
             report.step(0.95, f"moving {target.name} into place")
@@ -341,7 +367,9 @@ class EnvOperations:
 
     # -- install / remove ----------------------------------------------------------------
 
-    async def change(self, report: Reporter, name: str, verb: str, specs: Sequence[str], channels: Sequence[str] = ()) -> str:
+    async def change(
+        self, report: Reporter, name: str, verb: str, specs: Sequence[str], channels: Sequence[str] = ()
+    ) -> str:
         """``mm-install -y`` / ``mm-remove -y`` / ``mm-update -y`` in an env, safely."""
         if verb not in ("install", "remove", "update"):
             raise ValueError(f"unknown package operation {verb!r}")
@@ -367,16 +395,23 @@ class EnvOperations:
     via = "jupyter-condatainer"  # recorded with each revision (the CLI sets its own)
 
     async def run_change(
-        self, report: Reporter, operation: str, overlay: Overlay, cmd: list[str], channels: Sequence[str] = (),
-        binds: Sequence[str] = (), prepare: Callable[[], Awaitable[None]] | None = None,
+        self,
+        report: Reporter,
+        operation: str,
+        overlay: Overlay,
+        cmd: list[str],
+        channels: Sequence[str] = (),
+        binds: Sequence[str] = (),
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Run a package command on an env under its lock: in our kernel's instance that has it
         mounted, else on a copy that replaces the env only when the command succeeded; refused
         while another container has it mounted. ``prepare`` runs once the lock is held (checks
         that need it); ``operation`` names the steps (:mod:`.checkpoints`)."""
         lock = self.try_lock(overlay.path)
+        image = await asyncio.to_thread(os.path.realpath, overlay.path)  # what a commit replaces
         try:
-            with self.journal.record(operation, overlay.name, os.path.realpath(overlay.path)):
+            with self.journal.record(operation, overlay.name, image):
                 if prepare is not None:
                     await prepare()
                 instance = self.mounted_by(overlay)
@@ -404,7 +439,12 @@ class EnvOperations:
             raise RuntimeError(failure(label, lines))
 
     async def _run_on_copy(
-        self, report: Reporter, operation: str, overlay: Overlay, cmd: list[str], channels: Sequence[str],
+        self,
+        report: Reporter,
+        operation: str,
+        overlay: Overlay,
+        cmd: list[str],
+        channels: Sequence[str],
         binds: Sequence[str] = (),
     ) -> None:
         """Change a copy of the env and rename it over the env only when the change succeeded.
@@ -416,7 +456,9 @@ class EnvOperations:
         """
         image = self.resolve_image(overlay)
         with ImageWriteHold(image):
-            self.check_free_space(os.path.dirname(image), workfiles.allocated_bytes(image), f"a working copy of {overlay.name}")
+            self.check_free_space(
+                os.path.dirname(image), workfiles.allocated_bytes(image), f"a working copy of {overlay.name}"
+            )
             work = workfiles.work_path(Path(image))
             try:
                 await checkpoint(f"{operation}.copy")
@@ -425,7 +467,9 @@ class EnvOperations:
                 lines: list[str] = []
                 if await stream(copy, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
                     detail = "\n".join(lines[-15:])
-                    raise DiskSpaceError(f"could not copy {overlay.name} (is the disk full?); the env is unchanged:\n{detail}")
+                    raise DiskSpaceError(
+                        f"could not copy {overlay.name} (is the disk full?); the env is unchanged:\n{detail}"
+                    )
                 await checkpoint(f"{operation}.run")
                 label = history.command_label(cmd)
                 report.step(0.2, f"running {label}")
@@ -441,16 +485,26 @@ class EnvOperations:
                 workfiles.remove_work_files(work)
 
     async def _run_in_oneshot(
-        self, report: Reporter, overlay: Overlay, cmd: list[str], channels: Sequence[str], what: str, check: bool = True,
+        self,
+        report: Reporter,
+        overlay: Overlay,
+        cmd: list[str],
+        channels: Sequence[str],
+        what: str,
+        check: bool = True,
         binds: Sequence[str] = (),
     ) -> None:
         request = StackRequest(
-            overlays=[overlay.path], writable=True, env=self.config.container_env,
+            overlays=[overlay.path],
+            writable=True,
+            env=self.config.container_env,
             binds=[*channel_binds(channels), *binds],
         )
         plan = await asyncio.to_thread(plan_for_host, request, self.config, self.catalog())
         check_fakeroot(plan)
-        env_file = write_private(runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env))
+        env_file = write_private(
+            runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env)
+        )
         lines: list[str] = []
         try:
             argv = command.oneshot_exec_argv(self.config.require_apptainer(), plan, str(env_file), cmd)

@@ -38,7 +38,8 @@ class FakerootUnavailableError(RuntimeError):
 def _needs_fakeroot_because(plan: ContainerPlan) -> str:
     env_image = plan.env_image
     if env_image is not None and plan.writable:
-        return f"{os.path.basename(env_image.path)} belongs to another user (or root) and is mounted writable, so it needs --fakeroot"
+        image = os.path.basename(env_image.path)
+        return f"{image} belongs to another user (or root) and is mounted writable, so it needs --fakeroot"
     return "this stack asks for --fakeroot"
 
 

@@ -42,7 +42,14 @@ STOP_TIMEOUT = 60.0
 
 def stack_key(plan: ContainerPlan) -> str:
     """Identity of a stack: kernels with equal keys may share an instance."""
-    identity = [plan.base_image.path, plan.overlay_args, list(plan.binds), list(plan.flags), plan.fakeroot, list(plan.env)]
+    identity = [
+        plan.base_image.path,
+        plan.overlay_args,
+        list(plan.binds),
+        list(plan.flags),
+        plan.fakeroot,
+        list(plan.env),
+    ]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
 
 
@@ -116,20 +123,22 @@ class InstanceManager:
         the one start of it.
         """
         key = stack_key(plan)
-        if share:
-            async with self._lock:
-                instance = next((i for i in self.instances.values() if i.shared and i.key == key), None)
-                starting = self._starting.get(key)
-                if instance is None and starting is None:
-                    starting = self._starting[key] = asyncio.ensure_future(self._start(plan, key, share))
-                    starting.add_done_callback(lambda _: self._starting.pop(key, None))
-            if instance is None:
-                instance = await asyncio.shield(starting)
-        else:
-            instance = await self._start(plan, key, share)
+        instance = await (self._shared(plan, key) if share else self._start(plan, key, share))
         instance.kernels.add(kernel_id)
         self._save(instance)
         return instance
+
+    async def _shared(self, plan: ContainerPlan, key: str) -> Instance:
+        """The running shared instance of this stack, or the one start of it that all its kernels await."""
+        async with self._lock:
+            running = next((i for i in self.instances.values() if i.shared and i.key == key), None)
+            if running is not None:
+                return running
+            starting = self._starting.get(key)
+            if starting is None:
+                starting = self._starting[key] = asyncio.ensure_future(self._start(plan, key, True))
+                starting.add_done_callback(lambda _: self._starting.pop(key, None))
+        return await asyncio.shield(starting)
 
     async def release(self, instance: Instance, kernel_id: str) -> None:
         """Forget a kernel; stop the instance when no kernel uses it any more."""
@@ -145,10 +154,13 @@ class InstanceManager:
     def _check_env_image(self, plan: ContainerPlan) -> None:
         env_image = plan.env_image
         if env_image and plan.writable and is_in_use(env_image.path):
-            raise ImageBusyError(in_use_message(
-                env_image.path, advice="a writable env can be mounted once. Stop that kernel, or use a kernel "
-                "with share_instance so both notebooks use one instance."
-            ))
+            raise ImageBusyError(
+                in_use_message(
+                    env_image.path,
+                    advice="a writable env can be mounted once. Stop that kernel, or use a kernel "
+                    "with share_instance so both notebooks use one instance.",
+                )
+            )
 
     async def _start(self, plan: ContainerPlan, key: str, share: bool) -> Instance:
         apptainer = self.apptainer
@@ -207,7 +219,11 @@ class InstanceManager:
 
     async def stop_by_name(self, name: str) -> None:
         """Stop one of our instances by name (any of this user's servers); refuse others'."""
-        if not name.startswith(self.name_prefix) or self.store.read(name) is None and name not in await self.running_names():
+        if (
+            not name.startswith(self.name_prefix)
+            or self.store.read(name) is None
+            and name not in await self.running_names()
+        ):
             raise InstanceError(f"{name} is not a jupyter-condatainer instance of this user")
         async with self._lock:
             instance = self.instances.pop(name, None)
@@ -218,7 +234,9 @@ class InstanceManager:
     async def probe_python(self, instance: Instance) -> PythonInfo:
         """Which ``python`` the stack's PATH gives and whether it has ipykernel (once per instance)."""
         if instance.python is None:
-            instance.python = await python.probe_python(self.apptainer, instance.name, str(instance.env_file), instance.plan)
+            instance.python = await python.probe_python(
+                self.apptainer, instance.name, str(instance.env_file), instance.plan
+            )
         return instance.python
 
     async def running_names(self) -> list[str]:
@@ -244,12 +262,12 @@ class InstanceManager:
             running = set(await self.running_names())
             records = {r.name: r for r in self.store.ours()}
             orphans = [
-                name for name, record in records.items()
-                if name not in self.instances and not record.owner.is_alive()
+                name for name, record in records.items() if name not in self.instances and not record.owner.is_alive()
             ]
             # Ours by name but without a state file: its start or stop was cut short.
             orphans += [
-                name for name in running
+                name
+                for name in running
                 if name.startswith(self.name_prefix) and name not in records and name not in self.instances
             ]
             await asyncio.gather(*(self._stop_orphan(name, name in running) for name in orphans))

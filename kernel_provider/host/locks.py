@@ -86,7 +86,7 @@ def locked_files(proc_locks: str = "/proc/locks", write_only: bool = False) -> s
     for a read-only mount, ``WRITE`` for a writable one). ``write_only``: only write locks,
     i.e. an ``.img`` that some container may be changing right now.
     """
-    found = set()
+    found: set[tuple[int, int]] = set()
     try:
         with open(proc_locks, encoding="ascii") as handle:
             lines = handle.read().splitlines()

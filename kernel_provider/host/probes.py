@@ -14,6 +14,7 @@ import pwd
 import re
 import shutil
 import subprocess
+from typing import Any
 
 from kernel_provider.host.debugfs import find_debugfs
 from kernel_provider.model.envfile import (
@@ -25,7 +26,7 @@ from kernel_provider.model.envfile import (
 from kernel_provider.model.overlays import Overlay
 
 log = logging.getLogger(__name__)
-_QUIET = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "env": {**os.environ, "LC_ALL": "C"}}
+_QUIET: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL, "env": {**os.environ, "LC_ALL": "C"}}
 
 
 def _identity(path: str) -> tuple[str, int, int]:
@@ -150,7 +151,9 @@ class ImageProbe:
         embedded = OverlayEnv()
         if overlay.kind == "sqf":
             inner = f"cnt/{overlay.name}/{BUILD_SCRIPT_NAME}"
-            embedded = parse_build_script(_sqf_cat(_identity(overlay.path), inner), overlay.app_root, f"{overlay.path}:{inner}")
+            embedded = parse_build_script(
+                _sqf_cat(_identity(overlay.path), inner), overlay.app_root, f"{overlay.path}:{inner}"
+            )
         env = embedded.shadowed_by(read_sidecar(overlay))
         for warning in env.warnings:
             log.warning("CondaTainer overlay %s: %s", overlay.name, warning)

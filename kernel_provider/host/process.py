@@ -93,7 +93,10 @@ def apptainer_message(stderr: str) -> str:
 
 
 async def stream(
-    argv: Sequence[str], on_line: Callable[[str], None], env: dict[str, str] | None = None, die_with_parent: bool = False
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
 ) -> int:
     """Run a command, passing each output line on; kill its process group if cancelled."""
     process = await spawn(argv, env, merge_stderr=True, die_with_parent=die_with_parent)

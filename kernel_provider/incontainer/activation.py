@@ -81,19 +81,27 @@ def activated_environment(environ: dict[str, str], python: str = sys.executable)
         return None
     fallback = dict(environ)
     for level, prefix in enumerate(prefixes, start=1):
-        fallback.update({"CONDA_PREFIX": prefix, "CONDA_DEFAULT_ENV": prefix, "CONDA_SHLVL": str(level),
-                         **env_vars(prefix)})
+        fallback.update(
+            {"CONDA_PREFIX": prefix, "CONDA_DEFAULT_ENV": prefix, "CONDA_SHLVL": str(level), **env_vars(prefix)}
+        )
     try:
         result = subprocess.run(
-            ["/bin/sh", "-c", activation_script(prefixes, python)], env=environ, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=None, timeout=TIMEOUT, check=False,
+            ["/bin/sh", "-c", activation_script(prefixes, python)],
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            timeout=TIMEOUT,
+            check=False,
         )
         dumped = json.loads(result.stdout.decode(errors="replace")) if result.returncode == 0 else None
     except (OSError, ValueError, subprocess.TimeoutExpired) as err:
         sys.stderr.write(f"jupyter-condatainer: conda activation failed ({err}); only the env's variables are set\n")
         return fallback
     if not isinstance(dumped, dict):
-        sys.stderr.write("jupyter-condatainer: an activation script stopped the shell; only the env's variables are set\n")
+        sys.stderr.write(
+            "jupyter-condatainer: an activation script stopped the shell; only the env's variables are set\n"
+        )
         return fallback
     new = {k: v for k, v in dumped.items() if not (k in SHELL_ONLY and k not in environ)}
     for key in SHELL_ONLY & set(environ):

@@ -114,8 +114,13 @@ class Dist:
         return short_channel(self.channel)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "version": self.version, "build": self.build, "channel": self.channel_name,
-                "subdir": self.subdir}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "build": self.build,
+            "channel": self.channel_name,
+            "subdir": self.subdir,
+        }
 
 
 @dataclass
@@ -169,7 +174,7 @@ def parse_history(text: str) -> list[Entry]:
             continue
         entry = entries[-1]
         if line.startswith("# cmd:"):
-            entry.cmd = line[len("# cmd:"):].strip()
+            entry.cmd = line[len("# cmd:") :].strip()
         elif line.startswith("#"):
             match = re.match(r"#\s*(\w+) specs:\s*(.*)$", line)
             if match:
@@ -416,7 +421,7 @@ def _channel_for_yml(channel: str, alias: str) -> str:
     if not channel:
         return ""
     if alias and channel.rstrip("/").startswith(alias.rstrip("/") + "/"):
-        return channel.rstrip("/")[len(alias.rstrip("/")) + 1:]
+        return channel.rstrip("/")[len(alias.rstrip("/")) + 1 :]
     return channel.rstrip("/") if "://" in channel else channel
 
 
@@ -492,7 +497,7 @@ def local_channel_dirs(lock_text: str) -> list[str]:
     found: list[str] = []
     for line in lock_text.splitlines():
         if line.startswith("file://"):
-            channel = os.path.dirname(os.path.dirname(line.split("#", 1)[0][len("file://"):]))
+            channel = os.path.dirname(os.path.dirname(line.split("#", 1)[0][len("file://") :]))
             if channel and channel not in found and os.path.isdir(channel):
                 found.append(channel)
     return found
@@ -511,8 +516,9 @@ def format_history(revisions: list[Revision]) -> str:
         for item in rev.added:
             out.append(f"    + {item['name']} {item['version']} ({item['build']}, {item['channel']})")
         for item in rev.changed:
-            out.append(f"    ~ {item['name']} {item['from']['version']} -> {item['to']['version']}"
-                       f" ({item['to']['build']})")
+            out.append(
+                f"    ~ {item['name']} {item['from']['version']} -> {item['to']['version']} ({item['to']['build']})"
+            )
         for item in rev.removed:
             out.append(f"    - {item['name']} {item['version']}")
     return "\n".join(out) if out else "no history"

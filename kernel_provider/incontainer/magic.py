@@ -283,7 +283,9 @@ class CondaTainerMagics(Magics):
         print(f"{'name':<28} {'version':<14} {'build':<20} channel")
         for record in records:
             channel = history.short_channel(record.get("channel", ""))
-            print(f"{record.get('name', ''):<28} {record.get('version', ''):<14} {record.get('build', ''):<20} {channel}")
+            print(
+                f"{record.get('name', ''):<28} {record.get('version', ''):<14} {record.get('build', ''):<20} {channel}"
+            )
 
     def _change(self, verb: str, args: list[str]) -> None:
         info = _info()
@@ -311,8 +313,10 @@ class CondaTainerMagics(Magics):
         if python:
             print(f"Note: {python}.")
         changed = [
-            name for name, record in before.items()
-            if name not in after or after[name].get("version") != record.get("version")
+            name
+            for name, record in before.items()
+            if name not in after
+            or after[name].get("version") != record.get("version")
             or after[name].get("build") != record.get("build")
         ]
         stale = sorted(
@@ -340,12 +344,19 @@ class CondaTainerMagics(Magics):
         from ipykernel.connect import get_connection_file
 
         body = {
-            "name": options.name, "packages": options.specs, "channels": options.channel,
-            "size_mb": options.size, "register_kernel": not options.no_kernel,
+            "name": options.name,
+            "packages": options.specs,
+            "channels": options.channel,
+            "size_mb": options.size,
+            "register_kernel": not options.no_kernel,
         }
         try:
-            server = server_link.find_server(server_link.runtime_dirs(get_connection_file()), os.environ.get("JPY_PARENT_PID"))
-            job = server_link.run_job(server, "POST", "condatainer/api/overlays", body, lambda line: print(line, flush=True))
+            server = server_link.find_server(
+                server_link.runtime_dirs(get_connection_file()), os.environ.get("JPY_PARENT_PID")
+            )
+            job = server_link.run_job(
+                server, "POST", "condatainer/api/overlays", body, lambda line: print(line, flush=True)
+            )
         except server_link.ServerLinkError as err:
             raise CondaTainerError(str(err)) from None
         if job["state"] != "succeeded":
@@ -357,7 +368,9 @@ class CondaTainerMagics(Magics):
     def _meta(self):
 
         if not os.path.isdir(os.path.join(ENV_PREFIX, "conda-meta")):
-            raise CondaTainerError(f"no conda env at {ENV_PREFIX} in this kernel's stack\n\n" + _no_writable_env_message(_info()))
+            raise CondaTainerError(
+                f"no conda env at {ENV_PREFIX} in this kernel's stack\n\n" + _no_writable_env_message(_info())
+            )
         return history.load_env_meta(ENV_PREFIX)
 
     def _history(self, verb: str, args: list[str]) -> None:
@@ -370,7 +383,6 @@ class CondaTainerMagics(Magics):
 
     def _export(self, verb: str, args: list[str]) -> None:
         import argparse
-
 
         parser = argparse.ArgumentParser(prog="%condatainer export", add_help=False)
         parser.add_argument("format", nargs="?", default="yml", choices=["yml", "lock"])
@@ -413,7 +425,8 @@ class CondaTainerMagics(Magics):
                 for entry in images:
                     print(f"    {entry.rsplit('.', 1)[0].replace('--', '/'):<32} {entry}")
         print(
-            "\nA kernel runs one fixed stack. To use other overlays, pick another 'CondaTainer: …' kernel, or add one:\n"
+            "\nA kernel runs one fixed stack. To use other overlays, pick another 'CondaTainer: …' kernel, "
+            "or add one:\n"
             "  jupyter condatainer kernelspecs add NAME --overlay python/3.11 --overlay OTHER [--env my.img]"
         )
 

@@ -80,7 +80,9 @@ def call(server: dict, method: str, path: str, body: dict | None = None, timeout
     return json.loads(payload) if payload else {}
 
 
-def run_job(server: dict, method: str, path: str, body: dict, on_line: Callable[[str], None], poll: float = 0.3) -> dict:
+def run_job(
+    server: dict, method: str, path: str, body: dict, on_line: Callable[[str], None], poll: float = 0.3
+) -> dict:
     """Submit a job and follow it to its end, passing each new log line on."""
     job = call(server, method, path, body)["job"]
     shown = 0

@@ -36,7 +36,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from tornado import web
 from traitlets import Bool, Dict, Enum, Float, List, Unicode
 
-from kernel_provider.host import supply
+from kernel_provider.host import instanceinfo, supply
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.instances import Instance, InstanceManager
@@ -272,7 +272,7 @@ class CondaTainerProvisioner(LocalProvisioner):
     def _kernel_env(self, launch_env: dict[str, str]) -> list[tuple[str, str]]:
         forwarded = [(key, launch_env[key]) for key in FORWARDED_ENV if key in launch_env]
         spec_env = list((self.kernel_spec.env or {}).items()) if self.kernel_spec else []
-        info = [("CONDATAINER_INFO", str(self.manager.info_path(self.instance.name)))]
+        info = [("CONDATAINER_INFO", str(instanceinfo.path(self.instance.name)))]
         return [*self.instance.plan.env, *spec_env, *forwarded, *info]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:

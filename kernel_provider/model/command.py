@@ -31,14 +31,19 @@ def _mount_args(plan: ContainerPlan) -> list[str]:
 def instance_start_argv(apptainer: str, plan: ContainerPlan, name: str, env_file: str) -> list[str]:
     """``apptainer instance start`` with the plan's binds, overlays and flags."""
     return [
-        apptainer, "instance", "start", *_mount_args(plan),
-        "--cleanenv", "--env-file", env_file, plan.base_image.path, name,
+        apptainer,
+        "instance",
+        "start",
+        *_mount_args(plan),
+        "--cleanenv",
+        "--env-file",
+        env_file,
+        plan.base_image.path,
+        name,
     ]
 
 
-def instance_exec_argv(
-    apptainer: str, name: str, env_file: str, command: Sequence[str], pwd: str = ""
-) -> list[str]:
+def instance_exec_argv(apptainer: str, name: str, env_file: str, command: Sequence[str], pwd: str = "") -> list[str]:
     """Run ``command`` in a running instance with exactly the given environment."""
     argv = [apptainer, "exec", "--cleanenv", "--env-file", env_file]
     if pwd:

@@ -110,14 +110,14 @@ def parse_build_script(text: str, app_root: str, source: str = "build script") -
     return OverlayEnv(whatis, variables, notes, tuple(warnings))
 
 
-
 def expand_references(variables: dict[str, str]) -> dict[str, str]:
     """Substitute ``$NAME``/``${NAME}`` where NAME is one of ``variables`` (not itself)."""
     expanded = dict(variables)
     for _ in range(len(expanded)):
         changed = False
         for key, value in expanded.items():
-            def substitute(match: re.Match) -> str:
+
+            def substitute(match: re.Match, key: str = key) -> str:
                 name = match.group(1) or match.group(2)
                 return expanded[name] if name in expanded and name != key else match.group(0)
 

@@ -152,7 +152,8 @@ def resolve(spec: str, catalog: Catalog, cwd: str = ".") -> Overlay:
     if op:
         package, preferred = names.split_name_version(name)
         matching = [
-            o for o in catalog.versions_of(package)
+            o
+            for o in catalog.versions_of(package)
             if names.satisfies(names.split_name_version(o.name)[1], op, minimum, preferred)
         ]
         if matching:

@@ -170,7 +170,9 @@ def needs_fakeroot(env_image: Overlay | None, writable: bool, facts: HostFacts, 
     if owner is None or owner == uid:
         return None
     whose = "root" if owner == 0 else f"uid {owner}"
-    return Diagnostic("note", f"{os.path.basename(env_image.path)} belongs to {whose}: --fakeroot enabled automatically")
+    return Diagnostic(
+        "note", f"{os.path.basename(env_image.path)} belongs to {whose}: --fakeroot enabled automatically"
+    )
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def plan_container(
     extra_binds: Iterable[str] = (),
 ) -> ContainerPlan:
     """Resolve and validate a stack request into a :class:`ContainerPlan`."""
+    base: Overlay | None
     if request.base_image:
         base = resolve_base_image(request.base_image, cwd)
     else:

@@ -27,7 +27,9 @@ _SPEC_RE = re.compile(
     r"(?:\s*(?:==|>=|<=|!=|~=|=|<|>)?\s*[A-Za-z0-9_.*+!,|<>=~\-]*)?"  # version constraint
     r"(?:\[[A-Za-z0-9_.*+!,|<>=~\-= ]*\])?$"  # [key=value] brackets
 )
-_CHANNEL_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.\-]+)*|(?:file|https)://[A-Za-z0-9_.~:/\-]+)$")
+_CHANNEL_RE = re.compile(
+    r"^(?:[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_.\-]+)*|(?:file|https)://[A-Za-z0-9_.~:/\-]+)$"
+)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._+\-]{0,63})?$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHELL_CHARS = set(";&`$(){}\\'\"\n\r\t")
@@ -80,7 +82,9 @@ def validate_channels(channels: Sequence[str]) -> list[str]:
         if channel.startswith("http://"):
             raise ValueError(f"channel {channel!r} uses plain http://, which anyone on the way can alter: use https://")
         if not _CHANNEL_RE.match(channel) or ".." in channel.split("/"):
-            raise ValueError(f"invalid channel {channel!r}: give a channel name (conda-forge) or a file:// or https:// URL")
+            raise ValueError(
+                f"invalid channel {channel!r}: give a channel name (conda-forge) or a file:// or https:// URL"
+            )
         cleaned.append(channel)
     return cleaned
 
@@ -158,7 +162,10 @@ def _clash(new: str, kind: str, existing: str, existing_kind: str) -> str:
     if package.lower() != existing_package.lower():
         return ""
     if package != existing_package:
-        return f"its first part differs only in case from the image {existing}; pick a name that no other image starts with"
+        return (
+            f"its first part differs only in case from the image {existing}; "
+            "pick a name that no other image starts with"
+        )
     if _is_versioned(new) and _is_versioned(existing) and kind == existing_kind:
         return ""  # one more version of the same family: the newest answers to the bare name, by design
     return (

@@ -56,6 +56,8 @@ def http_errors() -> Iterator[None]:
     except tuple(kind for kind, _ in HTTP_STATUS) as err:
         status = next(code for kind, code in HTTP_STATUS if isinstance(err, kind))
         raise web.HTTPError(status, str(err)) from None
+
+
 MAX_BODY_BYTES = 1024 * 1024  # names, specs and channels: far below this
 
 
@@ -74,7 +76,8 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         raw = self.request.body or b"{}"
         if len(raw) > MAX_BODY_BYTES:
             raise web.HTTPError(
-                413, f"request body is {len(raw)} bytes, over the {MAX_BODY_BYTES // 1024} KiB limit; send a smaller one"
+                413,
+                f"request body is {len(raw)} bytes, over the {MAX_BODY_BYTES // 1024} KiB limit; send a smaller one",
             )
         try:
             data = json.loads(raw)
@@ -286,7 +289,7 @@ class FreezeHandler(_LifecycleHandler):
             raise web.HTTPError(400, "revision must be an integer or left out (the latest)")
         frozen, version = data.get("name"), data.get("version")
         if not isinstance(frozen, str) or not isinstance(version, str):
-            raise web.HTTPError(400, "name and version must be strings, e.g. {\"name\": \"myenv\", \"version\": \"1.0\"}")
+            raise web.HTTPError(400, 'name and version must be strings, e.g. {"name": "myenv", "version": "1.0"}')
         with http_errors():
             freeze.check_target(self.operations, name, frozen, version)
         self.not_busy(name)
@@ -294,7 +297,8 @@ class FreezeHandler(_LifecycleHandler):
         register = bool(data.get("register_kernel", True))
         operations = self.operations
         job = self.jobs.submit(
-            "freeze", name,
+            "freeze",
+            name,
             lambda report: freeze.freeze(operations, report, name, frozen, version, revision, register),
         )
         self.accepted(job)
