@@ -91,7 +91,7 @@ async def freeze(
     via: str = "jupyter-condatainer",  # kept for symmetry with the other operations (a freeze is no revision)
 ) -> str:
     """Build ``name--version.sqf`` from ``source``'s revision (default: the latest)."""
-    target = check_target(ops, source, name, version)
+    target = await asyncio.to_thread(check_target, ops, source, name, version)
     owner = Owner.current()
     tag = f"{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}"
     stage = target.path.with_name(f".{target.path.stem}.{tag}.tmp.stage")
@@ -162,7 +162,7 @@ async def freeze(
             await asyncio.to_thread(shutil.rmtree, stage, True)
     message = f"froze {target.source.name} revision {rev.number} into {target.path}"
     if register_kernel:
-        kernel = register_frozen_kernel(ops, target.name, "python" in rev.packages)
+        kernel = await asyncio.to_thread(register_frozen_kernel, ops, target.name, "python" in rev.packages)
         if kernel:
             report.log(f"registered kernel {kernel}")
             message += f" (kernel {kernel})"
@@ -185,7 +185,7 @@ async def _install(
         env={**config.container_env, "CNT_CONDA_PREFIX": target.prefix},
         binds=[f"{app}:{target.prefix}", str(lock_file.parent), *history.local_channel_dirs(lock_text)],
     )
-    plan = await asyncio.to_thread(plan_for_host, request, config, ops.catalog())
+    plan = await asyncio.to_thread(plan_for_host, request, config)
     requested = [a for spec in rev.requested.values() for a in ("--requested", spec)]
     script = 'mm-create "$@" && mm-clean -a -y -q'
     cmd = ["sh", "-c", script, "sh", "-y", "-f", str(lock_file), *requested]

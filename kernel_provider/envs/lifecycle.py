@@ -85,7 +85,7 @@ class Lifecycle:
 
     async def rollback(self, report: Reporter, name: str, revision: int | str) -> str:
         """Make the env hold exactly the packages of ``revision``; recorded as a new revision."""
-        overlay = self.ops.find_env(name)
+        overlay = await asyncio.to_thread(self.ops.find_env, name)
         lock_file = runtime_dir() / f"rollback-{os.getpid()}-{secrets.token_hex(4)}.txt"
         base = ["mm-install", "-y", "--explicit", str(lock_file)]
         cmd = history.recorded(base, f"rollback to revision {revision}", current_user(), self.via)

@@ -289,7 +289,7 @@ class EnvOperations:
         at any step leaves either nothing or the finished env (the temporary file of a dead
         server is removed by :meth:`recover`).
         """
-        target = self.check_create(name, size_mb)
+        target = await asyncio.to_thread(self.check_create, name, size_mb)
         packages = validate_specs(list(packages) or list(DEFAULT_PACKAGES))
         channels = validate_channels(channels)
         self.config.require_apptainer()
@@ -297,7 +297,7 @@ class EnvOperations:
         with self.journal.record("create", name, str(target)):
             await self._build(report, name, size_mb, packages, channels, target, tmp)
         if register_kernel:
-            kernel = self.register_kernel(name)
+            kernel = await asyncio.to_thread(self.register_kernel, name)
             report.log(f"registered kernel {kernel}")
         return f"created {target}"
 
@@ -375,7 +375,7 @@ class EnvOperations:
             raise ValueError(f"unknown package operation {verb!r}")
         specs = validate_specs(specs)
         channels = validate_channels(channels)
-        overlay = self.find_env(name)
+        overlay = await asyncio.to_thread(self.find_env, name)
         cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
         cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
         before: dict[str, str] = {}
@@ -500,7 +500,7 @@ class EnvOperations:
             env=self.config.container_env,
             binds=[*channel_binds(channels), *binds],
         )
-        plan = await asyncio.to_thread(plan_for_host, request, self.config, self.catalog())
+        plan = await asyncio.to_thread(plan_for_host, request, self.config)
         check_fakeroot(plan)
         env_file = write_private(
             runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env)
@@ -568,7 +568,7 @@ class EnvOperations:
         A symlinked image loses only its link (and the link's sidecar); the file it points to
         stays. The unlink is the one step: before it nothing changed, after it the env is gone.
         """
-        overlay = self.find(name)
+        overlay = await asyncio.to_thread(self.find, name)
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
         if self.mounted_by(overlay):

@@ -95,10 +95,10 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, f"{key} must be a list of strings")
         return value
 
-    def overlay_name(self, name: str) -> str:
-        """The catalog name of ``name``: bad names 400, unknown ones 404."""
+    async def overlay_name(self, name: str) -> str:
+        """The catalog name of ``name``: bad names 400, unknown ones 404 (the scan runs off the loop)."""
         with http_errors():
-            return self.operations.find(validate_lookup_name(name)).name
+            return (await asyncio.to_thread(self.operations.find, validate_lookup_name(name))).name
 
     def not_busy(self, name: str) -> None:
         """409 while a job (running or queued) works on ``name``: one operation per image at a time."""
@@ -148,7 +148,7 @@ class OverlayHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
-        name = self.overlay_name(name)
+        name = await self.overlay_name(name)
         self.not_busy(name)
         with http_errors():
             await self.operations.delete(name)
@@ -160,7 +160,7 @@ class PackagesHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        name = self.overlay_name(name)
+        name = await self.overlay_name(name)
         packages = await self.read(self.operations.packages, name)
         self.finish({"packages": as_json(packages)})
 
@@ -181,12 +181,12 @@ class PackagesHandler(BaseHandler):
         await self._change(name, "remove")
 
     async def _change(self, name: str, verb: str) -> None:
-        name = self.overlay_name(name)
+        name = await self.overlay_name(name)
         data = self.body()
         with http_errors():
             specs = validate_specs(self.list_field(data, "specs"))
             channels = validate_channels(self.list_field(data, "channels"))
-            self.operations.find_env(name)
+            await asyncio.to_thread(self.operations.find_env, name)
         self.not_busy(name)
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)
@@ -228,10 +228,11 @@ class _LifecycleHandler(BaseHandler):
 
         return Lifecycle(self.operations)
 
-    def env_name(self, name: str) -> str:
-        name = self.overlay_name(name)
+    async def env_name(self, name: str) -> str:
+        """The catalog name of an ``.img`` env: 404 unknown, 400 for a read-only image."""
+        name = await self.overlay_name(name)
         with http_errors():
-            self.operations.find_env(name)
+            await asyncio.to_thread(self.operations.find_env, name)
         return name
 
 
@@ -239,7 +240,7 @@ class HistoryHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        name = self.env_name(name)
+        name = await self.env_name(name)
         revisions = await self.read(self.lifecycle().history, name)
         self.finish({"name": name, "revisions": [r.to_json() for r in revisions]})
 
@@ -248,7 +249,7 @@ class ExportHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        name = self.env_name(name)
+        name = await self.env_name(name)
         fmt = self.get_query_argument("format", "yml")
         revision = self.get_query_argument("revision", None)
         filename, text = await self.read(self.lifecycle().export, name, fmt, revision)
@@ -262,7 +263,7 @@ class RollbackHandler(_LifecycleHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        name = self.env_name(name)
+        name = await self.env_name(name)
         revision = self.body().get("revision")
         if isinstance(revision, bool) or not isinstance(revision, int):
             raise web.HTTPError(400, "revision must be an integer (see GET …/history)")
@@ -282,7 +283,7 @@ class FreezeHandler(_LifecycleHandler):
     async def post(self, name: str) -> None:
         from kernel_provider.envs import freeze
 
-        name = self.env_name(name)
+        name = await self.env_name(name)
         data = self.body()
         revision = data.get("revision")
         if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
@@ -291,7 +292,7 @@ class FreezeHandler(_LifecycleHandler):
         if not isinstance(frozen, str) or not isinstance(version, str):
             raise web.HTTPError(400, 'name and version must be strings, e.g. {"name": "myenv", "version": "1.0"}')
         with http_errors():
-            freeze.check_target(self.operations, name, frozen, version)
+            await asyncio.to_thread(freeze.check_target, self.operations, name, frozen, version)
         self.not_busy(name)
         await self.read(self.lifecycle().check_revision, name, revision)
         register = bool(data.get("register_kernel", True))
