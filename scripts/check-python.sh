@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Python gates: ruff (pyflakes, pycodestyle, isort, bugbear, async, and pydocstyle's
-# missing-docstring rules on the public API) over the whole tree, and mypy on the pure and
+# missing-docstring rules on the public API) and `ruff format --check` over the whole tree, and mypy on the pure and
 # host layers (kernel_provider/model, kernel_provider/host). Configuration: pyproject.toml.
 # Runs both and exits non-zero when either finds something.
 #
@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 failed=()
 "$PYTHON" -m ruff check --output-format concise . || failed+=(ruff)
+"$PYTHON" -m ruff format --check . || failed+=("ruff format")
 "$PYTHON" -m mypy || failed+=(mypy)
 if (( ${#failed[@]} )); then
     printf '[check-python] failed: %s\n' "${failed[*]}" >&2
