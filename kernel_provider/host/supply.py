@@ -33,8 +33,8 @@ def supply_root() -> Path:
 
 
 def package_dir() -> str:
-    """The host directory of this package, bound into containers for the launcher and magic."""
-    return os.path.dirname(os.path.abspath(__file__))
+    """The host directory of the ``kernel_provider`` package, bound into containers for the launcher and magic."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tag(version: tuple[int, int]) -> str:

@@ -14,7 +14,8 @@ import os
 import runpy
 import sys
 
-# Run as a script from LIB_DIR/kernel_provider/incontainer/, before the package is importable.
+# Run as a script from LIB_DIR/kernel_provider/incontainer/, before the package is importable:
+# its own imports of the package are absolute and come after LIB_DIR is on sys.path.
 LIB_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_IPYKERNEL_EXIT = 3
 MAGIC_EXTENSION = "--ext=kernel_provider.incontainer.magic"
@@ -24,7 +25,7 @@ def activate_conda_envs() -> None:
     """``conda activate`` the stack's envs (activation scripts, env vars); nothing of the host's
     ``~/.local`` (user site-packages) in this kernel or its child processes."""
     try:
-        from .activation import activate_in_process
+        from kernel_provider.incontainer.activation import activate_in_process
     except ImportError:  # an older package bound in: no activation
         pass
     else:
@@ -43,7 +44,7 @@ def main() -> None:
         sys.path.pop(0)
     sys.path.append(LIB_DIR)
     activate_conda_envs()
-    from .constants import SUPPLY_DIR
+    from kernel_provider.incontainer.constants import SUPPLY_DIR
 
     if importlib.util.find_spec("ipykernel") is None:
         tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
