@@ -31,6 +31,7 @@ class Entry:
     pid: int
     start_time: int
     host: str
+    in_place: bool = False  # ran in a kernel's instance on the mounted env: no commit to look at
 
     def outcome(self) -> str:
         """The user's answer: which of the two states the image is in now."""
@@ -39,6 +40,11 @@ class Entry:
         except FileNotFoundError:
             inode = None
         what = f"the {self.operation} of {self.name} was interrupted (the server stopped)"
+        if self.in_place:
+            return (
+                f"{what} while it ran inside a running kernel's container, where it cannot be undone; it may "
+                f"have been cut short: check {self.name}'s history and packages, and roll back if needed"
+            )
         if self.operation in CREATING:
             return f"{what}; it had finished: {self.name} is complete" if inode else f"{what}; nothing was created"
         if inode == self.inode:
@@ -55,14 +61,14 @@ class Journal:
         self.directory = Path(directory)
 
     @contextmanager
-    def record(self, operation: str, name: str, path: str) -> Iterator[Entry]:
+    def record(self, operation: str, name: str, path: str, in_place: bool = False) -> Iterator[Entry]:
         """Keep a record for as long as the operation runs."""
         try:
             inode: int | None = os.stat(path).st_ino
         except FileNotFoundError:
             inode = None
         owner = Owner.current()
-        entry = Entry(operation, name, path, inode, owner.pid, owner.start_time, owner.host)
+        entry = Entry(operation, name, path, inode, owner.pid, owner.start_time, owner.host, in_place)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         file = self.directory / f"{owner.pid}-{owner.start_time}-{secrets.token_hex(4)}.json"
         partial = file.with_suffix(".partial")

@@ -411,10 +411,10 @@ class EnvOperations:
         lock = self.try_lock(overlay.path)
         image = await asyncio.to_thread(os.path.realpath, overlay.path)  # what a commit replaces
         try:
-            with self.journal.record(operation, overlay.name, image):
+            instance = self.mounted_by(overlay)
+            with self.journal.record(operation, overlay.name, image, in_place=instance is not None):
                 if prepare is not None:
                     await prepare()
-                instance = self.mounted_by(overlay)
                 if instance is not None:
                     await self._run_in_instance(report, instance, cmd)
                 else:
