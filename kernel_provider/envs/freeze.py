@@ -52,12 +52,15 @@ ACTIVATION_DIRS = ("activate.d", "deactivate.d")
 
 @dataclass(frozen=True)
 class FreezeTarget:
+    """A checked freeze request: the env it comes from and the ``.sqf`` it becomes."""
+
     source: Overlay
     name: str  # "frozen/1.0"
     path: Path  # …/frozen--1.0.sqf
 
     @property
     def prefix(self) -> str:
+        """Where the frozen env is mounted, and so where it is built: a conda env cannot be moved."""
         return f"/cnt/{self.name}"
 
 

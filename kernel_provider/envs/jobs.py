@@ -28,6 +28,8 @@ class JobError(RuntimeError):
 
 @dataclass
 class Job:
+    """One operation as clients see it; its JSON is what the REST API and the event bus carry."""
+
     id: str
     kind: str
     target: str
@@ -41,6 +43,7 @@ class Job:
     cancellable: bool = True
 
     def to_json(self, log: bool = True) -> dict:
+        """The job for clients: with its whole log, or (``log=False``: listings, events) the last lines."""
         data = {
             "id": self.id,
             "kind": self.kind,
@@ -68,6 +71,7 @@ class JobContext:
         self._changed = changed
 
     def log(self, line: str) -> None:
+        """Add a line of the tool's output to the job's log (only the last ``LOG_LIMIT`` are kept)."""
         line = line.rstrip()
         if not line:
             return
@@ -76,6 +80,7 @@ class JobContext:
         self._changed(self.job)
 
     def step(self, progress: float, message: str) -> None:
+        """Move the progress (never backwards) and say what runs now."""
         self.job.progress = max(self.job.progress, min(progress, 1.0))
         self.job.message = message
         self._changed(self.job)
@@ -187,9 +192,11 @@ class JobRegistry:
             self._on_change(job)
 
     def running_for(self, target: str) -> Job | None:
+        """The job (running or queued) working on ``target``, if any: one operation per image at a time."""
         return next((j for j in self.jobs.values() if j.target == target and j.state not in TERMINAL_STATES), None)
 
     async def cancel(self, job_id: str) -> Job:
+        """Stop a running or queued job and wait until it has ended; :class:`JobError` past its point of no return."""
         job = self.jobs[job_id]
         task = self._tasks.get(job_id)
         if task is None:
@@ -201,12 +208,14 @@ class JobRegistry:
         return job
 
     async def wait(self, job_id: str) -> Job:
+        """The job once it has ended, whatever the end."""
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         return self.jobs[job_id]
 
     async def shutdown(self) -> None:
+        """Cancel every job as the server stops, even one past its point of no return."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

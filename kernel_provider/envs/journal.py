@@ -24,6 +24,8 @@ CREATING = ("create", "freeze")  # the image appears at the commit
 
 @dataclass(frozen=True)
 class Entry:
+    """One intent record: the operation, its image (and the image's inode before), who runs it."""
+
     operation: str
     name: str
     path: str

@@ -1,12 +1,12 @@
-"""An env's lifecycle on top of :mod:`envops`: history, export/lock, rollback (freeze: :mod:`freeze`).
+"""An env's lifecycle on top of :mod:`.operations`: history, export/lock, rollback (freeze: :mod:`.freeze`).
 
 One implementation for the REST API, the CLI and the panel. Reading (history, export) goes through
 :mod:`kernel_provider.envs.envmeta`: the running kernel's instance when one has the env mounted, else
 ``debugfs`` on the ``.img`` (refused while another container has it open read-write). A rollback is a
 package change like an install — the env lock, our kernel's instance when one has the env mounted,
 else a one-shot container on a copy that replaces the env when it succeeded, refused while another
-container has the env mounted — that runs ``mm-install --explicit LOCK`` with the lock of the wanted revision, so the env
-ends with exactly that revision's packages (no solve), recorded as a new revision.
+container has the env mounted — that runs ``mm-install --explicit LOCK`` with the lock of the wanted
+revision, so the env ends with exactly that revision's packages (no solve), recorded as a new revision.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Lifecycle:
         return self.ops.env_meta(self.ops.find_env(name))
 
     def history(self, name: str) -> list[Revision]:
+        """The env's revisions, oldest first (revision 0 made the env). Blocking."""
         return self.meta(name).revisions()
 
     def export(self, name: str, fmt: str = "yml", revision: int | str | None = None) -> tuple[str, str]:

@@ -68,11 +68,14 @@ DEFAULT_PACKAGES = ("zlib",)  # CondaTainer's minimal env
 class Reporter(Protocol):
     """Progress sink: a job context on the server, the cell's output in the magic."""
 
-    def log(self, line: str) -> None: ...
+    def log(self, line: str) -> None:
+        """Pass on a line of the tool's output."""
 
-    def step(self, progress: float, message: str) -> None: ...
+    def step(self, progress: float, message: str) -> None:
+        """Say how far the operation is (0 to 1) and what runs now."""
 
-    def point_of_no_return(self) -> None: ...
+    def point_of_no_return(self) -> None:
+        """From here on the operation must not be stopped: stopping halfway could leave a half-changed env."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class OverlayInfo:
 
 @dataclass(frozen=True)
 class Package:
+    """One installed package, as the REST API lists it (``GET …/packages``)."""
+
     name: str
     version: str
     build: str
@@ -126,11 +131,13 @@ class EnvOperations:
 
     @property
     def journal(self) -> Journal:
+        """Intent records of running operations, so a restarted server can say what became of them."""
         return Journal(Path(self.config.state_dir) / "jupyter-condatainer" / "journal")
 
     # -- lookup --------------------------------------------------------------------------
 
     def catalog(self) -> Catalog:
+        """The images as they are now: scanned at every call, since other processes add and remove them."""
         return scan(self.config.image_dirs, self.config.distro)
 
     def find(self, name: str) -> Overlay:
@@ -142,6 +149,7 @@ class EnvOperations:
         return catalog.by_name[name]
 
     def find_env(self, name: str) -> Overlay:
+        """Like :meth:`find`, for an operation on packages: only an ``.img`` env has packages that change."""
         overlay = self.find(name)
         if overlay.kind != "img":
             raise OverlayError(f"{name} is a read-only .{overlay.kind} image; packages can only change in an .img env")
@@ -215,14 +223,17 @@ class EnvOperations:
         return read_env_meta(overlay, instance, self.instances.apptainer if instance else "", destination)
 
     def packages(self, name: str) -> list[Package]:
+        """The env's installed packages as they are now. Blocking."""
         return read_conda_meta(self.env_meta(self.find_env(name)))
 
     # -- locking and disk space -------------------------------------------------------------
 
     def env_lock(self, path: str) -> EnvLock:
+        """The lock (not taken yet) that every process of this user holds to change the env at ``path``."""
         return EnvLock(env_lock_path(self.config.state_dir, path))
 
     def try_lock(self, path: str) -> EnvLock:
+        """Take the env's lock without waiting; :class:`EnvBusyError` while another operation holds it."""
         try:
             return self.env_lock(path).acquire()
         except EnvBusyError:
@@ -627,4 +638,5 @@ MB = 1024 * 1024
 
 
 def as_json(rows) -> list[dict]:
+    """Listing rows (dataclasses) as the REST API sends them."""
     return [asdict(row) for row in rows]

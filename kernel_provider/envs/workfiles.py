@@ -29,15 +29,16 @@ def work_path(target: Path) -> Path:
 
 def remove_work_files(work: Path) -> None:
     """A work file and whatever a tool made next to it (``apptainer overlay create`` makes ``….ext3``)."""
-    for path in work.parent.glob(glob_escape(work.name) + "*"):
+    for path in work.parent.glob(_glob_escape(work.name) + "*"):
         path.unlink(missing_ok=True)
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def fsync_file(path: Path) -> None:
+    """Put a finished work file on disk before the rename or link that commits it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -64,7 +65,7 @@ def remove_half_placed_sidecar(work: Path) -> None:
     if not work.name.endswith(".tmp.sqf.env"):
         return
     stem = work.name[1:].split(".", 1)[0]
-    for sidecar in work.parent.glob(glob_escape(stem) + "*.sqf.env"):
+    for sidecar in work.parent.glob(_glob_escape(stem) + "*.sqf.env"):
         image = sidecar.with_name(sidecar.name[: -len(".env")])
         if not image.exists() and os.path.samefile(sidecar, work):
             sidecar.unlink()

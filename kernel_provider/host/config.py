@@ -179,6 +179,7 @@ class CondaTainerConfig(LoggingConfigurable):
 
     @property
     def base_image_filename(self) -> str:
+        """The file CondaTainer looks for as this distro's base image."""
         return f"{self.distro}--base_image.sif"
 
     @property

@@ -32,6 +32,7 @@ def overlay_notes(plan: ContainerPlan) -> dict[str, dict]:
 
 
 async def write(instance: Instance, config: CondaTainerConfig, apptainer_version: str) -> None:
+    """Tell the kernel-side magic about a started instance: its stack, writable env and env lock, notes."""
     plan = instance.plan
     env_image = plan.env_image
     info = {

@@ -101,6 +101,7 @@ class InstanceManager:
 
     @property
     def apptainer(self) -> str:
+        """The Apptainer binary, looked up at each use so a missing one is an error that says how to get it."""
         return self.config.require_apptainer()
 
     @property
@@ -111,6 +112,7 @@ class InstanceManager:
         return f"{INSTANCE_PREFIX}{scope}-"
 
     async def apptainer_version(self) -> str:
+        """Apptainer's ``--version`` (asked once per manager), for the magic's ``info``."""
         if not self._version:
             result = await run([self.apptainer, "--version"], STOP_TIMEOUT)
             self._version = result.stdout.strip() or "unknown"

@@ -61,6 +61,7 @@ class SharedLocks:
         self._fds: list[int] = []
 
     def acquire(self) -> SharedLocks:
+        """Take every lock or none: :class:`ImageBusyError` while an image is being written or removed."""
         try:
             for path in self.paths:
                 self._fds.append(_try_flock(path, exclusive=False))
@@ -70,11 +71,13 @@ class SharedLocks:
         return self
 
     def release(self) -> None:
+        """Let the images go (the container stopped); safe to call twice."""
         while self._fds:
             os.close(self._fds.pop())
 
     @property
     def held(self) -> bool:
+        """Whether the locks are taken (between :meth:`acquire` and :meth:`release`)."""
         return bool(self._fds)
 
 
@@ -106,6 +109,7 @@ def locked_files(proc_locks: str = "/proc/locks", write_only: bool = False) -> s
 
 
 def is_locked(path: str, locked: set[tuple[int, int]]) -> bool:
+    """Whether ``path`` is among ``locked`` (from :func:`locked_files`: one read for many images)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -128,6 +132,7 @@ class ImageWriteHold:
         self._fd: int | None = None
 
     def acquire(self) -> ImageWriteHold:
+        """Take the lock without waiting; :class:`EnvBusyError` when a container has the image mounted."""
         fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
@@ -140,6 +145,7 @@ class ImageWriteHold:
         return self
 
     def release(self) -> None:
+        """Let containers mount the image again; safe to call twice."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -85,7 +85,7 @@ def _subid_ranges(path: str) -> list[tuple[str, int, int]]:
     return ranges
 
 
-def has_subid_entry(user: str, uid: int, path: str) -> bool:
+def _has_subid_entry(user: str, uid: int, path: str) -> bool:
     return any(owner in (user, str(uid)) and count > 0 for owner, _, count in _subid_ranges(path))
 
 
@@ -102,6 +102,7 @@ def unprivileged_userns() -> bool:
 
 
 def user_name(uid: int) -> str:
+    """The login name ``/etc/subuid`` lines and messages use; the uid as text when it has none."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -111,7 +112,7 @@ def user_name(uid: int) -> str:
 def missing_subids(uid: int) -> str | None:
     """None when ``uid`` is root or has subuid and subgid ranges; else what an admin must add."""
     user = user_name(uid)
-    if uid == 0 or all(has_subid_entry(user, uid, path) for path in (SUBUID_FILE, SUBGID_FILE)):
+    if uid == 0 or all(_has_subid_entry(user, uid, path) for path in (SUBUID_FILE, SUBGID_FILE)):
         return None
     ends = [start + count for path in (SUBUID_FILE, SUBGID_FILE) for _, start, count in _subid_ranges(path)]
     first = max([100000, *ends])
@@ -136,6 +137,7 @@ def fakeroot_problem(uid: int) -> str | None:
 
 
 def read_sidecar(overlay: Overlay) -> OverlayEnv:
+    """The overlay's ``.env`` sidecar (``#WHATIS``, variables, notes); empty when it has none."""
     try:
         with open(overlay.sidecar_path, encoding="utf-8", errors="replace") as handle:
             return parse_sidecar(handle.read(), overlay.app_root, overlay.sidecar_path)
@@ -160,13 +162,16 @@ class ImageProbe:
         return env
 
     def has_bin(self, overlay: Overlay) -> bool:
+        """Looked up in the ``.sqf``'s listing (``unsquashfs -l``, cached); True when it cannot be listed."""
         inner = f"cnt/{overlay.name}/bin"
         listing = _sqf_listing(_identity(overlay.path), inner)
         # When the archive cannot be listed, keep the PATH entry: a missing dir is harmless.
         return listing is None or any(path == "/" + inner or path.startswith(f"/{inner}/") for path in listing)
 
     def image_owner(self, overlay: Overlay) -> int | None:
+        """The owner of an ``.img``'s ``/upper``, read with ``debugfs`` (cached); None for other images."""
         return _upper_owner(_identity(overlay.path)) if overlay.kind == "img" else None
 
     def device_exists(self, path: str) -> bool:
+        """Looked up on the host: the container gets the host's ``/dev``."""
         return os.path.exists(path)

@@ -21,6 +21,8 @@ class InstanceError(RuntimeError):
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What :func:`run` gives back: the exit status and the decoded output."""
+
     returncode: int
     stdout: str
     stderr: str

@@ -35,6 +35,8 @@ class NoPythonError(InstanceError):
 
 @dataclass(frozen=True)
 class PythonInfo:
+    """The stack's Python: whether ipykernel must be supplied, and which wheels would fit it."""
+
     executable: str
     version: tuple[int, int]
     has_ipykernel: bool
@@ -42,11 +44,12 @@ class PythonInfo:
 
 
 def cache_path() -> Path:
+    """The probe cache, in the user's cache directory: shared by every server of this user."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "jupyter-condatainer" / "python-probes.json"
 
 
-def cache_key(plan: ContainerPlan) -> str:
+def _cache_key(plan: ContainerPlan) -> str:
     identities = []
     for image in (plan.base_image, *plan.overlays):
         try:
@@ -57,7 +60,7 @@ def cache_key(plan: ContainerPlan) -> str:
     return hashlib.sha256(json.dumps([identities, plan.env_dict.get("PATH", "")]).encode()).hexdigest()[:16]
 
 
-def read_cache() -> dict:
+def _read_cache() -> dict:
     try:
         return json.loads(cache_path().read_text())
     except (OSError, ValueError):
@@ -75,13 +78,14 @@ def remember(key: str, entry: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        cache = read_cache()
+        cache = _read_cache()
         cache.pop(key, None)  # newest last: the size cap drops the oldest
         cache[key] = entry
         write_private(path, json.dumps(dict(list(cache.items())[-PROBE_CACHE_SIZE:])))
 
 
 def no_python_message(overlays: str) -> str:
+    """The refusal for a stack without ``python`` (``overlays``: its overlay names), with the fix."""
     return (
         f"no `python` on the container PATH of this stack ({overlays or 'base image only'}). Add a "
         "Python overlay (e.g. python/3.11) or an env .img with python to the kernel's overlays."
@@ -90,8 +94,8 @@ def no_python_message(overlays: str) -> str:
 
 async def probe_python(apptainer: str, instance_name: str, env_file: str, plan: ContainerPlan) -> PythonInfo:
     """Probe (or recall) the Python of a running instance of ``plan``."""
-    key = cache_key(plan)
-    cached = read_cache().get(key)
+    key = _cache_key(plan)
+    cached = _read_cache().get(key)
     if cached:
         return PythonInfo(**{**cached, "version": tuple(cached["version"])})
     argv = command.instance_exec_argv(apptainer, instance_name, env_file, ["python", "-c", PROBE_SCRIPT])
@@ -106,5 +110,6 @@ async def probe_python(apptainer: str, instance_name: str, env_file: str, plan: 
 
 
 def parse_probe(stdout: str) -> PythonInfo:
+    """The probe script's answer: the last line of its output, JSON."""
     info = json.loads(stdout.strip().splitlines()[-1])
     return PythonInfo(info["executable"], tuple(info["version"]), info["ipykernel"], info["glibc"])

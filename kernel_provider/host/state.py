@@ -42,10 +42,12 @@ class Owner:
 
     @classmethod
     def current(cls) -> Owner:
+        """This process, as it signs what it owns (state files, journal records, work files)."""
         pid = os.getpid()
         return cls(pid, process_start_time(pid) or 0, socket.gethostname())
 
     def is_alive(self) -> bool:
+        """Whether what it owns is still in use: same PID and start time (another host's owner: always)."""
         if self.host != socket.gethostname():
             return True  # another node's server: never ours to judge
         return process_start_time(self.pid) == self.start_time
@@ -68,6 +70,7 @@ class InstanceRecord:
     slurm_job: str = ""  # the SLURM job holding the instance (kernel_provider.kernel.slurm), if any
 
     def to_json(self) -> dict:
+        """The state file: CondaTainer's fields, ours under ``jupyter_condatainer``."""
         return {
             "name": self.name,
             "env": self.env,
@@ -112,6 +115,7 @@ class StateStore:
         self.directory = Path(directory)
 
     def path(self, name: str) -> Path:
+        """The state file of instance ``name``."""
         return self.directory / f"{name}.json"
 
     def write(self, record: InstanceRecord) -> None:
@@ -123,12 +127,14 @@ class StateStore:
         os.replace(tmp, self.path(record.name))
 
     def read(self, name: str) -> InstanceRecord | None:
+        """An instance's record; None when its file is missing, unreadable or not ours."""
         try:
             return InstanceRecord.from_json(json.loads(self.path(name).read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def remove(self, name: str) -> None:
+        """Forget an instance (its file may already be gone)."""
         self.path(name).unlink(missing_ok=True)
 
     def ours(self) -> list[InstanceRecord]:

@@ -26,6 +26,7 @@ LOCK_POLL_INTERVAL = 0.2
 
 
 def supply_root() -> Path:
+    """Where the host-built ipykernels live, one ``cp3XY`` each; bound read-only into every instance."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(cache) / "jupyter-condatainer" / "ipykernel"
     root.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,7 @@ def package_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tag(version: tuple[int, int]) -> str:
+def _tag(version: tuple[int, int]) -> str:
     return f"cp{version[0]}{version[1]}"
 
 
@@ -55,7 +56,7 @@ def pip_argv(version: tuple[int, int], target: str, glibc: str = "", machine: st
     platforms = manylinux_platforms(glibc, machine or platform.machine())
     argv = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
     argv += ["--target", target, "--only-binary=:all:", "--implementation", "cp"]
-    argv += ["--python-version", f"{version[0]}.{version[1]}", "--abi", tag(version)]
+    argv += ["--python-version", f"{version[0]}.{version[1]}", "--abi", _tag(version)]
     for name in platforms:
         argv += ["--platform", name]
     return [*argv, "ipykernel"]
@@ -99,13 +100,13 @@ async def _pip_install(version: tuple[int, int], target: str, glibc: str) -> Non
 
 async def ensure_ipykernel(version: tuple[int, int], glibc: str = "") -> Path:
     """The supplied ipykernel for ``version``, building it (once, under a lock) if needed."""
-    target = supply_root() / tag(version)
+    target = supply_root() / _tag(version)
     if target.is_dir():
         return target
     async with build_lock(str(target) + ".lock"):
         if target.is_dir():
             return target
-        staging = tempfile.mkdtemp(prefix=f".{tag(version)}.", dir=target.parent)
+        staging = tempfile.mkdtemp(prefix=f".{_tag(version)}.", dir=target.parent)
         try:
             await _pip_install(version, staging, glibc)
         except BaseException:

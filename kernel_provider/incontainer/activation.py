@@ -51,7 +51,7 @@ def env_vars(prefix: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in values.items() if str(k).isidentifier()}
 
 
-def activate_scripts(prefix: str) -> list[str]:
+def _activate_scripts(prefix: str) -> list[str]:
     return sorted(glob.glob(os.path.join(prefix, "etc", "conda", "activate.d", "*.sh")))
 
 
@@ -59,12 +59,12 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def activation_script(prefixes: list[str], python: str) -> str:
+def _activation_script(prefixes: list[str], python: str) -> str:
     lines = []
     for level, prefix in enumerate(prefixes, start=1):
         exports = {"CONDA_PREFIX": prefix, "CONDA_DEFAULT_ENV": prefix, "CONDA_SHLVL": str(level), **env_vars(prefix)}
         lines += [f"export {key}={_quote(value)}" for key, value in exports.items()]
-        for script in activate_scripts(prefix):
+        for script in _activate_scripts(prefix):
             lines.append(
                 f"if [ -r {_quote(script)} ]; then . {_quote(script)} >&2 </dev/null || "
                 f"echo {_quote('jupyter-condatainer: activation script ' + script + ' failed')} >&2; fi"
@@ -86,7 +86,7 @@ def activated_environment(environ: dict[str, str], python: str = sys.executable)
         )
     try:
         result = subprocess.run(
-            ["/bin/sh", "-c", activation_script(prefixes, python)],
+            ["/bin/sh", "-c", _activation_script(prefixes, python)],
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -74,6 +74,7 @@ class EnvLock:
         return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
+        """Unlink the lock file while still holding it, then let go (the order the class's check relies on)."""
         if self._fd is None:
             return
         try:
@@ -85,6 +86,7 @@ class EnvLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._fd is not None
 
     def __enter__(self) -> EnvLock:

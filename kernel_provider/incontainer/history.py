@@ -96,6 +96,7 @@ class Dist:
 
     @classmethod
     def parse(cls, text: str) -> Dist:
+        """A package from a history line (without its ``+``/``-``); channel and subdir may be missing."""
         location, _, dist = text.strip().rpartition("::")
         channel, subdir = "", ""
         if location:
@@ -107,13 +108,16 @@ class Dist:
 
     @property
     def ident(self) -> str:
+        """``name-version-build``: how history lines and package records name one build of a package."""
         return f"{self.name}-{self.version}-{self.build}"
 
     @property
     def channel_name(self) -> str:
+        """The channel as users name it (``conda-forge``), whatever URL the history has."""
         return short_channel(self.channel)
 
     def to_json(self) -> dict:
+        """The package for clients, its channel by the name users know."""
         return {
             "name": self.name,
             "version": self.version,
@@ -136,6 +140,8 @@ class Entry:
 
 @dataclass
 class Revision:
+    """The env after one history entry: what changed, who asked for what, and every package it holds."""
+
     number: int
     time: str
     user: str
@@ -150,6 +156,7 @@ class Revision:
     requested: dict[str, str]  # what the user has asked for so far, by package name
 
     def to_json(self) -> dict:
+        """The revision for clients: packages as a list by name, the requested specs as a list."""
         data = asdict(self)
         data["packages"] = [d.to_json() for _, d in sorted(self.packages.items())]
         data["requested"] = list(self.requested.values())
@@ -160,7 +167,7 @@ class HistoryError(ValueError):
     """A revision that does not exist, or one that cannot be locked; the message says why."""
 
 
-def parse_history(text: str) -> list[Entry]:
+def _parse_history(text: str) -> list[Entry]:
     entries: list[Entry] = []
     for raw in text.splitlines():
         line = raw.strip()
@@ -211,7 +218,7 @@ def spec_name(spec: str) -> str:
     return base.split("::")[-1].lower()
 
 
-def read_sidecar(text: str) -> dict[int, dict]:
+def _read_sidecar(text: str) -> dict[int, dict]:
     found = {}
     for line in text.splitlines():
         try:
@@ -224,11 +231,11 @@ def read_sidecar(text: str) -> dict[int, dict]:
 
 def build_revisions(history_text: str, sidecar_text: str = "", owner: str = "") -> list[Revision]:
     """Every revision, with the package diff of each and the full package set after it."""
-    extra = read_sidecar(sidecar_text)
+    extra = _read_sidecar(sidecar_text)
     state: dict[str, Dist] = {}
     requested: dict[str, str] = {}
     revisions = []
-    for number, entry in enumerate(parse_history(history_text)):
+    for number, entry in enumerate(_parse_history(history_text)):
         before = dict(state)
         for dist in entry.removed:
             if dist.name in state and state[dist.name].ident == dist.ident:
@@ -297,6 +304,7 @@ def _describe(entry: Entry) -> str:
 
 
 def select(revisions: list[Revision], revision: int | str | None) -> Revision:
+    """The revision a user asked for (None or "": the latest); :class:`HistoryError` says which exist."""
     if not revisions:
         raise HistoryError("the env has no history (conda-meta/history is missing or empty)")
     if revision is None or revision == "":
@@ -325,6 +333,7 @@ class EnvMeta:
     owner: str = ""
 
     def revisions(self) -> list[Revision]:
+        """Every revision, oldest first, with who made it where the sidecar knows (else the env's owner)."""
         return build_revisions(self.history, self.sidecar, self.owner)
 
     def installed_records(self) -> list[dict]:
@@ -364,7 +373,7 @@ def load_env_meta(prefix: str | os.PathLike, owner: str = "") -> EnvMeta:
             result.records[ident] = record  # conda-meta wins over the kept copies
             if current:
                 result.installed.add(ident)
-    result.channels = read_condarc_channels(_read(prefix / ".condarc"))
+    result.channels = _read_condarc_channels(_read(prefix / ".condarc"))
     return result
 
 
@@ -375,7 +384,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def read_condarc_channels(text: str) -> list[str]:
+def _read_condarc_channels(text: str) -> list[str]:
     channels, inside = [], False
     for line in text.splitlines():
         stripped = line.strip()
@@ -504,6 +513,7 @@ def local_channel_dirs(lock_text: str) -> list[str]:
 
 
 def package_key(dist: Dist) -> tuple[str, str, str]:
+    """What makes two revisions hold the same package: name, version and build (not how the channel is spelled)."""
     return (dist.name, dist.version, dist.build)
 
 

@@ -39,6 +39,7 @@ def activate_conda_envs() -> None:
 
 
 def main() -> None:
+    """Become ipykernel: the env's own packages first, then this package and a supplied ipykernel, the magic loaded."""
     # Python put this script's directory first on sys.path; it must not shadow anything.
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)

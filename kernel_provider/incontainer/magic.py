@@ -157,7 +157,7 @@ def _recorded(cmd: list[str], request: str) -> list[str]:
     return history.recorded(cmd, request, user, "%condatainer")
 
 
-class CommandTree:
+class _CommandTree:
     """A command and every process it started, remembered as they are found in ``/proc``.
 
     The command stays in the kernel's process group (so a kernel that is killed takes it
@@ -202,7 +202,7 @@ def stop_command(process: subprocess.Popen) -> bool:
     running would change the env while another operation does. SIGINT comes first, so
     ``mm-*`` ends the way it does on Ctrl-C in a terminal.
     """
-    tree = CommandTree(process)
+    tree = _CommandTree(process)
     for signum, grace in STOP_STEPS:
         tree.signal(signum)
         if tree.wait(grace):
@@ -231,8 +231,11 @@ def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
 
 @magics_class
 class CondaTainerMagics(Magics):
+    """The ``%condatainer`` line magic; the launcher loads it into every CondaTainer kernel."""
+
     @line_magic
     def condatainer(self, line: str) -> None:
+        """Run one ``%condatainer`` subcommand (replaced by :data:`USAGE` below, the help users see)."""
         args = shlex.split(line)
         if not args or args[0] in ("-h", "--help", "help"):
             print(USAGE)
@@ -432,4 +435,5 @@ class CondaTainerMagics(Magics):
 
 
 def load_ipython_extension(ipython) -> None:
+    """IPython's hook for ``--ext=kernel_provider.incontainer.magic``, which the launcher passes."""
     ipython.register_magics(CondaTainerMagics)

@@ -62,10 +62,12 @@ def oneshot_exec_argv(
 
 
 def instance_stop_argv(apptainer: str, name: str, force: bool = False) -> list[str]:
+    """``apptainer instance stop``; ``force`` kills it (SIGKILL) instead of asking it to stop."""
     return [apptainer, "instance", "stop", *(["--force"] if force else []), name]
 
 
 def instance_list_argv(apptainer: str) -> list[str]:
+    """This user's running instances as JSON: how a sweep tells which of ours are still up."""
     return [apptainer, "instance", "list", "--json"]
 
 

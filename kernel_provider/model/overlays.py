@@ -44,6 +44,7 @@ class Overlay:
 
     @classmethod
     def from_path(cls, path: str, mode: str = "") -> Overlay:
+        """An image given by its path (not found in the catalog); refused unless it is a .sif, .sqf or .img."""
         filename = os.path.basename(path)
         kind = KINDS.get(os.path.splitext(filename)[1], "")
         if not kind:
@@ -57,10 +58,12 @@ class Overlay:
 
     @property
     def sidecar_path(self) -> str:
+        """The ``<image>.env`` next to the image: CondaTainer's variables and notes for it."""
         return self.path + ".env"
 
     @property
     def is_data(self) -> bool:
+        """A data overlay (``genome/hg38/star``: two slashes) carries data only: nothing of it goes on PATH."""
         return names.is_data_overlay(self.name)
 
     def mount_arg(self, writable: bool) -> str:
@@ -133,6 +136,7 @@ def _split_mode(spec: str) -> tuple[str, str]:
 
 
 def looks_like_path(spec: str) -> bool:
+    """A spec the user meant as a file (``./env.img``, ``/abs/x.sqf``, ``~/y``), used as given, not looked up."""
     return spec.endswith(names.IMAGE_SUFFIXES) or spec.startswith(("/", "./", "../", "~"))
 
 

@@ -34,17 +34,23 @@ class BaseImageNotFoundError(OverlayError):
 class HostFacts(Protocol):
     """What the planner needs to know about images and the host."""
 
-    def overlay_env(self, overlay: Overlay) -> OverlayEnv: ...
+    def overlay_env(self, overlay: Overlay) -> OverlayEnv:
+        """The variables and notes the overlay's build script and sidecar give a container."""
 
-    def has_bin(self, overlay: Overlay) -> bool: ...
+    def has_bin(self, overlay: Overlay) -> bool:
+        """Whether the overlay has a ``bin/`` to put on PATH."""
 
-    def image_owner(self, overlay: Overlay) -> int | None: ...
+    def image_owner(self, overlay: Overlay) -> int | None:
+        """The uid owning an ``.img``'s upper layer (None when unknown): decides ``--fakeroot``."""
 
-    def device_exists(self, path: str) -> bool: ...
+    def device_exists(self, path: str) -> bool:
+        """Whether a GPU device node is present, so the container gets ``--nv`` or ``--rocm``."""
 
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """Something the planner noticed for the user: a sidecar warning, a variable set twice, fakeroot turned on."""
+
     level: str
     message: str
 
@@ -70,10 +76,12 @@ class ContainerPlan:
 
     @property
     def overlay_args(self) -> list[str]:
+        """The ``--overlay`` values in mount order, each with its ``:ro``/``:rw``."""
         return [overlay.mount_arg(self.writable) for overlay in self.overlays]
 
     @property
     def env_dict(self) -> dict[str, str]:
+        """The container environment for lookups (later entries win, as in the container)."""
         return dict(self.env)
 
 
@@ -157,7 +165,7 @@ def build_env(
     return env, shown_notes, diagnostics
 
 
-def gpu_flags(facts: HostFacts) -> list[str]:
+def _gpu_flags(facts: HostFacts) -> list[str]:
     return [flag for device, flag in GPU_DEVICES if facts.device_exists(device)]
 
 
@@ -201,7 +209,7 @@ def plan_container(
     """Resolve and validate a stack request into a :class:`ContainerPlan`."""
     base: Overlay | None
     if request.base_image:
-        base = resolve_base_image(request.base_image, cwd)
+        base = _resolve_base_image(request.base_image, cwd)
     else:
         base = catalog.base_image()
         if base is None:
@@ -224,13 +232,13 @@ def plan_container(
         env=tuple(env),
         notes=notes,
         binds=tuple(bind_rules.dedupe_binds(wanted_binds)),
-        flags=tuple(gpu_flags(facts) + list(request.flags)),
+        flags=tuple(_gpu_flags(facts) + list(request.flags)),
         fakeroot=request.fakeroot or fakeroot_note is not None,
         diagnostics=tuple(diagnostics),
     )
 
 
-def resolve_base_image(spec: str, cwd: str) -> Overlay:
+def _resolve_base_image(spec: str, cwd: str) -> Overlay:
     path = os.path.join(cwd, os.path.expanduser(spec))
     if not os.path.isfile(path):
         raise BaseImageNotFoundError(f"base image {os.path.abspath(path)} not found")

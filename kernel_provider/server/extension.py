@@ -30,6 +30,8 @@ JOB_SCHEMA = Path(__file__).parent / "events" / "job.yaml"
 
 
 class CondaTainerExtension(ExtensionApp):
+    """Puts the REST API and the job registry in the server, and cleans up after a crashed server at start."""
+
     name = "kernel_provider"
 
     sync_kernelspecs = Bool(
@@ -51,9 +53,11 @@ class CondaTainerExtension(ExtensionApp):
 
     @property
     def condatainer(self) -> CondaTainerConfig:
+        """CondaTainer's configuration as this server sets it (``c.CondaTainerConfig``, else ``CNT_*``)."""
         return CondaTainerConfig(parent=self.serverapp)
 
     def initialize_settings(self) -> None:
+        """Give the handlers one set of env operations and one job registry; sync the kernelspecs if asked."""
         config = self.condatainer
         self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
         self.jobs = JobRegistry(on_change=self._emit, concurrency=self.job_concurrency)
@@ -66,6 +70,7 @@ class CondaTainerExtension(ExtensionApp):
             self.log.info("CondaTainer kernelspecs: %d written, %d removed", len(result.written), len(result.removed))
 
     def initialize_handlers(self) -> None:
+        """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
         self.handlers.extend(ROUTES)
 
     def _emit(self, job: Job) -> None:
@@ -103,4 +108,5 @@ class CondaTainerExtension(ExtensionApp):
             self.log.info("CondaTainer: cancelled %d orphaned SLURM job(s): %s", len(cancelled), ", ".join(cancelled))
 
     async def stop_extension(self) -> None:
+        """Cancel every job as the server stops; what a job leaves, the next start's recovery removes."""
         await self.jobs.shutdown()

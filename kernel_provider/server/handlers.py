@@ -62,17 +62,22 @@ MAX_BODY_BYTES = 1024 * 1024  # names, specs and channels: far below this
 
 
 class BaseHandler(ExtensionHandlerMixin, APIHandler):
+    """What every REST handler shares: the ``condatainer`` auth resource, the operations, the jobs, body checks."""
+
     auth_resource = AUTH_RESOURCE
 
     @property
     def operations(self) -> EnvOperations:
+        """The server's env operations (made once by the extension, shared by every request)."""
         return self.settings["condatainer_operations"]
 
     @property
     def jobs(self) -> JobRegistry:
+        """The server's jobs: where long work goes, so no request waits on a container."""
         return self.settings["condatainer_jobs"]
 
     def body(self) -> dict:
+        """The request's JSON object (none: ``{}``); 413 over 1 MiB, 400 when it is not a JSON object."""
         raw = self.request.body or b"{}"
         if len(raw) > MAX_BODY_BYTES:
             raise web.HTTPError(
@@ -90,6 +95,7 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         return data
 
     def list_field(self, data: dict, key: str) -> list[str]:
+        """``data[key]`` as a list of strings (missing: empty); 400 when it is anything else."""
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise web.HTTPError(400, f"{key} must be a list of strings")
@@ -113,20 +119,26 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
             return await asyncio.to_thread(reader, *args)
 
     def accepted(self, job) -> None:
+        """Answer 202 and the job: the work goes on after the request."""
         self.set_status(202)
         self.finish({"job": job.to_json()})
 
 
 class OverlaysHandler(BaseHandler):
+    """``/condatainer/api/overlays``: the images, and new envs."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        """List every image with its notes, size and state: 200, the image directories and the images."""
         rows = await asyncio.to_thread(self.operations.list)
         self.finish({"image_dirs": list(self.operations.config.image_dirs), "overlays": as_json(rows)})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        """Create an env (name, size_mb, packages, channels, register_kernel): 202 and the job; 400 for bad input,
+        409 when the name is taken or being created, 507 when it would not fit on the disk."""
         data = self.body()
         name, size = data.get("name", ""), data.get("size_mb", 1024)
         with http_errors():
@@ -145,9 +157,12 @@ class OverlaysHandler(BaseHandler):
 
 
 class OverlayHandler(BaseHandler):
+    """``/condatainer/api/overlays/NAME``: one image."""
+
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
+        """Delete an image and its sidecar: 204; 400 for a base image, 409 while a job or a container uses it."""
         name = await self.overlay_name(name)
         self.not_busy(name)
         with http_errors():
@@ -157,9 +172,12 @@ class OverlayHandler(BaseHandler):
 
 
 class PackagesHandler(BaseHandler):
+    """``/condatainer/api/overlays/NAME/packages``: an env's packages, and changes to them (as jobs)."""
+
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
+        """List the env's installed packages: 200 and the packages, 409 while another container may be changing it."""
         name = await self.overlay_name(name)
         packages = await self.read(self.operations.packages, name)
         self.finish({"packages": as_json(packages)})
@@ -167,6 +185,7 @@ class PackagesHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
+        """Install packages into the env (specs, channels): 202 and the job, 409 while another job runs on it."""
         await self._change(name, "install")
 
     @web.authenticated
@@ -178,6 +197,7 @@ class PackagesHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
+        """Remove packages from the env (specs): 202 and the job, 409 while another job runs on it."""
         await self._change(name, "remove")
 
     async def _change(self, name: str, verb: str) -> None:
@@ -193,14 +213,20 @@ class PackagesHandler(BaseHandler):
 
 
 class JobsHandler(BaseHandler):
+    """``/condatainer/api/jobs``: this server's jobs."""
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        """List this server's jobs, oldest first, each with the tail of its log: 200 and the jobs."""
         self.finish({"jobs": [job.to_json(log=False) for job in self.jobs.jobs.values()]})
 
 
 class JobHandler(BaseHandler):
+    """``/condatainer/api/jobs/ID``: one job."""
+
     def job(self, job_id: str):
+        """The job, or 404 (unknown, or finished so long ago that it was forgotten)."""
         if job_id not in self.jobs.jobs:
             raise web.HTTPError(404, f"no job {job_id}")
         return self.jobs.jobs[job_id]
@@ -208,11 +234,13 @@ class JobHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
+        """The job with its whole log: 200 and the job, 404 when there is none."""
         self.finish(self.job(job_id).to_json())
 
     @web.authenticated
     @authorized
     async def delete(self, job_id: str) -> None:
+        """Cancel the job and wait for it to end: 200 and the job, 409 once it is past its point of no return."""
         self.job(job_id)
         with http_errors():
             job = await self.jobs.cancel(job_id)
@@ -237,18 +265,25 @@ class _LifecycleHandler(BaseHandler):
 
 
 class HistoryHandler(_LifecycleHandler):
+    """``/condatainer/api/overlays/NAME/history``: an env's revisions."""
+
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
+        """The env's revisions with their package changes: 200 and the revisions, 409 while it cannot be read."""
         name = await self.env_name(name)
         revisions = await self.read(self.lifecycle().history, name)
         self.finish({"name": name, "revisions": [r.to_json() for r in revisions]})
 
 
 class ExportHandler(_LifecycleHandler):
+    """``/condatainer/api/overlays/NAME/export``: a revision as a file to recreate the env from."""
+
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
+        """A revision as ``environment.yml`` or an ``@EXPLICIT`` lock (``?format=yml|lock&revision=N&download=1``):
+        200 and the text, 400 for an unknown format or revision or one that cannot be locked."""
         name = await self.env_name(name)
         fmt = self.get_query_argument("format", "yml")
         revision = self.get_query_argument("revision", None)
@@ -260,9 +295,13 @@ class ExportHandler(_LifecycleHandler):
 
 
 class RollbackHandler(_LifecycleHandler):
+    """``/condatainer/api/overlays/NAME/rollback``: make an env hold an earlier revision's packages."""
+
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
+        """Roll the env back to a revision (revision): 202 and the job; 400 for a revision that does not exist or
+        cannot be locked, 409 while a job runs on the env or another container has it mounted."""
         name = await self.env_name(name)
         revision = self.body().get("revision")
         if isinstance(revision, bool) or not isinstance(revision, int):
@@ -278,9 +317,13 @@ class RollbackHandler(_LifecycleHandler):
 
 
 class FreezeHandler(_LifecycleHandler):
+    """``/condatainer/api/overlays/NAME/freeze``: an env revision as a read-only ``.sqf`` overlay."""
+
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
+        """Freeze the env into ``name--version.sqf`` (name, version, revision, register_kernel): 202 and the job;
+        400 for bad input or an unknown revision, 409 when the name is taken or a job runs on the env."""
         from kernel_provider.envs import freeze
 
         name = await self.env_name(name)
