@@ -567,3 +567,11 @@ def test_ipc_falls_back_to_tcp_when_the_socket_path_would_be_too_long(tmp_path, 
 
     assert transport_with_runtime(tmp_path / "rt") == "ipc"
     assert transport_with_runtime(tmp_path / ("x" * 90)) == "tcp"
+
+
+def test_the_magic_tells_specs_from_option_values():
+    from kernel_provider.incontainer.magic import _specs_of
+
+    assert _specs_of(["numpy", "-c", "conda-forge", "--dry-run"]) == ["numpy"]
+    assert _specs_of(["-c", "file:///data/channel"]) == []
+    assert _specs_of(["--channel", "x", "a", "b>=1"]) == ["a", "b>=1"]

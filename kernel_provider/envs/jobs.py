@@ -207,19 +207,17 @@ class JobRegistry:
         await asyncio.gather(task, return_exceptions=True)
         return job
 
-    async def wait(self, job_id: str) -> Job:
-        """The job once it has ended, whatever the end."""
-        task = self._tasks.get(job_id)
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-        return self.jobs[job_id]
-
     async def shutdown(self) -> None:
-        """Cancel every job as the server stops, even one past its point of no return."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """As the server stops: cancel the jobs that can stop safely, let the others finish.
+
+        A job past its point of no return (a change running inside a kernel's container) would
+        leave its env half-changed if it were killed, so the server waits for it.
+        """
+        tasks = list(self._tasks.items())
+        for job_id, task in tasks:
+            if self.jobs[job_id].cancellable:
+                task.cancel()
+        await asyncio.gather(*(task for _, task in tasks), return_exceptions=True)
 
     def _forget_old(self) -> None:
         finished = [j for j in self.jobs.values() if j.state in TERMINAL_STATES]

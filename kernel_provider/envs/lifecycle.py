@@ -126,7 +126,3 @@ class Lifecycle:
 def _package_set(revision: Revision) -> set[tuple[str, str, str]]:
     return {history.package_key(d) for d in revision.packages.values()}
 
-
-def packages_of(revision: Revision) -> set[tuple[str, str, str]]:
-    """``(name, version, build)`` of every package a revision holds."""
-    return _package_set(revision)

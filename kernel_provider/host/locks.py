@@ -75,11 +75,6 @@ class SharedLocks:
         while self._fds:
             os.close(self._fds.pop())
 
-    @property
-    def held(self) -> bool:
-        """Whether the locks are taken (between :meth:`acquire` and :meth:`release`)."""
-        return bool(self._fds)
-
 
 def locked_files(proc_locks: str = "/proc/locks", write_only: bool = False) -> set[tuple[int, int]]:
     """(device, inode) of every file someone holds a lock on, read in one go.

@@ -80,6 +80,22 @@ def _conda_meta() -> dict[str, dict]:
     return {record["name"]: record for record in history.read_package_records(os.path.join(ENV_PREFIX, "conda-meta"))}
 
 
+OPTIONS_WITH_VALUE = ("-c", "--channel")  # mm-* options whose next word is not a spec
+
+
+def _specs_of(args: list[str]) -> list[str]:
+    """The package specs among ``mm-*`` arguments (``install numpy -c conda-forge`` → ``numpy``)."""
+    specs, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in OPTIONS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            specs.append(arg)
+    return specs
+
+
 def _versions(records: dict[str, dict]) -> dict[str, str]:
     return {name: str(record.get("version", "")) for name, record in records.items()}
 
@@ -294,7 +310,7 @@ class CondaTainerMagics(Magics):
         info = _info()
         if not os.environ.get("CNT_CONDA_PREFIX"):
             raise CondaTainerError(_no_writable_env_message(info))
-        specs = [a for a in args if not a.startswith("-")]
+        specs = _specs_of(args)
         if not specs and "--help" not in args:
             raise CondaTainerError(f"%condatainer {verb} needs at least one package spec")
         before = _conda_meta()
