@@ -170,7 +170,10 @@ async def test_delete_in_use_is_refused(api, image_layout):
 
 @pytest.fixture
 def channel_env(conda_channel, monkeypatch):
-    """Containers resolve conda-forge to the local channel (as a site mirror would)."""
+    """Containers resolve conda-forge to the local channel (as a site mirror would).
+
+    Tests ask for it before the server's fixtures: the server reads its configuration as it starts.
+    """
     for key, value in conda_channel.env.items():
         monkeypatch.setenv(key, value)
     return conda_channel
@@ -180,7 +183,7 @@ def package_names(listing: dict) -> set[str]:
     return {p["name"] for p in listing["packages"]}
 
 
-async def test_create_install_remove_delete(api, image_layout, channel_env, jp_serverapp):
+async def test_create_install_remove_delete(channel_env, api, image_layout, jp_serverapp):
     events = []
 
     async def listen(logger, schema_id, data):
@@ -215,7 +218,7 @@ async def test_create_install_remove_delete(api, image_layout, channel_env, jp_s
     assert not image.exists()
 
 
-async def test_failing_solve_leaves_the_env_unchanged(api, image_layout, channel_env):
+async def test_failing_solve_leaves_the_env_unchanged(channel_env, api, image_layout):
     _, data = await api("POST", "overlays", body={"name": "solid", "size_mb": 128, "packages": ["zlib"]})
     assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
     image = image_layout / "images" / "solid.img"
@@ -228,7 +231,7 @@ async def test_failing_solve_leaves_the_env_unchanged(api, image_layout, channel
     assert image.read_bytes() == before, "a failed install must leave the image byte-for-byte as it was"
 
 
-async def test_two_concurrent_installs_never_both_run(api, image_layout, channel_env):
+async def test_two_concurrent_installs_never_both_run(channel_env, api, image_layout):
     _, data = await api("POST", "overlays", body={"name": "busy", "size_mb": 128})
     assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
     first, second = await asyncio.gather(
@@ -241,7 +244,7 @@ async def test_two_concurrent_installs_never_both_run(api, image_layout, channel
     assert (await wait_job(api, accepted[1]["job"]["id"]))["state"] == "succeeded"
 
 
-async def test_cancel_a_create_halfway_leaves_nothing(api, image_layout, channel_env):
+async def test_cancel_a_create_halfway_leaves_nothing(channel_env, api, image_layout):
     _, data = await api("POST", "overlays", body={"name": "halfway", "size_mb": 256, "packages": ["demo-tool"]})
     job_id = data["job"]["id"]
     loop = asyncio.get_running_loop()
@@ -257,7 +260,7 @@ async def test_cancel_a_create_halfway_leaves_nothing(api, image_layout, channel
     assert not list((image_layout / "images").glob(".*")), "no temporary image left"
 
 
-async def test_install_into_an_env_of_a_running_kernel(api, image_layout, channel_env, jp_serverapp):
+async def test_install_into_an_env_of_a_running_kernel(channel_env, api, image_layout, jp_serverapp):
     """The kernel's instance has the env mounted: the install runs through it, no restart."""
     from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
@@ -290,7 +293,7 @@ async def test_install_into_an_env_of_a_running_kernel(api, image_layout, channe
 
 
 @pytest.mark.parametrize("jp_server_config", [{"CondaTainerExtension": {"job_concurrency": 1}}], indirect=True)
-async def test_jobs_beyond_the_limit_wait_queued(api, image_layout, channel_env, jp_serverapp):
+async def test_jobs_beyond_the_limit_wait_queued(channel_env, api, image_layout, jp_serverapp):
     states = []
 
     async def listen(logger, schema_id, data):
@@ -319,7 +322,7 @@ async def test_jobs_beyond_the_limit_wait_queued(api, image_layout, channel_env,
     assert not (images / "third.img").exists() and not list(images.glob(".*")), list(images.iterdir())
 
 
-async def test_a_second_create_of_a_name_being_built_is_refused(api, image_layout, channel_env):
+async def test_a_second_create_of_a_name_being_built_is_refused(channel_env, api, image_layout):
     status, data = await api("POST", "overlays", body={"name": "twice", "size_mb": 128})
     assert status == 202
     job_id = data["job"]["id"]

@@ -2,7 +2,7 @@
 
 ``pip install --target`` with ``--python-version``/``--abi``/``--platform`` downloads
 wheels matching the *container's* Python, not the host's. The result lives in the
-user's cache and is bound read-only into every instance (see ``container_launch``).
+user's cache and is bound read-only into every instance (see ``kernel_provider.incontainer.launch``).
 """
 
 from __future__ import annotations

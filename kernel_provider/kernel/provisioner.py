@@ -89,7 +89,7 @@ def kernel_pid(exec_pid: int) -> int | None:
                 cmdline = handle.read()
         except OSError:
             continue
-        if b"container_launch" in cmdline or IPYKERNEL_MODULE.encode() in cmdline:
+        if LAUNCHER.encode() in cmdline or IPYKERNEL_MODULE.encode() in cmdline:
             return pid
     return below[-1] if below else None
 
