@@ -45,10 +45,12 @@ REQUESTS = {
     "freeze": ("POST", "/condatainer/api/overlays/env/freeze", {"name": "frozen", "version": "1.0"}),
     "delete": ("DELETE", "/condatainer/api/overlays/env", None),
 }
+# JCT_CRASH_OPERATIONS=create,install runs those rows only (the non-root pass of scripts/test.sh).
+OPERATIONS = [op for op in os.environ.get("JCT_CRASH_OPERATIONS", ",".join(STEPS)).split(",") if op]
 CASES = [
     (operation, step, mode)
-    for operation, steps in STEPS.items()
-    for step in steps
+    for operation in OPERATIONS
+    for step in STEPS[operation]
     for mode in ("cancel", "kill")
     if not (operation == "delete" and mode == "cancel")  # a DELETE is one request, not a job
 ]
