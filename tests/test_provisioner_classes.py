@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from jupyter_client.manager import KernelManager
 
 from kernel_provider.kernel.kernelspecs import custom_spec
@@ -66,32 +66,25 @@ def test_provisioner_info_round_trip(name):
     assert (loaded.kernel_id, loaded.placement) == (saved.kernel_id, saved.placement)
 
 
-def test_slurm_connection_file_asks_for_ports_is_kept_by_a_restart_and_removed_at_shutdown(tmp_path, monkeypatch):
+def test_slurm_connection_file_asks_for_ports_is_kept_by_a_restart_and_removed_at_shutdown(tmp_path):
     """Ports 0 on a first start (the kernel picks them on its node); the provisioner wrote the
     file, so it removes it: jupyter_client removes only the files it wrote itself."""
     km = KernelManager(connection_file=str(tmp_path / "kernel-k.json"))
     provisioner = CondaTainerSlurmProvisioner(kernel_id="k", kernel_spec=None, parent=km)
-
-    async def node_ip() -> str:
-        return "10.0.0.7"
-
-    monkeypatch.setattr(provisioner, "connect_ip", node_ip)
     path = Path(km.connection_file)
 
-    async def scenario() -> None:
-        await provisioner._prepare_connection_file()
-        written = json.loads(path.read_text())
-        assert (written["ip"], written["transport"], written["shell_port"], written["hb_port"]) == ("10.0.0.7", "tcp", 0, 0)
-        assert path.stat().st_mode & 0o777 == 0o600
-        km.load_connection_info({**written, "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "hb_port": 4, "control_port": 5})
+    provisioner._prepare_connection_file("10.0.0.7")
+    written = json.loads(path.read_text())
+    assert [written[key] for key in ("ip", "transport", "shell_port", "hb_port")] == ["10.0.0.7", "tcp", 0, 0]
+    assert path.stat().st_mode & 0o777 == 0o600
+    bound = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "hb_port": 4, "control_port": 5}
+    km.load_connection_info({**written, **bound})  # what the kernel wrote back
 
-        await provisioner._prepare_connection_file()  # a restart on the same node keeps the file
-        assert json.loads(path.read_text()) == written
-        await provisioner.cleanup(restart=True)
-        assert path.exists()
-        km.cleanup_connection_file()
-        assert path.exists(), "not jupyter_client's to remove"
-        await provisioner.cleanup(restart=False)
-        assert not path.exists()
-
-    asyncio.run(scenario())
+    provisioner._prepare_connection_file("10.0.0.7")  # a restart on the same node keeps the file
+    assert json.loads(path.read_text()) == written
+    asyncio.run(provisioner.cleanup(restart=True))
+    assert path.exists()
+    km.cleanup_connection_file()
+    assert path.exists(), "not jupyter_client's to remove"
+    asyncio.run(provisioner.cleanup(restart=False))
+    assert not path.exists()

@@ -143,7 +143,9 @@ def test_kernelspec_with_the_old_launcher_option_is_rewritten_once_for_the_slurm
     env, base = tmp_path / "py.img", tmp_path / "base.sif"
     env.touch()
     base.touch()
-    spec = custom_spec([str(env)], label="py", base_image=str(base), slurm=True, extra_config={"slurm_args": ["-p", "a"]})
+    spec = custom_spec(
+        [str(env)], label="py", base_image=str(base), slurm=True, extra_config={"slurm_args": ["-p", "a"]}
+    )
     old = spec.to_kernel_json()
     old["metadata"]["kernel_provisioner"] = {
         "provisioner_name": "condatainer-provisioner",

@@ -201,7 +201,9 @@ class KernelspecStore:
                 if spec.legacy_launcher:
                     log.warning(
                         "CondaTainer kernelspec %s: provisioner option %r is deprecated; rewritten for %s",
-                        name, LEGACY_LAUNCHER_OPTION, spec.provisioner_name,
+                        name,
+                        LEGACY_LAUNCHER_OPTION,
+                        spec.provisioner_name,
                     )
                     self.write(spec)
                     result.written.append(name)

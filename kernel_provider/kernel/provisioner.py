@@ -71,7 +71,9 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         prefix = str(runtime_dir() / f"k-{self.kernel_id[:8]}")
         if len(prefix.encode()) + len("-65535") >= IPC_PATH_LIMIT:
             self.log.warning(
-                "CondaTainer kernel %s: runtime directory too long for ipc sockets (%s); using tcp", self.kernel_id, prefix
+                "CondaTainer kernel %s: runtime directory too long for ipc sockets (%s); using tcp",
+                self.kernel_id,
+                prefix,
             )
             return
         km.transport = "ipc"

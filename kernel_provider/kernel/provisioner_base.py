@@ -125,6 +125,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
 
     @property
     def manager(self) -> InstanceManager:
+        """This process's instance manager for the server's CondaTainer configuration."""
         return InstanceManager.for_config(CondaTainerConfig(parent=self.parent))
 
     # --- the start, in the subclass's pre_launch and in launch_kernel --------------------------
@@ -183,7 +184,9 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             self._env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
-            argv = command.instance_exec_argv(self.manager.apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd)
+            argv = command.instance_exec_argv(
+                self.manager.apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd
+            )
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
             self.process = await self._spawn(argv)
             return await self._connection_info_once_started()

@@ -113,13 +113,15 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
                 # A job that reached its time limit (or was cancelled by hand): the restart
                 # that follows the kernel's death gets a new job instead of failing forever.
                 self.log.warning(
-                    "CondaTainer kernel %s: job %s has ended; submitting a new one", self.kernel_id, self.allocation.job_id
+                    "CondaTainer kernel %s: job %s has ended; submitting a new one",
+                    self.kernel_id,
+                    self.allocation.job_id,
                 )
                 await self._release()
             if self.allocation is None:
                 await self._allocate(str(kwargs.get("cwd") or os.getcwd()), kwargs.get("env") or os.environ)
             await self._ensure_ipykernel(await self.allocation.probe_python())
-            await self._prepare_connection_file()
+            self._prepare_connection_file(await self.connect_ip())
             cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
             return self._in_container(await super().pre_launch(cmd=cmd, **kwargs))
 
@@ -146,7 +148,9 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         if is_local_ip(wanted) and not await self._node_is_this_host():
             self.log.warning(
                 "CondaTainer kernel on node %s listens on %s, which this host cannot reach; "
-                "set slurm_connect_ip = 'node'", self.allocation.node, wanted,
+                "set slurm_connect_ip = 'node'",
+                self.allocation.node,
+                wanted,
             )
         return wanted
 
@@ -156,7 +160,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         except (OSError, IndexError, SlurmError):
             return True  # unknown: no warning
 
-    async def _prepare_connection_file(self) -> None:
+    def _prepare_connection_file(self, ip: str) -> None:
         """A first start (or one on another address) gets a connection file with ports 0:
         the kernel binds ports free on its node and writes them back (ipykernel does so
         for ports given as 0). A restart keeps the file, so clients keep their ports.
@@ -164,7 +168,6 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         Written here, not by ``KernelManager.write_connection_file``: that one picks ports
         free on *this* host, for an address it must be able to bind."""
         km = self.parent
-        ip = await self.connect_ip()
         if ip == km.ip and all(getattr(km, name) for name in port_names) and os.path.exists(km.connection_file):
             return
         km.ip = ip
@@ -177,6 +180,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
 
     @property
     def step_name(self) -> str:
+        """The kernel's step in the job (``scancel`` finds it by this name)."""
         return f"{self.allocation.name}-kernel"
 
     def _kernel_env(self, launch_env: dict[str, str]) -> list[tuple[str, str]]:
@@ -196,13 +200,11 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         return self.connection_info
 
     async def _load_bound_ports(self) -> None:
+        """Wait until the kernel wrote the ports it bound into its connection file; load them."""
         km, process = self.parent, self.process
         deadline = time.monotonic() + STEP_TIMEOUT
         while time.monotonic() < deadline:
-            try:
-                info = json.loads(Path(km.connection_file).read_text())
-            except (OSError, ValueError):
-                info = {}
+            info = self._read_connection_file()
             if all(info.get(name) for name in port_names):
                 km.load_connection_info(info)
                 return
@@ -213,6 +215,13 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
                 )
             await asyncio.sleep(0.1)
         raise SlurmError(f"the kernel in job {self.allocation.job_id} did not listen within {STEP_TIMEOUT:g} s")
+
+    def _read_connection_file(self) -> dict[str, Any]:
+        """The connection file as it is now: empty while missing or half written."""
+        try:
+            return json.loads(Path(self.parent.connection_file).read_text())
+        except (OSError, ValueError):
+            return {}
 
     async def send_signal(self, signum: int) -> None:
         """``KernelManager.signal_kernel`` (and ``kill``/``terminate`` here): TERM/KILL go to the
