@@ -22,6 +22,7 @@ from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.probes import ImageProbe
 from kernel_provider.host.state import StateStore
+from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
 from kernel_provider.model.plan import StackRequest, plan_container
@@ -117,11 +118,11 @@ def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(spe
         records = StateStore(CondaTainerConfig().instance_state_dir).ours()
         assert len(records) == 1
         instance = records[0].name
-        victims = wait_for(lambda: [line.split(":")[0] for line in processes_mentioning("container_launch.py")
+        victims = wait_for(lambda: [line.split(":")[0] for line in processes_mentioning(LAUNCHER)
                                     if kernel["id"] in line])
         os.kill(int(victims[0]), signal.SIGKILL)
         # jupyter_server's restarter notices and starts the kernel again, in the same instance.
-        wait_for(lambda: [line for line in processes_mentioning("container_launch.py")
+        wait_for(lambda: [line for line in processes_mentioning(LAUNCHER)
                           if kernel["id"] in line and line.split(":")[0] != victims[0]], timeout=60)
         # (jupyter_server reports "starting" after an auto-restart until a client talks to it.)
         client = connect(specs, kernel["id"])

@@ -219,7 +219,7 @@ def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, spe
             await kernel.km.interrupt_kernel()
             reply = await kernel.client.get_shell_msg(timeout=120)
             left_running = processes_mentioning(url)
-            lock.acquire(timeout=0)  # free: raises Timeout otherwise
+            lock.acquire()  # free: raises EnvBusyError otherwise
             lock.release()
             _, error = await kernel.run("%condatainer install demopkg")
             imported, _ = await kernel.run("import demopkg; print(demopkg.__version__)")

@@ -23,6 +23,7 @@ from traitlets import Bool, Enum
 
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.runtime import runtime_dir
+from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
 from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement
 
@@ -38,7 +39,7 @@ def kernel_pid(exec_pid: int) -> int | None:
                 cmdline = handle.read()
         except OSError:
             continue
-        if b"container_launch" in cmdline or IPYKERNEL_MODULE.encode() in cmdline:
+        if LAUNCHER.encode() in cmdline or IPYKERNEL_MODULE.encode() in cmdline:
             return pid
     return below[-1] if below else None
 
