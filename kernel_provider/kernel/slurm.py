@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel_provider.host.config import CondaTainerConfig
-from kernel_provider.host.instances import Instance, stack_key
-from kernel_provider.host.locks import SharedLocks
+from kernel_provider.host.instances import Instance
 from kernel_provider.host.process import (
     InstanceError,
     apptainer_env,
@@ -397,13 +396,10 @@ class SlurmAllocation:
     def for_kernel(
         cls, plan: ContainerPlan, kernel_id: str, store: StateStore, apptainer: str, logger: logging.Logger = log
     ) -> SlurmAllocation:
-        """A new allocation for a kernel: its instance's name (``jcts-<kernel id>-…``), env file
-        and shared locks on the images; nothing is submitted yet."""
+        """A new allocation for a kernel, with its instance named ``jcts-<kernel id>-…``
+        (:meth:`Instance.prepare`); nothing is submitted yet."""
         name = f"{JOB_PREFIX}{kernel_id[:8]}-{secrets.token_hex(2)}"
-        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
-        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
-        instance = Instance(name, plan, stack_key(plan), env_file, locks, shared=False, kernels={kernel_id})
-        return cls(instance, store, apptainer, logger)
+        return cls(Instance.prepare(name, plan, shared=False, kernels=[kernel_id]), store, apptainer, logger)
 
     def __init__(self, instance: Instance, store: StateStore, apptainer: str, logger: logging.Logger = log):
         self.instance = instance
