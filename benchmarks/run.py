@@ -635,13 +635,14 @@ class Timeline:
 def provisioner_targets() -> list[tuple[type, str, str]]:
     from kernel_provider.host.instances import InstanceManager
     from kernel_provider.kernel.provisioner import CondaTainerProvisioner as P
+    from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase as B
 
     M = InstanceManager
     return [
         (P, "pre_launch", "pre_launch (all)"),
-        (P, "_plan", "plan (scan + unsquashfs probes)"),
-        (P, "launch_kernel", "launch_kernel (spawn exec)"),
-        (P, "cleanup", "provisioner cleanup"),
+        (B, "_plan", "plan (scan + unsquashfs probes)"),
+        (B, "launch_kernel", "launch_kernel (spawn exec)"),
+        (B, "cleanup", "provisioner cleanup"),
         (M, "sweep_orphans_once", "orphan sweep (first kernel only)"),
         (M, "acquire", "acquire (lock + instance start)"),
         (M, "_start", "apptainer instance start"),

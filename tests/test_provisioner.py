@@ -23,7 +23,7 @@ from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.state import StateStore
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
-from kernel_provider.kernel.provisioner import KernelStartError
+from kernel_provider.kernel.provisioner_base import KernelStartError
 from kernel_provider.model.overlays import scan
 
 pytestmark = pytest.mark.integration

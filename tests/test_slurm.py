@@ -1,10 +1,12 @@
 """SLURM kernels: argv builders, and the whole lifecycle on a real cluster + Apptainer.
 
-The cluster is the session's private single-node one (``tests/slurm_cluster.py``), so
-every job in its queue is one these tests made; a test still only ever cancels its own.
-Kernels talk to the server over tcp on 127.0.0.1 (the node is this host). Execution goes
-straight to the kernel with the connection file the server wrote; interrupt, restart and
-shutdown go through the server's REST API like JupyterLab's.
+Only the tests on the cluster carry the ``integration`` marker; the others need neither
+SLURM nor Apptainer. The cluster is the session's private single-node one
+(``tests/slurm_cluster.py``), so every job in its queue is one these tests made; a test
+still only ever cancels its own. Kernels talk to the server over tcp on 127.0.0.1 (the
+node is this host). Execution goes straight to the kernel with the connection file the
+server wrote; interrupt, restart and shutdown go through the server's REST API like
+JupyterLab's.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from test_provisioner import KERNEL, Server, execute, free_port, sync_specs
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.state import InstanceRecord, Owner
 from kernel_provider.kernel import slurm
-from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
-
-pytestmark = pytest.mark.integration
+from kernel_provider.kernel.kernelspecs import KernelspecStore, StackSpec, custom_spec
+from kernel_provider.model.overlays import scan
 
 REPORT = (
     "import os, sys; print(os.environ.get('SLURM_JOB_ID'), os.environ.get('SLURM_STEP_ID'), "
@@ -128,11 +129,38 @@ def test_record_keeps_the_job_id(tmp_path):
 
 
 def test_slurm_kernelspec_is_named_and_shown_as_such():
-    spec = custom_spec(["python/3.11"], label="py", extra_config={"launcher": "slurm", "slurm_args": ["--partition=debug"]})
+    spec = custom_spec(["python/3.11"], label="py", slurm=True, extra_config={"slurm_args": ["--partition=debug"]})
     assert (spec.name, spec.display_name) == ("condatainer-py-slurm", "CondaTainer: py (SLURM)")
-    config = spec.to_kernel_json()["metadata"]["kernel_provisioner"]["config"]
-    assert config == {"overlays": ["python/3.11"], "launcher": "slurm", "slurm_args": ["--partition=debug"]}
-    assert type(spec).from_kernel_json(spec.to_kernel_json()) == spec
+    provisioner = spec.to_kernel_json()["metadata"]["kernel_provisioner"]
+    assert provisioner == {
+        "provisioner_name": "condatainer-slurm-provisioner",
+        "config": {"overlays": ["python/3.11"], "slurm_args": ["--partition=debug"]},
+    }
+    assert StackSpec.from_kernel_json(spec.to_kernel_json()) == spec
+
+
+def test_kernelspec_with_the_old_launcher_option_is_rewritten_once_for_the_slurm_provisioner(tmp_path, caplog):
+    env, base = tmp_path / "py.img", tmp_path / "base.sif"
+    env.touch()
+    base.touch()
+    spec = custom_spec(
+        [str(env)], label="py", base_image=str(base), slurm=True, extra_config={"slurm_args": ["-p", "a"]}
+    )
+    old = spec.to_kernel_json()
+    old["metadata"]["kernel_provisioner"] = {
+        "provisioner_name": "condatainer-provisioner",
+        "config": {"overlays": [str(env)], "launcher": "slurm", "slurm_args": ["-p", "a"], "base_image": str(base)},
+    }
+    store = KernelspecStore(tmp_path / "kernels")
+    (store.kernels_dir / spec.name).mkdir(parents=True)
+    (store.kernels_dir / spec.name / "kernel.json").write_text(json.dumps(old))
+    assert store.read_all() == {spec.name: spec}
+
+    catalog = scan([], "")
+    first, second = store.sync(catalog, wanted=[]), store.sync(catalog, wanted=[])
+    assert (first.written, second.written, second.unchanged) == ([spec.name], [], [spec.name])
+    assert json.loads((store.kernels_dir / spec.name / "kernel.json").read_text()) == spec.to_kernel_json()
+    assert "provisioner option 'launcher' is deprecated; rewritten for condatainer-slurm-provisioner" in caplog.text
 
 
 # --- on the cluster -------------------------------------------------------------------------
@@ -148,7 +176,7 @@ def slurm_env(user_layout, slurm_cluster, monkeypatch):
 
 
 def add_slurm_spec(label: str, **config) -> str:
-    spec = custom_spec(["python/3.11"], label=label, extra_config={"launcher": "slurm", **config})
+    spec = custom_spec(["python/3.11"], label=label, slurm=True, extra_config=config)
     KernelspecStore().write(spec)
     return spec.name
 
@@ -201,6 +229,7 @@ async def connect(runtime: Path, kernel_id: str) -> AsyncKernelClient:
     return client
 
 
+@pytest.mark.integration
 def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster):
     """Start → job step in the container, with the job's variables and the proxy; execute,
     interrupt, restart in the same job, shutdown leaving no job, instance or state."""
@@ -263,6 +292,7 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
     print("\nSLURM kernel timings (s):", {k: round(v, 2) for k, v in timings.items()})
 
 
+@pytest.mark.integration
 def test_slurm_kernel_start_vs_local(slurm_env, slurm_cluster):
     """The benchmark figure: time to a first execute reply, SLURM vs local, same server."""
     name = add_slurm_spec("bench")
@@ -291,6 +321,7 @@ def test_slurm_kernel_start_vs_local(slurm_env, slurm_cluster):
     assert min(figures["slurm"]) < 15
 
 
+@pytest.mark.integration
 def test_restart_after_the_job_ended_submits_a_new_job(slurm_env, slurm_cluster):
     """A job that reached its time limit (here: cancelled by hand) kills the kernel; the
     restart that follows gets a new job, and clients keep their ports."""
@@ -321,6 +352,7 @@ def test_restart_after_the_job_ended_submits_a_new_job(slurm_env, slurm_cluster)
     assert not {n for n in running_instances() if n.startswith(slurm.JOB_PREFIX)}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("config", "message", "limit"),
     [
@@ -355,6 +387,7 @@ def test_job_that_cannot_start_fails_with_slurms_reason_and_is_cancelled(
         assert "queued as job" in caplog.text and "on partition debug (BeginTime)" in caplog.text
 
 
+@pytest.mark.integration
 def test_server_crash_leaves_a_job_the_next_server_cancels(slurm_env, slurm_cluster):
     """SIGKILL the server: its job keeps running; the next server start cancels that job
     (and stops its instance) but not a job someone else submitted."""

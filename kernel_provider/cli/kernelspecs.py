@@ -70,7 +70,7 @@ class AddApp(Command):
         writable = bool(self.env) and not self.read_only
         spec = custom_spec(
             resolved, label=self.extra_args[0], base_image=self.base_image, writable=writable,
-            share=writable and not self.slurm, extra_config=self.slurm_config(),
+            share=writable and not self.slurm, slurm=self.slurm, extra_config=self.slurm_config(),
         )
         path = KernelspecStore().write(spec)
         print(f"{spec.name} → {path}")
@@ -81,7 +81,7 @@ class AddApp(Command):
             if self.slurm_arg or self.slurm_connect_ip:
                 self.fail("--slurm-arg and --slurm-connect-ip need --slurm")
             return {}
-        config: dict = {"launcher": "slurm"}
+        config: dict = {}
         if self.slurm_arg:
             try:
                 config["slurm_args"] = check_sbatch_args(self.slurm_arg)

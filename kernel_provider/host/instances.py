@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,14 @@ class Instance:
     shared: bool
     kernels: set[str] = field(default_factory=set)
     python: PythonInfo | None = None  # probed once (kernel_provider.host.python)
+
+    @classmethod
+    def prepare(cls, name: str, plan: ContainerPlan, shared: bool, kernels: Iterable[str] = ()) -> Instance:
+        """An instance about to start (here or in a SLURM job): shared locks on its images, so
+        that none is replaced under it, and its env file written."""
+        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
+        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
+        return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels))
 
 
 class InstanceManager:
@@ -168,14 +177,13 @@ class InstanceManager:
         apptainer = self.apptainer
         check_fakeroot(plan)
         self._check_env_image(plan)
-        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
         name = f"{self.name_prefix}{key[:8]}-{secrets.token_hex(3)}"
-        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
-        instance = Instance(name, plan, key, env_file, locks, share)
+        instance = Instance.prepare(name, plan, share)
         # State first: a crash during start still leaves something the sweep can find.
         self._save(instance)
         try:
-            result = await run(command.instance_start_argv(apptainer, plan, name, str(env_file)), START_TIMEOUT)
+            start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file))
+            result = await run(start, START_TIMEOUT)
             if result.returncode != 0:
                 raise InstanceError(
                     f"apptainer instance start failed for {plan.base_image.name} + "
@@ -184,7 +192,7 @@ class InstanceManager:
                 )
         except BaseException:
             await self._stop(name)
-            locks.release()
+            instance.locks.release()
             raise
         self.instances[name] = instance
         await instanceinfo.write(instance, self.config, await self.apptainer_version())

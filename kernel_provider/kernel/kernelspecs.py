@@ -5,11 +5,15 @@ user can pick is a kernelspec of its own: one per Python overlay (``python/3.11`
 ``condatainer-python-3.11``, "CondaTainer: python/3.11") and one per stack a user
 registered (``jupyter condatainer kernelspecs add``). Specs we write carry
 ``metadata.condatainer.managed_by`` so a sync only ever touches its own.
+
+A stack's kernel runs on the server's host (provisioner ``condatainer-provisioner``) or in a
+SLURM job (``condatainer-slurm-provisioner``, kernel ``…-slurm``, "… (SLURM)").
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,8 +28,14 @@ from kernel_provider.model.overlays import Catalog, OverlayError, resolve
 
 MANAGED_BY = "jupyter-condatainer"
 PROVISIONER = "condatainer-provisioner"
+SLURM_PROVISIONER = "condatainer-slurm-provisioner"
+# Before SLURM kernels had a provisioner of their own, `launcher: "slurm"` in the config of
+# PROVISIONER chose them; a sync rewrites such kernelspecs once.
+LEGACY_LAUNCHER_OPTION = "launcher"
 PYTHON_PACKAGES = ("python",)
 KERNEL_ARGV = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+log = logging.getLogger(__name__)
 
 
 def kernel_name(label: str) -> str:
@@ -49,13 +59,15 @@ class StackSpec:
     base_image: str = ""
     writable: bool = False
     share_instance: bool = False
+    slurm: bool = False  # the kernel runs in a SLURM job (SLURM_PROVISIONER)
     origin: str = "auto"  # "auto": from the image directories; "custom": added by a user
     extra_config: dict = field(default_factory=dict)
+    # Read from a kernelspec written with LEGACY_LAUNCHER_OPTION: the file needs rewriting.
+    legacy_launcher: bool = field(default=False, compare=False)
 
     @property
-    def slurm(self) -> bool:
-        """Does the kernel run in a SLURM job (provisioner option ``launcher``)?"""
-        return self.extra_config.get("launcher") == "slurm"
+    def provisioner_name(self) -> str:
+        return SLURM_PROVISIONER if self.slurm else PROVISIONER
 
     @property
     def name(self) -> str:
@@ -83,7 +95,7 @@ class StackSpec:
             "language": "python",
             "interrupt_mode": "message",
             "metadata": {
-                "kernel_provisioner": {"provisioner_name": PROVISIONER, "config": self.provisioner_config()},
+                "kernel_provisioner": {"provisioner_name": self.provisioner_name, "config": self.provisioner_config()},
                 "condatainer": {
                     "managed_by": MANAGED_BY,
                     "origin": self.origin,
@@ -91,7 +103,7 @@ class StackSpec:
                     "overlays": list(self.overlays),
                     "base_image": self.base_image,
                     "writable": self.writable,
-                    **({"launcher": "slurm"} if self.slurm else {}),
+                    **({"slurm": True} if self.slurm else {}),
                 },
             },
         }
@@ -101,7 +113,9 @@ class StackSpec:
         meta = data.get("metadata", {}).get("condatainer", {})
         if meta.get("managed_by") != MANAGED_BY:
             return None
-        config = dict(data["metadata"]["kernel_provisioner"].get("config", {}))
+        provisioner = data["metadata"]["kernel_provisioner"]
+        config = dict(provisioner.get("config", {}))
+        legacy_launcher = config.pop(LEGACY_LAUNCHER_OPTION, None)
         known = {"overlays", "base_image", "writable", "share_instance"}
         return cls(
             label=meta.get("label", ""),
@@ -109,8 +123,10 @@ class StackSpec:
             base_image=config.get("base_image", ""),
             writable=bool(config.get("writable", False)),
             share_instance=bool(config.get("share_instance", False)),
+            slurm=provisioner.get("provisioner_name") == SLURM_PROVISIONER or legacy_launcher == "slurm",
             origin=meta.get("origin", "auto"),
             extra_config={k: v for k, v in config.items() if k not in known},
+            legacy_launcher=legacy_launcher is not None,
         )
 
 
@@ -182,7 +198,17 @@ class KernelspecStore:
             if name in wanted_names:
                 continue
             if spec.origin == "custom" and is_usable(spec, catalog):
-                result.unchanged.append(name)
+                if spec.legacy_launcher:
+                    log.warning(
+                        "CondaTainer kernelspec %s: provisioner option %r is deprecated; rewritten for %s",
+                        name,
+                        LEGACY_LAUNCHER_OPTION,
+                        spec.provisioner_name,
+                    )
+                    self.write(spec)
+                    result.written.append(name)
+                else:
+                    result.unchanged.append(name)
                 continue
             self.remove(name)
             result.removed.append(name)
@@ -202,11 +228,13 @@ def custom_spec(
     base_image: str = "",
     writable: bool = False,
     share: bool = False,
+    slurm: bool = False,
     extra_config: dict | None = None,
 ) -> StackSpec:
     """A user-defined stack (``kernelspecs add``); the label defaults to the overlays.
 
-    ``extra_config``: more provisioner options, e.g. ``{"launcher": "slurm", "slurm_args": [...]}``.
+    ``slurm``: the kernel runs in a SLURM job. ``extra_config``: more provisioner options,
+    e.g. ``{"slurm_args": ["--partition=debug"]}``.
     """
     return StackSpec(
         label=label or " + ".join(overlays),
@@ -214,6 +242,7 @@ def custom_spec(
         base_image=base_image,
         writable=writable,
         share_instance=share,
+        slurm=slurm,
         origin="custom",
         extra_config=dict(extra_config or {}),
     )

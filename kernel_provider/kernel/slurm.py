@@ -22,35 +22,25 @@ Why it is built this way:
   sweep must never stop an instance that a job runs on its host (single-node clusters).
 
 Pure functions build every argv (tested as such); :class:`SlurmAllocation` runs them
-with asyncio subprocesses; :class:`SlurmKernel` is the provisioner's SLURM half.
+with asyncio subprocesses; the provisioner that uses it is
+:class:`kernel_provider.kernel.slurm_provisioner.CondaTainerSlurmProvisioner`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo, port_names
-from jupyter_client.localinterfaces import is_local_ip
-from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from jupyter_core.paths import jupyter_runtime_dir
-
-from kernel_provider.host import instanceinfo, supply
 from kernel_provider.host.config import CondaTainerConfig
-from kernel_provider.host.instances import Instance, InstanceManager, stack_key
-from kernel_provider.host.locks import SharedLocks
+from kernel_provider.host.instances import Instance
 from kernel_provider.host.process import (
     InstanceError,
     apptainer_env,
@@ -402,6 +392,15 @@ class SlurmAllocation:
     any point leaves a job the next server can attribute.
     """
 
+    @classmethod
+    def for_kernel(
+        cls, plan: ContainerPlan, kernel_id: str, store: StateStore, apptainer: str, logger: logging.Logger = log
+    ) -> SlurmAllocation:
+        """A new allocation for a kernel, with its instance named ``jcts-<kernel id>-…``
+        (:meth:`Instance.prepare`); nothing is submitted yet."""
+        name = f"{JOB_PREFIX}{kernel_id[:8]}-{secrets.token_hex(2)}"
+        return cls(Instance.prepare(name, plan, shared=False, kernels=[kernel_id]), store, apptainer, logger)
+
     def __init__(self, instance: Instance, store: StateStore, apptainer: str, logger: logging.Logger = log):
         self.instance = instance
         self.store = store
@@ -551,184 +550,3 @@ def _meaningful(reason: str) -> bool:
 def _slurm_message(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return "\n".join(lines[-4:]) or "(no output)"
-
-
-# --- the provisioner's SLURM half ------------------------------------------------------------
-
-
-class SlurmKernel:
-    """What :class:`~kernel_provider.kernel.provisioner.CondaTainerProvisioner` does when its
-    ``launcher`` is ``slurm``: one allocation per kernel, kept across restarts."""
-
-    def __init__(self, provisioner):
-        self.provisioner = provisioner
-        self.allocation: SlurmAllocation | None = None
-
-    @property
-    def log(self):
-        return self.provisioner.log
-
-    @property
-    def manager(self) -> InstanceManager:
-        return self.provisioner.manager
-
-    def launch_timeout(self, env: Mapping[str, str]) -> float:
-        """``KERNEL_LAUNCH_TIMEOUT`` from the launch environment, else ``slurm_launch_timeout``."""
-        try:
-            return float(env[LAUNCH_TIMEOUT_VARIABLE])
-        except (KeyError, ValueError):
-            return float(self.provisioner.slurm_launch_timeout)
-
-    async def pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Get the allocation (first start, or after its job ended) and the kernel's command and env.
-
-        LocalProvisioner's own pre_launch is skipped on purpose: it refuses addresses
-        that are not on this host and picks ports that are free *here*; the base class's
-        pre_launch (env substitutions, ``_finalize_env``) still runs.
-        """
-        p, km = self.provisioner, self.provisioner.parent
-        km.transport, km.cache_ports = "tcp", False  # ipc does not cross nodes
-        if not km.connection_file:
-            km.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{p.kernel_id}.json")
-        extra_arguments = kwargs.pop("extra_arguments", [])
-        kwargs.pop("transport_encryption", None)
-        if self.allocation is not None and not await self.allocation.is_running():
-            # A job that reached its time limit (or was cancelled by hand): the restart
-            # that follows the kernel's death gets a new job instead of failing forever.
-            self.log.warning("CondaTainer kernel %s: job %s has ended; submitting a new one", p.kernel_id, self.allocation.job_id)
-            await self.release()
-        if self.allocation is None:
-            await self._allocate(str(kwargs.get("cwd") or os.getcwd()), kwargs.get("env") or os.environ)
-        try:
-            python = await self.allocation.probe_python()
-            if not python.has_ipykernel:
-                await supply.ensure_ipykernel(python.version, python.glibc)
-            await self._prepare_connection_file(km)
-        except BaseException:
-            await self.release()
-            raise
-        cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
-        return await KernelProvisionerBase.pre_launch(p, cmd=cmd, **kwargs)
-
-    async def _allocate(self, kernel_cwd: str, env: Mapping[str, str]) -> None:
-        p, manager = self.provisioner, self.manager
-        store = state_store(manager.config)
-        await sweep_orphans_once(store, self.log)
-        plan: ContainerPlan = await asyncio.to_thread(p._plan, kernel_cwd)
-        name = f"{JOB_PREFIX}{p.kernel_id[:8]}-{secrets.token_hex(2)}"
-        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
-        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
-        instance = Instance(name, plan, stack_key(plan), env_file, locks, shared=False, kernels={p.kernel_id})
-        allocation = SlurmAllocation(instance, store, manager.apptainer, self.log)
-        self.allocation = allocation
-        try:
-            await allocation.submit(p.slurm_args)
-            self.log.info("CondaTainer kernel %s: submitted job %s (%s)", p.kernel_id, allocation.job_id, name)
-            await allocation.wait_ready(self.launch_timeout(env))
-            await instanceinfo.write(instance, manager.config, await manager.apptainer_version())  # for the magic
-        except BaseException:
-            await self.release()
-            raise
-        p.instance = instance
-        self.log.info(
-            "CondaTainer kernel %s: job %s running on %s", p.kernel_id, allocation.job_id, allocation.node
-        )
-
-    async def connect_ip(self) -> str:
-        """Where the kernel listens: ``slurm_connect_ip``, or the node's address for ``node``."""
-        wanted = self.provisioner.slurm_connect_ip
-        if wanted == CONNECT_TO_NODE:
-            return await self.allocation.node_address()
-        if is_local_ip(wanted) and not await self._node_is_this_host():
-            self.log.warning(
-                "CondaTainer kernel on node %s listens on %s, which this host cannot reach; "
-                "set slurm_connect_ip = 'node'", self.allocation.node, wanted,
-            )
-        return wanted
-
-    async def _node_is_this_host(self) -> bool:
-        try:
-            return is_local_ip(await self.allocation.node_address())
-        except (OSError, IndexError, SlurmError):
-            return True  # unknown: no warning
-
-    async def _prepare_connection_file(self, km) -> None:
-        """A first start (or one on another address) gets a connection file with ports 0:
-        the kernel binds ports free on its node and writes them back (ipykernel does so
-        for ports given as 0). A restart keeps the file, so clients keep their ports."""
-        ip = await self.connect_ip()
-        if ip == km.ip and all(getattr(km, name) for name in port_names) and os.path.exists(km.connection_file):
-            return
-        km.ip = ip
-        for name in port_names:
-            setattr(km, name, 0)
-        info = km.get_connection_info()
-        info["key"] = info["key"].decode()
-        info["kernel_name"] = km.kernel_name
-        write_private(Path(km.connection_file), json.dumps(info, indent=1))
-        km._connection_file_written = True
-
-    async def launch(self, cmd: list[str], kwargs: dict[str, Any]) -> KernelConnectionInfo:
-        """Run the kernel as a step; on its first start wait for the ports it bound."""
-        p, km, allocation = self.provisioner, self.provisioner.parent, self.allocation
-        env = [*proxy_env(allocation.proxy), *p._kernel_env(kwargs.get("env", {}))]
-        p._kernel_env_file = write_private(runtime_dir() / f"kernel-{p.kernel_id}.env", command.render_env_file(env))
-        cwd = str(kwargs.get("cwd") or os.getcwd())
-        inner = command.instance_exec_argv(allocation.apptainer, allocation.name, str(p._kernel_env_file), cmd, pwd=cwd)
-        self.log.debug("CondaTainer kernel %s: job %s step %s", p.kernel_id, allocation.job_id, inner)
-        p.process = await allocation.start_step(inner, self.step_name)
-        p.pid = p.pgid = p.process.pid
-        p.cwd = cwd
-        try:
-            if not all(getattr(km, name) for name in port_names):
-                await self._load_bound_ports(km, p.process)
-        except BaseException:
-            await self.send_signal(signal.SIGKILL)
-            await self.release()  # the server forgets a kernel whose start failed
-            raise
-        p.connection_info = km.get_connection_info()
-        return p.connection_info
-
-    @property
-    def step_name(self) -> str:
-        return f"{self.allocation.name}-kernel"
-
-    async def _load_bound_ports(self, km, process: asyncio.subprocess.Process) -> None:
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                info = json.loads(Path(km.connection_file).read_text())
-            except (OSError, ValueError):
-                info = {}
-            if all(info.get(name) for name in port_names):
-                km.load_connection_info(info)
-                return
-            if process.returncode is not None:
-                raise SlurmError(
-                    f"the kernel step in job {self.allocation.job_id} exited ({process.returncode}) "
-                    "before it listened; see the server log for its output"
-                )
-            await asyncio.sleep(0.1)
-        raise SlurmError(f"the kernel in job {self.allocation.job_id} did not listen within {STEP_TIMEOUT:g} s")
-
-    async def send_signal(self, signum: int) -> None:
-        """TERM/KILL go to the kernel's step; SIGINT cannot be delivered (use messages)."""
-        process = self.provisioner.process
-        if not process or process.returncode is not None or self.allocation is None:
-            return
-        if signum == signal.SIGINT:
-            self.log.warning("CondaTainer SLURM kernels are interrupted by message (interrupt_mode 'message')")
-            return
-        name = signal.Signals(signum).name.removeprefix("SIG")
-        if not await self.allocation.signal_step(self.step_name, name):
-            try:
-                process.send_signal(signum)  # srun forwards TERM; KILL ends srun itself
-            except ProcessLookupError:
-                pass
-
-    async def release(self) -> None:
-        """End the allocation (shutdown, or a failed start)."""
-        allocation, self.allocation = self.allocation, None
-        self.provisioner.instance = None
-        if allocation is not None:
-            await allocation.release()

@@ -1,0 +1,299 @@
+"""What both CondaTainer provisioners share: ipykernel inside an Apptainer instance of a stack.
+
+One provisioner class per launcher, each with its own entry point (the layout of
+gateway_provisioners), both on :class:`CondaTainerProvisionerBase`:
+
+- ``condatainer-provisioner`` (:mod:`kernel_provider.kernel.provisioner`): the instance runs
+  on the server's host.
+- ``condatainer-slurm-provisioner`` (:mod:`kernel_provider.kernel.slurm_provisioner`): a SLURM
+  batch job holds the instance on a compute node and the kernel is a step in that job.
+
+Hooks, in the order ``KernelManager`` calls them (see jupyter_client's ``provisioner_base.py``):
+
+- ``pre_launch`` (each launcher's own): get the stack's instance, make sure its Python can run
+  ipykernel, write the connection file; returns the kernelspec's argv made for the container.
+- ``launch_kernel`` (here): ``apptainer exec --cleanenv --env-file … instance://NAME`` of that
+  argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn`.
+- ``send_signal`` (each launcher's own), ``poll``, ``wait``, ``kill``, ``terminate``.
+- ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it.
+
+A start that fails in ``pre_launch`` or ``launch_kernel`` leaves nothing behind (instance or
+job, env file, connection file) and raises :class:`KernelStartError`, whose message
+jupyter_server sends to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from tornado import web
+from traitlets import Bool, Dict, List, Unicode
+
+from kernel_provider.host import instanceinfo, supply
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.containers import plan_for_host
+from kernel_provider.host.instances import Instance, InstanceManager
+from kernel_provider.host.python import PythonInfo
+from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
+from kernel_provider.incontainer.envlock import private_lock_dir
+from kernel_provider.model import command
+from kernel_provider.model.plan import ContainerPlan, StackRequest
+
+# Passed from the server's environment into the kernel: nothing else of the host leaks in.
+FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
+KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
+IPYKERNEL_MODULE = "ipykernel_launcher"
+
+
+class KernelStartError(web.HTTPError):
+    """A kernel could not start; the message says why.
+
+    An HTTPError because jupyter_server's API handlers send its message to the client
+    (``POST /api/kernels`` → ``{"message": …}``); any other exception becomes
+    ``500 {"message": "Unhandled error"}`` with the reason only in the server's log.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(500, log_message=message)
+
+    def __str__(self) -> str:
+        return self.log_message or ""
+
+
+def launcher_argv(argv: list[str]) -> list[str]:
+    """Replace ``-m ipykernel_launcher`` by our bootstrap, which can supply ipykernel."""
+    for index in range(len(argv) - 1):
+        if argv[index] == "-m" and argv[index + 1] == IPYKERNEL_MODULE:
+            return [*argv[:index], LAUNCHER, *argv[index + 2 :]]
+    return argv
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a kernel runs, by name: what outlives this process (``get_provisioner_info``).
+
+    Names only, as jupyter_client's LocalProvisioner keeps a pid and not its process: a
+    provisioner loaded elsewhere knows which instance (and job) held the kernel, it does not
+    hold them itself.
+    """
+
+    instance: str = ""  # the Apptainer instance
+    slurm_job: str = ""  # the SLURM job that holds the instance (SLURM kernels)
+
+
+class CondaTainerProvisionerBase(KernelProvisionerBase):
+    """Runs a kernelspec's argv inside an Apptainer instance of a CondaTainer stack.
+
+    Where the instance runs is the subclass's: it implements ``pre_launch`` (get the instance,
+    write the connection file), :meth:`_spawn`, ``send_signal`` and :meth:`_release`.
+    """
+
+    overlays = List(
+        Unicode(),
+        config=True,
+        help="Overlays in CondaTainer syntax: names ('python/3.11', 'samtools') or paths ('/x/env.img').",
+    )
+    base_image = Unicode(
+        "", config=True, help="Base .sif; empty means '<distro>--base_image.sif' from the image directories."
+    )
+    writable = Bool(False, config=True, help="Mount the stack's .img read-write (one writable mount at a time).")
+    binds = List(Unicode(), config=True, help="Extra bind paths ('/src' or '/src:/dst[:ro]').")
+    env = Dict(value_trait=Unicode(), config=True, help="Extra environment variables for the kernel.")
+    apptainer_flags = List(Unicode(), config=True, help="Extra flags for 'apptainer instance start'.")
+
+    instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
+    placement = Placement()
+    process: asyncio.subprocess.Process | None = None  # what launch_kernel started
+    cwd: str | None = None  # the kernel's working directory
+    _env_file: Path | None = None
+
+    # The kernel's paths are the server's (a compute node shares them): resolved as a local kernel's.
+    resolve_path = LocalProvisioner.resolve_path
+
+    @property
+    def manager(self) -> InstanceManager:
+        """This process's instance manager for the server's CondaTainer configuration."""
+        return InstanceManager.for_config(CondaTainerConfig(parent=self.parent))
+
+    # --- the start, in the subclass's pre_launch and in launch_kernel --------------------------
+
+    def _plan(self, kernel_cwd: str) -> ContainerPlan:
+        """The stack's container: our package, the supplied ipykernel, the runtime directory,
+        the env locks and the connection file's directory bound in. Blocking (probes images):
+        call it in a thread."""
+        config = self.manager.config
+        connection_dir = os.path.dirname(os.path.abspath(self.parent.connection_file)) if self.parent else ""
+        host_binds = [
+            f"{supply.package_dir()}:{LIB_DIR}/kernel_provider:ro",
+            f"{supply.supply_root()}:{SUPPLY_DIR}:ro",
+            str(runtime_dir()),
+            private_lock_dir(config.state_dir),  # the %condatainer magic takes the same env lock as the server
+        ]
+        request = StackRequest(
+            overlays=self.overlays,
+            base_image=self.base_image,
+            writable=self.writable,
+            env={**KERNEL_ENV, **config.container_env, **self.env},
+            binds=[*host_binds, *([connection_dir] if connection_dir else []), kernel_cwd, *self.binds],
+            flags=self.apptainer_flags,
+        )
+        return plan_for_host(request, config)
+
+    @staticmethod
+    async def _ensure_ipykernel(python: PythonInfo) -> None:
+        """A Python without ipykernel gets one supplied (built once per Python version)."""
+        if not python.has_ipykernel:
+            await supply.ensure_ipykernel(python.version, python.glibc)
+
+    def _in_container(self, launch_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``pre_launch``'s result with its ``cmd`` made for the container: the kernelspec's own
+        ``python`` where jupyter_client put the *host's* ``sys.executable``, and our bootstrap
+        in place of ``-m ipykernel_launcher``."""
+        cmd = list(launch_kwargs["cmd"])
+        spec_argv = self.kernel_spec.argv if self.kernel_spec else []
+        if cmd and spec_argv and cmd[0] == sys.executable and spec_argv[0] != sys.executable:
+            cmd[0] = spec_argv[0]
+        return {**launch_kwargs, "cmd": launcher_argv(cmd)}
+
+    def _kernel_env(self, launch_env: dict[str, str]) -> list[tuple[str, str]]:
+        """The kernel's whole environment (``--cleanenv``): the stack's, the kernelspec's, the
+        server's session variables and where the magic finds the instance's description."""
+        forwarded = [(key, launch_env[key]) for key in FORWARDED_ENV if key in launch_env]
+        spec_env = list((self.kernel_spec.env or {}).items()) if self.kernel_spec else []
+        info = [("CONDATAINER_INFO", str(instanceinfo.path(self.instance.name)))]
+        return [*self.instance.plan.env, *spec_env, *forwarded, *info]
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Called by ``KernelManager.launch_kernel`` after ``pre_launch``, with its ``cmd`` and
+        kwargs (``env``, ``cwd``): execs ``cmd`` in the instance with the kernel's env file and
+        returns the kernel's connection info."""
+        async with self._undone_on_failure():
+            self.cwd = str(kwargs.get("cwd") or os.getcwd())
+            env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
+            self._env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
+            argv = command.instance_exec_argv(
+                self.manager.apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd
+            )
+            self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
+            self.process = await self._spawn(argv)
+            return await self._connection_info_once_started()
+
+    @abstractmethod
+    async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
+        """Start the kernel's ``apptainer exec`` where the instance runs."""
+
+    async def _connection_info_once_started(self) -> KernelConnectionInfo:
+        """What ``launch_kernel`` returns: the connection info ``pre_launch`` wrote."""
+        return self.connection_info
+
+    # --- a start that failed ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _undone_on_failure(self) -> AsyncIterator[None]:
+        """A failed start leaves nothing behind and tells the user why (see :class:`KernelStartError`)."""
+        try:
+            yield
+        except BaseException as err:
+            try:
+                await self._abandon_start()
+            except Exception:  # noqa: BLE001 - the start's own error is what the user needs
+                self.log.exception("CondaTainer kernel %s: cleaning up after a failed start failed", self.kernel_id)
+            if isinstance(err, Exception):
+                label = self.kernel_spec.display_name if self.kernel_spec else self.kernel_id
+                raise KernelStartError(f"The kernel {label!r} could not start: {err}") from err
+            raise
+
+    async def _abandon_start(self) -> None:
+        """Remove what the start made: the kernel's process, the instance (or SLURM job), the
+        kernel's env file, the connection file (it holds the kernel's key) and its ipc sockets,
+        and jupyter_client's record of the start."""
+        if self.process is not None and self.process.returncode is None:
+            await self.kill()
+        await self.cleanup(restart=False)
+        if self.parent is not None:
+            self.parent.cleanup_connection_file()
+            self.parent.cleanup_ipc_files()
+        self._forget_pending_start()
+
+    def _forget_pending_start(self) -> None:
+        """jupyter_client 8 keeps a failed first start among the MultiKernelManager's pending
+        kernels; jupyter_server's ``shutdown_all`` then fails on that id ("Kernel does not exist")
+        before it stops the event loop, and the server hangs on SIGTERM. Drop the entry (a
+        failed restart has none: its kernel is a known one). jupyter_client offers no public
+        way to do this."""
+        multi = getattr(self.parent, "parent", None)
+        pending = getattr(multi, "_pending_kernels", None)
+        if isinstance(pending, dict) and self.kernel_id not in multi:
+            pending.pop(self.kernel_id, None)
+
+    # --- the running kernel ----------------------------------------------------------------------
+
+    @property
+    def has_process(self) -> bool:
+        """``KernelManager.has_kernel``: True from ``launch_kernel`` until ``wait`` saw the end."""
+        return self.process is not None
+
+    async def poll(self) -> int | None:
+        """``KernelManager.is_alive``: None while the kernel's process runs, else its exit code."""
+        return self.process.returncode if self.process else 0
+
+    async def wait(self) -> int | None:
+        """``KernelManager.finish_shutdown`` and ``kill_kernel``: wait for the kernel's process
+        to end; returns its exit code."""
+        if not self.process:
+            return 0
+        returncode = await self.process.wait()
+        self.process = None
+        return returncode
+
+    async def kill(self, restart: bool = False) -> None:
+        """``KernelManager.kill_kernel`` (also before a restart): SIGKILL through ``send_signal``."""
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        """``KernelManager.finish_shutdown`` when the kernel ignored the shutdown request:
+        SIGTERM through ``send_signal``."""
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """``KernelManager.cleanup_resources``, after the kernel's process ended: removes its env
+        file; a shutdown (``restart`` False) also releases the instance, which a restart keeps."""
+        await super().cleanup(restart=restart)
+        if self._env_file:
+            self._env_file.unlink(missing_ok=True)
+            self._env_file = None
+        if not restart:
+            await self._release()
+
+    @abstractmethod
+    async def _release(self) -> None:
+        """Give up the instance (the SLURM job): at shutdown, or after a failed start. Idempotent."""
+
+    # --- persistence -----------------------------------------------------------------------------
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        """Called by a ``KernelManager`` that persists its kernels (jupyter_server does not):
+        the base classes' record (kernel id, connection info; the local provisioner's also pid,
+        pgid and ip) and the kernel's :class:`Placement`. ``load_provisioner_info`` restores it."""
+        info = await super().get_provisioner_info()
+        info["placement"] = asdict(self.placement)
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        """The inverse of ``get_provisioner_info``, for a ``KernelManager`` that reloads a
+        persisted kernel: restores the base classes' record and the kernel's :class:`Placement`."""
+        await super().load_provisioner_info(provisioner_info)
+        self.placement = Placement(**provisioner_info["placement"])

@@ -1,0 +1,90 @@
+"""The two provisioner classes without Apptainer or SLURM: entry points, options, persistence,
+and the SLURM kernel's connection file."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import tomllib
+from jupyter_client.manager import KernelManager
+
+from kernel_provider.kernel.kernelspecs import custom_spec
+from kernel_provider.kernel.provisioner import CondaTainerProvisioner
+from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement
+from kernel_provider.kernel.slurm_provisioner import CondaTainerSlurmProvisioner
+
+PROVISIONERS = {
+    "condatainer-provisioner": CondaTainerProvisioner,
+    "condatainer-slurm-provisioner": CondaTainerSlurmProvisioner,
+}
+SHARED_OPTIONS = {"overlays", "base_image", "writable", "binds", "env", "apptainer_flags"}
+
+
+def test_one_entry_point_per_launcher_and_kernelspecs_name_them():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["jupyter_client.kernel_provisioners"]
+    loaded = {}
+    for name, target in declared.items():
+        module, attribute = target.split(":")
+        loaded[name] = getattr(importlib.import_module(module), attribute)
+    assert loaded == PROVISIONERS
+    for slurm, name in [(False, "condatainer-provisioner"), (True, "condatainer-slurm-provisioner")]:
+        spec = custom_spec(["python/3.11"], slurm=slurm).to_kernel_json()
+        assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == name
+
+
+def test_each_provisioner_has_its_launchers_options_and_every_option_says_what_it_does():
+    local = set(CondaTainerProvisioner.class_trait_names(config=True))
+    slurm = set(CondaTainerSlurmProvisioner.class_trait_names(config=True))
+    assert local == SHARED_OPTIONS | {"share_instance", "transport"}
+    assert slurm == SHARED_OPTIONS | {"slurm_args", "slurm_connect_ip", "slurm_launch_timeout"}
+    for cls in PROVISIONERS.values():
+        assert all(trait.help for trait in cls.class_traits(config=True).values())
+
+
+@pytest.mark.parametrize("name", PROVISIONERS)
+def test_provisioner_info_round_trip(name):
+    """What get_provisioner_info saves, load_provisioner_info restores (into a new provisioner)."""
+    cls = PROVISIONERS[name]
+    saved = cls(kernel_id="0123456789abcdef", kernel_spec=None, parent=None)
+    saved.connection_info = {"transport": "tcp", "ip": "10.0.0.7", "shell_port": 40001}
+    saved.placement = Placement(instance="jcts-01234567-ab12", slurm_job="42")
+
+    async def round_trip() -> tuple[dict, dict, CondaTainerProvisionerBase]:
+        info = await saved.get_provisioner_info()
+        loaded = cls(kernel_id=None, kernel_spec=None, parent=None)
+        await loaded.load_provisioner_info(json.loads(json.dumps(info)))
+        return info, await loaded.get_provisioner_info(), loaded
+
+    info, again, loaded = asyncio.run(round_trip())
+    assert info["placement"] == {"instance": "jcts-01234567-ab12", "slurm_job": "42"}
+    assert again == info
+    assert (loaded.kernel_id, loaded.placement) == (saved.kernel_id, saved.placement)
+
+
+def test_slurm_connection_file_asks_for_ports_is_kept_by_a_restart_and_removed_at_shutdown(tmp_path):
+    """Ports 0 on a first start (the kernel picks them on its node); the provisioner wrote the
+    file, so it removes it: jupyter_client removes only the files it wrote itself."""
+    km = KernelManager(connection_file=str(tmp_path / "kernel-k.json"))
+    provisioner = CondaTainerSlurmProvisioner(kernel_id="k", kernel_spec=None, parent=km)
+    path = Path(km.connection_file)
+
+    provisioner._prepare_connection_file("10.0.0.7")
+    written = json.loads(path.read_text())
+    assert [written[key] for key in ("ip", "transport", "shell_port", "hb_port")] == ["10.0.0.7", "tcp", 0, 0]
+    assert path.stat().st_mode & 0o777 == 0o600
+    bound = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "hb_port": 4, "control_port": 5}
+    km.load_connection_info({**written, **bound})  # what the kernel wrote back
+
+    provisioner._prepare_connection_file("10.0.0.7")  # a restart on the same node keeps the file
+    assert json.loads(path.read_text()) == written
+    asyncio.run(provisioner.cleanup(restart=True))
+    assert path.exists()
+    km.cleanup_connection_file()
+    assert path.exists(), "not jupyter_client's to remove"
+    asyncio.run(provisioner.cleanup(restart=False))
+    assert not path.exists()
