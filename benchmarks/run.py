@@ -1190,7 +1190,7 @@ class Bench:
 
         lines = [f"[9] phases of a cold start of {KERNEL} (median [min–max] of {self.n}; in-process timings):"]
         lines += [f"      {label:<62} {Stat(v).fmt('s')}" for label, v in phases.items()]
-        lines.append("    first start of this process: " + ", ".join(f"{l} {v:.3f} s" for l, v in first))
+        lines.append("    first start of this process: " + ", ".join(f"{phase} {v:.3f} s" for phase, v in first))
         lines.append("[9] phases of a restart:")
         lines += [f"      {label:<62} {Stat(v).fmt('s')}" for label, v in restart_phases.items()]
         lines += memory_lines

@@ -67,18 +67,22 @@ class StackSpec:
 
     @property
     def provisioner_name(self) -> str:
+        """The provisioner a kernelspec of this stack names: the local one or the SLURM one."""
         return SLURM_PROVISIONER if self.slurm else PROVISIONER
 
     @property
     def name(self) -> str:
+        """The kernelspec's directory name: ``condatainer-`` and the label, made safe."""
         # A SLURM kernel of a stack never replaces the local one of the same label.
         return kernel_name(self.label) + ("-slurm" if self.slurm else "")
 
     @property
     def display_name(self) -> str:
+        """What the Launcher shows: ``CondaTainer: <label>``, and ``(SLURM)`` for a SLURM kernel."""
         return f"CondaTainer: {self.label}" + (" (SLURM)" if self.slurm else "")
 
     def provisioner_config(self) -> dict:
+        """The provisioner's options in the kernelspec: the stack and what was asked for with it."""
         config = {"overlays": list(self.overlays), **self.extra_config}
         if self.base_image:
             config["base_image"] = self.base_image
@@ -89,6 +93,7 @@ class StackSpec:
         return config
 
     def to_kernel_json(self) -> dict:
+        """The ``kernel.json`` of this stack."""
         return {
             "argv": KERNEL_ARGV,
             "display_name": self.display_name,
@@ -110,6 +115,7 @@ class StackSpec:
 
     @classmethod
     def from_kernel_json(cls, data: dict) -> StackSpec | None:
+        """The stack of one of our ``kernel.json`` files, or None for a kernelspec that is not ours."""
         meta = data.get("metadata", {}).get("condatainer", {})
         if meta.get("managed_by") != MANAGED_BY:
             return None
@@ -157,6 +163,7 @@ class KernelspecStore:
         self.kernels_dir = Path(kernels_dir or Path(jupyter_data_dir()) / "kernels")
 
     def read_all(self) -> dict[str, StackSpec]:
+        """Our kernelspecs in the user's kernels directory, by name (others' are skipped)."""
         found = {}
         if not self.kernels_dir.is_dir():
             return found
@@ -170,6 +177,7 @@ class KernelspecStore:
         return found
 
     def write(self, spec: StackSpec) -> Path:
+        """Write (or replace) a stack's kernelspec; the directory it went to."""
         directory = self.kernels_dir / spec.name
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / ".kernel.json.tmp"
@@ -217,6 +225,8 @@ class KernelspecStore:
 
 @dataclass
 class SyncResult:
+    """What a sync did: kernelspecs written and removed."""
+
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)

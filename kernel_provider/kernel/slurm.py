@@ -71,8 +71,15 @@ CONNECT_TO_NODE = "node"
 # Pending reasons that no amount of waiting resolves: fail at once with the reason.
 HOPELESS_REASONS = frozenset(
     {
-        "PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints",
-        "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "DependencyNeverSatisfied",
+        "PartitionConfig",
+        "PartitionTimeLimit",
+        "PartitionNodeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "AccountNotAllowed",
+        "QOSNotAllowed",
+        "DependencyNeverSatisfied",
     }
 )
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "RESIZING", "REQUEUED"})
@@ -107,15 +114,23 @@ def check_sbatch_args(args: Sequence[str]) -> list[str]:
         if not arg.startswith("-"):
             raise SlurmError(f"slurm_args must be sbatch options like '--partition=debug', not {arg!r}")
         if option in RESERVED_OPTIONS:
-            raise SlurmError(f"slurm_args may not set {option}: jupyter-condatainer names the job and its output itself")
+            raise SlurmError(
+                f"slurm_args may not set {option}: jupyter-condatainer names the job and its output itself"
+            )
     return list(args)
 
 
 def sbatch_argv(name: str, script: str, output: str, slurm_args: Sequence[str]) -> list[str]:
     """Submit the holding job. One node and one task unless the kernelspec says otherwise."""
     return [
-        "sbatch", "--parsable", f"--job-name={name}", f"--output={output}", "--nodes=1", "--ntasks=1",
-        *check_sbatch_args(slurm_args), script,
+        "sbatch",
+        "--parsable",
+        f"--job-name={name}",
+        f"--output={output}",
+        "--nodes=1",
+        "--ntasks=1",
+        *check_sbatch_args(slurm_args),
+        script,
     ]
 
 
@@ -130,6 +145,7 @@ def my_jobs_argv() -> list[str]:
 
 
 def steps_argv(job_id: str) -> list[str]:
+    """``squeue`` listing a job's steps (to tell whether the kernel step still runs)."""
     return ["squeue", "-h", "-s", "-j", job_id, "-o", "%i|%j"]
 
 
@@ -142,8 +158,18 @@ def step_argv(job_id: str, node: str, step_name: str, argv: Sequence[str]) -> li
     """Run ``argv`` as a step of the job on its instance's node, with SLURM's variables
     forwarded into the container (see :data:`FORWARD_SCRIPT`)."""
     return [
-        "srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
-        f"--job-name={step_name}", "/bin/sh", "-c", FORWARD_SCRIPT, "jct-step", *argv,
+        "srun",
+        f"--jobid={job_id}",
+        "--overlap",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--nodelist={node}",
+        f"--job-name={step_name}",
+        "/bin/sh",
+        "-c",
+        FORWARD_SCRIPT,
+        "jct-step",
+        *argv,
     ]
 
 
@@ -210,22 +236,27 @@ def proxy_env(address: str) -> list[tuple[str, str]]:
         return []
     http, socks = f"http://{address}", f"socks5://{address}"
     return [
-        ("http_proxy", http), ("https_proxy", http), ("HTTP_PROXY", http), ("HTTPS_PROXY", http),
-        ("all_proxy", socks), ("ALL_PROXY", socks), ("no_proxy", NO_PROXY), ("NO_PROXY", NO_PROXY),
+        ("http_proxy", http),
+        ("https_proxy", http),
+        ("HTTP_PROXY", http),
+        ("HTTPS_PROXY", http),
+        ("all_proxy", socks),
+        ("ALL_PROXY", socks),
+        ("no_proxy", NO_PROXY),
+        ("NO_PROXY", NO_PROXY),
     ]
 
 
 def slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
     """Environment for sbatch/srun/squeue/scancel (and so for the job): the server's,
     without the SLURM_* of a job the server may itself run in."""
-    return {
-        key: value for key, value in environ.items()
-        if not key.startswith("SLURM_") or key in KEPT_SLURM_VARIABLES
-    }
+    return {key: value for key, value in environ.items() if not key.startswith("SLURM_") or key in KEPT_SLURM_VARIABLES}
 
 
 @dataclass(frozen=True)
 class JobState:
+    """A job as ``squeue`` reports it: state, partition, the reason it waits, its node."""
+
     state: str
     partition: str
     reason: str
@@ -243,12 +274,15 @@ def parse_job_state(stdout: str) -> JobState | None:
 
 @dataclass(frozen=True)
 class QueuedJob:
+    """One of this user's jobs in ``squeue``: id and name (ours start with the job prefix)."""
+
     job_id: str
     name: str
     state: str
 
 
 def parse_jobs(stdout: str) -> list[QueuedJob]:
+    """``squeue -o %i|%j`` lines as jobs."""
     jobs = []
     for line in stdout.splitlines():
         parts = line.strip().split("|")
@@ -295,6 +329,7 @@ def state_store(config: CondaTainerConfig) -> StateStore:
 
 
 def read_records(store: StateStore) -> dict[str, InstanceRecord]:
+    """The state files of our SLURM kernels' jobs, by name."""
     if not store.directory.is_dir():
         return {}
     records = (store.read(path.stem) for path in sorted(store.directory.glob(f"{JOB_PREFIX}*.json")))
@@ -413,18 +448,26 @@ class SlurmAllocation:
 
     @property
     def name(self) -> str:
+        """The job's name, which is also the instance's on the node."""
         return self.instance.name
 
     def _path(self, suffix: str) -> Path:
         return runtime_dir() / f"{self.name}{suffix}"
 
     def save(self) -> None:
+        """Write the job's state file (what a later sweep needs to cancel it)."""
         plan = self.instance.plan
         self.store.write(
             InstanceRecord(
-                name=self.name, base_image=plan.base_image.path, overlays=plan.overlay_args,
-                bind_paths=list(plan.binds), env=[f"{k}={v}" for k, v in plan.env], notes=dict(plan.notes),
-                owner=Owner.current(), stack_key=self.instance.key, kernels=sorted(self.instance.kernels),
+                name=self.name,
+                base_image=plan.base_image.path,
+                overlays=plan.overlay_args,
+                bind_paths=list(plan.binds),
+                env=[f"{k}={v}" for k, v in plan.env],
+                notes=dict(plan.notes),
+                owner=Owner.current(),
+                stack_key=self.instance.key,
+                kernels=sorted(self.instance.kernels),
                 slurm_job=self.job_id,
             )
         )
@@ -458,7 +501,9 @@ class SlurmAllocation:
                 raise SlurmError(f"job {self.job_id} could not start the container:\n{self._output_tail()}")
             if job is None or job.state not in ACTIVE_STATES:
                 ended = job.state if job else "left the queue"
-                raise SlurmError(f"job {self.job_id} ended ({ended}) before its container was up:\n{self._output_tail()}")
+                raise SlurmError(
+                    f"job {self.job_id} ended ({ended}) before its container was up:\n{self._output_tail()}"
+                )
             if job.state == "RUNNING" and status.get("state") == "ready":
                 self.node, self.proxy = job.node, status.get("proxy", "")
                 return
@@ -468,12 +513,13 @@ class SlurmAllocation:
                 if announced != (job.partition, job.reason):
                     announced = (job.partition, job.reason)
                     why = f" ({job.reason})" if _meaningful(job.reason) else ""
-                    self.log.info("CondaTainer kernel: queued as job %s on partition %s%s", self.job_id, job.partition, why)
+                    self.log.info(
+                        "CondaTainer kernel: queued as job %s on partition %s%s", self.job_id, job.partition, why
+                    )
             if time.monotonic() > deadline:
                 reason = f": {job.reason}" if _meaningful(job.reason) else ""
-                raise SlurmError(
-                    f"job {self.job_id} did not start within {timeout:g} s (still {job.state}{reason}); it was cancelled"
-                )
+                waited = f"still {job.state}{reason}"
+                raise SlurmError(f"job {self.job_id} did not start within {timeout:g} s ({waited}); it was cancelled")
             await asyncio.sleep(POLL_INTERVAL)
 
     def _read_status(self) -> dict[str, str]:
@@ -496,10 +542,12 @@ class SlurmAllocation:
         return infos[0][4][0]
 
     async def is_running(self) -> bool:
+        """Whether the job still runs (SLURM says RUNNING)."""
         state = await job_state(self.job_id) if self.job_id else None
         return state is not None and state.state == "RUNNING"
 
     def step(self, argv: Sequence[str], step_name: str = "") -> list[str]:
+        """``srun`` argv that runs ``argv`` as a step of this job on its node."""
         return step_argv(self.job_id, self.node, step_name or f"{self.name}-step", argv)
 
     async def probe_python(self) -> PythonInfo:

@@ -176,8 +176,9 @@ def dist_str(record) -> str:
     return f"{location}::{record.name.normalized}-{record.version}-{record.build}"
 
 
-def append_history(prefix: Path, command: str, argv: list[str], unlinked, linked,
-                   update: list[str] = (), remove: list[str] = ()) -> None:
+def append_history(
+    prefix: Path, command: str, argv: list[str], unlinked, linked, update: list[str] = (), remove: list[str] = ()
+) -> None:
     lines = [
         f"==> {datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')} <==",
         f"# cmd: {shlex.join(['mm-' + command, *argv])}",
@@ -254,7 +255,7 @@ def channel_display(record) -> str:
     base = str(record.channel or "").rstrip("/")
     alias = channel_alias() or str(channel_config()).split('channel_alias="', 1)[-1].split('"')[0]
     if alias and base.startswith(alias):
-        return base[len(alias):]
+        return base[len(alias) :]
     return base
 
 
@@ -286,7 +287,10 @@ class Plan:
 
 def same_package(a, b) -> bool:
     return (str(a.version), str(a.build), str(a.channel).rstrip("/")) == (
-        str(b.version), str(b.build), str(b.channel).rstrip("/"))
+        str(b.version),
+        str(b.build),
+        str(b.channel).rstrip("/"),
+    )
 
 
 def match_specs(specs: list[str]) -> list:
@@ -322,8 +326,9 @@ async def solve(prefix: Path, channels: list[str], specs: list[str], locked: lis
     # Repodata is cached in PREFIX/pkgs/cache as micromamba does; a failed solve leaves no trace.
     fresh = [d for d in (prefix / "pkgs", prefix / "pkgs" / "cache") if not d.exists()]
     gateway = Gateway(cache_dir=prefix / "pkgs" / "cache")
-    kwargs = dict(gateway=gateway, locked_packages=locked, virtual_packages=virtual,
-                  constraints=match_specs(read_pins(prefix)))
+    kwargs = dict(
+        gateway=gateway, locked_packages=locked, virtual_packages=virtual, constraints=match_specs(read_pins(prefix))
+    )
     wanted = match_specs(specs)
     try:
         return await _solve_with_priority(sources, wanted, priority, kwargs)
@@ -376,8 +381,7 @@ def print_plan(plan: Plan, specs: list[str], action: str) -> None:
     for name in sorted(set(old) | set(new)):
         if name in old and name in new:
             o, n = old[name], new[name]
-            kind = "Upgrade" if n.version > o.version else (
-                "Downgrade" if n.version < o.version else "Change")
+            kind = "Upgrade" if n.version > o.version else ("Downgrade" if n.version < o.version else "Change")
             rows.append(("-", o, kind))
             rows.append(("+", n, kind))
         elif name in new:
@@ -387,10 +391,11 @@ def print_plan(plan: Plan, specs: list[str], action: str) -> None:
             kind = "Remove"
             rows.append(("-", old[name], kind))
         counts[kind] = counts.get(kind, 0) + 1
-    table = [(sign + " " + r.name.normalized, str(r.version), str(r.build), channel_display(r), kind)
-             for sign, r, kind in rows]
-    widths = [max(len(row[i]) for row in table + [("  Package", "Version", "Build", "Channel", "")])
-              for i in range(4)]
+    table = [
+        (sign + " " + r.name.normalized, str(r.version), str(r.build), channel_display(r), kind)
+        for sign, r, kind in rows
+    ]
+    widths = [max(len(row[i]) for row in table + [("  Package", "Version", "Build", "Channel", "")]) for i in range(4)]
     header = ("Package", "Version", "Build", "Channel")
     print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     print("  " + "─" * (sum(widths) + 6))
@@ -685,8 +690,7 @@ async def cmd_install(args, update: bool = False) -> int:
             raise MMError(f"no conda environment at {prefix} (create it with mm-create -f FILE)")
         return await install_explicit(args, prefix, entries, "install", exact=bool(explicit_file))
     file_channels, file_specs = load_file_specs(args.file) if getattr(args, "file", None) else ([], [])
-    channels = merge_channels(args.channel, file_channels,
-                              [] if args.override_channels else saved)
+    channels = merge_channels(args.channel, file_channels, [] if args.override_channels else saved)
     new_specs = file_specs + args.specs
     update_all = update and (args.all or not new_specs)
     if not new_specs and not update_all:
@@ -702,8 +706,9 @@ async def cmd_install(args, update: bool = False) -> int:
     if update:
         for spec in new_specs:
             if spec_name(spec) not in installed_names:
-                raise MMError(f"package '{spec_name(spec)}' is not installed in {prefix}, "
-                              "nothing to update (use mm-install)")
+                raise MMError(
+                    f"package '{spec_name(spec)}' is not installed in {prefix}, nothing to update (use mm-install)"
+                )
         unlocked = installed_names if update_all else {spec_name(s) for s in new_specs}
         locked = [r for r in installed if r.name.normalized not in unlocked]
     else:
@@ -741,8 +746,7 @@ async def cmd_remove(args) -> int:
     # Like micromamba: packages that depend on a removed one go too, then everything no longer
     # needed by the remaining requested specs (prune). No channel is needed for this.
     dependents = _dependents_closure(installed, removing)
-    keep_requested = {n: s for n, s in requested_specs(prefix).items()
-                      if n in by_name and n not in dependents}
+    keep_requested = {n: s for n, s in requested_specs(prefix).items() if n in by_name and n not in dependents}
     roots = set(keep_requested) or (set(by_name) - dependents)
     keep = _dependency_closure(installed, roots) - dependents
     records = [r for r in installed if r.name.normalized in keep]
@@ -848,26 +852,29 @@ async def cmd_list(args) -> int:
             base_url = url[: -len(r.file_name) - 1] if url.endswith("/" + r.file_name) else url
             if base_url.endswith("/" + r.subdir):
                 base_url = base_url[: -len(r.subdir) - 1]
-            out.append({
-                "base_url": base_url,
-                "build_number": r.build_number,
-                "build_string": str(r.build),
-                "channel": channel_display(r),
-                "dist_name": f"{r.name.normalized}-{r.version}-{r.build}",
-                "md5": r.md5.hex() if r.md5 else "",
-                "name": r.name.normalized,
-                "platform": r.subdir,
-                "sha256": r.sha256.hex() if r.sha256 else "",
-                "url": url,
-                "version": str(r.version),
-            })
+            out.append(
+                {
+                    "base_url": base_url,
+                    "build_number": r.build_number,
+                    "build_string": str(r.build),
+                    "channel": channel_display(r),
+                    "dist_name": f"{r.name.normalized}-{r.version}-{r.build}",
+                    "md5": r.md5.hex() if r.md5 else "",
+                    "name": r.name.normalized,
+                    "platform": r.subdir,
+                    "sha256": r.sha256.hex() if r.sha256 else "",
+                    "url": url,
+                    "version": str(r.version),
+                }
+            )
         print(json.dumps(out, indent=4))
         return 0
     if args.explicit:
         print("@EXPLICIT")
         for r in records:
-            suffix = f"#{r.md5.hex()}" if args.md5 and r.md5 else (
-                f"#{r.sha256.hex()}" if args.sha256 and r.sha256 else "")
+            suffix = (
+                f"#{r.md5.hex()}" if args.md5 and r.md5 else (f"#{r.sha256.hex()}" if args.sha256 and r.sha256 else "")
+            )
             print(f"{r.url}{suffix}")
         return 0
     if args.canonical:
@@ -878,7 +885,7 @@ async def cmd_list(args) -> int:
         for r in records:
             print(f"{r.name.normalized}={r.version}={r.build}")
         return 0
-    print(f"List of packages in environment: \"{prefix}\"\n")
+    print(f'List of packages in environment: "{prefix}"\n')
     rows = [(r.name.normalized, str(r.version), str(r.build), channel_display(r)) for r in records]
     header = ("Name", "Version", "Build", "Channel")
     widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(4)]
@@ -923,14 +930,19 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     parser.add_argument("-c", "--channel", action="append", default=[], help="channel (repeatable)")
     parser.add_argument("-f", "--file", help="environment .yml or spec list")
     if command in ("install", "update"):
-        parser.add_argument("--override-channels", action="store_true",
-                            help="ignore the channels of .condarc")
+        parser.add_argument("--override-channels", action="store_true", help="ignore the channels of .condarc")
     if command in ("create", "install"):
-        parser.add_argument("--requested", action="append", default=[], metavar="SPEC",
-                            help="with an explicit file: a spec the user asked for (repeatable)")
+        parser.add_argument(
+            "--requested",
+            action="append",
+            default=[],
+            metavar="SPEC",
+            help="with an explicit file: a spec the user asked for (repeatable)",
+        )
     if command == "install":
-        parser.add_argument("--explicit", metavar="FILE",
-                            help="make the env exactly the packages of this @EXPLICIT file")
+        parser.add_argument(
+            "--explicit", metavar="FILE", help="make the env exactly the packages of this @EXPLICIT file"
+        )
     if command == "update":
         parser.add_argument("-a", "--all", action="store_true", help="update every package")
     return parser
