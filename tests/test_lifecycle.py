@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cell, wait_job
+from conftest import QuietReport, run_cell, wait_job
 
 from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
 from kernel_provider.envs.operations import read_conda_meta
@@ -27,13 +27,6 @@ from kernel_provider.model.overlays import Overlay
 pytestmark = pytest.mark.integration
 
 BASE_IMAGE = "ubuntu24--base_image.sif"
-
-
-@pytest.fixture
-def channel_env(conda_channel, monkeypatch):
-    for key, value in conda_channel.env.items():
-        monkeypatch.setenv(key, value)
-    return conda_channel
 
 
 @pytest.fixture
@@ -146,14 +139,9 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
         # The operation itself refuses too (the CLI, or a container mounting it after the check).
         from kernel_provider.envs.lifecycle import Lifecycle
 
-        class Quiet:
-            def log(self, line): pass
-            def step(self, progress, message): pass
-            def point_of_no_return(self): pass
-
         operations = jp_serverapp.web_app.settings["condatainer_operations"]
         with pytest.raises(EnvUnreadableError, match="open read-write in another container"):
-            await Lifecycle(operations).rollback(Quiet(), "life", 2)
+            await Lifecycle(operations).rollback(QuietReport(), "life", 2)
     finally:
         subprocess.run(["apptainer", "instance", "stop", held], capture_output=True, env=apptainer_env())
     assert package_set(image) == revision_set(remove_a)

@@ -168,14 +168,6 @@ async def test_delete_in_use_is_refused(api, image_layout):
 
 # --- package operations with the local test channel ---------------------------------------
 
-@pytest.fixture
-def channel_env(conda_channel, monkeypatch):
-    """Containers resolve conda-forge to the local channel (as a site mirror would)."""
-    for key, value in conda_channel.env.items():
-        monkeypatch.setenv(key, value)
-    return conda_channel
-
-
 def package_names(listing: dict) -> set[str]:
     return {p["name"] for p in listing["packages"]}
 
