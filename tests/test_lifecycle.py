@@ -1,8 +1,8 @@
 """Env lifecycle for real: history, rollback, export/lock, freeze to .sqf, activation.
 
-The integration tests use a real jupyter_server with the extension (pytest-jupyter), real Apptainer, the local test channel
-of ``tests/channel.py`` (``MAMBA_CHANNEL_ALIAS`` makes ``conda-forge`` mean it), and kernels
-started by the server's own kernel manager.
+The integration tests use a real jupyter_server with the extension (pytest-jupyter), real
+Apptainer, the local test channel of ``tests/channel.py`` (``MAMBA_CHANNEL_ALIAS`` makes
+``conda-forge`` mean it), and kernels started by the server's own kernel manager.
 """
 
 from __future__ import annotations
