@@ -134,8 +134,8 @@ jupyter condatainer env rollback bio 2    # the revisions: jupyter condatainer e
 class FreezeApp(_EnvCommand):
     description = """Freeze an env (or a revision) into a read-only NAME--VERSION.sqf overlay (and a kernel).
 
-The overlay holds exactly the revision's packages and is registered as the kernel
-'CondaTainer: NAME/VERSION' unless --no-kernel."""
+The overlay holds exactly the revision's packages; it gets the kernel
+'CondaTainer: FROZEN/VERSION (frozen)' unless --no-kernel."""
     examples = """
 jupyter condatainer env freeze bio --to bio-frozen/1.0
 jupyter condatainer env freeze bio --to bio-frozen/0.9 --revision 2 --no-kernel

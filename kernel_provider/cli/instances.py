@@ -54,7 +54,7 @@ Only this user's instances of jupyter-condatainer are stopped (known by their st
 never one started by hand or by another user."""
     examples = """
 jupyter condatainer instances stop --orphans
-jupyter condatainer instances stop jct-1a2b3c4d
+jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: instances list
 """
 
     orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
