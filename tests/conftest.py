@@ -1,4 +1,10 @@
-"""Shared fixtures: the locally built CondaTainer images and an isolated user layout.
+"""Shared fixtures and the one copy of every helper more than one test module uses.
+
+Fixtures: the locally built CondaTainer images and an isolated user layout (or one of
+placeholder images, for tests that read only names), our kernelspecs, the local conda
+channel, a SLURM cluster, the REST API of an in-process jupyter_server. Helpers: a real
+``jupyter server`` subprocess, polling, ports, plans and instances. Test modules import
+the helpers with ``from conftest import ...``.
 
 Integration tests need a working Apptainer and the images from
 ``scripts/build-images.sh`` (the README's test command provides both). When they are
@@ -12,12 +18,28 @@ import getpass
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from kernel_provider.host.process import apptainer_env
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.instances import Instance, InstanceManager
+from kernel_provider.host.probes import ImageProbe
+from kernel_provider.host.process import CommandResult, apptainer_env, run
+from kernel_provider.kernel.kernelspecs import KernelspecStore
+from kernel_provider.model import command, envfile
+from kernel_provider.model.overlays import scan
+from kernel_provider.model.plan import ContainerPlan, StackRequest, plan_container
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -32,6 +54,7 @@ USER_CACHE = Path(
 # debugfs is in /sbin, which an ordinary user's PATH often lacks (the product looks there too).
 DEBUGFS = shutil.which("debugfs") or "/sbin/debugfs"
 REQUIRED_IMAGES = ("ubuntu24--base_image.sif", "python--3.11.sqf", "hello--1.0.sqf", "testenv.img")
+KERNEL = "condatainer-python-3.11"  # the kernelspec sync_specs() writes for the test images' python/3.11
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +83,34 @@ def image_layout(tmp_path, monkeypatch, built_images):
         if (built_images / f"{name}.env").exists():
             shutil.copy(built_images / f"{name}.env", images / f"{name}.env")
     sparse_copy(built_images / "testenv.img", images / "env.img")
-    (tmp_path / "state").mkdir()
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return point_condatainer_at(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def placeholder_layout(tmp_path, monkeypatch):
+    """``image_layout`` made of empty files named like the test images: for what reads only the
+    catalog (names, kinds, validation), so it runs without Apptainer or the built images."""
+    placeholder_images(tmp_path / "images", [*REQUIRED_IMAGES[:-1], "env.img"])
+    return point_condatainer_at(tmp_path, monkeypatch)
+
+
+def point_condatainer_at(root: Path, monkeypatch) -> Path:
+    """Make ``root/images`` the image directory and ``root/state`` the state of everything
+    CondaTainer-configured in this test, and ``root`` the working directory."""
+    (root / "state").mkdir()
+    monkeypatch.setenv("XDG_STATE_HOME", str(root / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(USER_CACHE))
-    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(images))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", str(root / "images"))
+    monkeypatch.chdir(root)
+    return root
+
+
+def placeholder_images(directory: Path, filenames) -> Path:
+    """Empty files named like images: scanning the catalog reads names only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for filename in filenames:
+        (directory / filename).write_bytes(b"")
+    return directory
 
 
 @pytest.fixture
@@ -80,6 +125,19 @@ def user_layout(image_layout, monkeypatch):
         monkeypatch.setenv(variable, str(image_layout / sub))
     monkeypatch.setenv("JUPYTER_PATH", str(image_layout / "data"))
     return image_layout
+
+
+@pytest.fixture
+def kernel_env(user_layout):
+    """``user_layout`` with our kernelspecs written (one per python overlay)."""
+    sync_specs()
+    return user_layout
+
+
+def sync_specs() -> None:
+    """Write our kernelspecs for the configured image directories, as the server does at start."""
+    config = CondaTainerConfig()
+    KernelspecStore().sync(scan(config.image_dirs, config.distro))
 
 
 def _link_or_symlink(source: Path, target: Path) -> None:
@@ -117,6 +175,164 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def free_port() -> int:
+    """A localhost TCP port nobody listens on now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def poll(condition, timeout: float, interval: float = 0.2):
+    """The first truthy value of ``condition()`` within ``timeout`` seconds, else None: for what
+    may rightly never come (the caller decides); :func:`wait_until` when it must come."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
+    """The first truthy value of ``condition()``; fail saying what never came after ``timeout`` seconds."""
+    value = poll(condition, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
+
+
+class Server:
+    """``jupyter server`` as a subprocess, so it can be killed with SIGKILL."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.token = root, port, "test-token"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.root / f"server-{time.time():.0f}.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
+             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.request("GET", "/api/status")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("jupyter server did not start")
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else {}
+
+    def request_in_background(self, method: str, path: str, body: dict | None = None) -> threading.Thread:
+        """Send a request the test will kill the server under (so its answer never comes)."""
+
+        def send() -> None:
+            try:
+                self.request(method, path, body)
+            except OSError:
+                pass  # the server was killed under the request, as intended
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        return thread
+
+    def refused(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """Status and JSON answer of a request that must fail."""
+        try:
+            answer = self.request(method, path, body)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+        raise AssertionError(f"{method} {path} succeeded: {answer}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+class QuietReport:
+    """A Reporter (``kernel_provider.envs.operations``) for operations a test calls directly."""
+
+    def log(self, line: str) -> None:
+        pass
+
+    def step(self, progress: float, message: str) -> None:
+        pass
+
+    def point_of_no_return(self) -> None:
+        pass
+
+
+# --- planning and running containers ---------------------------------------------------------
+
+
+def make_plan(*overlays, writable=False, fakeroot=False, config=None) -> ContainerPlan:
+    """Plan a stack from the configured image directories with the real probes, as a kernel start does."""
+    config = config or CondaTainerConfig()
+    return plan_container(
+        StackRequest(overlays=list(overlays), writable=writable, fakeroot=fakeroot),
+        scan(config.image_dirs, config.distro),
+        ImageProbe(),
+        environ=os.environ,
+        cwd=os.getcwd(),
+        uid=os.getuid(),
+    )
+
+
+@asynccontextmanager
+async def acquired(manager: InstanceManager, plan: ContainerPlan, kernel_id: str = "k"):
+    """A private instance of ``plan`` for the block; released (stopped) after it."""
+    instance = await manager.acquire(plan, kernel_id, share=False)
+    try:
+        yield instance
+    finally:
+        await manager.release(instance, kernel_id)
+
+
+async def exec_in(manager: InstanceManager, instance: Instance, argv: list[str]) -> CommandResult:
+    """Run ``argv`` in the instance with the kernel's environment file, as a kernel runs."""
+    return await run(command.instance_exec_argv(manager.apptainer, instance.name, str(instance.env_file), argv), 60)
+
+
+@dataclass
+class Facts:
+    """Stated facts about images, instead of unsquashfs/debugfs probes."""
+
+    envs: dict[str, envfile.OverlayEnv] = field(default_factory=dict)
+    without_bin: set[str] = field(default_factory=set)
+    owners: dict[str, int] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=set)
+
+    def overlay_env(self, overlay):
+        return self.envs.get(overlay.name, envfile.OverlayEnv())
+
+    def has_bin(self, overlay):
+        return overlay.name not in self.without_bin
+
+    def image_owner(self, overlay):
+        return self.owners.get(overlay.name)
+
+    def device_exists(self, path):
+        return path in self.devices
+
+
 
 @pytest.fixture(scope="session")
 def conda_channel(tmp_path_factory):
@@ -141,6 +357,17 @@ def conda_channel(tmp_path_factory):
     except OSError:
         root = ensure_channel(tmp_path_factory.mktemp("channel"))
     return LocalChannel(root)
+
+
+@pytest.fixture
+def channel_env(conda_channel, monkeypatch):
+    """Containers resolve conda-forge to the local channel (as a site mirror would).
+
+    Tests ask for it before the server's fixtures: the server reads its configuration as it starts.
+    """
+    for key, value in conda_channel.env.items():
+        monkeypatch.setenv(key, value)
+    return conda_channel
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,11 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from conftest import free_port
 
 CPUS = 8
 PARTITION = "debug"
@@ -69,12 +70,6 @@ PartitionName={partition} Nodes=localhost Default=YES MaxTime={max_minutes} Stat
 
 class ClusterError(RuntimeError):
     """The cluster did not come up; the message carries the daemons' log tails."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _program(name: str) -> str:
@@ -136,7 +131,7 @@ class SlurmCluster:
     def _write_conf(self) -> None:
         self.conf.write_text(
             SLURM_CONF.format(
-                ctld_port=_free_port(), slurmd_port=_free_port(), user=getpass.getuser(),
+                ctld_port=free_port(), slurmd_port=free_port(), user=getpass.getuser(),
                 munge_socket=self.munge_socket, root=self.root, cpus=CPUS, partition=PARTITION,
                 max_minutes=PARTITION_MAX_MINUTES,
             )

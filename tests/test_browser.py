@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import running_instances
+from conftest import free_port, running_instances
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.state import StateStore
@@ -50,12 +49,6 @@ JOB_TIMEOUT_MS = 150_000  # an env job (one-shot containers) from start to end
 KERNEL_TIMEOUT_MS = 90_000  # instance start + first kernel reply (+ a supplied ipykernel once)
 FINAL_STATES = ("succeeded", "failed", "cancelled")  # a job's end (data-state)
 FINAL = re.compile(f"^({'|'.join(FINAL_STATES)})$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def screenshot_dir(tmp_path: Path) -> Path:

@@ -16,13 +16,19 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 from pathlib import Path
 
 import pytest
-from conftest import processes_mentioning, sparse_copy
-from test_provisioner import Server, free_port
+from conftest import (
+    QuietReport,
+    Server,
+    free_port,
+    poll,
+    processes_mentioning,
+    sparse_copy,
+    wait_until,
+)
 
 from kernel_provider.envs.checkpoints import STEPS
 from kernel_provider.envs.envmeta import read_env_meta
@@ -68,28 +74,15 @@ def prepared_env(tmp_path_factory, built_images, conda_channel):
     )
     operations = EnvOperations(config, InstanceManager(config))
     for spec in ("zlib", "libdemo=1.0"):
-        asyncio.run(operations.change(Quiet(), "env", "install", [spec], ["conda-forge"]))
+        asyncio.run(operations.change(QuietReport(), "env", "install", [spec], ["conda-forge"]))
     shutil.rmtree(images / ".state")
     return images / "env.img"
 
 
-class Quiet:
-    def log(self, line):
-        pass
-
-    def step(self, progress, message):
-        pass
-
-    def point_of_no_return(self):
-        pass
-
-
 @pytest.fixture
-def layout(user_layout, prepared_env, conda_channel, monkeypatch):
+def layout(user_layout, prepared_env, channel_env):
     (user_layout / "images" / "env.img").unlink()
     sparse_copy(prepared_env, user_layout / "images" / "env.img")
-    for key, value in conda_channel.env.items():
-        monkeypatch.setenv(key, value)
     (user_layout / "pause").mkdir()
     return user_layout
 
@@ -106,7 +99,8 @@ def test_stopped_at_every_step_leaves_before_or_finished(layout, monkeypatch, op
         method, path, body = REQUESTS[operation]
         job = submit(server, method, path, body)
         reached = pause / f"{operation}.{step}"
-        wait_for(lambda: reached.exists() or (job and finished(server, job["id"])), f"{operation} to reach {step}")
+        wait_until(lambda: reached.exists() or (job and finished(server, job["id"])), 120, f"{operation} to reach {step}",
+                   interval=0.1)
         assert reached.exists(), f"the {operation} ended before {step}: {finished(server, job['id'])}"
         if mode == "cancel":
             message = cancel(server, job, pause / f"{operation}.{step}.resume")
@@ -117,7 +111,7 @@ def test_stopped_at_every_step_leaves_before_or_finished(layout, monkeypatch, op
         server.stop()
         server.start()  # the restart: recovery runs here
         if mode == "kill":
-            message = wait_for(lambda: recovery_message(server), "the recovery's report", timeout=30, allow_empty=True)
+            message = poll(lambda: recovery_message(server), 30, interval=0.1)
         after = snapshot(images)
         outcome = judge(operation, before, after, images)
         MATRIX.append((operation, step, mode, outcome))
@@ -130,9 +124,7 @@ def test_stopped_at_every_step_leaves_before_or_finished(layout, monkeypatch, op
 def submit(server: Server, method: str, path: str, body) -> dict | None:
     """Start the operation; a job's JSON, or None for the DELETE (which pauses in its request)."""
     if method == "DELETE" and body is None:
-        import threading
-
-        threading.Thread(target=lambda: _ignore(server.request, method, path), daemon=True).start()
+        server.request_in_background(method, path)
         return None
     return server.request(method, path, body)["job"]
 
@@ -144,7 +136,7 @@ def cancel(server: Server, job: dict, resume: Path) -> str:
     except urllib.error.HTTPError as refused:
         assert refused.code == 409, refused
         resume.write_text("")
-    final = wait_for(lambda: finished(server, job["id"]), "the job to end")
+    final = wait_until(lambda: finished(server, job["id"]), 120, "the job to end", interval=0.1)
     return final["message"] if final["state"] != "failed" else final["error"]
 
 
@@ -220,25 +212,6 @@ def leftovers(layout: Path) -> dict:
     }
 
 
-def wait_for(predicate, what: str, timeout: float = 120, allow_empty: bool = False):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    if allow_empty:
-        return None
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _ignore(function, *args):
-    try:
-        function(*args)
-    except OSError:
-        pass  # the server was killed under the request, as intended
-
-
 def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path, monkeypatch):
     """A real ENOSPC: the disk fills up while the install runs (paused at its run step, then filled)."""
     if os.getuid() != 0:
@@ -258,7 +231,7 @@ def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path, 
         operations = EnvOperations(config, InstanceManager(config))
 
         async def install_on_a_full_disk():
-            task = asyncio.ensure_future(operations.change(Quiet(), "full", "install", ["demo-tool"], ["conda-forge"]))
+            task = asyncio.ensure_future(operations.change(QuietReport(), "full", "install", ["demo-tool"], ["conda-forge"]))
             while not (pause / "install.run").exists():
                 await asyncio.sleep(0.05)
             fill(small / "filler")
@@ -297,13 +270,13 @@ def test_a_symlinked_env_changes_its_target_and_keeps_the_link(layout, tmp_path)
     config = CondaTainerConfig()
     operations = EnvOperations(config, InstanceManager(config))
 
-    asyncio.run(operations.change(Quiet(), "linked", "install", ["demo-tool"], ["conda-forge"]))
+    asyncio.run(operations.change(QuietReport(), "linked", "install", ["demo-tool"], ["conda-forge"]))
     assert (images / "linked.img").is_symlink() and os.readlink(images / "linked.img") == str(real)
     assert "demo-tool" in packages(real)
 
     before = hashlib.sha256(outside.read_bytes()).hexdigest()
     with pytest.raises(Exception) as refused:
-        asyncio.run(operations.change(Quiet(), "escape", "install", ["demo-tool"], ["conda-forge"]))
+        asyncio.run(operations.change(QuietReport(), "escape", "install", ["demo-tool"], ["conda-forge"]))
     assert "not an image file in an image directory" in str(refused.value).splitlines()[0]
     assert hashlib.sha256(outside.read_bytes()).hexdigest() == before and (images / "escape.img").is_symlink()
     assert not list(images.glob(".*")) and not list(tmp_path.glob(".outside*"))

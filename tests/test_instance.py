@@ -1,4 +1,5 @@
-"""A real instance of the full stack: base image + python + tool overlay + writable env."""
+"""A real instance of the full stack: base image + python + tool overlay + writable env; and the
+refusals before any instance starts (those need only the images' names)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,12 @@ import json
 import os
 
 import pytest
-from conftest import DEBUGFS, running_instances
+from conftest import DEBUGFS, acquired, exec_in, make_plan, running_instances
 
 from kernel_provider.host.config import ApptainerNotFoundError, CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
-from kernel_provider.host.probes import ImageProbe
-from kernel_provider.host.process import run
-from kernel_provider.model import command
-from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError, scan
-from kernel_provider.model.plan import (
-    BaseImageNotFoundError,
-    StackRequest,
-    plan_container,
-)
-
-pytestmark = pytest.mark.integration
+from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError
+from kernel_provider.model.plan import BaseImageNotFoundError
 
 PROBE = (
     "import json, os, sys; open('/ext3/env/written-by-test', 'w').write('ok'); "
@@ -29,34 +21,19 @@ PROBE = (
 )
 
 
-def make_plan(*overlays, writable=False, config=None):
-    config = config or CondaTainerConfig()
-    return plan_container(
-        StackRequest(overlays=list(overlays), writable=writable),
-        scan(config.image_dirs, config.distro),
-        ImageProbe(),
-        environ=os.environ,
-        cwd=os.getcwd(),
-        uid=os.getuid(),
-    )
-
-
+@pytest.mark.integration
 def test_full_stack_in_a_real_instance(user_layout):
     plan = make_plan("python/3.11", "hello/1.0", "env", writable=True)
     manager = InstanceManager(CondaTainerConfig())
 
     async def scenario():
-        instance = await manager.acquire(plan, "k1", share=False)
-        try:
+        async with acquired(manager, plan) as instance:
             assert instance.name in running_instances()
             state = json.loads(manager.store.path(instance.name).read_text())
             assert state["overlays"] == plan.overlay_args and state["base_image"] == plan.base_image.path
-            argv = command.instance_exec_argv(manager.apptainer, instance.name, str(instance.env_file), ["python", "-c", PROBE])
-            result = await run(argv, 60)
+            result = await exec_in(manager, instance, ["python", "-c", PROBE])
             assert result.returncode == 0, result.stderr
             return instance.name, json.loads(result.stdout.splitlines()[-1])
-        finally:
-            await manager.release(instance, "k1")
 
     name, seen = asyncio.run(scenario())
     env = seen["env"]
@@ -74,23 +51,21 @@ def test_full_stack_in_a_real_instance(user_layout):
     assert "written-by-test" in listing
 
 
+@pytest.mark.integration
 def test_tool_overlay_bin_is_on_path(user_layout):
     plan = make_plan("hello/1.0", "python/3.11")
     manager = InstanceManager(CondaTainerConfig())
 
     async def scenario():
-        instance = await manager.acquire(plan, "k", share=False)
-        try:
-            argv = command.instance_exec_argv(manager.apptainer, instance.name, str(instance.env_file), ["hello"])
-            return await run(argv, 60)
-        finally:
-            await manager.release(instance, "k")
+        async with acquired(manager, plan) as instance:
+            return await exec_in(manager, instance, ["hello"])
 
     result = asyncio.run(scenario())
     assert result.returncode == 0, result.stderr
     assert "hello from condatainer" in result.stdout
 
 
+@pytest.mark.integration
 def test_shared_instance_serves_two_kernels_and_stops_with_the_last(user_layout):
     plan = make_plan("python/3.11")
     manager = InstanceManager(CondaTainerConfig())
@@ -109,24 +84,24 @@ def test_shared_instance_serves_two_kernels_and_stops_with_the_last(user_layout)
     assert name not in running_instances()
 
 
-def test_unknown_overlay_names_close_matches(user_layout):
+def test_unknown_overlay_names_close_matches(placeholder_layout):
     with pytest.raises(OverlayNotFoundError, match="Did you mean: python/3.11"):
         make_plan("python/3.12")
 
 
-def test_two_writable_images_are_refused(user_layout):
-    (user_layout / "images" / "other.img").write_bytes(b"")
+def test_two_writable_images_are_refused(placeholder_layout):
+    (placeholder_layout / "images" / "other.img").write_bytes(b"")
     with pytest.raises(OverlayError, match="only one .img"):
         make_plan("env", "other")
 
 
-def test_missing_base_image_says_what_to_do(user_layout):
-    (user_layout / "images" / "ubuntu24--base_image.sif").unlink()
+def test_missing_base_image_says_what_to_do(placeholder_layout):
+    (placeholder_layout / "images" / "ubuntu24--base_image.sif").unlink()
     with pytest.raises(BaseImageNotFoundError, match="build-images"):
-        make_plan("python/3.11", config=CondaTainerConfig(image_dirs=[str(user_layout / "images")]))
+        make_plan("python/3.11", config=CondaTainerConfig(image_dirs=[str(placeholder_layout / "images")]))
 
 
-def test_no_apptainer_is_a_clear_error(user_layout):
+def test_no_apptainer_is_a_clear_error(placeholder_layout):
     manager = InstanceManager(CondaTainerConfig(apptainer_bin="/nonexistent/apptainer"))
     with pytest.raises(ApptainerNotFoundError, match="Apptainer not found"):
         asyncio.run(manager.acquire(make_plan("python/3.11"), "k", share=False))

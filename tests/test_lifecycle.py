@@ -1,8 +1,8 @@
 """Env lifecycle for real: history, rollback, export/lock, freeze to .sqf, activation.
 
-A real jupyter_server with the extension (pytest-jupyter), real Apptainer, the local test channel
-of ``tests/channel.py`` (``MAMBA_CHANNEL_ALIAS`` makes ``conda-forge`` mean it), and kernels
-started by the server's own kernel manager.
+The integration tests use a real jupyter_server with the extension (pytest-jupyter), real
+Apptainer, the local test channel of ``tests/channel.py`` (``MAMBA_CHANNEL_ALIAS`` makes
+``conda-forge`` mean it), and kernels started by the server's own kernel manager.
 """
 
 from __future__ import annotations
@@ -17,23 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cell, wait_job
+from conftest import QuietReport, run_cell, wait_job
 
 from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
 from kernel_provider.envs.operations import read_conda_meta
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.model.overlays import Overlay
 
-pytestmark = pytest.mark.integration
-
 BASE_IMAGE = "ubuntu24--base_image.sif"
-
-
-@pytest.fixture
-def channel_env(conda_channel, monkeypatch):
-    for key, value in conda_channel.env.items():
-        monkeypatch.setenv(key, value)
-    return conda_channel
 
 
 @pytest.fixture
@@ -74,6 +65,7 @@ def state_of(path: Path) -> tuple[int, int]:
 # --- history, export, rollback, lock ------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_path, jp_serverapp):
     images = image_layout / "images"
     image = images / "life.img"
@@ -146,14 +138,9 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
         # The operation itself refuses too (the CLI, or a container mounting it after the check).
         from kernel_provider.envs.lifecycle import Lifecycle
 
-        class Quiet:
-            def log(self, line): pass
-            def step(self, progress, message): pass
-            def point_of_no_return(self): pass
-
         operations = jp_serverapp.web_app.settings["condatainer_operations"]
         with pytest.raises(EnvUnreadableError, match="open read-write in another container"):
-            await Lifecycle(operations).rollback(Quiet(), "life", 2)
+            await Lifecycle(operations).rollback(QuietReport(), "life", 2)
     finally:
         subprocess.run(["apptainer", "instance", "stop", held], capture_output=True, env=apptainer_env())
     assert package_set(image) == revision_set(remove_a)
@@ -233,6 +220,7 @@ ACTIVATE = (
 )
 
 
+@pytest.mark.integration
 async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env, jp_serverapp, monkeypatch):
     from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
@@ -351,6 +339,7 @@ REVISIONS_SEEN = "print(open('/ext3/env/conda-meta/history').read().count('==> '
 NEW_PYTHON = "the env now has its own Python 3.11; restart the kernel to use it"
 
 
+@pytest.mark.integration
 async def test_history_of_an_env_a_kernel_has_open(api, image_layout, channel_env, jp_serverapp):
     """REST reads the env as the kernel's container sees it (the .img on disk lags behind), and a
     change that pulls python into an env with none says to restart the kernel."""
@@ -398,6 +387,7 @@ async def test_history_of_an_env_a_kernel_has_open(api, image_layout, channel_en
 
 
 def test_mm_explicit_file_modes(conda_channel, tmp_path):
+    """No container: among the fast tests (the channel is built once and cached)."""
     mm = Path(__file__).resolve().parent.parent / "scripts" / "mm" / "mm.py"
     env = {**os.environ, "CNT_CONDA_PREFIX": str(tmp_path / "env"), **conda_channel.env}
 

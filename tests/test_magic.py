@@ -8,12 +8,11 @@ import subprocess
 import threading
 
 import pytest
-from conftest import DEBUGFS, processes_mentioning, run_cell
+from conftest import DEBUGFS, QuietReport, processes_mentioning, run_cell
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
-from kernel_provider.model.overlays import scan
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +43,7 @@ class Kernel:
         await self.client.wait_for_ready(timeout=120)
 
 
-@pytest.fixture
-def specs(user_layout):
-    config = CondaTainerConfig()
-    KernelspecStore().sync(scan(config.image_dirs, config.distro))
-    return user_layout
-
-
-def test_info_and_help_in_a_read_only_kernel(specs):
+def test_info_and_help_in_a_read_only_kernel(kernel_env):
     async def scenario():
         async with Kernel("condatainer-python-3.11") as kernel:
             info, error = await kernel.run("%condatainer info")
@@ -73,7 +65,7 @@ def test_info_and_help_in_a_read_only_kernel(specs):
     assert "hello/1.0" in overlays and "kernelspecs add" in overlays
 
 
-def test_info_of_a_writable_env_kernel(specs):
+def test_info_of_a_writable_env_kernel(kernel_env):
     KernelspecStore().write(custom_spec(["python/3.11", "hello/1.0", "env"], label="envk", writable=True, share=True))
 
     async def scenario():
@@ -84,31 +76,23 @@ def test_info_of_a_writable_env_kernel(specs):
     assert error is None
     assert "(shared)" in info
     assert "root of the hello tool" in info
-    assert f"writable env: {specs / 'images' / 'env.img'} at /ext3/env" in info
+    assert f"writable env: {kernel_env / 'images' / 'env.img'} at /ext3/env" in info
 
 
 @pytest.fixture
-def env_kernel(specs, conda_channel, monkeypatch):
+def env_kernel(kernel_env, channel_env):
     """A writable env made with the local channel, and a kernelspec for it."""
     from kernel_provider.envs.operations import EnvOperations
     from kernel_provider.host.instances import InstanceManager
 
-    for key, value in conda_channel.env.items():
-        monkeypatch.setenv(key, value)
-
-    class Quiet:
-        def log(self, line): pass
-        def step(self, progress, message): pass
-        def point_of_no_return(self): pass
-
     config = CondaTainerConfig()
-    asyncio.run(EnvOperations(config, InstanceManager(config)).create(Quiet(), "menv", size_mb=256, packages=["zlib"]))
+    asyncio.run(EnvOperations(config, InstanceManager(config)).create(QuietReport(), "menv", size_mb=256, packages=["zlib"]))
     spec = custom_spec(["python/3.11", "menv"], label="menv", writable=True, share=True)
     KernelspecStore().write(spec)
     return spec.name
 
 
-def test_install_import_list_remove_and_persist(env_kernel, specs):
+def test_install_import_list_remove_and_persist(env_kernel, kernel_env):
     async def scenario():
         async with Kernel(env_kernel) as kernel:
             _, before = await kernel.run("import demopkg")
@@ -132,13 +116,13 @@ def test_install_import_list_remove_and_persist(env_kernel, specs):
     assert after_restart["ename"] == "ModuleNotFoundError"
     # The kernel is gone; what it installed is in the .img.
     listing = subprocess.run(
-        [DEBUGFS, "-R", "ls upper/ext3/env/share/libdemo", str(specs / "images" / "menv.img")],
+        [DEBUGFS, "-R", "ls upper/ext3/env/share/libdemo", str(kernel_env / "images" / "menv.img")],
         capture_output=True, text=True,
     ).stdout
     assert "VERSION" in listing
 
 
-def test_unknown_package_is_a_cell_error_and_the_env_is_unchanged(env_kernel, specs):
+def test_unknown_package_is_a_cell_error_and_the_env_is_unchanged(env_kernel, kernel_env):
     async def scenario():
         async with Kernel(env_kernel) as kernel:
             before, _ = await kernel.run("%condatainer list")
@@ -152,11 +136,11 @@ def test_unknown_package_is_a_cell_error_and_the_env_is_unchanged(env_kernel, sp
     assert before == after
 
 
-def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, specs):
+def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, kernel_env):
     """The magic and the REST API take one lock per env: never two changes at once."""
     from kernel_provider.envs.operations import EnvOperations
 
-    lock = EnvOperations(CondaTainerConfig()).env_lock(str(specs / "images" / "menv.img"))
+    lock = EnvOperations(CondaTainerConfig()).env_lock(str(kernel_env / "images" / "menv.img"))
 
     async def scenario():
         async with Kernel(env_kernel) as kernel:
@@ -205,12 +189,12 @@ def hanging_channel():
         connection.close()
 
 
-def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, specs, hanging_channel):
+def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, kernel_env, hanging_channel):
     """An interrupt of the cell stops mm-install before the lock is released; the env stays usable."""
     from kernel_provider.envs.operations import EnvOperations
 
     url, connected = hanging_channel
-    lock = EnvOperations(CondaTainerConfig()).env_lock(str(specs / "images" / "menv.img"))
+    lock = EnvOperations(CondaTainerConfig()).env_lock(str(kernel_env / "images" / "menv.img"))
 
     async def scenario():
         async with Kernel(env_kernel) as kernel:

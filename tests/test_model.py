@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import Facts, placeholder_images
 
 from kernel_provider.host.config import CondaTainerConfig, image_search_order
 from kernel_provider.model import binds, command, envfile, names
@@ -24,33 +24,9 @@ from kernel_provider.model.plan import (
 )
 
 
-@dataclass
-class Facts:
-    """Stated facts about images, instead of unsquashfs/debugfs probes."""
-
-    envs: dict[str, envfile.OverlayEnv] = field(default_factory=dict)
-    without_bin: set[str] = field(default_factory=set)
-    owners: dict[str, int] = field(default_factory=dict)
-    devices: set[str] = field(default_factory=set)
-
-    def overlay_env(self, overlay):
-        return self.envs.get(overlay.name, envfile.OverlayEnv())
-
-    def has_bin(self, overlay):
-        return overlay.name not in self.without_bin
-
-    def image_owner(self, overlay):
-        return self.owners.get(overlay.name)
-
-    def device_exists(self, path):
-        return path in self.devices
-
-
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    d = tmp_path / "images"
-    d.mkdir()
-    for f in [
+    return placeholder_images(tmp_path / "images", [
         "ubuntu24--base_image.sif",
         "python--3.9.sqf",
         "python--3.10.sqf",
@@ -62,9 +38,7 @@ def images(tmp_path: Path) -> Path:
         "env.img",
         "other.img",
         "ubuntu24--gcc--12.sqf",
-    ]:
-        (d / f).write_bytes(b"")
-    return d
+    ])
 
 
 @pytest.fixture

@@ -6,16 +6,14 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import processes_mentioning, running_instances
+from conftest import KERNEL, Server, free_port, processes_mentioning, running_instances
+from conftest import run_cell as execute
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
@@ -24,38 +22,11 @@ from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.state import StateStore
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 from kernel_provider.kernel.provisioner_base import KernelStartError
-from kernel_provider.model.overlays import scan
 
 pytestmark = pytest.mark.integration
 
-KERNEL = "condatainer-python-3.11"
-
-
-def sync_specs() -> None:
-    config = CondaTainerConfig()
-    KernelspecStore().sync(scan(config.image_dirs, config.distro))
-
-
-async def execute(client, code: str, timeout: float = 60) -> tuple[str, dict]:
-    """Run code; return its stdout and the execute_reply content."""
-    chunks = []
-
-    def collect(msg):
-        if msg["msg_type"] == "stream":
-            chunks.append(msg["content"]["text"])
-
-    reply = await client.execute_interactive(code, output_hook=collect, timeout=timeout)
-    return "".join(chunks), reply["content"]
-
-
 def instance_of(km: AsyncKernelManager) -> str:
     return km.provisioner.instance.name
-
-
-@pytest.fixture
-def kernel_env(user_layout):
-    sync_specs()
-    return user_layout
 
 
 def test_kernelspec_is_listed(kernel_env):
@@ -198,66 +169,6 @@ def test_bad_input_fails_fast_and_leaves_nothing(kernel_env, overlays, config, r
 
 
 # --- a real jupyter server -----------------------------------------------------------------
-
-class Server:
-    """``jupyter server`` as a subprocess, so it can be killed with SIGKILL."""
-
-    def __init__(self, root: Path, port: int):
-        self.root, self.port, self.token = root, port, "test-token"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.root / f"server-{time.time():.0f}.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
-             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.request("GET", "/api/status")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("jupyter server did not start")
-
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            payload = response.read()
-        return json.loads(payload) if payload else {}
-
-    def refused(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        """Status and JSON answer of a request that must fail."""
-        try:
-            answer = self.request(method, path, body)
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-        raise AssertionError(f"{method} {path} succeeded: {answer}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images):
     server = Server(kernel_env, free_port())

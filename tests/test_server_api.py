@@ -1,15 +1,15 @@
-"""The REST API through a real jupyter_server (pytest-jupyter), real Apptainer, local channel."""
+"""The REST API through a real jupyter_server (pytest-jupyter), real Apptainer, local channel.
+
+Validation, refusals, auth and the job queue's rules without containers: tests/test_handlers.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 
 import pytest
 from conftest import DEBUGFS, wait_job
-from tornado.httpclient import HTTPClientError
 
 from kernel_provider.host.process import apptainer_env
 
@@ -39,112 +39,6 @@ async def test_list_overlays(api, image_layout):
     assert str(image_layout / "images") in data["image_dirs"]
 
 
-async def test_unauthenticated_requests_are_refused(jp_fetch):
-    for method, body in [("GET", None), ("POST", "{}")]:
-        with pytest.raises(HTTPClientError) as err:
-            await jp_fetch("condatainer", "api", "overlays", method=method, body=body, headers={"Authorization": ""})
-        assert err.value.code in (401, 403)
-
-
-async def test_post_without_xsrf_is_refused(jp_fetch, jp_serverapp, http_server_client, jp_base_url):
-    """Cookie-authenticated (browser) requests must carry the XSRF token."""
-    login = await http_server_client.fetch(
-        f"{jp_base_url}?token={jp_serverapp.identity_provider.token}", follow_redirects=False, raise_error=False
-    )
-    cookies = "; ".join(c.split(";", 1)[0] for c in login.headers.get_list("Set-Cookie"))
-    response = await http_server_client.fetch(
-        f"{jp_base_url}condatainer/api/overlays", method="POST", body=json.dumps({"name": "x"}),
-        headers={"Cookie": cookies}, raise_error=False,
-    )
-    assert response.code == 403
-    assert b"XSRF" in response.body or b"xsrf" in response.body
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"name": "../x"},
-        {"name": "a;rm -rf"},
-        {"name": ""},
-        {"name": "ok", "size_mb": 10**9},
-        {"name": "ok", "size_mb": 1},
-        {"name": "ok", "size_mb": "big"},
-        {"name": "ok", "packages": ["numpy; rm -rf /"]},
-        {"name": "ok", "packages": ["$(id)"]},
-        {"name": "ok", "packages": "zlib"},
-        {"name": "ok", "channels": ["../../etc"]},
-        {"name": None},
-        {"name": 123},
-        {"name": ["ok"]},
-        {"name": "bar.sqf"},
-        {"name": "python/3.12.img"},
-        {"name": "ok", "packages": ["zlib --force"]},
-        {"name": "ok", "packages": ["--override-channels"]},
-        {"name": "ok", "channels": ["-c"]},
-        {"name": "ok", "channels": ["--override-channels"]},
-        {"name": "ok", "channels": ["http://example.org/channel"]},
-    ],
-    ids=["dotdot", "shell", "empty", "huge", "tiny", "not-int", "spec-shell", "spec-subst", "not-list", "channel",
-         "null", "number", "list", "sqf-suffix", "img-suffix", "spec-option", "spec-override", "channel-c",
-         "channel-override", "channel-http"],
-)
-async def test_create_validation(api, body, image_layout):
-    status, data = await api("POST", "overlays", body=body)
-    assert status == 400, data
-    assert data["message"]
-    assert sorted(p.name for p in (image_layout / "images").glob("*.img")) == ["env.img"], "nothing was created"
-
-
-@pytest.mark.parametrize(
-    ("name", "words"),
-    [
-        ("env", "already exists"),
-        ("ENV", "differs only in case"),
-        ("python", "already answers to the bare name 'python'"),
-        ("hello/2.0", "already answers to the bare name 'hello'"),
-        ("python-3.11", "same kernel name"),
-    ],
-)
-async def test_create_refuses_names_that_collide_or_shadow(api, image_layout, name, words):
-    status, data = await api("POST", "overlays", body={"name": name})
-    assert status == 409, data
-    assert words in data["message"], data
-    _, jobs = await api("GET", "jobs")
-    assert jobs["jobs"] == [], "no job was started"
-
-
-async def test_deeply_nested_or_huge_bodies_are_refused(jp_fetch):
-    async def post(raw: str):
-        response = await jp_fetch("condatainer", "api", "overlays", method="POST", body=raw, raise_error=False)
-        return response.code, json.loads(response.body or b"{}").get("message", "")
-
-    status, message = await post('{"name": ' + "[" * 5000 + "]" * 5000 + "}")
-    assert status == 400 and "nested too deeply" in message, message
-    status, message = await post(json.dumps({"name": "ok", "packages": ["zlib"] * 200_000}))
-    assert status == 413 and "over the 1024 KiB limit" in message, message
-
-
-async def test_lookups_are_exact_spaces_are_not_trimmed(api, image_layout):
-    status, data = await api("DELETE", "overlays", "env ")
-    assert status == 400 and "remove the spaces" in data["message"], data
-    assert (await api("GET", "overlays", " env", "packages"))[0] == 400
-    assert (image_layout / "images" / "env.img").exists()
-
-
-async def test_unknown_overlay_is_404_and_bad_name_400(api):
-    assert (await api("GET", "overlays", "nope", "packages"))[0] == 404
-    assert (await api("DELETE", "overlays", "nope"))[0] == 404
-    assert (await api("GET", "overlays", "a;b", "packages"))[0] == 400
-    assert (await api("GET", "jobs", "abc123"))[0] == 404
-
-
-async def test_install_validation(api):
-    status, data = await api("POST", "overlays", "env", "packages", body={"specs": ["bad spec;"]})
-    assert status == 400
-    status, data = await api("POST", "overlays", "python/3.11", "packages", body={"specs": ["zlib"]})
-    assert status == 400 and "read-only" in data["message"]
-
-
 async def test_delete_in_use_is_refused(api, image_layout):
     image = image_layout / "images" / "env.img"
     instance = "held-by-test"
@@ -167,17 +61,6 @@ async def test_delete_in_use_is_refused(api, image_layout):
 
 
 # --- package operations with the local test channel ---------------------------------------
-
-@pytest.fixture
-def channel_env(conda_channel, monkeypatch):
-    """Containers resolve conda-forge to the local channel (as a site mirror would).
-
-    Tests ask for it before the server's fixtures: the server reads its configuration as it starts.
-    """
-    for key, value in conda_channel.env.items():
-        monkeypatch.setenv(key, value)
-    return conda_channel
-
 
 def package_names(listing: dict) -> set[str]:
     return {p["name"] for p in listing["packages"]}

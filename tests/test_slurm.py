@@ -18,10 +18,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import processes_mentioning, running_instances
+from conftest import (
+    KERNEL,
+    Server,
+    free_port,
+    processes_mentioning,
+    running_instances,
+    sync_specs,
+    wait_until,
+)
+from conftest import run_cell as execute
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
-from test_provisioner import KERNEL, Server, execute, free_port, sync_specs
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.state import InstanceRecord, Owner
@@ -185,16 +193,6 @@ def job_of(cluster, kernel_id: str) -> tuple[str, str, str] | None:
     """(job id, name, state) of the kernel's job; it is named after the kernel id."""
     jobs = [job for job in cluster.jobs() if job[1].startswith(f"{slurm.JOB_PREFIX}{kernel_id[:8]}")]
     return jobs[0] if jobs else None
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def slurm_records() -> list:

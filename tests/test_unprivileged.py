@@ -12,32 +12,17 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import running_instances
+from conftest import acquired, exec_in, make_plan, running_instances
 
 from kernel_provider.host import probes
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import FakerootUnavailableError, check_fakeroot
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.probes import ImageProbe
-from kernel_provider.host.process import run
 from kernel_provider.host.state import StateStore
-from kernel_provider.model import command
 from kernel_provider.model.overlays import scan
-from kernel_provider.model.plan import StackRequest, plan_container
 
 ROOT = os.getuid() == 0
-
-
-def make_plan(*overlays, writable=True, fakeroot=False):
-    config = CondaTainerConfig()
-    return plan_container(
-        StackRequest(overlays=list(overlays), writable=writable, fakeroot=fakeroot),
-        scan(config.image_dirs, config.distro),
-        ImageProbe(),
-        environ=os.environ,
-        cwd=os.getcwd(),
-        uid=os.getuid(),
-    )
 
 
 # --- unit: /etc/subuid and the advice -------------------------------------------------------
@@ -109,25 +94,21 @@ def test_debugfs_reads_image_owners_for_this_user(user_layout):
     catalog = scan(config.image_dirs, config.distro)
     assert probe.image_owner(catalog.by_name["env"]) == 0  # built by root (scripts/build-images.sh)
     assert probe.image_owner(catalog.by_name["own"]) == os.getuid()
-    assert make_plan("python/3.11", "own").fakeroot is False
-    assert make_plan("python/3.11", "env").fakeroot is (not ROOT)
+    assert make_plan("python/3.11", "own", writable=True).fakeroot is False
+    assert make_plan("python/3.11", "env", writable=True).fakeroot is (not ROOT)
     assert make_plan("python/3.11", "env", writable=False).fakeroot is False
 
 
 @pytest.mark.integration
 def test_root_owned_env_is_writable_through_fakeroot(user_layout):
     """CondaTainer's rule for real: an ordinary user writes a root-owned .img with --fakeroot."""
-    plan = make_plan("python/3.11", "env")
+    plan = make_plan("python/3.11", "env", writable=True)
     manager = InstanceManager(CondaTainerConfig())
 
     async def scenario():
-        instance = await manager.acquire(plan, "k", share=False)
-        try:
+        async with acquired(manager, plan) as instance:
             script = "import os; open('/ext3/env/fakeroot-probe', 'w').write('x'); print(os.getuid())"
-            argv = command.instance_exec_argv(manager.apptainer, instance.name, str(instance.env_file), ["python", "-c", script])
-            return await run(argv, 60)
-        finally:
-            await manager.release(instance, "k")
+            return await exec_in(manager, instance, ["python", "-c", script])
 
     result = asyncio.run(scenario())
     assert result.returncode == 0, result.stderr
@@ -146,12 +127,12 @@ def test_fakeroot_unavailable_says_what_the_admin_must_add(user_layout, tmp_path
     monkeypatch.setattr(probes, "SUBUID_FILE", str(tmp_path / "empty"))
     monkeypatch.setattr(probes, "SUBGID_FILE", str(tmp_path / "empty"))
     monkeypatch.setattr(probes, "unprivileged_userns", lambda: False)
-    plan = make_plan("python/3.11", "env")
+    plan = make_plan("python/3.11", "env", writable=True)
     manager = InstanceManager(CondaTainerConfig())
     before = running_instances()
     if ROOT:
         assert not plan.fakeroot  # root writes any image without --fakeroot
-        check_fakeroot(make_plan("python/3.11", "env", fakeroot=True))  # and is never refused
+        check_fakeroot(make_plan("python/3.11", "env", writable=True, fakeroot=True))  # and is never refused
         return
     user = probes.user_name(os.getuid())
     with pytest.raises(FakerootUnavailableError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Facts, placeholder_images
 
 from kernel_provider.envs import freeze
 from kernel_provider.envs.operations import EnvOperations
@@ -27,9 +28,7 @@ from kernel_provider.model.validation import (
 
 @pytest.fixture
 def catalog(tmp_path: Path):
-    images = tmp_path / "images"
-    images.mkdir()
-    for filename in [
+    images = placeholder_images(tmp_path / "images", [
         "ubuntu24--base_image.sif",
         "python--3.10.sqf",
         "python--3.11.sqf",
@@ -40,8 +39,7 @@ def catalog(tmp_path: Path):
         "a--1.img",
         "myenv--1.0.img",
         "ubuntu24--gcc--12.sqf",
-    ]:
-        (images / filename).write_bytes(b"")
+    ])
     return scan([str(images)], distro="ubuntu24")
 
 
@@ -294,20 +292,9 @@ def test_bad_build_script_lines_are_skipped_and_warnings_survive_shadowing():
 def test_sidecar_warnings_become_plan_diagnostics(catalog):
     from kernel_provider.model.plan import StackRequest, plan_container
 
-    class Facts:
-        def overlay_env(self, overlay):
-            return envfile.parse_sidecar("X-Y=1\nZ=2\n", overlay.app_root, f"{overlay.path}.env")
-
-        def has_bin(self, overlay):
-            return True
-
-        def image_owner(self, overlay):
-            return None
-
-        def device_exists(self, path):
-            return False
-
-    plan = plan_container(StackRequest(overlays=["hello"]), catalog, Facts(), environ={}, cwd="/", uid=1000)
+    hello = catalog.by_name["hello/1.0"]
+    facts = Facts(envs={hello.name: envfile.parse_sidecar("X-Y=1\nZ=2\n", hello.app_root, f"{hello.path}.env")})
+    plan = plan_container(StackRequest(overlays=["hello"]), catalog, facts, environ={}, cwd="/", uid=1000)
     assert plan.env_dict["Z"] == "2" and "X-Y" not in plan.env_dict
     assert any(d.level == "warning" and "hello--1.0.sqf.env:1" in d.message for d in plan.diagnostics)
     command.render_env_file(plan.env)  # everything that is left can be written

@@ -18,7 +18,7 @@ import sys
 
 from traitlets import Bool, Int, Unicode
 
-from kernel_provider.cli.base import Command, CommandGroup
+from kernel_provider.cli.base import Command, CommandGroup, subcommand_table
 from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.incontainer.history import HistoryError
@@ -65,12 +65,18 @@ class _EnvCommand(Command):
 
 
 class HistoryApp(_EnvCommand):
-    description = "Show an env's revisions: time, user, command, packages added/removed/changed."
+    description = """Show an env's revisions: time, user, command, packages added/removed/changed.
+
+Revision 0 is the env's creation; every install, update, remove or rollback adds one."""
+    examples = """
+jupyter condatainer env history bio
+jupyter condatainer env history bio --json
+"""
 
     json_output = Bool(False, config=True, help="Print JSON.")
     flags = {"json": ({"HistoryApp": {"json_output": True}}, "Print JSON.")}
 
-    def start(self) -> None:
+    def main(self) -> None:
         from kernel_provider.incontainer.history import format_history
 
         (name,) = self.name_arg(1, "history NAME [--json]")
@@ -82,14 +88,21 @@ class HistoryApp(_EnvCommand):
 
 
 class ExportApp(_EnvCommand):
-    description = "Print (or write) an environment.yml or an @EXPLICIT lock of a revision."
+    description = """Print (or write) an environment.yml or an @EXPLICIT lock of a revision.
+
+yml: the requested specs and channels, to rebuild a similar env; lock: every package's URL
+and md5, to rebuild exactly this one (micromamba create --file)."""
+    examples = """
+jupyter condatainer env export bio
+jupyter condatainer env export bio --format lock --revision 2 --output bio-rev2.lock
+"""
 
     format = Unicode("yml", config=True, help="yml (requested specs + channels) or lock (@EXPLICIT, URLs + md5).")
     revision = Int(-1, config=True, help="Revision number (default: the latest).")
     output = Unicode("", config=True, help="Write to this file instead of printing.")
     aliases = {"format": "ExportApp.format", "revision": "ExportApp.revision", "output": "ExportApp.output"}
 
-    def start(self) -> None:
+    def main(self) -> None:
         (name,) = self.name_arg(1, "export NAME [--format yml|lock] [--revision N] [--output FILE]")
         revision = None if self.revision < 0 else self.revision
         filename, text = self.run(self.lifecycle().export, name, self.format, revision)
@@ -102,9 +115,14 @@ class ExportApp(_EnvCommand):
 
 
 class RollbackApp(_EnvCommand):
-    description = "Roll an env back to a revision's exact package set (recorded as a new revision)."
+    description = """Roll an env back to a revision's exact package set (recorded as a new revision).
 
-    def start(self) -> None:
+Refused while another container (a kernel, a CondaTainer shell) has the env mounted."""
+    examples = """
+jupyter condatainer env rollback bio 2    # the revisions: jupyter condatainer env history bio
+"""
+
+    def main(self) -> None:
         name, revision = self.name_arg(2, "rollback NAME REVISION")
         if not revision.isdigit():
             self.fail(f"revision must be a number, not {revision!r} (see: jupyter condatainer env history {name})")
@@ -114,7 +132,14 @@ class RollbackApp(_EnvCommand):
 
 
 class FreezeApp(_EnvCommand):
-    description = "Freeze an env (or a revision) into a read-only NAME--VERSION.sqf overlay (and a kernel)."
+    description = """Freeze an env (or a revision) into a read-only NAME--VERSION.sqf overlay (and a kernel).
+
+The overlay holds exactly the revision's packages; it gets the kernel
+'CondaTainer: FROZEN/VERSION (frozen)' unless --no-kernel."""
+    examples = """
+jupyter condatainer env freeze bio --to bio-frozen/1.0
+jupyter condatainer env freeze bio --to bio-frozen/0.9 --revision 2 --no-kernel
+"""
 
     to = Unicode("", config=True, help="The frozen overlay's name/version, e.g. myenv/1.0 (file myenv--1.0.sqf).")
     revision = Int(-1, config=True, help="Revision to freeze (default: the latest).")
@@ -122,7 +147,7 @@ class FreezeApp(_EnvCommand):
     aliases = {"to": "FreezeApp.to", "revision": "FreezeApp.revision"}
     flags = {"no-kernel": ({"FreezeApp": {"no_kernel": True}}, "Do not register a kernelspec.")}
 
-    def start(self) -> None:
+    def main(self) -> None:
         from kernel_provider.envs import freeze
 
         usage = "freeze NAME --to FROZEN/VERSION [--revision N] [--no-kernel]"
@@ -139,10 +164,15 @@ class FreezeApp(_EnvCommand):
 
 
 class EnvApp(CommandGroup):
-    description = "An env's history, export/lock, rollback and freeze to a read-only overlay."
-    subcommands = {
-        "history": (HistoryApp, HistoryApp.description),
-        "export": (ExportApp, ExportApp.description),
-        "rollback": (RollbackApp, RollbackApp.description),
-        "freeze": (FreezeApp, FreezeApp.description),
-    }
+    name = "jupyter-condatainer env"
+    description = """An env's history, export/lock, rollback and freeze to a read-only overlay.
+
+The same operations as the REST API and the panel. Changes run in one-shot containers; they
+are refused while another container (a kernel, a CondaTainer shell) has the env mounted."""
+    examples = """
+jupyter condatainer env history bio
+jupyter condatainer env export bio --format lock
+jupyter condatainer env rollback bio 2
+jupyter condatainer env freeze bio --to bio-frozen/1.0
+"""
+    subcommands = subcommand_table(history=HistoryApp, export=ExportApp, rollback=RollbackApp, freeze=FreezeApp)

@@ -7,18 +7,24 @@ import json
 
 from traitlets import Bool
 
-from kernel_provider.cli.base import Command, CommandGroup
+from kernel_provider.cli.base import Command, CommandGroup, subcommand_table
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
 
 
 class ListInstancesApp(Command):
-    description = "List this user's jupyter-condatainer instances (state files and running)."
+    description = """List this user's jupyter-condatainer instances (state files and running).
+
+An instance whose server is gone is an ORPHAN: instances stop --orphans stops it."""
+    examples = """
+jupyter condatainer instances list
+jupyter condatainer instances list --json
+"""
 
     json_output = Bool(False, config=True, help="Print JSON.")
     flags = {"json": ({"ListInstancesApp": {"json_output": True}}, "Print JSON.")}
 
-    def start(self) -> None:
+    def main(self) -> None:
         manager = InstanceManager.for_config(self.cnt)
         running = set(asyncio.run(manager.running_names()))
         rows = [
@@ -42,12 +48,19 @@ class ListInstancesApp(Command):
 
 
 class StopInstancesApp(Command):
-    description = "Stop instances by name, or every orphan left by a crashed server (--orphans)."
+    description = """Stop instances by name, or every orphan left by a crashed server (--orphans).
+
+Only this user's instances of jupyter-condatainer are stopped (known by their state files),
+never one started by hand or by another user."""
+    examples = """
+jupyter condatainer instances stop --orphans
+jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: instances list
+"""
 
     orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
     flags = {"orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances.")}
 
-    def start(self) -> None:
+    def main(self) -> None:
         manager = InstanceManager.for_config(self.cnt)
         try:
             if self.orphans:
@@ -64,8 +77,13 @@ class StopInstancesApp(Command):
 
 
 class InstancesApp(CommandGroup):
-    description = "Manage the Apptainer instances of CondaTainer kernels."
-    subcommands = {
-        "list": (ListInstancesApp, ListInstancesApp.description),
-        "stop": (StopInstancesApp, StopInstancesApp.description),
-    }
+    name = "jupyter-condatainer instances"
+    description = """Manage the Apptainer instances of CondaTainer kernels.
+
+Each kernel runs in an instance of its stack; the kernels of a writable env share one. A
+server stops its instances with its kernels, and at start those a crashed server left."""
+    examples = """
+jupyter condatainer instances list
+jupyter condatainer instances stop --orphans
+"""
+    subcommands = subcommand_table(list=ListInstancesApp, stop=StopInstancesApp)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from traitlets import Bool, List, Unicode
 
-from kernel_provider.cli.base import Command, CommandGroup
+from kernel_provider.cli.base import Command, CommandGroup, subcommand_table
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec, kernel_name
 from kernel_provider.kernel.slurm import SlurmError, check_sbatch_args
 from kernel_provider.model.overlays import OverlayError, looks_like_path, resolve
 
 
 class SyncApp(Command):
-    description = "Write a kernelspec for every Python overlay; remove our stale ones."
+    description = """Write a kernelspec for every Python overlay; remove our stale ones.
 
-    def start(self) -> None:
+Every python/<version> overlay in the image directories gets the kernel 'CondaTainer:
+python/<version>'. Kernelspecs of ours whose images are gone are removed; custom ones
+(kernelspecs add) stay while their images exist. The server does the same when it starts."""
+    examples = """
+jupyter condatainer kernelspecs sync
+jupyter condatainer kernelspecs sync --CondaTainerConfig.image_dirs=/shared/condatainer/images
+"""
+
+    def main(self) -> None:
         result = KernelspecStore().sync(self.catalog())
         for name in result.written:
             print(f"written   {name}")
@@ -23,15 +31,30 @@ class SyncApp(Command):
 
 
 class ListSpecsApp(Command):
-    description = "List the CondaTainer kernelspecs."
+    description = """List the CondaTainer kernelspecs.
 
-    def start(self) -> None:
+One line each: the kernelspec name, the name shown in Jupyter, the overlays of its stack."""
+    examples = """
+jupyter condatainer kernelspecs list
+"""
+
+    def main(self) -> None:
         for name, spec in sorted(KernelspecStore().read_all().items()):
             print(f"{name:40} {spec.display_name:40} {' '.join(spec.overlays)}")
 
 
 class AddApp(Command):
-    description = "Add a kernelspec for a custom stack: jupyter condatainer kernelspecs add NAME --overlay X …"
+    description = """Add a kernelspec for a custom stack of overlays, an env, or a kernel on SLURM.
+
+NAME becomes the kernel 'CondaTainer: NAME' (kernelspec condatainer-NAME). Overlays are
+CondaTainer names (python/3.11, samtools) or paths. --env adds a writable .img env: the
+stack's kernels share one instance, and packages installed in a kernel stay in the env.
+--slurm runs each kernel in a SLURM job on a compute node ('CondaTainer: NAME (SLURM)')."""
+    examples = """
+jupyter condatainer kernelspecs add bio --overlay python/3.11 --overlay samtools --env ~/envs/bio.img
+jupyter condatainer kernelspecs add bio-ro --overlay python/3.11 --env ~/envs/bio.img --read-only
+jupyter condatainer kernelspecs add py311 --overlay python/3.11 --slurm --slurm-arg=--partition=debug
+"""
 
     overlay = List(Unicode(), config=True, help="Overlay (repeatable), in CondaTainer syntax.")
     env = Unicode("", config=True, help="A writable env .img (mounted rw; kernels share one instance).")
@@ -56,7 +79,7 @@ class AddApp(Command):
         "slurm": ({"AddApp": {"slurm": True}}, "Run the kernel in a SLURM job on a compute node."),
     }
 
-    def start(self) -> None:
+    def main(self) -> None:
         if len(self.extra_args) != 1:
             self.fail("usage: jupyter condatainer kernelspecs add NAME --overlay python/3.11 [--env my.img]")
         overlays = list(self.overlay) + ([self.env] if self.env else [])
@@ -99,18 +122,28 @@ def resolve_spec(spec: str, catalog) -> str:
 
 
 class RemoveSpecApp(Command):
-    description = "Remove one of our kernelspecs."
+    description = """Remove kernelspecs of ours by name.
 
-    def start(self) -> None:
+A NAME as given to kernelspecs add, or the kernelspec's own name (condatainer-NAME)."""
+    examples = """
+jupyter condatainer kernelspecs remove bio
+jupyter condatainer kernelspecs remove condatainer-py311-slurm
+"""
+
+    def main(self) -> None:
         for name in self.extra_args:
             KernelspecStore().remove(name if name.startswith("condatainer-") else kernel_name(name))
 
 
 class KernelspecsApp(CommandGroup):
-    description = "Manage CondaTainer kernelspecs."
-    subcommands = {
-        "sync": (SyncApp, SyncApp.description),
-        "list": (ListSpecsApp, ListSpecsApp.description),
-        "add": (AddApp, AddApp.description),
-        "remove": (RemoveSpecApp, RemoveSpecApp.description),
-    }
+    name = "jupyter-condatainer kernelspecs"
+    description = """Manage CondaTainer kernelspecs.
+
+One kernel per Python overlay (sync), and kernels of custom stacks (add)."""
+    examples = """
+jupyter condatainer kernelspecs sync
+jupyter condatainer kernelspecs add bio --overlay python/3.11 --env ~/envs/bio.img
+jupyter condatainer kernelspecs list
+jupyter condatainer kernelspecs remove bio
+"""
+    subcommands = subcommand_table(sync=SyncApp, list=ListSpecsApp, add=AddApp, remove=RemoveSpecApp)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from kernel_provider.cli.base import CommandGroup
+from kernel_provider.cli.base import CONFIG_FILE_NAME, CommandGroup, subcommand_table
 from kernel_provider.cli.env import EnvApp
 from kernel_provider.cli.instances import InstancesApp
 from kernel_provider.cli.kernelspecs import KernelspecsApp
@@ -22,12 +22,26 @@ from kernel_provider.cli.kernelspecs import KernelspecsApp
 
 class CondaTainerApp(CommandGroup):
     name = "jupyter-condatainer"
-    description = "Jupyter kernels in CondaTainer environments on Apptainer."
-    subcommands = {
-        "kernelspecs": (KernelspecsApp, KernelspecsApp.description),
-        "instances": (InstancesApp, InstancesApp.description),
-        "env": (EnvApp, EnvApp.description),
-    }
+    description = f"""Jupyter kernels in CondaTainer environments on Apptainer.
+
+A kernel runs in an Apptainer instance of a CondaTainer stack: a base image, read-only .sqf
+overlays (python/3.11, samtools, ...) and at most one writable .img env. These commands
+manage the kernelspecs, the instances and the envs' history; the JupyterLab panel and the
+%condatainer magic in a kernel do the same from a notebook.
+
+Settings (image directories, Apptainer, binds: CondaTainerConfig in --help-all)
+are read from these files in the Jupyter config path (jupyter --paths):
+    jupyter_config.py              read by jupyter server too
+    {CONFIG_FILE_NAME}.py  read by these commands only; --generate-config writes it"""
+    examples = """
+jupyter condatainer kernelspecs sync        # a kernel for every python/<version> overlay
+jupyter condatainer kernelspecs add bio --overlay python/3.11 --overlay samtools --env ~/envs/bio.img
+jupyter condatainer instances stop --orphans
+jupyter condatainer env history bio
+jupyter condatainer --generate-config       # every option, commented, in the config file
+jupyter condatainer kernelspecs --help
+"""
+    subcommands = subcommand_table(kernelspecs=KernelspecsApp, instances=InstancesApp, env=EnvApp)
 
 
 def main() -> None:
