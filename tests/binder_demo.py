@@ -44,8 +44,15 @@ def free_port() -> int:
 
 def start_server(root: Path, binds: list[str]) -> tuple[subprocess.Popen, str]:
     token, port = secrets.token_hex(16), free_port()
-    argv = [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+    ]
     argv += [f"--CondaTainerConfig.extra_binds={bind}" for bind in binds]
     log = open(root / "server.log", "w")
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=root)
@@ -89,7 +96,7 @@ def main() -> None:
     for index, cell in enumerate(nb.cells):
         tags = [t for t in cell.metadata.get("tags", []) if t.startswith(SWITCH_TAG)]
         if tags:
-            parts.append((tags[0][len(SWITCH_TAG):], []))
+            parts.append((tags[0][len(SWITCH_TAG) :], []))
         if cell.cell_type == "code":
             parts[-1][1].append(index)
     cwd = Path(args.out).resolve().parent

@@ -99,9 +99,7 @@ def build_channel(directory: str | os.PathLike) -> str:
     Python: a process that made async py-rattler calls may crash while the interpreter shuts
     down (after the work is done), which must not take the test run with it.
     """
-    result = subprocess.run(
-        [sys.executable, __file__, str(directory)], capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, __file__, str(directory)], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"building the test channel failed:\n{result.stdout}{result.stderr}")
     return channel_url(directory)

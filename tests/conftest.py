@@ -212,9 +212,19 @@ class Server:
     def start(self) -> None:
         log = open(self.root / f"server-{time.time():.0f}.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
-             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                "--allow-root",
+                f"--port={self.port}",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={self.root}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -333,7 +343,6 @@ class Facts:
         return path in self.devices
 
 
-
 @pytest.fixture(scope="session")
 def conda_channel(tmp_path_factory):
     """A local conda channel root with real test packages (``tests/channel.py``).
@@ -351,7 +360,10 @@ def conda_channel(tmp_path_factory):
     # Built in a child process (tests/channel.py): only check here that the packages are there.
     missing = [name for name in ("rattler", "rattler_build") if importlib.util.find_spec(name) is None]
     if missing:
-        pytest.fail(f"the test channel needs py-rattler and py-rattler-build (missing: {', '.join(missing)}): pip install -e '.[test]'")
+        pytest.fail(
+            f"the test channel needs py-rattler and py-rattler-build (missing: {', '.join(missing)}): "
+            "pip install -e '.[test]'"
+        )
     try:
         root = ensure_channel(CACHE / "channel")
     except OSError:
@@ -459,4 +471,6 @@ def pytest_terminal_summary(terminalreporter):
     counts = {}
     for *_, outcome in module.MATRIX:
         counts[outcome] = counts.get(outcome, 0) + 1
-    write(f"{len(module.MATRIX)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "; no third state")
+    write(
+        f"{len(module.MATRIX)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "; no third state"
+    )

@@ -122,17 +122,28 @@ class SlurmCluster:
         munge_dir = self.root / "munge"
         self._spawn(
             "munged",
-            [_program("munged"), "-F", f"--key-file={key}", f"--socket={self.munge_socket}",
-             f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
-             f"--seed-file={munge_dir / 'munged.seed'}"],
+            [
+                _program("munged"),
+                "-F",
+                f"--key-file={key}",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={munge_dir / 'munged.pid'}",
+                f"--log-file={munge_dir / 'munged.log'}",
+                f"--seed-file={munge_dir / 'munged.seed'}",
+            ],
         )
         self._wait_for(self._munge_works, "munged to answer")
 
     def _write_conf(self) -> None:
         self.conf.write_text(
             SLURM_CONF.format(
-                ctld_port=free_port(), slurmd_port=free_port(), user=getpass.getuser(),
-                munge_socket=self.munge_socket, root=self.root, cpus=CPUS, partition=PARTITION,
+                ctld_port=free_port(),
+                slurmd_port=free_port(),
+                user=getpass.getuser(),
+                munge_socket=self.munge_socket,
+                root=self.root,
+                cpus=CPUS,
+                partition=PARTITION,
                 max_minutes=PARTITION_MAX_MINUTES,
             )
         )
@@ -140,15 +151,17 @@ class SlurmCluster:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / f"{name}.out", "ab")
         self.processes[name] = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.client_env(),
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.client_env(),
             start_new_session=True,
         )
         log.close()
 
     def _munge_works(self) -> bool:
-        result = subprocess.run(
-            [_program("munge"), "-S", str(self.munge_socket), "-n"], capture_output=True
-        )
+        result = subprocess.run([_program("munge"), "-S", str(self.munge_socket), "-n"], capture_output=True)
         return result.returncode == 0
 
     def _node_idle(self) -> bool:

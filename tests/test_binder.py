@@ -68,26 +68,48 @@ class BinderUser:
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             returncode = subprocess.run(
                 [*prefix, "env", "-i", *[f"{k}={v}" for k, v in env.items()], *argv],
-                stdout=out, stderr=err, text=True, cwd=self.home, timeout=timeout,
+                stdout=out,
+                stderr=err,
+                text=True,
+                cwd=self.home,
+                timeout=timeout,
             ).returncode
             out.seek(0), err.seek(0)
             result = subprocess.CompletedProcess(argv, returncode, out.read(), err.read())
         print(f"[{time.monotonic() - started:6.1f} s] {' '.join(argv[:3])}", flush=True)
-        assert result.returncode == 0, f"{argv} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        assert result.returncode == 0, (
+            f"{argv} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
         return result
 
     def running(self) -> set[str]:
         prefix = ["runuser", "-u", self.name, "--"] if os.getuid() == 0 else []
-        out = subprocess.run([*prefix, "env", "-i", *[f"{k}={v}" for k, v in self.env.items()], "apptainer", "instance", "list"],
-                             capture_output=True, text=True, cwd=self.home).stdout
+        out = subprocess.run(
+            [*prefix, "env", "-i", *[f"{k}={v}" for k, v in self.env.items()], "apptainer", "instance", "list"],
+            capture_output=True,
+            text=True,
+            cwd=self.home,
+        ).stdout
         return {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
 
     def cleanup(self) -> None:
         for name in self.running():
             if name.startswith("jct-"):
                 prefix = ["runuser", "-u", self.name, "--"] if os.getuid() == 0 else []
-                subprocess.run([*prefix, "env", "-i", *[f"{k}={v}" for k, v in self.env.items()],
-                                "apptainer", "instance", "stop", name], capture_output=True, cwd=self.home)
+                subprocess.run(
+                    [
+                        *prefix,
+                        "env",
+                        "-i",
+                        *[f"{k}={v}" for k, v in self.env.items()],
+                        "apptainer",
+                        "instance",
+                        "stop",
+                        name,
+                    ],
+                    capture_output=True,
+                    cwd=self.home,
+                )
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -132,15 +154,24 @@ def test_binder_steps_and_demo_notebook(binder_user, conda_channel):
     }
     try:
         ran = user.run(
-            "bash", str(REPO / "binder" / "start"),
-            "python", str(REPO / "tests" / "binder_demo.py"), str(REPO / "binder" / "demo.ipynb"), str(out),
-            "--bind", str(conda_channel.root),
+            "bash",
+            str(REPO / "binder" / "start"),
+            "python",
+            str(REPO / "tests" / "binder_demo.py"),
+            str(REPO / "binder" / "demo.ipynb"),
+            str(out),
+            "--bind",
+            str(conda_channel.root),
             extra_env=demo_env,
         )
         print(ran.stdout.strip().splitlines()[-1])
     finally:
         if out.exists():
-            print(json.dumps([outputs(c) for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"], indent=1))
+            print(
+                json.dumps(
+                    [outputs(c) for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"], indent=1
+                )
+            )
     cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
     info, where, create, env_info, install, imported = (outputs(c) for c in cells)
     assert "python/3.11" in info and "writable env: none" in info

@@ -38,9 +38,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run", "--disable-quic",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 EXTENSION = "jupyter-condatainer"
 KERNEL_LABEL = "CondaTainer: python/3.11"
@@ -79,9 +85,17 @@ class Lab:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90) -> None:
-        argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
-                "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={self.port}",
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+        ]
         if os.getuid() == 0:
             argv.append("--allow-root")
         with open(self.log_path, "w") as log:
@@ -126,7 +140,9 @@ def lab(user_layout, conda_channel):
     # No "get notified about news?" toast (and no request to the news feed) in a fresh profile.
     settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     root = user_layout / "notebooks"
     root.mkdir()
     env = {**os.environ, **conda_channel.env}  # a site conda mirror, as CondaTainerConfig.container_env reads it
@@ -163,16 +179,18 @@ def browser_page(lab):
 
 def assert_extension_enabled(env: dict[str, str]) -> None:
     """``jupyter labextension list`` shows ours enabled and OK, and it is the current build."""
-    result = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True, env=env, timeout=60
+    )
     listing = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
     assert re.search(rf"^\s*{EXTENSION} v\S+ enabled OK\b", listing, re.M), listing
     installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / EXTENSION / "package.json"
     built = REPO / "kernel_provider" / "labextension" / "package.json"
     assert installed.is_file() and built.is_file(), f"{installed} / {built} missing: run scripts/setup.sh"
-    assert json.loads(installed.read_text())["jupyterlab"]["_build"] == json.loads(built.read_text())["jupyterlab"]["_build"], (
-        f"{installed.parent} is not the current build of labextension/: run scripts/setup.sh"
-    )
+    assert (
+        json.loads(installed.read_text())["jupyterlab"]["_build"]
+        == json.loads(built.read_text())["jupyterlab"]["_build"]
+    ), f"{installed.parent} is not the current build of labextension/: run scripts/setup.sh"
 
 
 def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
@@ -300,7 +318,9 @@ def walk_through(page, shots: Path) -> None:
     expect(notebook).to_be_visible()
     expect(notebook.locator(".jp-KernelName")).to_have_text(KERNEL_LABEL)
     # Ready when the status bar says so (a cell run while the kernel still starts may be dropped).
-    expect(page.locator("#jp-main-statusbar").get_by_text(f"{KERNEL_LABEL} | Idle")).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+    expect(page.locator("#jp-main-statusbar").get_by_text(f"{KERNEL_LABEL} | Idle")).to_be_visible(
+        timeout=KERNEL_TIMEOUT_MS
+    )
     notebook.locator(".jp-Cell .cm-content").first.click()
     page.keyboard.type("import sys; print(sys.executable)")
     page.keyboard.press("Shift+Enter")

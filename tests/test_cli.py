@@ -81,8 +81,13 @@ def test_help_as_the_user_sees_it(run):
 def test_help_all_lists_the_settings_and_the_kernels_options(run):
     result = run("kernelspecs", "add", "--help-all")
     assert result.returncode == 0, result.stderr
-    for option in ("--CondaTainerConfig.image_dirs", "--CondaTainerConfig.apptainer_bin",
-                   "--CondaTainerProvisioner.overlays", "--CondaTainerProvisioner.transport", "--AddApp.overlay"):
+    for option in (
+        "--CondaTainerConfig.image_dirs",
+        "--CondaTainerConfig.apptainer_bin",
+        "--CondaTainerProvisioner.overlays",
+        "--CondaTainerProvisioner.transport",
+        "--AddApp.overlay",
+    ):
         assert option in result.stdout, option
 
 
@@ -112,8 +117,16 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         (["env", "rollback", "bio", "two"], "revision must be a number, not 'two'"),
         (["instances", "stop"], "give instance names or --orphans"),
     ],
-    ids=["unknown", "unknown-sub", "none", "none-sub", "add-no-name", "add-no-overlay", "rollback-bad-revision",
-         "stop-nothing"],
+    ids=[
+        "unknown",
+        "unknown-sub",
+        "none",
+        "none-sub",
+        "add-no-name",
+        "add-no-overlay",
+        "rollback-bad-revision",
+        "stop-nothing",
+    ],
 )
 def test_bad_input_exits_non_zero_saying_what_to_do(run, args, message):
     result = run(*args)

@@ -44,7 +44,11 @@ MATRIX: list[tuple[str, str, str, str]] = []  # (operation, step, mode, outcome)
 # What each operation asks for, and how its finished result looks.
 REQUESTS = {
     "create": ("POST", "/condatainer/api/overlays", {"name": "fresh", "size_mb": 128, "packages": ["zlib"]}),
-    "install": ("POST", "/condatainer/api/overlays/env/packages", {"specs": ["demo-tool"], "channels": ["conda-forge"]}),
+    "install": (
+        "POST",
+        "/condatainer/api/overlays/env/packages",
+        {"specs": ["demo-tool"], "channels": ["conda-forge"]},
+    ),
     "remove": ("DELETE", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo"]}),
     "update": ("PATCH", "/condatainer/api/overlays/env/packages", {"specs": ["libdemo"], "channels": ["conda-forge"]}),
     "rollback": ("POST", "/condatainer/api/overlays/env/rollback", {"revision": 0}),
@@ -99,8 +103,12 @@ def test_stopped_at_every_step_leaves_before_or_finished(layout, monkeypatch, op
         method, path, body = REQUESTS[operation]
         job = submit(server, method, path, body)
         reached = pause / f"{operation}.{step}"
-        wait_until(lambda: reached.exists() or (job and finished(server, job["id"])), 120, f"{operation} to reach {step}",
-                   interval=0.1)
+        wait_until(
+            lambda: reached.exists() or (job and finished(server, job["id"])),
+            120,
+            f"{operation} to reach {step}",
+            interval=0.1,
+        )
         assert reached.exists(), f"the {operation} ended before {step}: {finished(server, job['id'])}"
         if mode == "cancel":
             message = cancel(server, job, pause / f"{operation}.{step}.resume")
@@ -175,8 +183,9 @@ def judge(operation: str, before: dict, after: dict, images: Path) -> str:
         "remove": lambda: changed == {"env.img"} and "libdemo" not in packages(env) and "zlib" in packages(env),
         "update": lambda: changed == {"env.img"} and packages(env).get("libdemo") == "2.0",
         "rollback": lambda: changed == {"env.img"} and "libdemo" not in packages(env) and "zlib" in packages(env),
-        "freeze": lambda: changed == {"frozen--1.0.sqf", "frozen--1.0.sqf.env"} and squashfs_holds_env(
-            images / "frozen--1.0.sqf"),
+        "freeze": lambda: (
+            changed == {"frozen--1.0.sqf", "frozen--1.0.sqf.env"} and squashfs_holds_env(images / "frozen--1.0.sqf")
+        ),
         "delete": lambda: changed == {"env.img"} and "env.img" not in after,
     }[operation]
     assert finished_as(), f"{operation}: a third state: changed {sorted(changed)}"
@@ -231,7 +240,9 @@ def test_disk_full_during_an_install_leaves_the_env_as_before(layout, tmp_path, 
         operations = EnvOperations(config, InstanceManager(config))
 
         async def install_on_a_full_disk():
-            task = asyncio.ensure_future(operations.change(QuietReport(), "full", "install", ["demo-tool"], ["conda-forge"]))
+            task = asyncio.ensure_future(
+                operations.change(QuietReport(), "full", "install", ["demo-tool"], ["conda-forge"])
+            )
             while not (pause / "install.run").exists():
                 await asyncio.sleep(0.05)
             fill(small / "filler")

@@ -42,7 +42,9 @@ def our_leftovers(layout: Path) -> dict:
     """Everything of ours that must be gone once nothing runs."""
     store = StateStore(CondaTainerConfig().instance_state_dir)
     return {
-        "instances": sorted(n for n in running_instances() if n.startswith(InstanceManager(CondaTainerConfig()).name_prefix)),
+        "instances": sorted(
+            n for n in running_instances() if n.startswith(InstanceManager(CondaTainerConfig()).name_prefix)
+        ),
         "state": [r.name for r in store.ours()],
         "locks": locks_held_by_this_process(),
         "mounts": [line for line in Path("/proc/mounts").read_text().splitlines() if str(layout) in line],
@@ -62,13 +64,18 @@ def test_server_killed_during_a_running_cell_and_during_instance_start(kernel_en
         # A cell is running when the server dies (the kernel keeps computing in its instance).
         client = connect(kernel_env, kernel["id"])
         client.execute("import time; time.sleep(600)")
-        wait_until(lambda: client.get_iopub_msg(timeout=10)["content"].get("execution_state") == "busy", 60,
-                   "the cell to run")
+        wait_until(
+            lambda: client.get_iopub_msg(timeout=10)["content"].get("execution_state") == "busy", 60, "the cell to run"
+        )
         client.stop_channels()
         # Another kernel's instance is still starting when the server dies.
         starting = server.request_in_background("POST", "/api/kernels", {"name": KERNEL})
-        wait_until(lambda: len(StateStore(CondaTainerConfig().instance_state_dir).ours()) >= 2, 30,
-                   "the second instance to be starting", interval=0.02)
+        wait_until(
+            lambda: len(StateStore(CondaTainerConfig().instance_state_dir).ours()) >= 2,
+            30,
+            "the second instance to be starting",
+            interval=0.02,
+        )
         server.kill()
         starting.join(timeout=60)
         assert our_leftovers(kernel_env)["instances"], "the killed server left its instances running"
@@ -97,12 +104,22 @@ def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(ker
         records = StateStore(CondaTainerConfig().instance_state_dir).ours()
         assert len(records) == 1
         instance = records[0].name
-        victims = wait_until(lambda: [line.split(":")[0] for line in processes_mentioning(LAUNCHER)
-                                      if kernel["id"] in line], 60, "the kernel's process")
+        victims = wait_until(
+            lambda: [line.split(":")[0] for line in processes_mentioning(LAUNCHER) if kernel["id"] in line],
+            60,
+            "the kernel's process",
+        )
         os.kill(int(victims[0]), signal.SIGKILL)
         # jupyter_server's restarter notices and starts the kernel again, in the same instance.
-        wait_until(lambda: [line for line in processes_mentioning(LAUNCHER)
-                            if kernel["id"] in line and line.split(":")[0] != victims[0]], 60, "the restarted kernel")
+        wait_until(
+            lambda: [
+                line
+                for line in processes_mentioning(LAUNCHER)
+                if kernel["id"] in line and line.split(":")[0] != victims[0]
+            ],
+            60,
+            "the restarted kernel",
+        )
         # (jupyter_server reports "starting" after an auto-restart until a client talks to it.)
         client = connect(kernel_env, kernel["id"])
         try:
@@ -168,7 +185,9 @@ def test_an_env_too_big_for_the_free_space_is_refused_before_anything_is_written
         assert list(small.iterdir()) == [], "nothing may be written"
         # Beyond the configured maximum: refused whatever the free space.
         with pytest.raises(ValueError, match="between 64 and 1000"):
-            asyncio.run(EnvOperations(CondaTainerConfig(max_env_size_mb=1000)).create(QuietReport(), "huge", size_mb=1001))
+            asyncio.run(
+                EnvOperations(CondaTainerConfig(max_env_size_mb=1000)).create(QuietReport(), "huge", size_mb=1001)
+            )
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
@@ -194,8 +213,14 @@ def test_server_killed_during_env_create_and_install(kernel_env, channel_env):
     server = Server(kernel_env, free_port())
 
     def job_reaches(job_id: str, progress: float) -> dict:
-        return wait_until(lambda: (lambda job: job if job["progress"] >= progress or job["state"] != "running" else None)(
-            server.request("GET", f"/condatainer/api/jobs/{job_id}")), 120, f"job {job_id} to reach {progress}", interval=0.02)
+        return wait_until(
+            lambda: (lambda job: job if job["progress"] >= progress or job["state"] != "running" else None)(
+                server.request("GET", f"/condatainer/api/jobs/{job_id}")
+            ),
+            120,
+            f"job {job_id} to reach {progress}",
+            interval=0.02,
+        )
 
     def packages(name: str) -> set[str]:
         listing = server.request("GET", f"/condatainer/api/overlays/{name}/packages")["packages"]
@@ -203,14 +228,23 @@ def test_server_killed_during_env_create_and_install(kernel_env, channel_env):
 
     try:
         server.start()
-        job = server.request("POST", "/condatainer/api/overlays", {"name": "kept", "size_mb": 128, "packages": ["zlib"]})
-        wait_until(lambda: server.request("GET", f"/condatainer/api/jobs/{job['job']['id']}")["state"]
-                   in ("succeeded", "failed"), 120, "the create to end")
+        job = server.request(
+            "POST", "/condatainer/api/overlays", {"name": "kept", "size_mb": 128, "packages": ["zlib"]}
+        )
+        wait_until(
+            lambda: (
+                server.request("GET", f"/condatainer/api/jobs/{job['job']['id']}")["state"] in ("succeeded", "failed")
+            ),
+            120,
+            "the create to end",
+        )
         before = packages("kept")
         assert before and not list(images.glob(".*"))
 
         # Killed while mm-create fills the temporary image.
-        job = server.request("POST", "/condatainer/api/overlays", {"name": "halfway", "size_mb": 256, "packages": ["demo-tool"]})
+        job = server.request(
+            "POST", "/condatainer/api/overlays", {"name": "halfway", "size_mb": 256, "packages": ["demo-tool"]}
+        )
         assert job_reaches(job["job"]["id"], 0.15)["state"] == "running"
         server.kill()
         assert list(images.glob(".halfway.*.tmp.img")), "the create was cut off midway"

@@ -178,9 +178,28 @@ async def test_delete_answers_204(api, operations):
         {"name": "ok", "channels": ["--override-channels"]},
         {"name": "ok", "channels": ["http://example.org/channel"]},
     ],
-    ids=["dotdot", "shell", "empty", "huge", "tiny", "not-int", "spec-shell", "spec-subst", "not-list", "channel",
-         "null", "number", "list", "sqf-suffix", "img-suffix", "spec-option", "spec-override", "channel-c",
-         "channel-override", "channel-http"],
+    ids=[
+        "dotdot",
+        "shell",
+        "empty",
+        "huge",
+        "tiny",
+        "not-int",
+        "spec-shell",
+        "spec-subst",
+        "not-list",
+        "channel",
+        "null",
+        "number",
+        "list",
+        "sqf-suffix",
+        "img-suffix",
+        "spec-option",
+        "spec-override",
+        "channel-c",
+        "channel-override",
+        "channel-http",
+    ],
 )
 async def test_a_bad_create_is_400_and_starts_nothing(api, operations, body):
     status, data = await api("POST", "overlays", body=body)
@@ -258,8 +277,11 @@ async def test_package_changes_are_validated(api, operations):
         ("rollback", {"revision": "2"}, "revision must be an integer"),
         ("rollback", {"revision": True}, "revision must be an integer"),
         ("freeze", {"name": "frozen", "version": 1}, "name and version must be strings"),
-        ("freeze", {"name": "frozen", "version": "1.0", "revision": "latest"},
-         "revision must be an integer or left out"),
+        (
+            "freeze",
+            {"name": "frozen", "version": "1.0", "revision": "latest"},
+            "revision must be an integer or left out",
+        ),
     ],
 )
 async def test_rollback_and_freeze_bodies_are_validated(api, operations, path, body, words):
@@ -421,8 +443,11 @@ async def test_post_without_xsrf_is_refused(jp_serverapp, http_server_client, jp
     )
     cookies = "; ".join(c.split(";", 1)[0] for c in login.headers.get_list("Set-Cookie"))
     response = await http_server_client.fetch(
-        f"{jp_base_url}condatainer/api/overlays", method="POST", body=json.dumps({"name": "x"}),
-        headers={"Cookie": cookies}, raise_error=False,
+        f"{jp_base_url}condatainer/api/overlays",
+        method="POST",
+        body=json.dumps({"name": "x"}),
+        headers={"Cookie": cookies},
+        raise_error=False,
     )
     assert response.code == 403
     assert b"XSRF" in response.body or b"xsrf" in response.body

@@ -40,17 +40,29 @@ HISTORY = f"""==> 2024-05-01 10:00:00 <==
 
 def record(name, version, build, subdir="linux-64", depends=()):
     return {
-        "name": name, "version": version, "build": build, "subdir": subdir, "depends": list(depends),
-        "url": f"{CH}/{subdir}/{name}-{version}-{build}.conda", "md5": f"{name}md5", "sha256": f"{name}sha",
-        "channel": CH + "/", "files": ["x"], "paths_data": {"paths": []},
+        "name": name,
+        "version": version,
+        "build": build,
+        "subdir": subdir,
+        "depends": list(depends),
+        "url": f"{CH}/{subdir}/{name}-{version}-{build}.conda",
+        "md5": f"{name}md5",
+        "sha256": f"{name}sha",
+        "channel": CH + "/",
+        "files": ["x"],
+        "paths_data": {"paths": []},
     }
 
 
 def test_revisions_with_diffs_specs_and_the_package_set():
     revisions = history.build_revisions(HISTORY)
     assert [r.number for r in revisions] == [0, 1, 2, 3]
-    assert [r.command for r in revisions] == ["create zlib", "install demo-tool", "install libdemo=1.0",
-                                              "remove demo-tool"]
+    assert [r.command for r in revisions] == [
+        "create zlib",
+        "install demo-tool",
+        "install libdemo=1.0",
+        "remove demo-tool",
+    ]
     assert [a["name"] for a in revisions[1].added] == ["demo-tool", "libdemo"]
     (change,) = revisions[2].changed
     assert (change["name"], change["from"]["version"], change["to"]["version"]) == ("libdemo", "2.0", "1.0")
@@ -63,12 +75,19 @@ def test_revisions_with_diffs_specs_and_the_package_set():
 
 
 def test_sidecar_user_and_command_and_a_stale_sidecar_is_ignored():
-    sidecar = "\n".join([
-        json.dumps({"revision": 1, "header": "==> 2024-05-01 10:05:00 <==",
-                    "info": {"user": "alice", "command": "install demo-tool", "via": "%condatainer"}}),
-        json.dumps({"revision": 2, "header": "==> 1999-01-01 00:00:00 <==", "info": {"user": "mallory"}}),
-        "not json",
-    ])
+    sidecar = "\n".join(
+        [
+            json.dumps(
+                {
+                    "revision": 1,
+                    "header": "==> 2024-05-01 10:05:00 <==",
+                    "info": {"user": "alice", "command": "install demo-tool", "via": "%condatainer"},
+                }
+            ),
+            json.dumps({"revision": 2, "header": "==> 1999-01-01 00:00:00 <==", "info": {"user": "mallory"}}),
+            "not json",
+        ]
+    )
     revisions = history.build_revisions(HISTORY, sidecar, owner="owner")
     assert (revisions[1].user, revisions[1].via) == ("alice", "%condatainer")
     assert revisions[2].user == "owner"  # header mismatch: the sidecar line is not for this entry
@@ -110,8 +129,9 @@ def test_environment_yml_and_explicit_lock(tmp_path):
     for rec in current:
         (meta / f"{rec['name']}-{rec['version']}-{rec['build']}.json").write_text(json.dumps(rec))
     for rec in kept:
-        (meta / history.SIDECAR_DIR / history.RECORDS_DIR / f"{rec['name']}-{rec['version']}-{rec['build']}.json"
-         ).write_text(json.dumps(rec))
+        (
+            meta / history.SIDECAR_DIR / history.RECORDS_DIR / f"{rec['name']}-{rec['version']}-{rec['build']}.json"
+        ).write_text(json.dumps(rec))
     env = history.load_env_meta(prefix)
     revisions = env.revisions()
     assert env.channels == ["conda-forge", "bioconda"]
@@ -124,9 +144,11 @@ def test_environment_yml_and_explicit_lock(tmp_path):
     lock = history.render_explicit("demo", revisions[1], env)
     lines = lock.split("@EXPLICIT\n", 1)[1].splitlines()
     # Dependencies first (libdemo before demo-tool), each URL with its md5.
-    assert lines == [f"{CH}/linux-64/libdemo-2.0-h2_0.conda#libdemomd5",
-                     f"{CH}/linux-64/demo-tool-1.0-h1_0.conda#demo-toolmd5",
-                     f"{CH}/linux-64/zlib-1.3.1-h0_0.conda#zlibmd5"]
+    assert lines == [
+        f"{CH}/linux-64/libdemo-2.0-h2_0.conda#libdemomd5",
+        f"{CH}/linux-64/demo-tool-1.0-h1_0.conda#demo-toolmd5",
+        f"{CH}/linux-64/zlib-1.3.1-h0_0.conda#zlibmd5",
+    ]
     assert "# platform: linux-64" in lock
 
     # A package nobody recorded cannot be locked (unless asked to be lenient).
@@ -143,7 +165,11 @@ def test_record_script_counts_new_revisions_only(tmp_path):
     (prefix / "conda-meta").mkdir(parents=True)
     (prefix / "conda-meta" / "zlib-1-0.json").write_text("{}")
     fake = tmp_path / "mm-fake"
-    fake.write_text('#!/bin/sh\n[ "$1" = change ] && printf "==> 2024-01-01 00:00:0%s <==\\n" "$2" >>"$CNT_CONDA_PREFIX/conda-meta/history"\nexit ${3:-0}\n')
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = change ] && printf "==> 2024-01-01 00:00:0%s <==\\n" "$2" >>"$CNT_CONDA_PREFIX/conda-meta/history"\n'
+        "exit ${3:-0}\n"
+    )
     fake.chmod(0o755)
     env = {**os.environ, "CNT_CONDA_PREFIX": str(prefix)}
 
@@ -158,7 +184,9 @@ def test_record_script_counts_new_revisions_only(tmp_path):
     lines = (prefix / "conda-meta" / "jupyter-condatainer" / "history.jsonl").read_text().splitlines()
     entries = [json.loads(line) for line in lines]
     assert [(e["revision"], e["header"], e["info"]["user"]) for e in entries] == [
-        (0, "==> 2024-01-01 00:00:01 <==", "bob"), (2, "==> 2024-01-01 00:00:04 <==", "bob")]
+        (0, "==> 2024-01-01 00:00:01 <==", "bob"),
+        (2, "==> 2024-01-01 00:00:04 <==", "bob"),
+    ]
     assert (prefix / "conda-meta" / "jupyter-condatainer" / "records" / "zlib-1-0.json").is_file()
 
 
@@ -171,7 +199,8 @@ def test_activation_runs_scripts_and_state_vars_in_path_order(tmp_path):
         (prefix / "etc" / "conda" / "activate.d").mkdir(parents=True)
         (prefix / "conda-meta" / "state").write_text(json.dumps({"env_vars": {f"{name.upper()}_VAR": "it's set"}}))
         (prefix / "etc" / "conda" / "activate.d" / "a.sh").write_text(
-            f'echo noise\nexport SEEN="${{SEEN:-}}{name}:$CONDA_PREFIX "\nunset REMOVE_ME\n')
+            f'echo noise\nexport SEEN="${{SEEN:-}}{name}:$CONDA_PREFIX "\nunset REMOVE_ME\n'
+        )
         envs[name] = prefix
     (tmp_path / "plain" / "bin").mkdir(parents=True)  # a venv-like overlay: no conda-meta
     path = f"{envs['high']}/bin:{tmp_path / 'plain' / 'bin'}:{envs['low']}/bin:/usr/bin:/bin"
@@ -198,6 +227,11 @@ def test_a_broken_activation_script_still_sets_the_env_vars(tmp_path):
 
 def test_dist_parse_round_trip():
     dist = history.Dist.parse(f"{CH}/noarch::demo-pkg-name-0.1-pyh_0")
-    assert (dist.channel, dist.subdir, dist.name, dist.version, dist.build) == (CH, "noarch", "demo-pkg-name", "0.1",
-                                                                                "pyh_0")
+    assert (dist.channel, dist.subdir, dist.name, dist.version, dist.build) == (
+        CH,
+        "noarch",
+        "demo-pkg-name",
+        "0.1",
+        "pyh_0",
+    )
     assert Path(dist.channel).name == dist.channel_name == "conda-forge"

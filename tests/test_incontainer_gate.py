@@ -96,7 +96,9 @@ def import_behind_the_gate(module: str) -> subprocess.CompletedProcess:
     paths = [str(PACKAGE_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     return subprocess.run(
         [sys.executable, "-I", "-S", "-c", GATE, json.dumps(sorted(allowed_modules())), json.dumps(paths), module],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -95,7 +95,9 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     assert package_set(image) == revision_set(remove_a)
 
     # The CLI reads the same history.
-    cli = subprocess.run([sys.executable, "-m", "jupyter", "condatainer", "env", "history", "life"], capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "jupyter", "condatainer", "env", "history", "life"], capture_output=True, text=True
+    )
     assert cli.returncode == 0, cli.stderr
     assert "rev 3" in cli.stdout and "remove demo-tool" in cli.stdout and f"by {user}" in cli.stdout
 
@@ -104,7 +106,10 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     assert status == 200, yml
     assert "channels:\n  - conda-forge" in yml
     assert [line.strip("- ") for line in yml.split("dependencies:\n", 1)[1].splitlines()] == [
-        "zlib", "demo-tool", "demopkg"]
+        "zlib",
+        "demo-tool",
+        "demopkg",
+    ]
     status, lock = await api("GET", "overlays", "life", "export", params={"format": "lock", "revision": "2"})
     assert status == 200, lock
     urls = lock.split("@EXPLICIT\n", 1)[1].splitlines()
@@ -125,8 +130,19 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     # Refused while another container has the env mounted writable (a CondaTainer shell, say).
     held = "held-lifecycle-test"
     subprocess.run(
-        ["apptainer", "instance", "start", *(["--fakeroot"] if os.getuid() else []), "--overlay", f"{image}:rw",
-         str(images / BASE_IMAGE), held], check=True, capture_output=True, env=apptainer_env(),
+        [
+            "apptainer",
+            "instance",
+            "start",
+            *(["--fakeroot"] if os.getuid() else []),
+            "--overlay",
+            f"{image}:rw",
+            str(images / BASE_IMAGE),
+            held,
+        ],
+        check=True,
+        capture_output=True,
+        env=apptainer_env(),
     )
     try:
         status, data = await api("POST", "overlays", "life", "rollback", body={"revision": 2})
@@ -164,13 +180,35 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     lock_file = tmp_path / "rev2.lock.txt"
     lock_file.write_text(lock)
     copy = tmp_path / "copy.img"
-    subprocess.run(["apptainer", "overlay", "create", "--size", "128", "--create-dir", "/ext3/env", str(copy)],
-                   check=True, capture_output=True, env=apptainer_env())
+    subprocess.run(
+        ["apptainer", "overlay", "create", "--size", "128", "--create-dir", "/ext3/env", str(copy)],
+        check=True,
+        capture_output=True,
+        env=apptainer_env(),
+    )
     result = subprocess.run(
-        ["apptainer", "exec", "--containall", "--cleanenv", "--overlay", f"{copy}:rw",
-         "--bind", str(channel_env.root), "--bind", str(tmp_path),
-         "--env", "CNT_CONDA_PREFIX=/ext3/env", str(images / BASE_IMAGE), "mm-create", "-y", "-f", str(lock_file)],
-        capture_output=True, text=True, env=apptainer_env(),
+        [
+            "apptainer",
+            "exec",
+            "--containall",
+            "--cleanenv",
+            "--overlay",
+            f"{copy}:rw",
+            "--bind",
+            str(channel_env.root),
+            "--bind",
+            str(tmp_path),
+            "--env",
+            "CNT_CONDA_PREFIX=/ext3/env",
+            str(images / BASE_IMAGE),
+            "mm-create",
+            "-y",
+            "-f",
+            str(lock_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=apptainer_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     recreated = {(p.name, p.version, p.build, p.channel) for p in packages_of(copy)}
@@ -227,8 +265,12 @@ async def test_activation_freeze_and_two_kernels(api, image_layout, channel_env,
     images = image_layout / "images"
     # Variables of the host (the server's environment) that must not reach a kernel.
     home_local = Path.home() / ".local"
-    for key, value in {"JCT_HOST_ONLY": "leak", "CONDARC": "/host/condarc", "CONDA_ENVS_PATH": "/host/envs",
-                       "PYTHONUSERBASE": str(home_local)}.items():
+    for key, value in {
+        "JCT_HOST_ONLY": "leak",
+        "CONDARC": "/host/condarc",
+        "CONDA_ENVS_PATH": "/host/envs",
+        "PYTHONUSERBASE": str(home_local),
+    }.items():
         monkeypatch.setenv(key, value)
     await run_job(api, "overlays", body={"name": "src", "size_mb": 256, "packages": ["python=3.11", "demopkg"]})
     spec = custom_spec(["src"], label="src", writable=True, share=True)
@@ -422,6 +464,5 @@ def test_mm_explicit_file_modes(conda_channel, tmp_path):
     bad.write_text(re.sub(r"#[0-9a-f]{4}", "#0000", lock.read_text(), count=1))
     assert "hash mismatch" in run("install", "-y", "--explicit", str(bad), check=False).stderr
     assert "no SPEC" in run("install", "-y", "-f", str(lock), "zlib", check=False).stderr
-    assert "does not list" in run("install", "-y", "--explicit", str(lock), "--requested", "zlib",
-                                  check=False).stderr
+    assert "does not list" in run("install", "-y", "--explicit", str(lock), "--requested", "zlib", check=False).stderr
     assert installed() == {"demo-tool": "1.0", "libdemo": "2.0"}

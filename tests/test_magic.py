@@ -86,7 +86,9 @@ def env_kernel(kernel_env, channel_env):
     from kernel_provider.host.instances import InstanceManager
 
     config = CondaTainerConfig()
-    asyncio.run(EnvOperations(config, InstanceManager(config)).create(QuietReport(), "menv", size_mb=256, packages=["zlib"]))
+    asyncio.run(
+        EnvOperations(config, InstanceManager(config)).create(QuietReport(), "menv", size_mb=256, packages=["zlib"])
+    )
     spec = custom_spec(["python/3.11", "menv"], label="menv", writable=True, share=True)
     KernelspecStore().write(spec)
     return spec.name
@@ -117,7 +119,8 @@ def test_install_import_list_remove_and_persist(env_kernel, kernel_env):
     # The kernel is gone; what it installed is in the .img.
     listing = subprocess.run(
         [DEBUGFS, "-R", "ls upper/ext3/env/share/libdemo", str(kernel_env / "images" / "menv.img")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout
     assert "VERSION" in listing
 

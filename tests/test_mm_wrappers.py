@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 BASE_IMAGE = "ubuntu24--base_image.sif"
 SNAPSHOT = (
     "cd /ext3/env && find . -printf '%p %y %s %m\\n' | LC_ALL=C sort && "
-    "for f in .condarc conda-meta/*; do [ -f \"$f\" ] && md5sum \"$f\"; done; true"
+    'for f in .condarc conda-meta/*; do [ -f "$f" ] && md5sum "$f"; done; true'
 )
 
 
@@ -35,14 +35,29 @@ class Env:
         self.base = base
         self.channel = channel
 
-    def run(self, *argv: str, writable: bool = True, conda_prefix: bool = True, alias: bool = True,
-            check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
-        cmd = ["apptainer", "exec", "--containall", "--cleanenv",
-               # CondaTainer's rule: an ordinary user writes the root-built env with --fakeroot.
-               *(["--fakeroot"] if writable and os.getuid() else []),
-               "--overlay", f"{self.img}:{'rw' if writable else 'ro'}",
-               "--bind", str(self.channel.root),
-               "--env", "PATH=/ext3/env/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    def run(
+        self,
+        *argv: str,
+        writable: bool = True,
+        conda_prefix: bool = True,
+        alias: bool = True,
+        check: bool = False,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        cmd = [
+            "apptainer",
+            "exec",
+            "--containall",
+            "--cleanenv",
+            # CondaTainer's rule: an ordinary user writes the root-built env with --fakeroot.
+            *(["--fakeroot"] if writable and os.getuid() else []),
+            "--overlay",
+            f"{self.img}:{'rw' if writable else 'ro'}",
+            "--bind",
+            str(self.channel.root),
+            "--env",
+            "PATH=/ext3/env/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ]
         if conda_prefix:
             cmd += ["--env", "CNT_CONDA_PREFIX=/ext3/env"]
         if alias:
@@ -76,7 +91,10 @@ def test_create_installs_lists_and_records_history(env):
 
     packages = env.packages()
     assert {name: p["version"] for name, p in packages.items()} == {
-        "zlib": "1.3.1", "demo-tool": "1.0", "libdemo": "2.0"}
+        "zlib": "1.3.1",
+        "demo-tool": "1.0",
+        "libdemo": "2.0",
+    }
     zlib = packages["zlib"]
     assert zlib["channel"] == "conda-forge" and zlib["platform"] == "linux-64"
     assert zlib["base_url"] == env.channel.url
@@ -86,7 +104,9 @@ def test_create_installs_lists_and_records_history(env):
     out = env.sh(
         "cat /ext3/env/include/zlib.h /ext3/env/share/libdemo/VERSION; demo-tool; "
         "cat /ext3/env/.condarc; cat /ext3/env/conda-meta/history; "
-        "echo unreadable:; find /ext3/env ! -perm -o+r ! -name .wh..wh..opq; echo end", writable=False)
+        "echo unreadable:; find /ext3/env ! -perm -o+r ! -name .wh..wh..opq; echo end",
+        writable=False,
+    )
     # (.wh..wh..opq: fuse-overlayfs, used without root, marks new directories opaque with such files)
     assert "zlib 1.3.1" in out
     assert "demo-tool 1.0 libdemo 2.0" in out  # on PATH from /ext3/env/bin
@@ -109,8 +129,11 @@ def test_defaults_are_condatainers_channels_and_install_uses_condarc(env):
     # mm-install without -c: the channels of .condarc; a noarch: python package and its python.
     env.run("mm-install", "-y", "demopkg", check=True)
     assert set(env.packages()) == {"zlib", "demopkg", "python"}
-    out = env.sh("/ext3/env/bin/python -c 'import demopkg, sys; print(demopkg.__version__, demopkg.__file__, sys.prefix)'"
-                 " && python -c 'import demopkg; print(demopkg.__version__)'", writable=False)
+    out = env.sh(
+        "/ext3/env/bin/python -c 'import demopkg, sys; print(demopkg.__version__, demopkg.__file__, sys.prefix)'"
+        " && python -c 'import demopkg; print(demopkg.__version__)'",
+        writable=False,
+    )
     assert out.splitlines() == ["0.1 /ext3/env/lib/python3.11/site-packages/demopkg/__init__.py /ext3/env", "0.1"]
 
 
@@ -164,7 +187,7 @@ def test_remove(env):
     files = env.sh("ls /ext3/env/bin; ls /ext3/env/lib/python3.11/site-packages 2>/dev/null; true", writable=False)
     assert files.split() == ["demo-tool"]
     history = env.sh("cat /ext3/env/conda-meta/history", writable=False)
-    last = history[history.rindex("==> "):]
+    last = history[history.rindex("==> ") :]
     assert "# cmd: mm-remove -y demopkg" in last
     assert f"-{env.channel.url}/noarch::demopkg-0.1-" in last
     assert f"-{env.channel.url}/linux-64::python-3.11.2-" in last
@@ -203,11 +226,30 @@ def test_failures_leave_the_env_unchanged(env):
 
     # Without -y, a "no" keeps everything as it was.
     declined = subprocess.run(
-        ["apptainer", "exec", "--containall", "--cleanenv", *(["--fakeroot"] if os.getuid() else []),
-         "--overlay", f"{env.img}:rw",
-         "--bind", str(env.channel.root), "--env", "CNT_CONDA_PREFIX=/ext3/env",
-         "--env", f"MAMBA_CHANNEL_ALIAS={env.channel.alias}", str(env.base), "mm-install", "demo-tool"],
-        input="n\n", capture_output=True, text=True, env=apptainer_env(), timeout=120)
+        [
+            "apptainer",
+            "exec",
+            "--containall",
+            "--cleanenv",
+            *(["--fakeroot"] if os.getuid() else []),
+            "--overlay",
+            f"{env.img}:rw",
+            "--bind",
+            str(env.channel.root),
+            "--env",
+            "CNT_CONDA_PREFIX=/ext3/env",
+            "--env",
+            f"MAMBA_CHANNEL_ALIAS={env.channel.alias}",
+            str(env.base),
+            "mm-install",
+            "demo-tool",
+        ],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        env=apptainer_env(),
+        timeout=120,
+    )
     assert declined.returncode != 0 and "Confirm changes" in declined.stdout
     assert env.snapshot() == before
 

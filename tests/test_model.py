@@ -26,19 +26,22 @@ from kernel_provider.model.plan import (
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    return placeholder_images(tmp_path / "images", [
-        "ubuntu24--base_image.sif",
-        "python--3.9.sqf",
-        "python--3.10.sqf",
-        "python--3.11.sqf",
-        "samtools--1.16.sqf",
-        "samtools--1.21.sqf",
-        "hello--1.0.sqf",
-        "genome--hg38--star.sqf",
-        "env.img",
-        "other.img",
-        "ubuntu24--gcc--12.sqf",
-    ])
+    return placeholder_images(
+        tmp_path / "images",
+        [
+            "ubuntu24--base_image.sif",
+            "python--3.9.sqf",
+            "python--3.10.sqf",
+            "python--3.11.sqf",
+            "samtools--1.16.sqf",
+            "samtools--1.21.sqf",
+            "hello--1.0.sqf",
+            "genome--hg38--star.sqf",
+            "env.img",
+            "other.img",
+            "ubuntu24--gcc--12.sqf",
+        ],
+    )
 
 
 @pytest.fixture
@@ -53,6 +56,7 @@ def plan(catalog, *specs, facts=None, environ=None, cwd="/", uid=1000, **kw):
 
 
 # --- names -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", ["python/3.11", "python=3.11", "python@3.11", "python--3.11", " python/3.11 "])
 def test_delimiters_normalise_to_one_name(spec):
@@ -85,6 +89,7 @@ def test_constraint_split_and_satisfaction():
 
 
 # --- scanning and resolution ------------------------------------------------------------
+
 
 def test_scan_finds_every_kind(catalog):
     assert catalog.by_name["python/3.11"].kind == "sqf"
@@ -188,10 +193,20 @@ def test_sidecar_parsing():
 
 def test_references_between_overlay_variables_expand_others_stay():
     expanded = envfile.expand_references(
-        {"GREETING": "hi from ${HOME_DIR}", "HOME_DIR": "$ROOT/x", "ROOT": "/cnt/t/1", "P": "$ROOT/bin:$PATH", "S": "$S:x"}
+        {
+            "GREETING": "hi from ${HOME_DIR}",
+            "HOME_DIR": "$ROOT/x",
+            "ROOT": "/cnt/t/1",
+            "P": "$ROOT/bin:$PATH",
+            "S": "$S:x",
+        }
     )
     assert expanded == {
-        "GREETING": "hi from /cnt/t/1/x", "HOME_DIR": "/cnt/t/1/x", "ROOT": "/cnt/t/1", "P": "/cnt/t/1/bin:$PATH", "S": "$S:x",
+        "GREETING": "hi from /cnt/t/1/x",
+        "HOME_DIR": "/cnt/t/1/x",
+        "ROOT": "/cnt/t/1",
+        "P": "/cnt/t/1/bin:$PATH",
+        "S": "$S:x",
     }
 
 
@@ -205,6 +220,7 @@ def test_build_script_headers_and_sidecar_shadowing():
 
 
 # --- environment ------------------------------------------------------------------------
+
 
 def test_path_order_last_overlay_first_env_bin_first(catalog, images):
     p = plan(catalog, "hello/1.0", "env.img", "python/3.11", cwd=str(images))
@@ -260,6 +276,7 @@ def test_user_env_comes_last_and_overrides(catalog):
 
 # --- stack rules ------------------------------------------------------------------------
 
+
 def test_img_goes_last(catalog, images):
     p = plan(catalog, "env.img", "python/3.11", cwd=str(images))
     assert [o.kind for o in p.overlays] == ["sqf", "img"]
@@ -294,15 +311,23 @@ def test_explicit_base_image(catalog, images):
 def test_gpu_flags(catalog):
     assert plan(catalog, facts=Facts(devices={"/dev/nvidiactl"})).flags == ("--nv",)
     assert plan(catalog, facts=Facts(devices={"/dev/nvidiactl", "/dev/kfd"}), flags=["--no-home"]).flags == (
-        "--nv", "--rocm", "--no-home",
+        "--nv",
+        "--rocm",
+        "--no-home",
     )
     assert plan(catalog).flags == ()
 
 
 @pytest.mark.parametrize(
     ("owner", "uid", "writable", "expected"),
-    [(0, 1000, True, True), (2000, 1000, True, True), (1000, 1000, True, False), (0, 1000, False, False),
-     (None, 1000, True, False), (0, 0, True, False)],
+    [
+        (0, 1000, True, True),
+        (2000, 1000, True, True),
+        (1000, 1000, True, False),
+        (0, 1000, False, False),
+        (None, 1000, True, False),
+        (0, 0, True, False),
+    ],
 )
 def test_auto_fakeroot_for_foreign_img(catalog, images, owner, uid, writable, expected):
     facts = Facts(owners={} if owner is None else {"env": owner})
@@ -311,6 +336,7 @@ def test_auto_fakeroot_for_foreign_img(catalog, images, owner, uid, writable, ex
 
 
 # --- binds ------------------------------------------------------------------------------
+
 
 def test_default_binds_only_existing(tmp_path):
     scratch = tmp_path / "scratch"
@@ -347,9 +373,16 @@ def test_plan_binds_include_cwd_image_dirs_and_extra(catalog, images, tmp_path):
 
 # --- argv -------------------------------------------------------------------------------
 
+
 def test_instance_start_argv(catalog, images):
-    p = plan(catalog, "python/3.11", "env.img", cwd=str(images), writable=True,
-             facts=Facts(devices={"/dev/nvidiactl"}, owners={"env": 0}))
+    p = plan(
+        catalog,
+        "python/3.11",
+        "env.img",
+        cwd=str(images),
+        writable=True,
+        facts=Facts(devices={"/dev/nvidiactl"}, owners={"env": 0}),
+    )
     argv = command.instance_start_argv("/usr/bin/apptainer", p, "jct-x", "/run/x.env")
     assert argv[:4] == ["/usr/bin/apptainer", "instance", "start", "--nv"]
     assert "--fakeroot" in argv
@@ -361,7 +394,17 @@ def test_instance_start_argv(catalog, images):
 
 def test_instance_exec_argv():
     assert command.instance_exec_argv("apptainer", "jct-x", "/e", ["python", "-c", "1"], pwd="/w") == [
-        "apptainer", "exec", "--cleanenv", "--env-file", "/e", "--pwd", "/w", "instance://jct-x", "python", "-c", "1",
+        "apptainer",
+        "exec",
+        "--cleanenv",
+        "--env-file",
+        "/e",
+        "--pwd",
+        "/w",
+        "instance://jct-x",
+        "python",
+        "-c",
+        "1",
     ]
 
 
@@ -391,6 +434,7 @@ def test_drop_caps_only_for_root_without_cap_sys_resource(uid, capbnd, expected)
 
 # --- configuration ----------------------------------------------------------------------
 
+
 def test_search_order_follows_condatainer(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("CNT_EXTRA_IMAGE_DIRS", "/lab/a|/lab/b:ro")
@@ -399,7 +443,11 @@ def test_search_order_follows_condatainer(monkeypatch, tmp_path):
     monkeypatch.setenv("SCRATCH", "/scratch/me")
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     assert image_search_order() == [
-        "/lab/a", "/lab/b", "/group/images", "/apps/cnt/images", "/scratch/me/condatainer/images",
+        "/lab/a",
+        "/lab/b",
+        "/group/images",
+        "/apps/cnt/images",
+        "/scratch/me/condatainer/images",
         str(tmp_path / ".local/share/condatainer/images"),
     ]
 
@@ -434,7 +482,12 @@ def test_supply_pip_targets_the_containers_python_and_glibc():
     assert argv[argv.index("--python-version") + 1] == "3.12"
     assert argv[argv.index("--abi") + 1] == "cp312"
     platforms = [argv[i + 1] for i, a in enumerate(argv) if a == "--platform"]
-    assert platforms == ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_18_x86_64", "manylinux_2_19_x86_64"]
+    assert platforms == [
+        "manylinux2014_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux_2_18_x86_64",
+        "manylinux_2_19_x86_64",
+    ]
     assert argv[-1] == "ipykernel" and "--only-binary=:all:" in argv
 
 

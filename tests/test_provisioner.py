@@ -25,6 +25,7 @@ from kernel_provider.kernel.provisioner_base import KernelStartError
 
 pytestmark = pytest.mark.integration
 
+
 def instance_of(km: AsyncKernelManager) -> str:
     return km.provisioner.instance.name
 
@@ -50,7 +51,9 @@ def test_kernel_lifecycle(kernel_env):
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=60)
-            out, _ = await execute(client, "import os, sys; print(sys.executable, os.environ['IN_CONDATAINER'], os.getcwd())")
+            out, _ = await execute(
+                client, "import os, sys; print(sys.executable, os.environ['IN_CONDATAINER'], os.getcwd())"
+            )
             assert out.split() == ["/cnt/python/3.11/bin/python", "1", str(kernel_env)]
             name = instance_of(km)
 
@@ -110,8 +113,14 @@ def test_python_without_ipykernel_gets_one_supplied(kernel_env):
     stage.mkdir(parents=True)
     (stage / "python").symlink_to("/usr/bin/python3")
     subprocess.run(
-        ["mksquashfs", str(kernel_env / "stage"), str(kernel_env / "images" / "barepython--3.11.sqf"),
-         "-all-root", "-noappend", "-quiet"],
+        [
+            "mksquashfs",
+            str(kernel_env / "stage"),
+            str(kernel_env / "images" / "barepython--3.11.sqf"),
+            "-all-root",
+            "-noappend",
+            "-quiet",
+        ],
         check=True,
     )
     KernelspecStore().write(custom_spec(["barepython/3.11"], label="bare"))
@@ -170,12 +179,15 @@ def test_bad_input_fails_fast_and_leaves_nothing(kernel_env, overlays, config, r
 
 # --- a real jupyter server -----------------------------------------------------------------
 
+
 def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images):
     server = Server(kernel_env, free_port())
     unrelated = "unrelated-by-hand"
     subprocess.run(
         ["apptainer", "instance", "start", str(kernel_env / "images" / "ubuntu24--base_image.sif"), unrelated],
-        check=True, capture_output=True, env=apptainer_env(),
+        check=True,
+        capture_output=True,
+        env=apptainer_env(),
     )
     try:
         server.start()
@@ -218,8 +230,10 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         server.start()
         (images / "gone--1.0.sqf").unlink()  # after the server's kernelspec sync, which would drop the spec
         good = server.request("POST", "/api/kernels", {"name": KERNEL})["id"]
-        answers = {name: server.refused("POST", "/api/kernels", {"name": f"condatainer-{name}"})
-                   for name in ("corrupt", "gone")}
+        answers = {
+            name: server.refused("POST", "/api/kernels", {"name": f"condatainer-{name}"})
+            for name in ("corrupt", "gone")
+        }
         session = {"path": "x.ipynb", "name": "x.ipynb", "type": "notebook", "kernel": {"name": "condatainer-corrupt"}}
         answers["session"] = server.refused("POST", "/api/sessions", session)  # how JupyterLab starts kernels
         assert [p.name for p in runtime.glob("kernel-*.json")] == [f"kernel-{good}.json"]
@@ -231,8 +245,11 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         stopped_in = time.monotonic() - started
     finally:
         server.stop()
-    for name, label, reason in [("corrupt", "corrupt", "image format not recognized"), ("gone", "gone", "gone--1.0.sqf"),
-                                ("session", "corrupt", "image format not recognized")]:
+    for name, label, reason in [
+        ("corrupt", "corrupt", "image format not recognized"),
+        ("gone", "gone", "gone--1.0.sqf"),
+        ("session", "corrupt", "image format not recognized"),
+    ]:
         status, answer = answers[name]
         assert status == 500 and answer["message"].startswith(f"The kernel 'CondaTainer: {label}' could not start: ")
         assert reason in answer["message"], answer

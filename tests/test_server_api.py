@@ -23,7 +23,9 @@ def jp_server_config(image_layout, request):
 
 
 def env_files(image, inner: str) -> str:
-    return subprocess.run([DEBUGFS, "-R", f"ls -l upper/ext3/env/{inner}", str(image)], capture_output=True, text=True).stdout
+    return subprocess.run(
+        [DEBUGFS, "-R", f"ls -l upper/ext3/env/{inner}", str(image)], capture_output=True, text=True
+    ).stdout
 
 
 async def test_list_overlays(api, image_layout):
@@ -44,9 +46,19 @@ async def test_delete_in_use_is_refused(api, image_layout):
     instance = "held-by-test"
     subprocess.run(
         # CondaTainer's rule: an ordinary user mounts the root-built env writable with --fakeroot.
-        ["apptainer", "instance", "start", *(["--fakeroot"] if os.getuid() else []), "--overlay", f"{image}:rw",
-         str(image_layout / "images" / "ubuntu24--base_image.sif"), instance],
-        check=True, capture_output=True, env=apptainer_env(),
+        [
+            "apptainer",
+            "instance",
+            "start",
+            *(["--fakeroot"] if os.getuid() else []),
+            "--overlay",
+            f"{image}:rw",
+            str(image_layout / "images" / "ubuntu24--base_image.sif"),
+            instance,
+        ],
+        check=True,
+        capture_output=True,
+        env=apptainer_env(),
     )
     try:
         status, data = await api("DELETE", "overlays", "env")
@@ -62,6 +74,7 @@ async def test_delete_in_use_is_refused(api, image_layout):
 
 # --- package operations with the local test channel ---------------------------------------
 
+
 def package_names(listing: dict) -> set[str]:
     return {p["name"] for p in listing["packages"]}
 
@@ -72,8 +85,12 @@ async def test_create_install_remove_delete(channel_env, api, image_layout, jp_s
     async def listen(logger, schema_id, data):
         events.append(data)
 
-    jp_serverapp.event_logger.add_listener(schema_id="https://events.jupyter.org/jupyter_condatainer/job/v1", listener=listen)
-    status, data = await api("POST", "overlays", body={"name": "demo", "size_mb": 256, "packages": ["zlib", "demo-tool"]})
+    jp_serverapp.event_logger.add_listener(
+        schema_id="https://events.jupyter.org/jupyter_condatainer/job/v1", listener=listen
+    )
+    status, data = await api(
+        "POST", "overlays", body={"name": "demo", "size_mb": 256, "packages": ["zlib", "demo-tool"]}
+    )
     assert status == 202
     job = await wait_job(api, data["job"]["id"])
     assert job["state"] == "succeeded", job
@@ -182,7 +199,9 @@ async def test_jobs_beyond_the_limit_wait_queued(channel_env, api, image_layout,
     async def listen(logger, schema_id, data):
         states.append((data["target"], data["state"]))
 
-    jp_serverapp.event_logger.add_listener(schema_id="https://events.jupyter.org/jupyter_condatainer/job/v1", listener=listen)
+    jp_serverapp.event_logger.add_listener(
+        schema_id="https://events.jupyter.org/jupyter_condatainer/job/v1", listener=listen
+    )
     jobs = {}
     for name in ("first", "second", "third"):
         status, data = await api("POST", "overlays", body={"name": name, "size_mb": 128})

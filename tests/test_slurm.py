@@ -49,8 +49,15 @@ REPORT = (
 def test_sbatch_argv_names_the_job_and_keeps_user_options_last():
     argv = slurm.sbatch_argv("jcts-abc", "/r/jcts-abc.sbatch", "/r/jcts-abc.out", ["--partition=gpu", "--gpus=1"])
     assert argv == [
-        "sbatch", "--parsable", "--job-name=jcts-abc", "--output=/r/jcts-abc.out", "--nodes=1", "--ntasks=1",
-        "--partition=gpu", "--gpus=1", "/r/jcts-abc.sbatch",
+        "sbatch",
+        "--parsable",
+        "--job-name=jcts-abc",
+        "--output=/r/jcts-abc.out",
+        "--nodes=1",
+        "--ntasks=1",
+        "--partition=gpu",
+        "--gpus=1",
+        "/r/jcts-abc.sbatch",
     ]
 
 
@@ -62,8 +69,21 @@ def test_sbatch_args_that_would_hide_our_job_are_refused(bad):
 
 def test_step_squeue_and_scancel_argv():
     assert slurm.step_argv("12", "cn1", "jcts-abc-kernel", ["apptainer", "exec", "instance://jcts-abc", "true"]) == [
-        "srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=cn1", "--job-name=jcts-abc-kernel",
-        "/bin/sh", "-c", slurm.FORWARD_SCRIPT, "jct-step", "apptainer", "exec", "instance://jcts-abc", "true",
+        "srun",
+        "--jobid=12",
+        "--overlap",
+        "--nodes=1",
+        "--ntasks=1",
+        "--nodelist=cn1",
+        "--job-name=jcts-abc-kernel",
+        "/bin/sh",
+        "-c",
+        slurm.FORWARD_SCRIPT,
+        "jct-step",
+        "apptainer",
+        "exec",
+        "instance://jcts-abc",
+        "true",
     ]
     assert slurm.job_state_argv("12") == ["squeue", "-h", "-j", "12", "-o", "%T|%P|%r|%N"]
     assert slurm.my_jobs_argv() == ["squeue", "--me", "-h", "-o", "%i|%j|%T"]
@@ -85,22 +105,30 @@ def test_job_script_starts_reports_and_stops_the_instance():
     assert "trap stop_instance TERM INT HUP" in script
     assert 'report state=ready "host=$(hostname)" "proxy=$(find_proxy)"' in script
     assert slurm.parse_status("state=ready\nhost=cn1\nproxy=10.0.0.1:3128\n") == {
-        "state": "ready", "host": "cn1", "proxy": "10.0.0.1:3128"
+        "state": "ready",
+        "host": "cn1",
+        "proxy": "10.0.0.1:3128",
     }
 
 
 def test_proxy_env_is_condatainers():
     assert slurm.proxy_env("") == []
     assert dict(slurm.proxy_env("login1:8080")) == {
-        "http_proxy": "http://login1:8080", "https_proxy": "http://login1:8080",
-        "HTTP_PROXY": "http://login1:8080", "HTTPS_PROXY": "http://login1:8080",
-        "all_proxy": "socks5://login1:8080", "ALL_PROXY": "socks5://login1:8080",
-        "no_proxy": "localhost,127.0.0.1", "NO_PROXY": "localhost,127.0.0.1",
+        "http_proxy": "http://login1:8080",
+        "https_proxy": "http://login1:8080",
+        "HTTP_PROXY": "http://login1:8080",
+        "HTTPS_PROXY": "http://login1:8080",
+        "all_proxy": "socks5://login1:8080",
+        "ALL_PROXY": "socks5://login1:8080",
+        "no_proxy": "localhost,127.0.0.1",
+        "NO_PROXY": "localhost,127.0.0.1",
     }
 
 
 def test_client_env_drops_an_outer_jobs_variables():
-    env = slurm.slurm_env({"SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "4", "SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"})
+    env = slurm.slurm_env(
+        {"SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "4", "SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"}
+    )
     assert env == {"SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"}
 
 
@@ -108,7 +136,8 @@ def test_parsers():
     assert slurm.parse_job_state("PENDING|debug|Resources|\n") == slurm.JobState("PENDING", "debug", "Resources", "")
     assert slurm.parse_job_state("") is None
     assert slurm.parse_jobs("7|jcts-a|RUNNING\n8|other|PENDING\n") == [
-        slurm.QueuedJob("7", "jcts-a", "RUNNING"), slurm.QueuedJob("8", "other", "PENDING")
+        slurm.QueuedJob("7", "jcts-a", "RUNNING"),
+        slurm.QueuedJob("8", "other", "PENDING"),
     ]
 
 
@@ -120,10 +149,13 @@ def test_orphans_are_ours_by_name_with_a_dead_or_missing_owner():
     alive = Owner.current()
     dead = Owner(alive.pid, alive.start_time + 1, alive.host)  # same PID, other start: a recycled PID
     elsewhere = Owner(1, 1, "another-login-node")
-    jobs = [slurm.QueuedJob(str(i), name, "RUNNING") for i, name in enumerate(
-        ["jcts-live", "jcts-dead", "jcts-nofile", "jcts-remote", "unrelated", "jct-local"]
-    )]
-    records = {r.name: r for r in [_record("jcts-live", alive), _record("jcts-dead", dead), _record("jcts-remote", elsewhere)]}
+    jobs = [
+        slurm.QueuedJob(str(i), name, "RUNNING")
+        for i, name in enumerate(["jcts-live", "jcts-dead", "jcts-nofile", "jcts-remote", "unrelated", "jct-local"])
+    ]
+    records = {
+        r.name: r for r in [_record("jcts-live", alive), _record("jcts-dead", dead), _record("jcts-remote", elsewhere)]
+    }
     assert [job.name for job in slurm.orphan_jobs(jobs, records)] == ["jcts-dead", "jcts-nofile"]
 
 
@@ -209,7 +241,9 @@ class FakeProxy:
         self.port = self.socket.getsockname()[1]
         pid_file = data_home / "condatainer" / "proxy.pid"
         pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(json.dumps({"host": "127.0.0.1", "via": "login1", "port": self.port, "pid": 1}, separators=(",", ":")))
+        pid_file.write_text(
+            json.dumps({"host": "127.0.0.1", "via": "login1", "port": self.port, "pid": 1}, separators=(",", ":"))
+        )
 
     def close(self) -> None:
         self.socket.close()
@@ -268,8 +302,14 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
         assert [r.slurm_job for r in slurm_records()] == [job_id]
 
         first, after_restart = asyncio.run(scenario(kernel["id"]))
-        assert first == [job_id, first[1], "1", "/cnt/python/3.11/bin/python",
-                         f"http://127.0.0.1:{proxy.port}", f"socks5://127.0.0.1:{proxy.port}"]
+        assert first == [
+            job_id,
+            first[1],
+            "1",
+            "/cnt/python/3.11/bin/python",
+            f"http://127.0.0.1:{proxy.port}",
+            f"socks5://127.0.0.1:{proxy.port}",
+        ]
         assert after_restart[0] == job_id, "a restart is a new step in the same job"
         assert after_restart[1] != first[1], "…and a new step"
         assert job_name in running_instances()
@@ -357,7 +397,11 @@ def test_restart_after_the_job_ended_submits_a_new_job(slurm_env, slurm_cluster)
         ({"slurm_args": ["--cpus-per-task=64"]}, "cannot start on partition debug: PartitionConfig", 10),
         ({"slurm_args": ["--time=2:00:00"]}, "cannot start on partition debug: Partition", 10),
         ({"slurm_args": ["--partition=nope"]}, "invalid partition", 10),
-        ({"slurm_args": ["--begin=now+3600"], "slurm_launch_timeout": 3}, "did not start within 3 s (still PENDING: BeginTime)", 12),
+        (
+            {"slurm_args": ["--begin=now+3600"], "slurm_launch_timeout": 3},
+            "did not start within 3 s (still PENDING: BeginTime)",
+            12,
+        ),
     ],
     ids=["more-cpus-than-the-node", "over-partition-time-limit", "no-such-partition", "pending-past-timeout"],
 )
@@ -390,7 +434,9 @@ def test_server_crash_leaves_a_job_the_next_server_cancels(slurm_env, slurm_clus
     """SIGKILL the server: its job keeps running; the next server start cancels that job
     (and stops its instance) but not a job someone else submitted."""
     name = add_slurm_spec("crash", slurm_connect_ip="node")
-    unrelated = slurm_cluster.run(["sbatch", "--parsable", "--job-name=unrelated", "--output=/dev/null", "--wrap=sleep 300"]).stdout.strip()
+    unrelated = slurm_cluster.run(
+        ["sbatch", "--parsable", "--job-name=unrelated", "--output=/dev/null", "--wrap=sleep 300"]
+    ).stdout.strip()
     server = Server(slurm_env, free_port())
     try:
         server.start()

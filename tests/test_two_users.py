@@ -111,7 +111,10 @@ class OtherUser:
         env_args = [f"{key}={value}" for key, value in self.env.items()]
         result = subprocess.run(
             ["runuser", "-u", self.name, "--", "env", "-i", *env_args, *argv],
-            capture_output=True, text=True, cwd=self.root, timeout=180,
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            timeout=180,
         )
         if check:
             assert result.returncode == 0, f"{argv} as {self.name}: {result.stdout}{result.stderr}"
@@ -169,8 +172,12 @@ def test_two_users_never_see_or_stop_each_others_instances(user_layout, other_us
     config = CondaTainerConfig()
     manager = InstanceManager(config)
     plan = plan_container(
-        StackRequest(overlays=["python/3.11"]), scan(config.image_dirs, config.distro), ImageProbe(),
-        environ=os.environ, cwd=os.getcwd(), uid=os.getuid(),
+        StackRequest(overlays=["python/3.11"]),
+        scan(config.image_dirs, config.distro),
+        ImageProbe(),
+        environ=os.environ,
+        cwd=os.getcwd(),
+        uid=os.getuid(),
     )
 
     async def ours_then_sweep():
@@ -206,8 +213,14 @@ def test_fakeroot_without_subuid_range(nosub_user):
     fallback = nosub_user.python(WRITE_ROOT_OWNED_ENV, "userns").stdout.strip().splitlines()[-1]
     assert fallback.startswith("0 0"), fallback  # exit 0, uid 0 inside
     listing = subprocess.run(
-        [shutil.which("debugfs") or "/sbin/debugfs", "-R", "ls -l /upper/ext3/env", str(nosub_user.root / "images" / "env.img")],
-        capture_output=True, text=True,
+        [
+            shutil.which("debugfs") or "/sbin/debugfs",
+            "-R",
+            "ls -l /upper/ext3/env",
+            str(nosub_user.root / "images" / "env.img"),
+        ],
+        capture_output=True,
+        text=True,
     ).stdout
     assert "by-fakeroot" in listing
 

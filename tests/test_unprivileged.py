@@ -51,7 +51,9 @@ def test_subid_ranges_by_name_or_uid(subids):
     assert probes.missing_subids(1234) is None
     subids("bob:100000:65536\n# comment\nbroken line\n")
     advice = probes.missing_subids(1234)
-    assert advice.startswith("alice has no /etc/subuid entry; an admin must add 'alice:165536:65536' to /etc/subuid and /etc/subgid")
+    assert advice.startswith(
+        "alice has no /etc/subuid entry; an admin must add 'alice:165536:65536' to /etc/subuid and /etc/subgid"
+    )
     assert "usermod --add-subuids 165536-231071 --add-subgids 165536-231071 alice" in advice
     subids("alice:165536:65536\n", gid_lines="")  # a subuid range alone is not enough
     assert "alice:231072:65536" in probes.missing_subids(1234)
@@ -87,7 +89,8 @@ def test_debugfs_reads_image_owners_for_this_user(user_layout):
     own = user_layout / "images" / "own.img"
     subprocess.run(
         ["apptainer", "overlay", "create", "--size", "64", "--create-dir", "/ext3/env", str(own)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     probe = ImageProbe()
     config = CondaTainerConfig()
@@ -114,8 +117,14 @@ def test_root_owned_env_is_writable_through_fakeroot(user_layout):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == "0"  # root inside: real root, or fakeroot for an ordinary user
     listing = subprocess.run(
-        [shutil.which("debugfs") or "/sbin/debugfs", "-R", "ls -l /upper/ext3/env", str(user_layout / "images" / "env.img")],
-        capture_output=True, text=True,
+        [
+            shutil.which("debugfs") or "/sbin/debugfs",
+            "-R",
+            "ls -l /upper/ext3/env",
+            str(user_layout / "images" / "env.img"),
+        ],
+        capture_output=True,
+        text=True,
     ).stdout
     assert "fakeroot-probe" in listing
 
@@ -139,6 +148,9 @@ def test_fakeroot_unavailable_says_what_the_admin_must_add(user_layout, tmp_path
         asyncio.run(manager.acquire(plan, "k", share=False))
     message = str(error.value)
     assert "env.img belongs to another user (or root)" in message
-    assert f"{user} has no /etc/subuid entry; an admin must add '{user}:100000:65536' to /etc/subuid and /etc/subgid" in message
+    assert (
+        f"{user} has no /etc/subuid entry; an admin must add '{user}:100000:65536' to /etc/subuid and /etc/subgid"
+        in message
+    )
     assert running_instances() == before
     assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []

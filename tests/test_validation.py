@@ -28,18 +28,21 @@ from kernel_provider.model.validation import (
 
 @pytest.fixture
 def catalog(tmp_path: Path):
-    images = placeholder_images(tmp_path / "images", [
-        "ubuntu24--base_image.sif",
-        "python--3.10.sqf",
-        "python--3.11.sqf",
-        "hello--1.0.sqf",
-        "frozen--1.0.sqf",
-        "genome--hg38--star.sqf",
-        "abc.img",
-        "a--1.img",
-        "myenv--1.0.img",
-        "ubuntu24--gcc--12.sqf",
-    ])
+    images = placeholder_images(
+        tmp_path / "images",
+        [
+            "ubuntu24--base_image.sif",
+            "python--3.10.sqf",
+            "python--3.11.sqf",
+            "hello--1.0.sqf",
+            "frozen--1.0.sqf",
+            "genome--hg38--star.sqf",
+            "abc.img",
+            "a--1.img",
+            "myenv--1.0.img",
+            "ubuntu24--gcc--12.sqf",
+        ],
+    )
     return scan([str(images)], distro="ubuntu24")
 
 
@@ -48,6 +51,7 @@ def check(name, kind="img", catalog=None, kernelspecs=(), label=None):
 
 
 # --- new image names: syntax ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["myenv", "my-env_2", "myenv/1.0", "r+tools/4.3", "A1"])
 def test_valid_env_names_are_kept_as_given(name):
@@ -80,6 +84,7 @@ def test_lookup_names_with_spaces_around_are_refused_not_trimmed():
 
 
 # --- new image names: collisions and shadowing ------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["fresh", "fresh/1.0", "hello-env", "python-env", "myenv/2.0", "genomics"])
 def test_free_env_names_pass(catalog, name):
@@ -143,6 +148,7 @@ def test_an_existing_kernelspec_of_the_same_name_is_refused_case_insensitively(c
 
 # --- freeze targets get the same checks -------------------------------------------------------
 
+
 @pytest.fixture
 def operations(catalog, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
@@ -185,12 +191,17 @@ def test_freeze_target_refuses_taking_over_a_kernelspec(operations, tmp_path):
 
 # --- package specs, channels, sizes -------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", ["numpy", "numpy>=1.26", "numpy >=1.26", "conda-forge::numpy=1.26", "libdemo=1.0", "a-b_c"])
+
+@pytest.mark.parametrize(
+    "spec", ["numpy", "numpy>=1.26", "numpy >=1.26", "conda-forge::numpy=1.26", "libdemo=1.0", "a-b_c"]
+)
 def test_valid_specs(spec):
     assert validate_specs([spec]) == [spec]
 
 
-@pytest.mark.parametrize("spec", ["zlib --force", "-c", "--override-channels", "-y", "zlib -c x", "-c::zlib", "--force"])
+@pytest.mark.parametrize(
+    "spec", ["zlib --force", "-c", "--override-channels", "-y", "zlib -c x", "-c::zlib", "--force"]
+)
 def test_option_like_specs_are_refused(spec):
     with pytest.raises(ValueError, match="options such as -c or --force are not accepted"):
         validate_specs([spec])
@@ -245,6 +256,7 @@ def test_invalid_sizes(size):
 
 # --- variables for Apptainer's env script ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", ["A", "_x", "PATH2", "lower_case"])
 def test_plain_variable_names_pass(key):
     assert env_key_problem(key) == ""
@@ -262,19 +274,14 @@ def test_value_length_is_capped():
 
 
 def test_bad_sidecar_lines_are_skipped_with_file_and_line_the_rest_applies():
-    text = (
-        "#WHATIS:tool\n"
-        "GOOD=$app_root/x\n"
-        "BAD'KEY=1\n"
-        "$(touch /tmp/pwned)=1\n"
-        f"HUGE={'x' * (200 * 1024)}\n"
-        "ALSO_GOOD=2\n"
-    )
+    text = f"#WHATIS:tool\nGOOD=$app_root/x\nBAD'KEY=1\n$(touch /tmp/pwned)=1\nHUGE={'x' * (200 * 1024)}\nALSO_GOOD=2\n"
     env = envfile.parse_sidecar(text, "/cnt/tool/1", "/images/tool--1.sqf.env")
     assert env.variables == {"GOOD": "/cnt/tool/1/x", "ALSO_GOOD": "2"}
     assert env.whatis == "tool"
     assert [w.split(": ", 1)[0] for w in env.warnings] == [
-        "/images/tool--1.sqf.env:3", "/images/tool--1.sqf.env:4", "/images/tool--1.sqf.env:5",
+        "/images/tool--1.sqf.env:3",
+        "/images/tool--1.sqf.env:4",
+        "/images/tool--1.sqf.env:5",
     ]
     assert "is not a variable name" in env.warnings[0] and "this line is skipped" in env.warnings[0]
     assert "over the 64 KiB limit" in env.warnings[2]

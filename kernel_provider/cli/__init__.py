@@ -1,0 +1,1 @@
+"""``jupyter condatainer``: kernelspecs, instances and env operations from a terminal, on the server's code."""

@@ -159,8 +159,19 @@ jupyter condatainer env freeze bio --to bio-frozen/0.9 --revision 2 --no-kernel
         ops = self.operations()
         self.run(freeze.check_target, ops, name, frozen, version)
         self.run(self.lifecycle().check_revision, name, revision)
-        print(self.run(freeze.freeze, ops, PrintReporter(), name, frozen, version, revision,
-                       not self.no_kernel, "jupyter condatainer env"))
+        print(
+            self.run(
+                freeze.freeze,
+                ops,
+                PrintReporter(),
+                name,
+                frozen,
+                version,
+                revision,
+                not self.no_kernel,
+                "jupyter condatainer env",
+            )
+        )
 
 
 class EnvApp(CommandGroup):

@@ -65,7 +65,9 @@ jupyter condatainer kernelspecs add py311 --overlay python/3.11 --slurm --slurm-
         Unicode(), config=True, help="sbatch option for --slurm kernels (repeatable): --slurm-arg=--partition=debug"
     )
     slurm_connect_ip = Unicode(
-        "", config=True, help="Address a --slurm kernel listens on: 'node' (the job's node) or an IP; default 127.0.0.1."
+        "",
+        config=True,
+        help="Address a --slurm kernel listens on: 'node' (the job's node address; the default) or an IP.",
     )
     aliases = {
         "overlay": "AddApp.overlay",
@@ -92,8 +94,13 @@ jupyter condatainer kernelspecs add py311 --overlay python/3.11 --slurm --slurm-
             self.fail(str(err))
         writable = bool(self.env) and not self.read_only
         spec = custom_spec(
-            resolved, label=self.extra_args[0], base_image=self.base_image, writable=writable,
-            share=writable and not self.slurm, slurm=self.slurm, extra_config=self.slurm_config(),
+            resolved,
+            label=self.extra_args[0],
+            base_image=self.base_image,
+            writable=writable,
+            share=writable and not self.slurm,
+            slurm=self.slurm,
+            extra_config=self.slurm_config(),
         )
         path = KernelspecStore().write(spec)
         print(f"{spec.name} → {path}")

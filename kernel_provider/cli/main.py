@@ -1,13 +1,13 @@
 """``jupyter condatainer``: kernelspecs and instances from the command line.
 
-    jupyter condatainer kernelspecs sync
-    jupyter condatainer kernelspecs list
-    jupyter condatainer kernelspecs add NAME --overlay python/3.11 [--overlay X] [--env my.img]
-    jupyter condatainer kernelspecs add NAME --overlay python/3.11 --slurm [--slurm-arg=--partition=debug …]
-    jupyter condatainer kernelspecs remove NAME
-    jupyter condatainer instances list
-    jupyter condatainer instances stop NAME | --orphans
-    jupyter condatainer env history|export|rollback|freeze NAME …   (kernel_provider/cli/env.py)
+jupyter condatainer kernelspecs sync
+jupyter condatainer kernelspecs list
+jupyter condatainer kernelspecs add NAME --overlay python/3.11 [--overlay X] [--env my.img]
+jupyter condatainer kernelspecs add NAME --overlay python/3.11 --slurm [--slurm-arg=--partition=debug …]
+jupyter condatainer kernelspecs remove NAME
+jupyter condatainer instances list
+jupyter condatainer instances stop NAME | --orphans
+jupyter condatainer env history|export|rollback|freeze NAME …   (kernel_provider/cli/env.py)
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ jupyter condatainer kernelspecs --help
 
 
 def main() -> None:
+    """The ``jupyter-condatainer`` console script (``jupyter condatainer``)."""
     CondaTainerApp.launch_instance()
 
 

@@ -125,4 +125,3 @@ class Lifecycle:
 
 def _package_set(revision: Revision) -> set[tuple[str, str, str]]:
     return {history.package_key(d) for d in revision.packages.values()}
-
