@@ -36,7 +36,7 @@ from kernel_provider.host.process import apptainer_env, failure, stream
 from kernel_provider.host.runtime import write_private
 from kernel_provider.host.state import Owner
 from kernel_provider.incontainer import history
-from kernel_provider.incontainer.history import Revision
+from kernel_provider.incontainer.history import EnvMeta, Revision
 from kernel_provider.kernel.kernelspecs import (
     KernelspecStore,
     custom_spec,
@@ -91,74 +91,26 @@ async def freeze(
     version: str,
     revision: int | str | None = None,
     register_kernel: bool = True,
-    via: str = "jupyter-condatainer",  # kept for symmetry with the other operations (a freeze is no revision)
 ) -> str:
-    """Build ``name--version.sqf`` from ``source``'s revision (default: the latest)."""
+    """Build ``name--version.sqf`` from ``source``'s revision (default: the latest).
+
+    Steps (each a checkpoint): read the revision, install its packages into a staging tree, pack
+    the tree, commit. Until the commit, everything lives in work files next to the target.
+    """
     target = await asyncio.to_thread(check_target, ops, source, name, version)
     owner = Owner.current()
     tag = f"{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}"
     stage = target.path.with_name(f".{target.path.stem}.{tag}.tmp.stage")
     tmp_sqf = target.path.with_name(f".{target.path.stem}.{tag}.tmp.sqf")
     with ops.journal.record("freeze", target.name, str(target.path)):
-        placed: list[Path] = []
         try:
-            # The env lock only while reading: an install running now makes the freeze fail at once.
-            await checkpoint("freeze.read")
-            report.step(0.05, f"reading the history of {target.source.name}")
-            lock = ops.try_lock(target.source.path)
-            try:
-                meta_dir = stage / "source"
-                meta_dir.mkdir(parents=True)
-                meta = await asyncio.to_thread(ops.env_meta, target.source, str(meta_dir))
-            finally:
-                lock.release()
-            revisions = meta.revisions()
-            rev = history.select(revisions, revision)
-            lock_text = history.render_explicit(target.source.name, rev, meta)
-            latest = rev.number == revisions[-1].number
-            lock_file = stage / "explicit.txt"
-            lock_file.write_text(lock_text)
-
-            app = stage / "root" / "cnt" / target.name
-            app.mkdir(parents=True)
-            await checkpoint("freeze.install")
-            report.step(0.15, f"installing revision {rev.number}'s {len(rev.packages)} packages at {target.prefix}")
-            await _install(ops, report, target, app, lock_file, lock_text, rev)
-            if latest:
-                _carry_activation(meta_dir, app, report)
-            _describe(app, target, rev)
-
+            meta, rev = await _read_revision(ops, report, target, stage / "source", revision)
+            await _build_tree(ops, report, target, stage, meta, rev)
             await checkpoint("freeze.pack")
             report.step(0.8, f"packing {target.path.name}")
             await _mksquashfs(report, stage / "root", tmp_sqf)
-            os.chmod(tmp_sqf, 0o644)
-
-            await checkpoint("freeze.commit")
-            report.point_of_no_return()
-            report.step(0.95, f"moving {target.path.name} into place")
-            sidecar = Path(f"{target.path}.env")
-            tmp_env = tmp_sqf.with_name(tmp_sqf.name + ".env")
-            tmp_env.write_text(_sidecar_text(target, rev))
-            os.chmod(tmp_env, 0o644)
-            await asyncio.to_thread(fsync_file, tmp_sqf)
-            # The sidecar first, the image last (the commit). A builder killed between the two
-            # leaves its work files behind, which lets recovery remove the lone sidecar too.
-            try:
-                os.link(tmp_env, sidecar)  # never clobber: fails if the name appeared meanwhile
-                placed.append(sidecar)
-                os.link(tmp_sqf, target.path)
-                placed.append(target.path)
-                fsync_dir(target.path.parent)
-            except FileExistsError:
-                raise FileExistsError(
-                    f"an overlay named {target.name} appeared meanwhile; nothing was changed"
-                ) from None
-            placed.clear()  # committed: from here on, nothing undoes it
+            await _commit(report, target, rev, tmp_sqf)
             await checkpoint("freeze.finish")
-        except BaseException:
-            for path in reversed(placed):
-                path.unlink(missing_ok=True)
-            raise
         finally:
             for leftover in (tmp_sqf, tmp_sqf.with_name(tmp_sqf.name + ".env")):
                 leftover.unlink(missing_ok=True)
@@ -170,6 +122,70 @@ async def freeze(
             report.log(f"registered kernel {kernel}")
             message += f" (kernel {kernel})"
     return message
+
+
+async def _read_revision(
+    ops: EnvOperations, report: Reporter, target: FreezeTarget, meta_dir: Path, revision: int | str | None
+) -> tuple[EnvMeta, Revision]:
+    """The source env's metadata (copied into ``meta_dir``) and the revision to freeze.
+
+    The env lock only while reading: an install running now makes the freeze fail at once.
+    """
+    await checkpoint("freeze.read")
+    report.step(0.05, f"reading the history of {target.source.name}")
+    lock = ops.try_lock(target.source.path)
+    try:
+        await asyncio.to_thread(meta_dir.mkdir, parents=True)
+        meta = await asyncio.to_thread(ops.env_meta, target.source, str(meta_dir))
+    finally:
+        lock.release()
+    return meta, history.select(meta.revisions(), revision)
+
+
+async def _build_tree(
+    ops: EnvOperations, report: Reporter, target: FreezeTarget, stage: Path, meta: EnvMeta, rev: Revision
+) -> None:
+    """``stage/root/cnt/<name>/<version>``: the revision's packages, its activation, its description."""
+    lock_text = history.render_explicit(target.source.name, rev, meta)
+    lock_file = stage / "explicit.txt"
+    app = stage / "root" / "cnt" / target.name
+    await asyncio.to_thread(lock_file.write_text, lock_text)
+    await asyncio.to_thread(app.mkdir, parents=True)
+    await checkpoint("freeze.install")
+    report.step(0.15, f"installing revision {rev.number}'s {len(rev.packages)} packages at {target.prefix}")
+    await _install(ops, report, target, app, lock_file, lock_text, rev)
+    if rev.number == meta.revisions()[-1].number:
+        _carry_activation(stage / "source", app, report)
+    _describe(app, target, rev)
+
+
+async def _commit(report: Reporter, target: FreezeTarget, rev: Revision, tmp_sqf: Path) -> None:
+    """Link the sidecar, then the image (the commit); on failure remove what was linked.
+
+    A builder killed between the two links leaves its work files behind, which lets recovery
+    remove the lone sidecar too.
+    """
+    await checkpoint("freeze.commit")
+    report.point_of_no_return()
+    report.step(0.95, f"moving {target.path.name} into place")
+    sidecar = Path(f"{target.path}.env")
+    tmp_env = tmp_sqf.with_name(tmp_sqf.name + ".env")
+    os.chmod(tmp_sqf, 0o644)
+    tmp_env.write_text(_sidecar_text(target, rev))
+    os.chmod(tmp_env, 0o644)
+    await asyncio.to_thread(fsync_file, tmp_sqf)
+    placed: list[Path] = []
+    try:
+        os.link(tmp_env, sidecar)  # never clobber: fails if the name appeared meanwhile
+        placed.append(sidecar)
+        os.link(tmp_sqf, target.path)  # the commit
+    except BaseException as err:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        if isinstance(err, FileExistsError):
+            raise FileExistsError(f"an overlay named {target.name} appeared meanwhile; nothing was changed") from None
+        raise
+    fsync_dir(target.path.parent)
 
 
 async def _install(
