@@ -75,6 +75,21 @@ class Instance:
         env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
         return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels))
 
+    def record(self, slurm_job: str = "") -> InstanceRecord:
+        """The state file of this instance (CondaTainer's format plus our owner, stack and kernels)."""
+        return InstanceRecord(
+            name=self.name,
+            base_image=self.plan.base_image.path,
+            overlays=self.plan.overlay_args,
+            bind_paths=list(self.plan.binds),
+            env=[f"{k}={v}" for k, v in self.plan.env],
+            notes=dict(self.plan.notes),
+            owner=Owner.current(),
+            stack_key=self.key,
+            kernels=sorted(self.kernels),
+            slurm_job=slurm_job,
+        )
+
 
 class InstanceManager:
     """This server's instances. Use :meth:`for_config` to get the process-wide one."""
@@ -199,20 +214,7 @@ class InstanceManager:
         return instance
 
     def _save(self, instance: Instance) -> None:
-        plan = instance.plan
-        self.store.write(
-            InstanceRecord(
-                name=instance.name,
-                base_image=plan.base_image.path,
-                overlays=plan.overlay_args,
-                bind_paths=list(plan.binds),
-                env=[f"{k}={v}" for k, v in plan.env],
-                notes=dict(plan.notes),
-                owner=Owner.current(),
-                stack_key=instance.key,
-                kernels=sorted(instance.kernels),
-            )
-        )
+        self.store.write(instance.record())
 
     async def _stop(self, name: str) -> None:
         """Stop an instance (if running) and remove its state and runtime files."""

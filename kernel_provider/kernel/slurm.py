@@ -55,7 +55,7 @@ from kernel_provider.host.python import (
     parse_probe,
 )
 from kernel_provider.host.runtime import runtime_dir, write_private
-from kernel_provider.host.state import InstanceRecord, Owner, StateStore
+from kernel_provider.host.state import InstanceRecord, StateStore
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
 
@@ -456,21 +456,7 @@ class SlurmAllocation:
 
     def save(self) -> None:
         """Write the job's state file (what a later sweep needs to cancel it)."""
-        plan = self.instance.plan
-        self.store.write(
-            InstanceRecord(
-                name=self.name,
-                base_image=plan.base_image.path,
-                overlays=plan.overlay_args,
-                bind_paths=list(plan.binds),
-                env=[f"{k}={v}" for k, v in plan.env],
-                notes=dict(plan.notes),
-                owner=Owner.current(),
-                stack_key=self.instance.key,
-                kernels=sorted(self.instance.kernels),
-                slurm_job=self.job_id,
-            )
-        )
+        self.store.write(self.instance.record(slurm_job=self.job_id))
 
     async def submit(self, slurm_args: Sequence[str]) -> str:
         """``sbatch`` the holding job; SLURM's refusal becomes the error message."""
