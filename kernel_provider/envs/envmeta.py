@@ -36,6 +36,7 @@ from kernel_provider.model.overlays import Overlay
 
 META_PATHS = ("conda-meta", ".condarc", "etc/conda")  # relative to the env prefix
 READ_TIMEOUT = 120.0
+READ_ATTEMPTS = 3
 
 
 class EnvUnreadableError(ImageBusyError):
@@ -80,12 +81,12 @@ def _copy_from_instance(overlay: Overlay, instance: Instance, apptainer: str, de
     # are stored as files, since a link member may come before its file.
     tar = ["tar", "-c", "--ignore-failed-read", "--hard-dereference", "-C", ENV_PREFIX, *META_PATHS]
     argv = command.instance_exec_argv(apptainer, instance.name, str(instance.env_file), tar)
-    try:
-        result = subprocess.run(
-            argv, capture_output=True, stdin=subprocess.DEVNULL, env=apptainer_env(), timeout=READ_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        result = subprocess.CompletedProcess(argv, -1, b"", f"no answer in {READ_TIMEOUT:.0f} s".encode())
+    for _ in range(READ_ATTEMPTS):
+        result = _run_read(argv)
+        # tar's exit 1 "file changed as we read it": a writer was busy (or fuse-overlayfs touched a
+        # directory's ctime on first access, seen without root); the next read is consistent.
+        if result.returncode != 1 or b"file changed as we read it" not in result.stderr:
+            break
     if result.returncode != 0:
         raise EnvUnreadableError(
             f"could not read {overlay.name} through the container of the kernel that has it open "
@@ -95,6 +96,15 @@ def _copy_from_instance(overlay: Overlay, instance: Instance, apptainer: str, de
     if result.stdout:
         with tarfile.open(fileobj=io.BytesIO(result.stdout)) as archive:
             _unpack(archive, Path(destination))
+
+
+def _run_read(argv: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, stdin=subprocess.DEVNULL, env=apptainer_env(), timeout=READ_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, -1, b"", f"no answer in {READ_TIMEOUT:.0f} s".encode())
 
 
 def _unpack(archive: tarfile.TarFile, destination: Path) -> None:
