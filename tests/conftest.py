@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from jupyter_client import BlockingKernelClient
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import Instance, InstanceManager
@@ -275,6 +276,16 @@ class Server:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=60)
+
+
+def connect(layout: Path, kernel_id: str) -> BlockingKernelClient:
+    """A client of a server's kernel, straight from its connection file, once it answers."""
+    client = BlockingKernelClient(connection_file=str(layout / "runtime" / f"kernel-{kernel_id}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    client.kernel_info()
+    client.get_shell_msg(timeout=60)
+    return client
 
 
 class QuietReport:

@@ -15,13 +15,13 @@ from conftest import (
     QuietReport,
     Server,
     acquired,
+    connect,
     free_port,
     make_plan,
     processes_mentioning,
     running_instances,
     wait_until,
 )
-from jupyter_client import BlockingKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations
@@ -84,16 +84,6 @@ def test_server_killed_during_a_running_cell_and_during_instance_start(kernel_en
         wait_until(lambda: our_leftovers(kernel_env) == clean(kernel_env), 60, "nothing of ours to be left")
     finally:
         server.stop()
-
-
-def connect(layout: Path, kernel_id: str) -> BlockingKernelClient:
-    """A client of a server's kernel, straight from its connection file, once it answers."""
-    client = BlockingKernelClient(connection_file=str(layout / "runtime" / f"kernel-{kernel_id}.json"))
-    client.load_connection_file()
-    client.start_channels()
-    client.kernel_info()
-    client.get_shell_msg(timeout=60)
-    return client
 
 
 def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(kernel_env):

@@ -8,10 +8,22 @@ import subprocess
 import threading
 
 import pytest
-from conftest import DEBUGFS, QuietReport, processes_mentioning, run_cell
+from conftest import (
+    DEBUGFS,
+    QuietReport,
+    Server,
+    connect,
+    free_port,
+    poll,
+    processes_mentioning,
+    run_cell,
+    running_instances,
+    wait_until,
+)
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.host.state import StateStore
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
 pytestmark = pytest.mark.integration
@@ -165,38 +177,47 @@ def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, kernel_e
     assert (status, version) == ("ok", "2.0")
 
 
-@pytest.fixture
-def hanging_channel():
-    """A channel URL whose server takes connections and never answers: a download that hangs.
+class HangingChannel:
+    """A channel URL whose server takes connections and never answers: a download that hangs
+    until :meth:`hang_up` closes them (and stops listening), when it fails."""
 
-    Yields the URL and an event set once someone (mm-install) has connected.
-    """
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    connected, closing, held = threading.Event(), threading.Event(), []
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hanging"
+        self.connected, self._closing, self._held = threading.Event(), threading.Event(), []
+        self._thread = threading.Thread(target=self._accept)
+        self._thread.start()
 
-    def accept() -> None:
-        while not closing.is_set():
+    def _accept(self) -> None:
+        while not self._closing.is_set():
             try:
-                held.append(server.accept()[0])
-                connected.set()
+                self._held.append(self.server.accept()[0])
+                self.connected.set()
             except TimeoutError:
                 continue
 
-    thread = threading.Thread(target=accept)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}/hanging", connected
-    closing.set()
-    thread.join()
-    for connection in [server, *held]:
-        connection.close()
+    def hang_up(self) -> None:
+        self._closing.set()
+        self._thread.join()
+        for connection in [self.server, *self._held]:
+            connection.close()
+
+
+@pytest.fixture
+def hanging_channel():
+    """A :class:`HangingChannel`, hung up at the end of the test."""
+    channel = HangingChannel()
+    yield channel
+    if not channel._closing.is_set():
+        channel.hang_up()
 
 
 def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, kernel_env, hanging_channel):
     """An interrupt of the cell stops mm-install before the lock is released; the env stays usable."""
     from kernel_provider.envs.operations import EnvOperations
 
-    url, connected = hanging_channel
+    url, connected = hanging_channel.url, hanging_channel.connected
     lock = EnvOperations(CondaTainerConfig()).env_lock(str(kernel_env / "images" / "menv.img"))
 
     async def scenario():
@@ -218,3 +239,27 @@ def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, ker
     assert "was interrupted and mm-install was stopped" in interrupted["evalue"]
     assert error is None, error
     assert imported.strip() == "0.1"
+
+
+def test_an_orphaned_kernel_is_stopped_only_after_its_env_change_ends(env_kernel, kernel_env, hanging_channel):
+    """A server SIGKILLed while a notebook installs into its env: the next server's sweep leaves
+    that kernel's container running until the install has ended, then stops it (killing it
+    midway would leave the env half-changed)."""
+    server = Server(kernel_env, free_port())
+    try:
+        server.start()
+        kernel = server.request("POST", "/api/kernels", {"name": env_kernel})
+        client = connect(kernel_env, kernel["id"])
+        client.execute(f"%condatainer install demopkg -c {hanging_channel.url}")
+        assert hanging_channel.connected.wait(120), "mm-install never fetched from the channel"
+        client.stop_channels()
+        (instance,) = [r.name for r in StateStore(CondaTainerConfig().instance_state_dir).ours()]
+        server.kill()
+        server.start()  # its sweep finds the orphan with its env lock held
+        assert not poll(lambda: instance not in running_instances(), timeout=5), "stopped mid-install"
+        assert processes_mentioning(hanging_channel.url), "the install must still run"
+        hanging_channel.hang_up()  # the download fails, mm-install ends, the lock is free
+        wait_until(lambda: instance not in running_instances(), 120, "the orphan to stop after its install")
+        assert not processes_mentioning(hanging_channel.url)
+    finally:
+        server.stop()

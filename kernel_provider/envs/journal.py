@@ -44,8 +44,9 @@ class Entry:
         what = f"the {self.operation} of {self.name} was interrupted (the server stopped)"
         if self.in_place:
             return (
-                f"{what} while it ran inside a running kernel's container, where it cannot be undone; it may "
-                f"have been cut short: check {self.name}'s history and packages, and roll back if needed"
+                f"the {self.operation} of {self.name} was running inside a kernel's container when the server "
+                "stopped; it goes on there to its end (that container is stopped only after it): see "
+                f"{self.name}'s history for the result"
             )
         if self.operation in CREATING:
             return f"{what}; it had finished: {self.name} is complete" if inode else f"{what}; nothing was created"

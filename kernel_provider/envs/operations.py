@@ -427,13 +427,18 @@ class EnvOperations:
                 if prepare is not None:
                     await prepare()
                 if instance is not None:
-                    await self._run_in_instance(report, instance, cmd)
+                    await self._run_in_instance(report, instance, cmd, lock)
                 else:
                     await self._run_on_copy(report, operation, overlay, cmd, channels, binds)
         finally:
             lock.release()
 
-    async def _run_in_instance(self, report: Reporter, instance: Instance, cmd: list[str]) -> None:
+    async def _run_in_instance(self, report: Reporter, instance: Instance, cmd: list[str], lock: EnvLock) -> None:
+        """Change the env in place, in the kernel's instance: no copy, and no stopping halfway.
+
+        The command inherits the env lock, so if this server dies it goes on to its end and the
+        next server's sweep waits for it before stopping the instance.
+        """
         if not instance.plan.writable:
             raise EnvBusyError(
                 f"the env is mounted read-only by a running kernel ({instance.name}); restart that kernel "
@@ -445,7 +450,7 @@ class EnvOperations:
         report.point_of_no_return()
         argv = command.instance_exec_argv(self.instances.apptainer, instance.name, str(instance.env_file), cmd)
         lines: list[str] = []
-        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)))
+        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), keep_fds=(lock.fileno(),))
         if rc != 0:
             raise RuntimeError(failure(label, lines))
 

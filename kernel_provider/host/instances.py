@@ -34,11 +34,13 @@ from kernel_provider.host.state import (
     Owner,
     StateStore,
 )
+from kernel_provider.incontainer.envlock import EnvLock, env_lock_path
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
+ENV_CHANGE_POLL = 1.0  # seconds between looks at an orphan's env lock
 
 
 def stack_key(plan: ContainerPlan) -> str:
@@ -103,6 +105,7 @@ class InstanceManager:
         self._lock = asyncio.Lock()
         self._starting: dict[str, asyncio.Future] = {}
         self._swept = False
+        self._deferred: set[asyncio.Task] = set()  # orphans waiting for an env change to end
         self._version = ""
 
     @classmethod
@@ -282,8 +285,35 @@ class InstanceManager:
                 for name in running
                 if name.startswith(self.name_prefix) and name not in records and name not in self.instances
             ]
-            await asyncio.gather(*(self._stop_orphan(name, name in running) for name in orphans))
-            return orphans
+            changing = {name: lock for name in orphans if (lock := self._env_change_lock(records.get(name)))}
+            await asyncio.gather(
+                *(self._stop_orphan(name, name in running) for name in orphans if name not in changing)
+            )
+        for name, lock in changing.items():
+            task = asyncio.get_running_loop().create_task(self._stop_after_env_change(name, lock))
+            self._deferred.add(task)
+            task.add_done_callback(self._deferred.discard)
+        return orphans
+
+    def _env_change_lock(self, record: InstanceRecord | None) -> EnvLock | None:
+        """The env lock of an orphan's writable env while a change holds it (the magic's, or an
+        install the dead server started in it), else None."""
+        if record is None:
+            return None
+        for arg in record.overlays:
+            path, _, mode = arg.rpartition(":")
+            if mode == "rw" and path.endswith(".img"):
+                lock = EnvLock(env_lock_path(self.config.state_dir, path))
+                return lock if lock.is_taken() else None
+        return None
+
+    async def _stop_after_env_change(self, name: str, lock: EnvLock) -> None:
+        """Stop an orphan once the env change running in it has ended: killing it midway would
+        leave the env half-changed."""
+        while await asyncio.to_thread(lock.is_taken):  # noqa: ASYNC110 - another process holds it
+            await asyncio.sleep(ENV_CHANGE_POLL)
+        async with self._lock:
+            await self._stop(name)
 
     async def _stop_orphan(self, name: str, running: bool) -> None:
         if running:

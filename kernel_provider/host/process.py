@@ -45,12 +45,17 @@ def apptainer_env() -> dict[str, str]:
 
 
 async def spawn(
-    argv: Sequence[str], env: dict[str, str] | None = None, merge_stderr: bool = False, die_with_parent: bool = False
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    merge_stderr: bool = False,
+    die_with_parent: bool = False,
+    keep_fds: Sequence[int] = (),
 ):
     """Start a command in its own process group, output piped, without blocking the loop.
 
     ``die_with_parent``: the command gets SIGKILL when this process dies (for work on a
     temporary copy, which a dead server's successor deletes: nothing may keep writing it).
+    ``keep_fds``: descriptors the command inherits (a lock it must go on holding if we die).
     """
     return await asyncio.create_subprocess_exec(
         *argv,
@@ -60,6 +65,7 @@ async def spawn(
         env=env or apptainer_env(),
         start_new_session=True,
         preexec_fn=_kill_me_with_parent if die_with_parent else None,
+        pass_fds=tuple(keep_fds),
     )
 
 
@@ -99,9 +105,10 @@ async def stream(
     on_line: Callable[[str], None],
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
+    keep_fds: Sequence[int] = (),
 ) -> int:
     """Run a command, passing each output line on; kill its process group if cancelled."""
-    process = await spawn(argv, env, merge_stderr=True, die_with_parent=die_with_parent)
+    process = await spawn(argv, env, merge_stderr=True, die_with_parent=die_with_parent, keep_fds=keep_fds)
     try:
         assert process.stdout is not None
         async for raw in process.stdout:

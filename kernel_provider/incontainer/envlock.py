@@ -84,6 +84,21 @@ class EnvLock:
         os.close(self._fd)
         self._fd = None
 
+    def fileno(self) -> int:
+        """The locked descriptor: a child given it holds the lock for as long as it lives."""
+        if self._fd is None:
+            raise ValueError("the lock is not held")
+        return self._fd
+
+    def is_taken(self) -> bool:
+        """Whether someone holds the lock now (probing takes and releases it when it is free)."""
+        try:
+            self.acquire()
+        except EnvBusyError:
+            return True
+        self.release()
+        return False
+
     @property
     def held(self) -> bool:
         """Whether this object holds the lock now."""
