@@ -449,6 +449,15 @@ async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
+async def reply_to(client, msg_id: str, timeout: float = 120) -> dict:
+    """The shell reply to request ``msg_id`` (skipping replies to earlier ones, e.g. the
+    ``kernel_info`` requests of ``wait_for_ready``)."""
+    while True:
+        reply = await client.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
 async def run_cell(client, code: str, timeout: float = 180) -> tuple[str, dict | None]:
     """Execute code in a kernel: (its stdout text, the error content or None)."""
     out, error = [], None

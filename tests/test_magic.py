@@ -16,6 +16,7 @@ from conftest import (
     free_port,
     poll,
     processes_mentioning,
+    reply_to,
     run_cell,
     running_instances,
     wait_until,
@@ -161,7 +162,7 @@ def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, kernel_e
         async with Kernel(env_kernel) as kernel:
             lock.acquire()
             try:
-                kernel.client.execute("%condatainer install libdemo=2.0")
+                msg_id = kernel.client.execute("%condatainer install libdemo=2.0")
                 waiting = ""
                 while "waiting for another operation" not in waiting:
                     message = await kernel.client.get_iopub_msg(timeout=60)
@@ -169,7 +170,7 @@ def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, kernel_e
                 await asyncio.sleep(1)  # still waiting while the lock is held
             finally:
                 lock.release()
-            reply = await kernel.client.get_shell_msg(timeout=120)
+            reply = await reply_to(kernel.client, msg_id)
             version, _ = await kernel.run("print(open('/ext3/env/share/libdemo/VERSION').read().strip())")
             return reply["content"]["status"], version.strip()
 
@@ -222,10 +223,10 @@ def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, ker
 
     async def scenario():
         async with Kernel(env_kernel) as kernel:
-            kernel.client.execute(f"%condatainer install demopkg -c {url}")
+            msg_id = kernel.client.execute(f"%condatainer install demopkg -c {url}")
             assert await asyncio.to_thread(connected.wait, 120), "mm-install never fetched from the channel"
             await kernel.km.interrupt_kernel()
-            reply = await kernel.client.get_shell_msg(timeout=120)
+            reply = await reply_to(kernel.client, msg_id)
             left_running = processes_mentioning(url)
             lock.acquire()  # free: raises EnvBusyError otherwise
             lock.release()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KERNEL, Server, free_port, processes_mentioning, running_instances
+from conftest import KERNEL, Server, free_port, processes_mentioning, reply_to, running_instances
 from conftest import run_cell as execute
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -57,11 +57,11 @@ def test_kernel_lifecycle(kernel_env):
             assert out.split() == ["/cnt/python/3.11/bin/python", "1", str(kernel_env)]
             name = instance_of(km)
 
-            client.execute("import time; time.sleep(60)")
+            msg_id = client.execute("import time; time.sleep(60)")
             await asyncio.sleep(1.0)
             started = time.monotonic()
             await km.interrupt_kernel()
-            reply = await client.get_shell_msg(timeout=10)
+            reply = await reply_to(client, msg_id, timeout=10)
             assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
             assert time.monotonic() - started < 1.0
             assert await km.is_alive()

@@ -23,6 +23,7 @@ from conftest import (
     Server,
     free_port,
     processes_mentioning,
+    reply_to,
     running_instances,
     sync_specs,
     wait_until,
@@ -275,11 +276,11 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
         try:
             out, _ = await execute(client, REPORT)
             first = out.split()
-            client.execute("import time; time.sleep(60)")
+            msg_id = client.execute("import time; time.sleep(60)")
             await asyncio.sleep(1.0)
             started = time.monotonic()
             await asyncio.to_thread(server.request, "POST", f"/api/kernels/{kernel_id}/interrupt")
-            reply = await client.get_shell_msg(timeout=10)
+            reply = await reply_to(client, msg_id, timeout=10)
             assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
             timings["interrupt"] = time.monotonic() - started
 
