@@ -67,6 +67,12 @@ def _read_cache() -> dict:
         return {}
 
 
+def _recall(plan: ContainerPlan) -> tuple[str, dict | None]:
+    """The cache key of ``plan`` and what the cache holds for it."""
+    key = _cache_key(plan)
+    return key, _read_cache().get(key)
+
+
 def remember(key: str, entry: dict) -> None:
     """Add one probe result, read-modify-write under a lock, replacing the file atomically.
 
@@ -94,8 +100,7 @@ def no_python_message(overlays: str) -> str:
 
 async def probe_python(apptainer: str, instance_name: str, env_file: str, plan: ContainerPlan) -> PythonInfo:
     """Probe (or recall) the Python of a running instance of ``plan``."""
-    key = _cache_key(plan)
-    cached = _read_cache().get(key)
+    key, cached = await asyncio.to_thread(_recall, plan)  # stats the images, reads the cache file
     if cached:
         return PythonInfo(**{**cached, "version": tuple(cached["version"])})
     argv = command.instance_exec_argv(apptainer, instance_name, env_file, ["python", "-c", PROBE_SCRIPT])
