@@ -22,19 +22,18 @@ import asyncio
 import datetime
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_provider.envs import workfiles
 from kernel_provider.envs.checkpoints import checkpoint
 from kernel_provider.envs.operations import EnvOperations, Reporter, current_user
 from kernel_provider.envs.workfiles import fsync_dir, fsync_file
 from kernel_provider.host.containers import plan_for_host
-from kernel_provider.host.process import apptainer_env, failure, stream
+from kernel_provider.host.process import apptainer_env, failure, run_logged, stream
 from kernel_provider.host.runtime import write_private
-from kernel_provider.host.state import Owner
 from kernel_provider.incontainer import history
 from kernel_provider.incontainer.history import EnvMeta, Revision
 from kernel_provider.kernel.kernelspecs import (
@@ -98,10 +97,8 @@ async def freeze(
     the tree, commit. Until the commit, everything lives in work files next to the target.
     """
     target = await asyncio.to_thread(check_target, ops, source, name, version)
-    owner = Owner.current()
-    tag = f"{owner.pid}-{owner.start_time}.{secrets.token_hex(3)}"
-    stage = target.path.with_name(f".{target.path.stem}.{tag}.tmp.stage")
-    tmp_sqf = target.path.with_name(f".{target.path.stem}.{tag}.tmp.sqf")
+    tmp_sqf = workfiles.work_path(target.path)
+    stage = tmp_sqf.with_suffix(".stage")
     with ops.journal.record("freeze", target.name, str(target.path)):
         try:
             meta, rev = await _read_revision(ops, report, target, stage / "source", revision)
@@ -112,8 +109,7 @@ async def freeze(
             await _commit(report, target, rev, tmp_sqf)
             await checkpoint("freeze.finish")
         finally:
-            for leftover in (tmp_sqf, tmp_sqf.with_name(tmp_sqf.name + ".env")):
-                leftover.unlink(missing_ok=True)
+            workfiles.remove_work_files(tmp_sqf)  # and its sidecar
             await asyncio.to_thread(shutil.rmtree, stage, True)
     message = f"froze {target.source.name} revision {rev.number} into {target.path}"
     if register_kernel:
@@ -211,8 +207,7 @@ async def _install(
     with tempfile.TemporaryDirectory(prefix="jct-freeze-") as tmp:
         env_file = write_private(Path(tmp) / "oneshot.env", command.render_env_file(plan.env))
         argv = command.oneshot_exec_argv(config.require_apptainer(), plan, str(env_file), cmd)
-        lines: list[str] = []
-        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True)
+        rc, lines = await run_logged(argv, report.log, die_with_parent=True)
     if rc != 0:
         raise RuntimeError(failure(f"installing revision {rev.number} at {target.prefix} (mm-create -f)", lines))
     for leftover in ("pkgs", "CACHEDIR.TAG"):

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kernel_provider.host.runtime import write_private
 from kernel_provider.host.state import Owner
 
 CREATING = ("create", "freeze")  # the image appears at the commit
@@ -37,17 +38,14 @@ class Entry:
 
     def outcome(self) -> str:
         """The user's answer: which of the two states the image is in now."""
-        try:
-            inode: int | None = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            inode = None
-        what = f"the {self.operation} of {self.name} was interrupted (the server stopped)"
         if self.in_place:
             return (
                 f"the {self.operation} of {self.name} was running inside a kernel's container when the server "
                 "stopped; it goes on there to its end (that container is stopped only after it): see "
                 f"{self.name}'s history for the result"
             )
+        inode = _inode_of(self.path)
+        what = f"the {self.operation} of {self.name} was interrupted (the server stopped)"
         if self.operation in CREATING:
             return f"{what}; it had finished: {self.name} is complete" if inode else f"{what}; nothing was created"
         if inode == self.inode:
@@ -55,6 +53,13 @@ class Entry:
         if self.operation == "delete":
             return f"{what}; it had finished: {self.name} is deleted"
         return f"{what}; it had finished: {self.name} holds the finished result"
+
+
+def _inode_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 class Journal:
@@ -66,17 +71,11 @@ class Journal:
     @contextmanager
     def record(self, operation: str, name: str, path: str, in_place: bool = False) -> Iterator[Entry]:
         """Keep a record for as long as the operation runs."""
-        try:
-            inode: int | None = os.stat(path).st_ino
-        except FileNotFoundError:
-            inode = None
         owner = Owner.current()
-        entry = Entry(operation, name, path, inode, owner.pid, owner.start_time, owner.host, in_place)
+        entry = Entry(operation, name, path, _inode_of(path), owner.pid, owner.start_time, owner.host, in_place)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         file = self.directory / f"{owner.pid}-{owner.start_time}-{secrets.token_hex(4)}.json"
-        partial = file.with_suffix(".partial")
-        partial.write_text(json.dumps(asdict(entry)))
-        os.replace(partial, file)  # readers never see half a record
+        write_private(file, json.dumps(asdict(entry)))  # atomic: readers never see half a record
         try:
             yield entry
         finally:

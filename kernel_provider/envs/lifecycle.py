@@ -16,12 +16,7 @@ import os
 import secrets
 
 from kernel_provider.envs.operations import EnvOperations, Reporter, current_user
-from kernel_provider.host.locks import (
-    in_use_message,
-    is_in_use,
-    is_locked,
-    locked_files,
-)
+from kernel_provider.host.locks import held_by_anyone, in_use_message
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import history
 from kernel_provider.incontainer.history import EnvMeta, Revision
@@ -80,7 +75,7 @@ class Lifecycle:
         overlay = self.ops.find_env(name)
         if self.ops.mounted_by(overlay) is not None:
             return None  # our kernel's instance: the change runs through it
-        if is_in_use(overlay.path) or is_locked(overlay.path, locked_files()):
+        if held_by_anyone(overlay.path):
             return in_use_message(overlay.name)
         return None
 

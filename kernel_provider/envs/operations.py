@@ -29,17 +29,17 @@ from kernel_provider.host.containers import check_fakeroot, fakeroot_hint, plan_
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.locks import (
     ImageWriteHold,
+    held_by_anyone,
     in_use_message,
-    is_in_use,
     is_locked,
     locked_files,
 )
 from kernel_provider.host.probes import read_sidecar
-from kernel_provider.host.process import failure, stream
+from kernel_provider.host.process import failure, output_tail, run_logged
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import history
 from kernel_provider.incontainer.constants import ENV_PREFIX
-from kernel_provider.incontainer.envlock import EnvBusyError, EnvLock, env_lock_path
+from kernel_provider.incontainer.envlock import EnvBusyError, EnvLock, env_lock_path, lock_dir
 from kernel_provider.kernel.kernelspecs import (
     KernelspecStore,
     custom_spec,
@@ -303,10 +303,10 @@ class EnvOperations:
         target = await asyncio.to_thread(self.check_create, name, size_mb)
         packages = validate_specs(list(packages) or list(DEFAULT_PACKAGES))
         channels = validate_channels(channels)
-        self.config.require_apptainer()
+        apptainer = self.config.require_apptainer()
         tmp = workfiles.work_path(target)
         with self.journal.record("create", name, str(target)):
-            await self._build(report, name, size_mb, packages, channels, target, tmp)
+            await self._build(report, apptainer, name, size_mb, packages, channels, target, tmp)
         if register_kernel:
             kernel = await asyncio.to_thread(self.register_kernel, name)
             report.log(f"registered kernel {kernel}")
@@ -315,6 +315,7 @@ class EnvOperations:
     async def _build(
         self,
         report: Reporter,
+        apptainer: str,
         name: str,
         size_mb: int,
         packages: list[str],
@@ -322,7 +323,6 @@ class EnvOperations:
         target: Path,
         tmp: Path,
     ) -> None:
-        apptainer = self.config.require_apptainer()
         try:
             await checkpoint("create.overlay")
             report.step(0.05, f"creating a {size_mb} MB ext3 overlay")
@@ -338,8 +338,8 @@ class EnvOperations:
                 ENV_PREFIX,
                 str(tmp),
             ]
-            lines: list[str] = []
-            if await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
+            rc, lines = await run_logged(argv, report.log, die_with_parent=True)
+            if rc != 0:
                 raise RuntimeError(failure(f"creating {target.name} (apptainer overlay create)", lines))
             temporary = Overlay.from_path(str(tmp))
             await checkpoint("create.solve")
@@ -449,8 +449,7 @@ class EnvOperations:
         report.log(f"{label} runs in {instance.name}, the instance of a running kernel (no restart needed)")
         report.point_of_no_return()
         argv = command.instance_exec_argv(self.instances.apptainer, instance.name, str(instance.env_file), cmd)
-        lines: list[str] = []
-        rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), keep_fds=(lock.fileno(),))
+        rc, lines = await run_logged(argv, report.log, keep_fds=(lock.fileno(),))
         if rc != 0:
             raise RuntimeError(failure(label, lines))
 
@@ -480,11 +479,11 @@ class EnvOperations:
                 await checkpoint(f"{operation}.copy")
                 report.step(0.1, "copying the env (the original stays untouched until the change succeeds)")
                 copy = ["cp", "--sparse=always", "--reflink=auto", "--preserve=all", image, str(work)]
-                lines: list[str] = []
-                if await stream(copy, lambda line: (lines.append(line), report.log(line)), die_with_parent=True) != 0:
-                    detail = "\n".join(lines[-15:])
+                rc, lines = await run_logged(copy, report.log, die_with_parent=True)
+                if rc != 0:
                     raise DiskSpaceError(
-                        f"could not copy {overlay.name} (is the disk full?); the env is unchanged:\n{detail}"
+                        f"could not copy {overlay.name} (is the disk full?); the env is unchanged:\n"
+                        + output_tail(lines)
                     )
                 await checkpoint(f"{operation}.run")
                 label = history.command_label(cmd)
@@ -521,10 +520,9 @@ class EnvOperations:
         env_file = write_private(
             runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env)
         )
-        lines: list[str] = []
         try:
             argv = command.oneshot_exec_argv(self.config.require_apptainer(), plan, str(env_file), cmd)
-            rc = await stream(argv, lambda line: (lines.append(line), report.log(line)), die_with_parent=True)
+            rc, lines = await run_logged(argv, report.log, die_with_parent=True)
         finally:
             env_file.unlink(missing_ok=True)
         if rc != 0 and check:
@@ -569,12 +567,9 @@ class EnvOperations:
 
     def _remove_stale_locks(self) -> None:
         """Lock files of dead holders (a lock is free once its holder died; its file stays)."""
-        directory = Path(env_lock_path(self.config.state_dir, "/")).parent
+        directory = Path(lock_dir(self.config.state_dir))
         for path in directory.glob("*.lock") if directory.is_dir() else ():
-            try:
-                EnvLock(str(path)).acquire().release()
-            except EnvBusyError:
-                continue  # held right now
+            EnvLock(str(path)).is_taken()  # a free lock is taken and released, which removes its file
 
     # -- delete --------------------------------------------------------------------------
 
@@ -589,8 +584,7 @@ class EnvOperations:
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
         if self.mounted_by(overlay):
             raise EnvBusyError(in_use_message(name, "a running kernel of this server", "shut that kernel down first"))
-        busy = await asyncio.to_thread(lambda: is_locked(overlay.path, locked_files()) or is_in_use(overlay.path))
-        if busy:
+        if await asyncio.to_thread(held_by_anyone, overlay.path):
             raise EnvBusyError(in_use_message(name))
         lock = self.try_lock(overlay.path)
         try:

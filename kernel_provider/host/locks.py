@@ -76,6 +76,12 @@ class SharedLocks:
             os.close(self._fds.pop())
 
 
+def held_by_anyone(path: str) -> bool:
+    """Whether any process holds a lock on the image: CondaTainer's flocks, or Apptainer's own
+    lock on a mounted ``.img`` (seen only in ``/proc/locks``). Reads ``/proc/locks``: blocking."""
+    return is_locked(path, locked_files()) or is_in_use(path)
+
+
 def locked_files(proc_locks: str = "/proc/locks", write_only: bool = False) -> set[tuple[int, int]]:
     """(device, inode) of every file someone holds a lock on, read in one go.
 

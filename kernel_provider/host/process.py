@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kernel_provider.model import command
 
@@ -100,6 +101,17 @@ def apptainer_message(stderr: str) -> str:
     return "\n".join(lines[-8:]) or "(no output)"
 
 
+async def run_logged(argv: Sequence[str], log: Callable[[str], None], **options: Any) -> tuple[int, list[str]]:
+    """:func:`stream` each line to ``log``, keeping the lines for the error message: (exit code, lines)."""
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    return await stream(argv, keep, **options), lines
+
+
 async def stream(
     argv: Sequence[str],
     on_line: Callable[[str], None],
@@ -123,5 +135,9 @@ async def stream(
 
 def failure(what: str, lines: list[str]) -> str:
     """``what`` failed, then the tool's last lines as detail."""
-    detail = "\n".join(lines[-15:]) or "(no output)"
-    return f"{what} failed:\n{detail}"
+    return f"{what} failed:\n{output_tail(lines)}"
+
+
+def output_tail(lines: list[str]) -> str:
+    """The last lines of a tool's output: the detail under an error's first line."""
+    return "\n".join(lines[-15:]) or "(no output)"

@@ -11,12 +11,20 @@ import hashlib
 import os
 
 
+def lock_dir(state_dir: str) -> str:
+    """Where the env locks of a CondaTainer state directory live."""
+    return os.path.join(state_dir, "jupyter-condatainer", "locks")
+
+
 def private_lock_dir(state_dir: str) -> str:
     """The directory of the env locks, made user-only (0700): no one else may take our locks."""
-    directory = os.path.join(state_dir, "jupyter-condatainer", "locks")
+    return _private_dir(lock_dir(state_dir))
+
+
+def _private_dir(directory: str) -> str:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if os.stat(directory).st_mode & 0o077:
-        os.chmod(directory, 0o700)
+        os.chmod(directory, 0o700)  # made by an older version, or by someone's umask
     return directory
 
 
@@ -27,7 +35,7 @@ def env_lock_path(state_dir: str, image_path: str) -> str:
     instances), so both follow the same create/lock/check/unlink protocol.
     """
     digest = hashlib.sha256(os.path.realpath(image_path).encode()).hexdigest()[:16]
-    return os.path.join(state_dir, "jupyter-condatainer", "locks", f"{digest}.lock")
+    return os.path.join(lock_dir(state_dir), f"{digest}.lock")
 
 
 class EnvBusyError(RuntimeError):
@@ -49,10 +57,7 @@ class EnvLock:
 
     def acquire(self, blocking: bool = False) -> EnvLock:
         """Take the lock; :class:`EnvBusyError` at once when someone holds it and not ``blocking``."""
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if os.stat(directory).st_mode & 0o077:
-            os.chmod(directory, 0o700)  # made by an older version, or by someone's umask
+        _private_dir(os.path.dirname(self.path))
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
