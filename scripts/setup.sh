@@ -63,6 +63,7 @@ main() {
     mkdir -p "$JCT_CACHE"
     chmod 0755 "$JCT_CACHE"
     bash "$REPO/scripts/setup-apptainer.sh" >&2
+    bash "$REPO/scripts/setup-singularityce.sh" >&2
     bash "$REPO/scripts/setup-slurm.sh" >&2
     ensure_venv
     PYTHON="$VENV/bin/python" bash "$REPO/scripts/build-labextension.sh" >&2

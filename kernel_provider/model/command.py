@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from kernel_provider.model.flavour import APPTAINER, OCI_FLAG, Flavour
 from kernel_provider.model.plan import ContainerPlan
 from kernel_provider.model.validation import env_key_problem
 
 CAP_SYS_RESOURCE_BIT = 24
 
 
-def _mount_args(plan: ContainerPlan) -> list[str]:
-    args = list(plan.flags)
+def _mount_args(plan: ContainerPlan, oci: bool = False) -> list[str]:
+    # --oci goes first, once, whether the stack's flags had it or the mode was asked otherwise.
+    args = [OCI_FLAG] if oci else []
+    args += [flag for flag in plan.flags if flag != OCI_FLAG]
     if plan.fakeroot:
         args.append("--fakeroot")
     for bind in plan.binds:
@@ -52,10 +55,14 @@ def instance_exec_argv(apptainer: str, name: str, env_file: str, command: Sequen
 
 
 def oneshot_exec_argv(
-    apptainer: str, plan: ContainerPlan, env_file: str, command: Sequence[str], pwd: str = ""
+    apptainer: str, plan: ContainerPlan, env_file: str, command: Sequence[str], pwd: str = "", oci: bool = False
 ) -> list[str]:
-    """Run ``command`` in a fresh container that lives only as long as it does."""
-    argv = [apptainer, "exec", *_mount_args(plan), "--cleanenv", "--env-file", env_file]
+    """Run ``command`` in a fresh container that lives only as long as it does.
+
+    ``oci``: SingularityCE's OCI mode (``exec --oci``), which has no instances: a kernel in
+    that mode is such a container of its own, and so is every env change.
+    """
+    argv = [apptainer, "exec", *_mount_args(plan, oci), "--cleanenv", "--env-file", env_file]
     if pwd:
         argv += ["--pwd", pwd]
     return [*argv, plan.base_image.path, *command]
@@ -100,9 +107,16 @@ def needs_drop_caps(uid: int, cap_bounding_set: int) -> bool:
     return uid == 0 and not cap_bounding_set & (1 << CAP_SYS_RESOURCE_BIT)
 
 
-def apptainer_process_env(host_env: Mapping[str, str], uid: int, cap_bounding_set: int) -> dict[str, str]:
-    """Environment for the ``apptainer`` process itself (not the container's)."""
+def apptainer_process_env(
+    host_env: Mapping[str, str], uid: int, cap_bounding_set: int, flavour: Flavour = APPTAINER
+) -> dict[str, str]:
+    """Environment for the runtime's process itself (not the container's).
+
+    The variable is the flavour's own (``APPTAINER_DROP_CAPS``, ``SINGULARITY_DROP_CAPS``):
+    SingularityCE does not read Apptainer's, and Apptainer warns about the other.
+    """
     env = dict(host_env)
-    if needs_drop_caps(uid, cap_bounding_set) and "APPTAINER_DROP_CAPS" not in env:
-        env["APPTAINER_DROP_CAPS"] = "CAP_SYS_RESOURCE"
+    variable = flavour.drop_caps_variable
+    if needs_drop_caps(uid, cap_bounding_set) and variable not in env:
+        env[variable] = "CAP_SYS_RESOURCE"
     return env

@@ -1,0 +1,86 @@
+"""Find the container runtime as CondaTainer does, and tell Apptainer from SingularityCE.
+
+CondaTainer takes ``$CNT_APPTAINER_BIN`` (its ``apptainer_bin`` setting), else ``apptainer``,
+else ``singularity`` on PATH; it tells them apart by the binary's name. We ask the binary
+(``--version``): Apptainer ships a ``singularity`` link to itself, and a site may name either
+anything. SingularityCE's ``oci mode`` comes from its ``singularity.conf``, found through
+``buildcfg`` (its compiled-in path).
+
+Detection runs the binary, so :func:`detect` is async and cached per binary (path and mtime).
+:func:`flavour_for` answers at once for what must not wait (the runtime process's own
+environment): the detected flavour when known, else CondaTainer's name rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+from kernel_provider.model.flavour import Flavour, Runtime, flavour_from_name, oci_mode_from_config, parse_version
+
+DETECT_TIMEOUT = 30.0
+_detected: dict[tuple[str, int], Runtime] = {}
+
+
+def default_binary() -> str:
+    """CondaTainer's choice: ``$CNT_APPTAINER_BIN``, else ``apptainer``, else ``singularity`` on PATH."""
+    return os.environ.get("CNT_APPTAINER_BIN", "") or shutil.which("apptainer") or shutil.which("singularity") or ""
+
+
+def _identity(binary: str) -> tuple[str, int]:
+    resolved = shutil.which(binary) or binary
+    try:
+        return os.path.realpath(resolved), os.stat(resolved).st_mtime_ns
+    except OSError:
+        return resolved, -1
+
+
+def flavour_for(binary: str = "") -> Flavour:
+    """The flavour of ``binary`` (default: CondaTainer's choice) without running it."""
+    binary = binary or default_binary()
+    known = _detected.get(_identity(binary))
+    return known.flavour if known else flavour_from_name(binary)
+
+
+async def _output(argv: list[str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), DETECT_TIMEOUT)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        raise
+    return out.decode(errors="replace") if process.returncode == 0 else ""
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+async def _oci_by_default(binary: str) -> bool:
+    """SingularityCE's ``oci mode`` setting, from the ``singularity.conf`` its ``buildcfg`` names."""
+    conf = ""
+    for line in (await _output([binary, "buildcfg"])).splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "SINGULARITY_CONF_FILE":
+            conf = value.strip()
+    return oci_mode_from_config(await asyncio.to_thread(_read, conf)) if conf else False
+
+
+async def detect(binary: str) -> Runtime:
+    """The runtime ``binary`` is (asked once per binary and mtime)."""
+    identity = _identity(binary)
+    if identity in _detected:
+        return _detected[identity]
+    resolved = shutil.which(binary) or binary
+    flavour, version = parse_version(await _output([resolved, "--version"]), resolved)
+    oci = await _oci_by_default(resolved) if flavour.has_oci_mode else False
+    runtime = _detected[identity] = Runtime(resolved, flavour, version, oci)
+    return runtime
