@@ -439,6 +439,11 @@ class EnvOperations:
         The command inherits the env lock, so if this server dies it goes on to its end and the
         next server's sweep waits for it before stopping the instance.
         """
+        if instance.oci:
+            raise EnvBusyError(
+                f"the env is mounted by a running kernel in OCI mode ({instance.name}), which has no instance "
+                "to run the change in; stop that kernel first"
+            )
         if not instance.plan.writable:
             raise EnvBusyError(
                 f"the env is mounted read-only by a running kernel ({instance.name}); restart that kernel "
@@ -521,7 +526,9 @@ class EnvOperations:
             runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env)
         )
         try:
-            argv = command.oneshot_exec_argv(self.config.require_apptainer(), plan, str(env_file), cmd)
+            runtime = await self.instances.runtime()
+            oci = runtime.oci_mode(option=self.config.oci)  # SingularityCE's OCI mode: exec --oci
+            argv = command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci)
             rc, lines = await run_logged(argv, report.log, die_with_parent=True)
         finally:
             env_file.unlink(missing_ok=True)

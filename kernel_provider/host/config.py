@@ -111,6 +111,14 @@ class CondaTainerConfig(LoggingConfigurable):
         configured = os.environ.get("CNT_APPTAINER_BIN", "")
         return configured or shutil.which("apptainer") or shutil.which("singularity") or ""
 
+    oci = Bool(
+        False,
+        config=True,
+        help="""Run every container — kernels and env changes — in SingularityCE's OCI mode
+        (exec --oci; no instances, ipc transport only). SingularityCE's own 'oci mode = yes'
+        does the same; a kernel can also ask for it alone (its 'oci' option or --oci flag).""",
+    )
+
     extra_binds = List(
         Unicode(),
         config=True,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kernel_provider.host import instanceinfo, python
+from kernel_provider.host import instanceinfo, oci, python, runtime_detect
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint
 from kernel_provider.host.locks import (
@@ -36,6 +36,7 @@ from kernel_provider.host.state import (
 )
 from kernel_provider.incontainer.envlock import EnvLock, env_lock_path
 from kernel_provider.model import command
+from kernel_provider.model.flavour import Runtime
 from kernel_provider.model.plan import ContainerPlan
 
 START_TIMEOUT = 120.0
@@ -68,14 +69,20 @@ class Instance:
     shared: bool
     kernels: set[str] = field(default_factory=set)
     python: PythonInfo | None = None  # probed once (kernel_provider.host.python)
+    # SingularityCE's OCI mode has no instances: the name stands for the kernel's own
+    # ``exec --oci`` container, whose process (pid, start time) the record keeps for the sweep.
+    oci: bool = False
+    oci_process: tuple[int, int] | None = None
 
     @classmethod
-    def prepare(cls, name: str, plan: ContainerPlan, shared: bool, kernels: Iterable[str] = ()) -> Instance:
+    def prepare(
+        cls, name: str, plan: ContainerPlan, shared: bool, kernels: Iterable[str] = (), oci: bool = False
+    ) -> Instance:
         """An instance about to start (here or in a SLURM job): shared locks on its images, so
         that none is replaced under it, and its env file written."""
         locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
         env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
-        return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels))
+        return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci)
 
     def record(self, slurm_job: str = "") -> InstanceRecord:
         """The state file of this instance (CondaTainer's format plus our owner, stack and kernels)."""
@@ -90,6 +97,8 @@ class Instance:
             stack_key=self.key,
             kernels=sorted(self.kernels),
             slurm_job=slurm_job,
+            oci=self.oci,
+            oci_process=list(self.oci_process) if self.oci_process else None,
         )
 
 
@@ -106,7 +115,6 @@ class InstanceManager:
         self._starting: dict[str, asyncio.Future] = {}
         self._swept = False
         self._deferred: set[asyncio.Task] = set()  # orphans waiting for an env change to end
-        self._version = ""
 
     @classmethod
     def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
@@ -138,21 +146,27 @@ class InstanceManager:
         scope = hashlib.sha256(str(self.store.directory).encode()).hexdigest()[:4]
         return f"{INSTANCE_PREFIX}{scope}-"
 
-    async def apptainer_version(self) -> str:
-        """Apptainer's ``--version`` (asked once per manager), for the magic's ``info``."""
-        if not self._version:
-            result = await run([self.apptainer, "--version"], STOP_TIMEOUT)
-            self._version = result.stdout.strip() or "unknown"
-        return self._version
+    async def runtime(self) -> Runtime:
+        """Which runtime the binary is — Apptainer or SingularityCE, its version, its default
+        mode (asked once per binary)."""
+        return await runtime_detect.detect(self.apptainer)
 
-    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
+    async def apptainer_version(self) -> str:
+        """The runtime and its version (``SingularityCE 4.5.1``), for the magic's ``info``."""
+        return (await self.runtime()).label
+
+    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool, oci: bool = False) -> Instance:
         """An instance for ``plan``: a running shared one with the same stack, or a new one.
 
         Starts of different stacks run concurrently; kernels that share a stack wait for
-        the one start of it.
+        the one start of it. ``oci``: SingularityCE's OCI mode, which has no instances: the
+        kernel's own container takes the instance's place, so it is never shared.
         """
         key = stack_key(plan)
-        instance = await (self._shared(plan, key) if share else self._start(plan, key, share))
+        if oci:
+            instance = await self._start(plan, key, False, oci=True)
+        else:
+            instance = await (self._shared(plan, key) if share else self._start(plan, key, share))
         instance.kernels.add(kernel_id)
         self._save(instance)
         return instance
@@ -191,14 +205,18 @@ class InstanceManager:
                 )
             )
 
-    async def _start(self, plan: ContainerPlan, key: str, share: bool) -> Instance:
+    async def _start(self, plan: ContainerPlan, key: str, share: bool, oci: bool = False) -> Instance:
         apptainer = self.apptainer
         check_fakeroot(plan)
         self._check_env_image(plan)
         name = f"{self.name_prefix}{key[:8]}-{secrets.token_hex(3)}"
-        instance = Instance.prepare(name, plan, share)
+        instance = Instance.prepare(name, plan, share, oci=oci)
         # State first: a crash during start still leaves something the sweep can find.
         self._save(instance)
+        if oci:  # nothing to start: the kernel's own exec --oci is the container
+            self.instances[name] = instance
+            await instanceinfo.write(instance, self.config, await self.apptainer_version())
+            return instance
         try:
             start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file))
             result = await run(start, START_TIMEOUT)
@@ -219,10 +237,19 @@ class InstanceManager:
     def _save(self, instance: Instance) -> None:
         self.store.write(instance.record())
 
+    def note_oci_process(self, instance: Instance, pid: int | None) -> None:
+        """Record the OCI-mode kernel's ``exec --oci`` process, so a sweep after a crash can end it."""
+        instance.oci_process = oci.identify(pid) if pid else None
+        self._save(instance)
+
     async def _stop(self, name: str) -> None:
         """Stop an instance (if running) and remove its state and runtime files."""
+        record = self.store.read(name)
         try:
-            await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
+            if record is not None and record.oci_process is not None:
+                await oci.stop_container(tuple(record.oci_process), STOP_TIMEOUT)  # an OCI kernel's container
+            elif record is None or not record.oci:
+                await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
         finally:
             self._forget(name)
 
@@ -250,7 +277,7 @@ class InstanceManager:
         """Which ``python`` the stack's PATH gives and whether it has ipykernel (once per instance)."""
         if instance.python is None:
             instance.python = await python.probe_python(
-                self.apptainer, instance.name, str(instance.env_file), instance.plan
+                self.apptainer, instance.name, str(instance.env_file), instance.plan, oci=instance.oci
             )
         return instance.python
 
@@ -316,7 +343,8 @@ class InstanceManager:
             await self._stop(name)
 
     async def _stop_orphan(self, name: str, running: bool) -> None:
-        if running:
+        record = self.store.read(name)
+        if running or record is not None and record.oci:  # OCI: judged by its recorded process
             await self._stop(name)
         else:
             self._forget(name)

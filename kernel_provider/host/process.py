@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kernel_provider.host.runtime_detect import flavour_for
 from kernel_provider.model import command
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -40,9 +41,10 @@ def _cap_bounding_set() -> int:
     return ~0
 
 
-def apptainer_env() -> dict[str, str]:
-    """Environment for running ``apptainer`` itself on this host."""
-    return command.apptainer_process_env(os.environ, os.getuid(), _cap_bounding_set())
+def apptainer_env(binary: str = "") -> dict[str, str]:
+    """Environment for running the container runtime ``binary`` itself on this host (default:
+    CondaTainer's choice of runtime); its flavour names the variables (``SINGULARITY_*``)."""
+    return command.apptainer_process_env(os.environ, os.getuid(), _cap_bounding_set(), flavour_for(binary))
 
 
 async def spawn(
@@ -63,7 +65,7 @@ async def spawn(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
-        env=env or apptainer_env(),
+        env=env or apptainer_env(argv[0]),
         start_new_session=True,
         preexec_fn=_kill_me_with_parent if die_with_parent else None,
         pass_fds=tuple(keep_fds),

@@ -98,12 +98,19 @@ def no_python_message(overlays: str) -> str:
     )
 
 
-async def probe_python(apptainer: str, instance_name: str, env_file: str, plan: ContainerPlan) -> PythonInfo:
-    """Probe (or recall) the Python of a running instance of ``plan``."""
+async def probe_python(
+    apptainer: str, instance_name: str, env_file: str, plan: ContainerPlan, oci: bool = False
+) -> PythonInfo:
+    """Probe (or recall) the Python of a running instance of ``plan``; ``oci``: SingularityCE's
+    OCI mode has no instance, so the probe is a container of its own."""
     key, cached = await asyncio.to_thread(_recall, plan)  # stats the images, reads the cache file
     if cached:
         return PythonInfo(**{**cached, "version": tuple(cached["version"])})
-    argv = command.instance_exec_argv(apptainer, instance_name, env_file, ["python", "-c", PROBE_SCRIPT])
+    probe = ["python", "-c", PROBE_SCRIPT]
+    if oci:
+        argv = command.oneshot_exec_argv(apptainer, plan, env_file, probe, oci=True)
+    else:
+        argv = command.instance_exec_argv(apptainer, instance_name, env_file, probe)
     result = await run(argv, PROBE_TIMEOUT)
     if result.returncode != 0:
         if "not found" in result.stderr:

@@ -68,6 +68,10 @@ class InstanceRecord:
     kernels: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     slurm_job: str = ""  # the SLURM job holding the instance (kernel_provider.kernel.slurm), if any
+    # SingularityCE's OCI mode (kernel_provider.host.oci): no instance, the kernel's own container,
+    # found again by its exec process [pid, start time] once the kernel runs.
+    oci: bool = False  # no `instance list` shows it
+    oci_process: list[int] | None = None
 
     def to_json(self) -> dict:
         """The state file: CondaTainer's fields, ours under ``jupyter_condatainer``."""
@@ -84,6 +88,7 @@ class InstanceRecord:
                 "kernels": self.kernels,
                 "created": self.created,
                 **({"slurm_job": self.slurm_job} if self.slurm_job else {}),
+                **({"oci": True, "oci_process": self.oci_process} if self.oci else {}),
             },
         }
 
@@ -105,6 +110,8 @@ class InstanceRecord:
             kernels=list(ours.get("kernels", [])),
             created=ours.get("created", 0.0),
             slurm_job=str(ours.get("slurm_job", "")),
+            oci=bool(ours.get("oci", False)),
+            oci_process=ours.get("oci_process"),
         )
 
 

@@ -21,10 +21,12 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Enum
 
+from kernel_provider.host import oci
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
+from kernel_provider.kernel import oci_mode
 from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement
 
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
@@ -99,17 +101,20 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
 
     async def _acquire_instance(self, kernel_cwd: str) -> None:
         """Start the stack's instance, or join the running one when ``share_instance``; the first
-        kernel of this server cleans up after a crashed one."""
+        kernel of this server cleans up after a crashed one. In OCI mode there is no instance to
+        start (see :func:`kernel_provider.kernel.oci_mode.check`)."""
         manager = self.manager
         await manager.sweep_orphans_once()
         plan = await asyncio.to_thread(self._plan, kernel_cwd)
-        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance)
+        transport = self.parent.transport if self.parent is not None else self.transport
+        use_oci = oci_mode.check(await manager.runtime(), plan.flags, self.oci or manager.config.oci, transport)
+        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, oci=use_oci)
         self.placement = Placement(instance=self.instance.name)
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
         """The exec as a child of the server, in its own session (signals go to its group)."""
         process = await asyncio.create_subprocess_exec(
-            *exec_argv, stdin=asyncio.subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
+            *exec_argv, stdin=asyncio.subprocess.DEVNULL, env=apptainer_env(exec_argv[0]), start_new_session=True
         )
         self.pid = self.pgid = process.pid
         return process
@@ -119,6 +124,11 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         kernel's own host PID, other signals to the exec's process group."""
         if not self.process or self.process.returncode is not None:
             return
+        if self.instance is not None and self.instance.oci and signum in (signal.SIGTERM, signal.SIGKILL):
+            # PID 1 of its namespace ignores SIGTERM: any stop is SIGKILL to the container's init.
+            if await asyncio.to_thread(oci.kill_container, self.process.pid):
+                return
+            signum = signal.SIGKILL
         if signum == signal.SIGINT:
             # The kernel is the innermost process; SIGINT to apptainer would kill it.
             # Finding it reads every /proc/PID/stat: thousands of files on a busy login node.

@@ -113,6 +113,14 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     binds = List(Unicode(), config=True, help="Extra bind paths ('/src' or '/src:/dst[:ro]').")
     env = Dict(value_trait=Unicode(), config=True, help="Extra environment variables for the kernel.")
     apptainer_flags = List(Unicode(), config=True, help="Extra flags for 'apptainer instance start'.")
+    oci = Bool(
+        False,
+        config=True,
+        help="""Run the kernel in SingularityCE's OCI mode (as '--oci' among apptainer_flags, or
+        'oci mode = yes' in SingularityCE's singularity.conf, do; '--no-oci' turns it off). OCI
+        mode has no instances: the kernel is a container of its own, reached through ipc sockets
+        only (its network namespace is its own), interrupted by message, stopped by SIGKILL.""",
+    )
 
     instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
     placement = Placement()
@@ -184,11 +192,15 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             self._env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
-            argv = command.instance_exec_argv(
-                self.manager.apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd
-            )
+            apptainer = self.manager.apptainer
+            if self.instance.oci:  # no instance: the kernel is its own exec --oci container
+                argv = command.oneshot_exec_argv(apptainer, self.instance.plan, str(env_file), cmd, self.cwd, oci=True)
+            else:
+                argv = command.instance_exec_argv(apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd)
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
             self.process = await self._spawn(argv)
+            if self.instance.oci:
+                self.manager.note_oci_process(self.instance, self.process.pid)
             return await self._connection_info_once_started()
 
     @abstractmethod
