@@ -56,6 +56,8 @@ USER_CACHE = Path(
 DEBUGFS = shutil.which("debugfs") or "/sbin/debugfs"
 REQUIRED_IMAGES = ("ubuntu24--base_image.sif", "python--3.11.sqf", "hello--1.0.sqf", "testenv.img")
 KERNEL = "condatainer-python-3.11"  # the kernelspec sync_specs() writes for the test images' python/3.11
+# SingularityCE, installed next to Apptainer by scripts/setup-singularityce.sh
+SINGULARITYCE_BIN = os.environ.get("JCT_SINGULARITYCE_BIN", "/opt/singularityce/bin/singularity")
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +70,32 @@ def built_images() -> Path:
     if missing:
         pytest.fail(f"test images missing in {IMAGES}: {', '.join(missing)}; run scripts/build-images.sh")
     return IMAGES
+
+
+def singularityce_bin() -> str:
+    """The SingularityCE binary; fail (not skip) with what to run when absent."""
+    if not os.access(SINGULARITYCE_BIN, os.X_OK):
+        pytest.fail(
+            f"SingularityCE is not installed ({SINGULARITYCE_BIN}): run scripts/setup.sh as root (it runs "
+            "scripts/setup-singularityce.sh when ../shared/tools/singularityce is there, or set "
+            "JCT_SINGULARITYCE_TARBALL), or deselect these tests with -m 'not singularityce'"
+        )
+    return SINGULARITYCE_BIN
+
+
+@pytest.fixture(params=["apptainer", pytest.param("singularityce", marks=pytest.mark.singularityce)])
+def container_runtime(request, monkeypatch) -> str:
+    """Run a test once on each runtime, chosen the way CondaTainer reads it ($CNT_APPTAINER_BIN)."""
+    binary = shutil.which("apptainer") if request.param == "apptainer" else singularityce_bin()
+    if not binary:
+        pytest.fail("Apptainer is not installed: run scripts/setup.sh (the README's test command does)")
+    monkeypatch.setenv("CNT_APPTAINER_BIN", binary)
+    return binary
+
+
+def runtime_bin() -> str:
+    """The runtime this test uses (see ``container_runtime``): $CNT_APPTAINER_BIN, else apptainer."""
+    return CondaTainerConfig().require_apptainer()
 
 
 @pytest.fixture
@@ -156,9 +184,10 @@ def sparse_copy(source: Path, target: Path) -> None:
 
 
 def running_instances() -> set[str]:
-    """This user's running instance names, straight from Apptainer."""
+    """This user's running instance names, straight from the runtime in use (:func:`runtime_bin`)."""
+    binary = runtime_bin()
     out = subprocess.run(
-        ["apptainer", "instance", "list"], capture_output=True, text=True, env=apptainer_env(), check=True
+        [binary, "instance", "list"], capture_output=True, text=True, env=apptainer_env(binary), check=True
     ).stdout
     return {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
 

@@ -107,7 +107,7 @@ def env_kernel(kernel_env, channel_env):
     return spec.name
 
 
-def test_install_import_list_remove_and_persist(env_kernel, kernel_env):
+def test_install_import_list_remove_and_persist(container_runtime, env_kernel, kernel_env):
     async def scenario():
         async with Kernel(env_kernel) as kernel:
             _, before = await kernel.run("import demopkg")

@@ -41,7 +41,7 @@ def test_kernelspec_is_listed(kernel_env):
     assert KERNEL in out.stdout
 
 
-def test_kernel_lifecycle(kernel_env):
+def test_kernel_lifecycle(container_runtime, kernel_env):
     """Execute, interrupt a sleep, restart in the same instance, shut down leaving nothing."""
 
     async def scenario():
@@ -180,14 +180,14 @@ def test_bad_input_fails_fast_and_leaves_nothing(kernel_env, overlays, config, r
 # --- a real jupyter server -----------------------------------------------------------------
 
 
-def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images):
+def test_server_crash_orphans_are_cleaned_on_next_start(container_runtime, kernel_env, built_images):
     server = Server(kernel_env, free_port())
     unrelated = "unrelated-by-hand"
     subprocess.run(
-        ["apptainer", "instance", "start", str(kernel_env / "images" / "ubuntu24--base_image.sif"), unrelated],
+        [container_runtime, "instance", "start", str(kernel_env / "images" / "ubuntu24--base_image.sif"), unrelated],
         check=True,
         capture_output=True,
-        env=apptainer_env(),
+        env=apptainer_env(container_runtime),
     )
     try:
         server.start()
@@ -211,7 +211,9 @@ def test_server_crash_orphans_are_cleaned_on_next_start(kernel_env, built_images
         assert server.request("GET", "/api/kernels") == []
     finally:
         server.stop()
-        subprocess.run(["apptainer", "instance", "stop", unrelated], capture_output=True, env=apptainer_env())
+        subprocess.run(
+            [container_runtime, "instance", "stop", unrelated], capture_output=True, env=apptainer_env(container_runtime)
+        )
 
 
 def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kernel_env):

@@ -8,6 +8,7 @@ jupyter condatainer kernelspecs remove NAME
 jupyter condatainer instances list
 jupyter condatainer instances stop NAME | --orphans
 jupyter condatainer env history|export|rollback|freeze NAME …   (kernel_provider/cli/env.py)
+jupyter condatainer info [--json]     which runtime (Apptainer/SingularityCE) and mode
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 from kernel_provider.cli.base import CONFIG_FILE_NAME, CommandGroup, subcommand_table
 from kernel_provider.cli.env import EnvApp
+from kernel_provider.cli.info import InfoApp
 from kernel_provider.cli.instances import InstancesApp
 from kernel_provider.cli.kernelspecs import KernelspecsApp
 
@@ -41,7 +43,7 @@ jupyter condatainer env history bio
 jupyter condatainer --generate-config       # every option, commented, in the config file
 jupyter condatainer kernelspecs --help
 """
-    subcommands = subcommand_table(kernelspecs=KernelspecsApp, instances=InstancesApp, env=EnvApp)
+    subcommands = subcommand_table(kernelspecs=KernelspecsApp, instances=InstancesApp, env=EnvApp, info=InfoApp)
 
 
 def main() -> None:

@@ -522,12 +522,12 @@ class EnvOperations:
         )
         plan = await asyncio.to_thread(plan_for_host, request, self.config)
         check_fakeroot(plan)
+        runtime = await self.instances.runtime()
+        oci = runtime.oci_mode(option=self.config.oci)  # SingularityCE's OCI mode: exec --oci
         env_file = write_private(
-            runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env)
+            runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env, oci=oci)
         )
         try:
-            runtime = await self.instances.runtime()
-            oci = runtime.oci_mode(option=self.config.oci)  # SingularityCE's OCI mode: exec --oci
             argv = command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci)
             rc, lines = await run_logged(argv, report.log, die_with_parent=True)
         finally:

@@ -81,7 +81,7 @@ class Instance:
         """An instance about to start (here or in a SLURM job): shared locks on its images, so
         that none is replaced under it, and its env file written."""
         locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
-        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env))
+        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env, oci=oci))
         return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci)
 
     def record(self, slurm_job: str = "") -> InstanceRecord:

@@ -191,7 +191,8 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         async with self._undone_on_failure():
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
-            self._env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
+            kernel_env = command.render_env_file(self._kernel_env(kwargs.get("env", {})), oci=self.instance.oci)
+            self._env_file = write_private(env_file, kernel_env)
             apptainer = self.manager.apptainer
             if self.instance.oci:  # no instance: the kernel is its own exec --oci container
                 argv = command.oneshot_exec_argv(apptainer, self.instance.plan, str(env_file), cmd, self.cwd, oci=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from kernel_provider.model.envfile import REFERENCE
 from kernel_provider.model.flavour import APPTAINER, OCI_FLAG, Flavour
 from kernel_provider.model.plan import ContainerPlan
 from kernel_provider.model.validation import env_key_problem
 
 CAP_SYS_RESOURCE_BIT = 24
+# What an OCI-mode container of a (non-OCI) SIF starts with, which $PATH in our values extends.
+OCI_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH": "/.singularity.d/libs"}
 
 
 def _mount_args(plan: ContainerPlan, oci: bool = False) -> list[str]:
@@ -82,17 +85,30 @@ def _single_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def render_env_file(env: Iterable[tuple[str, str]]) -> str:
+def _expanded_as_oci(env: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The values with ``$NAME`` resolved as a shell would, line by line, against the OCI
+    container's own environment: SingularityCE's OCI mode does not expand env-file values."""
+    known = dict(OCI_BASE_ENV)
+    expanded = []
+    for key, value in env:
+        value = REFERENCE.sub(lambda match: known.get(match.group(1) or match.group(2), ""), value)
+        known[key] = value
+        expanded.append((key, value))
+    return expanded
+
+
+def render_env_file(env: Iterable[tuple[str, str]], oci: bool = False) -> str:
     """An ``--env-file`` equivalent to CondaTainer's ``--env KEY=VALUE`` flags.
 
     Apptainer evaluates an env-file on the *host* (``$PATH`` would become the host's
     PATH) and then, like every ``--env`` value, once more inside the container. Single
     quotes make the host pass a no-op, so ``$PATH`` and ``$OTHER`` expand inside the
     container, after all variables are set — exactly as with CondaTainer's flags.
+    ``oci``: SingularityCE's OCI mode sets the values literally, so we expand them here.
     Keys go in unquoted, so one that is not a plain variable name is refused, never written.
     """
     lines = []
-    for key, value in env:
+    for key, value in _expanded_as_oci(env) if oci else env:
         if problem := env_key_problem(key):
             raise ValueError(
                 f"cannot pass the variable {key!r} into the container: {problem}; "

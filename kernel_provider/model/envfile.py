@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from kernel_provider.model.validation import env_key_problem, env_value_problem
 
 BUILD_SCRIPT_NAME = ".cnt-build-script"
-_REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def expand_references(variables: dict[str, str]) -> dict[str, str]:
                 name = match.group(1) or match.group(2)
                 return expanded[name] if name in expanded and name != key else match.group(0)
 
-            new = _REFERENCE.sub(substitute, value)
+            new = REFERENCE.sub(substitute, value)
             changed |= new != value
             expanded[key] = new
         if not changed:
