@@ -86,8 +86,11 @@ if (( ! has_paths )); then
     user_args+=("${default_tests[@]}")
 fi
 user_status=0
+# SingularityCE's tests run in the root pass only: this build has no setuid starter, and
+# its unprivileged native mode mounts .sqf overlays with loop devices an ordinary user
+# may not open (see the closing note of issue 21). A -m among the arguments wins.
 pass "$TEST_USER (non-root)" runuser -u "$TEST_USER" -- env -i "${user_env[@]}" \
-    "$BIN/python" -m pytest -p no:cacheprovider "${user_args[@]}" \
+    "$BIN/python" -m pytest -p no:cacheprovider -m "not singularityce" "${user_args[@]}" \
     --ignore=tests/test_two_users.py --ignore=tests/test_binder.py \
     --deselect=tests/test_faults.py::test_an_env_too_big_for_the_free_space_is_refused_before_anything_is_written \
     --deselect=tests/test_crash_matrix.py::test_disk_full_during_an_install_leaves_the_env_as_before \

@@ -9,7 +9,7 @@ import pytest
 from conftest import Facts, placeholder_images
 
 from kernel_provider.host.config import CondaTainerConfig, image_search_order
-from kernel_provider.model import binds, command, envfile, names
+from kernel_provider.model import binds, command, envfile, flavour, names
 from kernel_provider.model.overlays import (
     Overlay,
     OverlayError,
@@ -430,6 +430,52 @@ def test_env_file_is_single_quoted_so_the_container_expands_references():
 def test_drop_caps_only_for_root_without_cap_sys_resource(uid, capbnd, expected):
     env = command.apptainer_process_env({"HOME": "/root"}, uid, capbnd)
     assert (env.get("APPTAINER_DROP_CAPS") == "CAP_SYS_RESOURCE") is expected
+
+
+def test_singularityce_gets_its_own_drop_caps_variable():
+    env = command.apptainer_process_env({"HOME": "/root"}, 0, 0, flavour.SINGULARITYCE)
+    assert env["SINGULARITY_DROP_CAPS"] == "CAP_SYS_RESOURCE" and "APPTAINER_DROP_CAPS" not in env
+
+
+@pytest.mark.parametrize(
+    ("output", "binary", "expected"),
+    [
+        ("apptainer version 1.4.5\n", "/usr/bin/singularity", ("Apptainer", "1.4.5")),  # Apptainer's link
+        ("singularity-ce version 4.5.1\n", "/opt/x/bin/singularity", ("SingularityCE", "4.5.1")),
+        ("singularity version 3.8.7\n", "singularity", ("SingularityCE", "3.8.7")),
+        ("", "/site/bin/singularity", ("SingularityCE", "")),  # unknown output: CondaTainer's name rule
+        ("", "/site/bin/apptainer", ("Apptainer", "")),
+    ],
+)
+def test_flavour_and_version_from_the_binary(output, binary, expected):
+    found, version = flavour.parse_version(output, binary)
+    assert (found.name, version) == expected
+
+
+def test_oci_mode_from_option_flags_or_the_runtimes_config():
+    conf = "# oci mode = yes\noci mode = yes # every run\n"
+    assert flavour.oci_mode_from_config(conf) and not flavour.oci_mode_from_config("oci mode = no\n")
+    sce = flavour.Runtime("/s", flavour.SINGULARITYCE, "4.5.1")
+    assert not sce.oci_mode() and sce.oci_mode(option=True) and sce.oci_mode(["--oci"])
+    by_default = flavour.Runtime("/s", flavour.SINGULARITYCE, "4.5.1", oci_by_default=True)
+    assert by_default.oci_mode() and not by_default.oci_mode(["--no-oci"], option=True)
+    assert sce.oci_problem() is None
+    assert "needs SingularityCE" in flavour.Runtime("/a", flavour.APPTAINER, "1.4.5").oci_problem()
+
+
+def test_oci_exec_argv_and_env_file(catalog, images):
+    p = plan(catalog, "python/3.11", cwd=str(images))
+    p = type(p)(**{**p.__dict__, "flags": ("--oci", "--nv")})
+    argv = command.oneshot_exec_argv("singularity", p, "/e", ["python"], oci=True)
+    assert argv[:4] == ["singularity", "exec", "--oci", "--nv"] and argv.count("--oci") == 1
+    # OCI mode sets env-file values literally: references are resolved here, line by line.
+    text = command.render_env_file([("P", "/x/bin:$PATH"), ("Q", "${P}:$NOPE"), ("PATH", "/y:$PATH")], oci=True)
+    default_path = command.OCI_BASE_ENV["PATH"]
+    assert text.splitlines() == [
+        f"P='/x/bin:{default_path}'",
+        f"Q='/x/bin:{default_path}:'",
+        f"PATH='/y:{default_path}'",
+    ]
 
 
 # --- configuration ----------------------------------------------------------------------

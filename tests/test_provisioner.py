@@ -212,7 +212,9 @@ def test_server_crash_orphans_are_cleaned_on_next_start(container_runtime, kerne
     finally:
         server.stop()
         subprocess.run(
-            [container_runtime, "instance", "stop", unrelated], capture_output=True, env=apptainer_env(container_runtime)
+            [container_runtime, "instance", "stop", unrelated],
+            capture_output=True,
+            env=apptainer_env(container_runtime),
         )
 
 

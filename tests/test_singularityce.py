@@ -30,8 +30,8 @@ from conftest import (
 )
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_provider.envs.operations import EnvOperations, read_conda_meta
 from kernel_provider.envs.envmeta import read_env_meta
+from kernel_provider.envs.operations import EnvOperations, read_conda_meta
 from kernel_provider.host import process, runtime_detect
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager

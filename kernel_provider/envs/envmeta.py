@@ -101,7 +101,12 @@ def _copy_from_instance(overlay: Overlay, instance: Instance, apptainer: str, de
 def _run_read(argv: list[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
-            argv, capture_output=True, stdin=subprocess.DEVNULL, env=apptainer_env(argv[0]), timeout=READ_TIMEOUT, check=False
+            argv,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env=apptainer_env(argv[0]),
+            timeout=READ_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(argv, -1, b"", f"no answer in {READ_TIMEOUT:.0f} s".encode())

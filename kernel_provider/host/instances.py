@@ -247,7 +247,8 @@ class InstanceManager:
         record = self.store.read(name)
         try:
             if record is not None and record.oci_process is not None:
-                await oci.stop_container(tuple(record.oci_process), STOP_TIMEOUT)  # an OCI kernel's container
+                pid, start = record.oci_process
+                await oci.stop_container((pid, start), STOP_TIMEOUT)  # an OCI kernel's container
             elif record is None or not record.oci:
                 await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
         finally:

@@ -18,7 +18,10 @@ from kernel_provider.model.validation import env_key_problem
 
 CAP_SYS_RESOURCE_BIT = 24
 # What an OCI-mode container of a (non-OCI) SIF starts with, which $PATH in our values extends.
-OCI_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH": "/.singularity.d/libs"}
+OCI_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LD_LIBRARY_PATH": "/.singularity.d/libs",
+}
 
 
 def _mount_args(plan: ContainerPlan, oci: bool = False) -> list[str]:
