@@ -126,6 +126,8 @@ def test_oci_kernel_lifecycle(oci_kernel, kernel_env):
             assert km.provisioner.process.pid != first and km.provisioner.instance.name == name
             out, _ = await run_cell(client, "print(40 + 2)")
             assert out.strip() == "42"
+            info, error = await run_cell(client, "%condatainer info")
+            assert error is None and "(OCI mode, no instance)" in info and "singularity-ce version" in info
         finally:
             client.stop_channels()
             await km.shutdown_kernel(now=False)

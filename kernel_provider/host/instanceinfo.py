@@ -47,5 +47,6 @@ async def write(instance: Instance, config: CondaTainerConfig, apptainer_version
         "notes": await asyncio.to_thread(overlay_notes, plan),
         "image_dirs": list(config.image_dirs),
         "shared": instance.shared,
+        "oci": instance.oci,
     }
     write_private(path(instance.name), json.dumps(info, indent=1))

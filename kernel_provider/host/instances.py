@@ -152,8 +152,9 @@ class InstanceManager:
         return await runtime_detect.detect(self.apptainer)
 
     async def apptainer_version(self) -> str:
-        """The runtime and its version (``SingularityCE 4.5.1``), for the magic's ``info``."""
-        return (await self.runtime()).label
+        """The runtime's ``--version`` (``singularity-ce version 4.5.1``), for the magic's ``info``."""
+        runtime = await self.runtime()
+        return runtime.version_line or runtime.label
 
     async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool, oci: bool = False) -> Instance:
         """An instance for ``plan``: a running shared one with the same stack, or a new one.

@@ -80,7 +80,8 @@ async def detect(binary: str) -> Runtime:
     if identity in _detected:
         return _detected[identity]
     resolved = shutil.which(binary) or binary
-    flavour, version = parse_version(await _output([resolved, "--version"]), resolved)
+    said = (await _output([resolved, "--version"])).strip()
+    flavour, version = parse_version(said, resolved)
     oci = await _oci_by_default(resolved) if flavour.has_oci_mode else False
-    runtime = _detected[identity] = Runtime(resolved, flavour, version, oci)
+    runtime = _detected[identity] = Runtime(resolved, flavour, version, oci, said)
     return runtime

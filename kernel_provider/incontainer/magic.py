@@ -279,8 +279,11 @@ class CondaTainerMagics(Magics):
         if not info:
             print("This kernel is not running in a CondaTainer instance (no CONDATAINER_INFO).")
             return
-        print(f"instance:   {info['instance']}{' (shared)' if info.get('shared') else ''}")
-        print(f"apptainer:  {info.get('apptainer_version', '?')}")
+        if info.get("oci"):  # SingularityCE's OCI mode: no instance, the kernel is its own container
+            print(f"container:  {info['instance']} (OCI mode, no instance)")
+        else:
+            print(f"instance:   {info['instance']}{' (shared)' if info.get('shared') else ''}")
+        print(f"runtime:    {info.get('apptainer_version', '?')}")
         print(f"base image: {info['base_image']}")
         print("overlays (in mount order):")
         for overlay in info.get("overlays", []):

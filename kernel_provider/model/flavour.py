@@ -89,6 +89,7 @@ class Runtime:
     flavour: Flavour
     version: str
     oci_by_default: bool = False  # SingularityCE's ``oci mode = yes``
+    version_line: str = ""  # ``--version`` as the binary says it: ``singularity-ce version 4.5.1``
 
     @property
     def label(self) -> str:
