@@ -381,7 +381,17 @@ class MemorySampler:
 # --- the isolated layout ---------------------------------------------------------------------
 
 
-def make_layout(root: Path, isolate_registry: bool) -> Path:
+# ``--runtime``: which runtime and mode the CondaTainer kernels use (issue 21). Only the kernel
+# benchmarks (cold, restart, interrupt, shutdown, shared, concurrent) follow it; wrapper and
+# phases call ``apptainer`` by name.
+RUNTIMES = {
+    "apptainer": ("apptainer", False),
+    "singularityce": ("/opt/singularityce/bin/singularity", False),
+    "singularityce-oci": ("/opt/singularityce/bin/singularity", True),
+}
+
+
+def make_layout(root: Path, isolate_registry: bool, runtime: str = "apptainer") -> Path:
     missing = [name for name in NEEDED_IMAGES if not (IMAGES / name).is_file()]
     if missing:
         sys.exit(f"images missing in {IMAGES}: {', '.join(missing)}; run scripts/build-images.sh")
@@ -407,7 +417,12 @@ def make_layout(root: Path, isolate_registry: bool) -> Path:
     os.environ["JUPYTER_PATH"] = str(root / "data")
     os.environ["XDG_CACHE_HOME"] = str(CACHE / "user-cache")
     os.environ["CNT_EXTRA_IMAGE_DIRS"] = str(images)
-    os.environ.pop("CNT_APPTAINER_BIN", None)
+    binary = shutil.which(RUNTIMES[runtime][0])
+    if not binary:
+        sys.exit(
+            f"{RUNTIMES[runtime][0]} not found: run scripts/setup.sh (SingularityCE: scripts/setup-singularityce.sh)"
+        )
+    os.environ["CNT_APPTAINER_BIN"] = binary
     if isolate_registry:
         (root / "apptainer").mkdir()
         os.environ["APPTAINER_CONFIGDIR"] = str(root / "apptainer")
@@ -415,9 +430,9 @@ def make_layout(root: Path, isolate_registry: bool) -> Path:
     return images
 
 
-def write_kernelspecs(root: Path, images: Path) -> None:
+def write_kernelspecs(root: Path, images: Path, oci: bool = False) -> None:
     from kernel_provider.host.config import CondaTainerConfig
-    from kernel_provider.host.instances import _cap_bounding_set
+    from kernel_provider.host.process import _cap_bounding_set
     from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
     from kernel_provider.model.command import needs_drop_caps
     from kernel_provider.model.overlays import scan
@@ -426,6 +441,11 @@ def write_kernelspecs(root: Path, images: Path) -> None:
     store = KernelspecStore()
     store.sync(scan(config.image_dirs, config.distro))
     store.write(custom_spec(["python/3.11"], label=SHARED_LABEL, share=True))
+    if oci:  # SingularityCE's OCI mode for the benchmarked kernel: its provisioner option
+        spec_file = root / "data" / "kernels" / KERNEL / "kernel.json"
+        spec = json.loads(spec_file.read_text())
+        spec["metadata"]["kernel_provisioner"]["config"]["oci"] = True
+        spec_file.write_text(json.dumps(spec, indent=1))
     apptainer = config.require_apptainer()
     wrapper = {
         "argv": [
@@ -1458,6 +1478,12 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        default="apptainer",
+        help="runtime and mode of the CondaTainer kernels (SingularityCE from scripts/setup-singularityce.sh)",
+    )
+    parser.add_argument(
         "--subreaper",
         action="store_true",
         help="reap finished instance monitors at once, as systemd would (see run_under_subreaper)",
@@ -1468,15 +1494,16 @@ def main() -> None:
 
     pick(args.only)  # an unknown name fails here, before anything is set up
     root = Path(tempfile.mkdtemp(prefix="cntbench-", dir="/tmp"))
-    images = make_layout(root, isolate_registry=not args.shared_registry)
-    write_kernelspecs(root, images)
+    images = make_layout(root, isolate_registry=not args.shared_registry, runtime=args.runtime)
+    write_kernelspecs(root, images, oci=RUNTIMES[args.runtime][1])
 
     import ipykernel
     import jupyter_client
     from jupyter_client.kernelspec import KernelSpecManager
 
     local_argv = KernelSpecManager().get_kernel_spec(LOCAL_KERNEL).argv
-    version = subprocess.run(["apptainer", "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([os.environ["CNT_APPTAINER_BIN"], "--version"], capture_output=True, text=True).stdout
+    version = f"{version.strip()}{' (OCI mode)' if RUNTIMES[args.runtime][1] else ''}"
     print(
         f"jupyter-condatainer benchmarks ({'quick' if args.quick else 'full'}), {platform.node()}: "
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, {version}, "
