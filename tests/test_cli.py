@@ -108,9 +108,9 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bogus"], "unknown command 'bogus'; use one of kernelspecs, instances, env (each with --help)"),
+        (["bogus"], "unknown command 'bogus'; use one of kernelspecs, instances, env, info (each with --help)"),
         (["kernelspecs", "bogus"], "unknown command 'bogus'; use one of sync, list, add, remove (each with --help)"),
-        ([], "give a command: use one of kernelspecs, instances, env (each with --help)"),
+        ([], "give a command: use one of kernelspecs, instances, env, info (each with --help)"),
         (["env"], "give a command: use one of history, export, rollback, freeze (each with --help)"),
         (["kernelspecs", "add"], "usage: jupyter condatainer kernelspecs add NAME --overlay python/3.11"),
         (["kernelspecs", "add", "bio"], "give at least one --overlay or --env"),

@@ -40,7 +40,7 @@ def test_one_entry_point_per_launcher_and_kernelspecs_name_them():
 def test_each_provisioner_has_its_launchers_options_and_every_option_says_what_it_does():
     local = set(CondaTainerProvisioner.class_trait_names(config=True))
     slurm = set(CondaTainerSlurmProvisioner.class_trait_names(config=True))
-    assert local == SHARED_OPTIONS | {"share_instance", "transport"}
+    assert local == SHARED_OPTIONS | {"share_instance", "transport", "oci"}
     assert slurm == SHARED_OPTIONS | {"slurm_args", "slurm_connect_ip", "slurm_launch_timeout"}
     for cls in PROVISIONERS.values():
         assert all(trait.help for trait in cls.class_traits(config=True).values())

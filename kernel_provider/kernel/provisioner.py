@@ -58,6 +58,14 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         config=True,
         help="Kernels with the same stack share one instance (each its own exec); it stops with its last kernel.",
     )
+    oci = Bool(
+        False,
+        config=True,
+        help="""Run the kernel in SingularityCE's OCI mode (as '--oci' among apptainer_flags, or
+        'oci mode = yes' in SingularityCE's singularity.conf, do; '--no-oci' turns it off). OCI
+        mode has no instances: the kernel is a container of its own, reached through ipc sockets
+        only (its network namespace is its own), interrupted by message, stopped by SIGKILL.""",
+    )
     transport = Enum(
         ["ipc", "tcp"],
         "ipc",

@@ -113,14 +113,6 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     binds = List(Unicode(), config=True, help="Extra bind paths ('/src' or '/src:/dst[:ro]').")
     env = Dict(value_trait=Unicode(), config=True, help="Extra environment variables for the kernel.")
     apptainer_flags = List(Unicode(), config=True, help="Extra flags for 'apptainer instance start'.")
-    oci = Bool(
-        False,
-        config=True,
-        help="""Run the kernel in SingularityCE's OCI mode (as '--oci' among apptainer_flags, or
-        'oci mode = yes' in SingularityCE's singularity.conf, do; '--no-oci' turns it off). OCI
-        mode has no instances: the kernel is a container of its own, reached through ipc sockets
-        only (its network namespace is its own), interrupted by message, stopped by SIGKILL.""",
-    )
 
     instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
     placement = Placement()
