@@ -226,6 +226,7 @@ class InstanceManager:
                     f"apptainer instance start failed for {plan.base_image.name} + "
                     f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
                     + fakeroot_hint(plan)
+                    + runtime_detect.loop_device_hint(apptainer, result.stderr)
                 )
         except BaseException:
             await self._stop(name)

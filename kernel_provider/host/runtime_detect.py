@@ -74,6 +74,19 @@ async def _oci_by_default(binary: str) -> bool:
     return oci_mode_from_config(await asyncio.to_thread(_read, conf)) if conf else False
 
 
+def loop_device_hint(binary: str, stderr: str) -> str:
+    """Advice for a SingularityCE without setuid that an ordinary user runs: its native mode
+    mounts ``.sqf`` overlays on loop devices, which only root may open; its OCI mode mounts
+    them with FUSE."""
+    if flavour_for(binary).has_oci_mode and "loop device" in stderr and os.getuid() != 0:
+        return (
+            "\nThis SingularityCE cannot mount overlay images for an ordinary user in its native mode "
+            "(no setuid starter: overlays need loop devices). Use its OCI mode: the kernel's 'oci' "
+            "option, --oci among its flags, or c.CondaTainerConfig.oci = True."
+        )
+    return ""
+
+
 async def detect(binary: str) -> Runtime:
     """The runtime ``binary`` is (asked once per binary and mtime)."""
     identity = _identity(binary)
