@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -223,7 +224,7 @@ class InstanceManager:
             result = await run(start, START_TIMEOUT)
             if result.returncode != 0:
                 raise InstanceError(
-                    f"apptainer instance start failed for {plan.base_image.name} + "
+                    f"{os.path.basename(apptainer)} instance start failed for {plan.base_image.name} + "
                     f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
                     + fakeroot_hint(plan)
                     + runtime_detect.loop_device_hint(apptainer, result.stderr)
