@@ -120,21 +120,11 @@ debian_mirror() {
     printf '%s\n' "${uri%/}"
 }
 
+# shellcheck source=scripts/apt-packages.sh
+source "$SCRIPT_DIR/apt-packages.sh"
+
 install_helpers() {
-    local pkg missing=()
-    for pkg in "${HELPER_PACKAGES[@]}"; do
-        dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed \
-            || missing+=("$pkg")
-    done
-    (( ${#missing[@]} )) || return 0
-    log "installing from bookworm: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Try the existing package lists first; refresh them only if that fails.
-    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null || die "apt-get update failed"
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
-            || die "apt-get install ${missing[*]} failed"
-    fi
+    install_missing_packages "${HELPER_PACKAGES[@]}"
 }
 
 # apt-get with its own sources (sid + trixie), lists and cache, so the

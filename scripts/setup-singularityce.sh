@@ -40,21 +40,8 @@ tarball() {
     printf '%s\n' "$found"
 }
 
-install_runtime_packages() {
-    local pkg missing=()
-    for pkg in "${RUNTIME_PACKAGES[@]}"; do
-        dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || missing+=("$pkg")
-    done
-    (( ${#missing[@]} )) || return 0
-    log "installing from the machine's Debian sources: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Try the existing package lists first; refresh them only if that fails.
-    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null || die "apt-get update failed"
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
-            || die "apt-get install ${missing[*]} failed"
-    fi
-}
+# shellcheck source=scripts/apt-packages.sh
+source "$SCRIPT_DIR/apt-packages.sh"
 
 warn_crun() {
     local path
@@ -87,7 +74,7 @@ main() {
         return 0
     fi
     [[ $EUID -eq 0 ]] || die "run as root: SingularityCE's prefix $PREFIX is compiled in"
-    install_runtime_packages
+    install_missing_packages "${RUNTIME_PACKAGES[@]}"
     warn_crun
     want="$(stat -c '%s %Y' "$tar") $(basename "$tar")"
     if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" || ! -x $PREFIX/bin/singularity ]]; then

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    KERNEL,
     QuietReport,
     Server,
     free_port,
@@ -79,6 +80,9 @@ def test_runtime_detection_of_each_binary(which, monkeypatch):
     flavour, other = (SINGULARITYCE, APPTAINER) if which == "singularity" else (APPTAINER, SINGULARITYCE)
     assert runtime.flavour == flavour and runtime_detect.flavour_for(binary) == flavour
     assert runtime.oci_by_default is False  # the shipped singularity.conf: oci mode = no
+    monkeypatch.setenv("SINGULARITY_OCI", "true")  # SingularityCE's own --oci for every command
+    assert asyncio.run(runtime_detect.detect(binary)).oci_mode() is (which == "singularity")
+    monkeypatch.delenv("SINGULARITY_OCI")
     env = apptainer_env(binary)
     if command.needs_drop_caps(os.getuid(), process._cap_bounding_set()):
         assert env[flavour.drop_caps_variable] == "CAP_SYS_RESOURCE"
@@ -182,14 +186,16 @@ def test_oci_env_install_on_a_copy(singularityce, kernel_env, channel_env, monke
     assert sorted(p.name for p in image.parent.iterdir() if ".work" in p.name or p.name.startswith(".")) == []
 
 
-def test_oci_orphans_are_swept_by_our_records(oci_kernel, kernel_env):
+def test_oci_orphans_are_swept_by_our_records(singularityce, kernel_env, monkeypatch):
     """A SIGKILLed server leaves its OCI kernels running (no instance list shows them); the next
-    server ends them by their recorded process, leaving no container or mount."""
+    server ends them by their recorded process, leaving no container or mount. OCI mode comes
+    from SingularityCE's own setting here (``SINGULARITY_OCI``), for a plain kernelspec."""
+    monkeypatch.setenv("SINGULARITY_OCI", "true")
     server = Server(kernel_env, free_port())
     store = StateStore(CondaTainerConfig().instance_state_dir)
     try:
         server.start()
-        server.request("POST", "/api/kernels", {"name": oci_kernel})
+        server.request("POST", "/api/kernels", {"name": KERNEL})
         record = wait_until(lambda: next((r for r in store.ours() if r.oci_process), None), 60, "the OCI record")
         pid = record.oci_process[0]
         server.kill()

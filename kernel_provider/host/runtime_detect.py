@@ -14,6 +14,7 @@ environment): the detected flavour when known, else CondaTainer's name rule.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 
@@ -87,14 +88,23 @@ def loop_device_hint(binary: str, stderr: str) -> str:
     return ""
 
 
+def _oci_from_environment(flavour: Flavour) -> bool:
+    """``SINGULARITY_OCI=true``: SingularityCE reads its flags from its variables, so this is
+    ``--oci`` on every command, as good as ``oci mode = yes``."""
+    value = os.environ.get(f"{flavour.env_prefix}OCI", "")
+    return flavour.has_oci_mode and value.strip().lower() in ("1", "t", "true", "yes")
+
+
 async def detect(binary: str) -> Runtime:
-    """The runtime ``binary`` is (asked once per binary and mtime)."""
+    """The runtime ``binary`` is (asked once per binary and mtime; its variables every time)."""
     identity = _identity(binary)
-    if identity in _detected:
-        return _detected[identity]
-    resolved = shutil.which(binary) or binary
-    said = (await _output([resolved, "--version"])).strip()
-    flavour, version = parse_version(said, resolved)
-    oci = await _oci_by_default(resolved) if flavour.has_oci_mode else False
-    runtime = _detected[identity] = Runtime(resolved, flavour, version, oci, said)
+    if identity not in _detected:
+        resolved = shutil.which(binary) or binary
+        said = (await _output([resolved, "--version"])).strip()
+        flavour, version = parse_version(said, resolved)
+        oci = await _oci_by_default(resolved) if flavour.has_oci_mode else False
+        _detected[identity] = Runtime(resolved, flavour, version, oci, said)
+    runtime = _detected[identity]
+    if not runtime.oci_by_default and _oci_from_environment(runtime.flavour):
+        return dataclasses.replace(runtime, oci_by_default=True)
     return runtime
