@@ -83,13 +83,21 @@ def singularityce_bin() -> str:
     return SINGULARITYCE_BIN
 
 
-@pytest.fixture(params=["apptainer", pytest.param("singularityce", marks=pytest.mark.singularityce)])
+RUNTIMES = ["apptainer", pytest.param("singularityce", marks=pytest.mark.singularityce)]
+# For tests that hold without instances too: SingularityCE's OCI mode, by its own SINGULARITY_OCI.
+RUNTIMES_AND_OCI = [*RUNTIMES, pytest.param("singularityce-oci", marks=pytest.mark.singularityce)]
+
+
+@pytest.fixture(params=RUNTIMES)
 def container_runtime(request, monkeypatch) -> str:
-    """Run a test once on each runtime, chosen the way CondaTainer reads it ($CNT_APPTAINER_BIN)."""
+    """Run a test once on each runtime, chosen the way CondaTainer reads it ($CNT_APPTAINER_BIN);
+    a test parametrized (indirectly) with ``RUNTIMES_AND_OCI`` also in OCI mode."""
     binary = shutil.which("apptainer") if request.param == "apptainer" else singularityce_bin()
     if not binary:
         pytest.fail("Apptainer is not installed: run scripts/setup.sh (the README's test command does)")
     monkeypatch.setenv("CNT_APPTAINER_BIN", binary)
+    if request.param.endswith("-oci"):
+        monkeypatch.setenv("SINGULARITY_OCI", "true")
     return binary
 
 

@@ -10,6 +10,7 @@ import threading
 import pytest
 from conftest import (
     DEBUGFS,
+    RUNTIMES_AND_OCI,
     QuietReport,
     Server,
     connect,
@@ -107,6 +108,7 @@ def env_kernel(kernel_env, channel_env):
     return spec.name
 
 
+@pytest.mark.parametrize("container_runtime", RUNTIMES_AND_OCI, indirect=True)
 def test_install_import_list_remove_and_persist(container_runtime, env_kernel, kernel_env):
     async def scenario():
         async with Kernel(env_kernel) as kernel:
