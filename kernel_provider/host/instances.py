@@ -196,21 +196,21 @@ class InstanceManager:
         await self._stop(instance.name)
         instance.locks.release()
 
-    def _check_env_image(self, plan: ContainerPlan) -> None:
+    def _check_env_image(self, plan: ContainerPlan, oci: bool = False) -> None:
         env_image = plan.env_image
         if env_image and plan.writable and is_in_use(env_image.path):
-            raise ImageBusyError(
-                in_use_message(
-                    env_image.path,
-                    advice="a writable env can be mounted once. Stop that kernel, or use a kernel "
-                    "with share_instance so both notebooks use one instance.",
-                )
+            share = (
+                " (in OCI mode each kernel is a container of its own: two cannot share it)"
+                if oci
+                else ", or use a kernel with share_instance so both notebooks use one instance"
             )
+            advice = f"a writable env can be mounted once. Stop that kernel{share}."
+            raise ImageBusyError(in_use_message(env_image.path, advice=advice))
 
     async def _start(self, plan: ContainerPlan, key: str, share: bool, oci: bool = False) -> Instance:
         apptainer = self.apptainer
         check_fakeroot(plan)
-        self._check_env_image(plan)
+        self._check_env_image(plan, oci)
         name = f"{self.name_prefix}{key[:8]}-{secrets.token_hex(3)}"
         instance = Instance.prepare(name, plan, share, oci=oci)
         # State first: a crash during start still leaves something the sweep can find.
