@@ -61,10 +61,11 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
     oci = Bool(
         False,
         config=True,
-        help="""Run the kernel in SingularityCE's OCI mode (as '--oci' among apptainer_flags, or
-        'oci mode = yes' in SingularityCE's singularity.conf, do; '--no-oci' turns it off). OCI
-        mode has no instances: the kernel is a container of its own, reached through ipc sockets
-        only (its network namespace is its own), interrupted by message, stopped by SIGKILL.""",
+        help="""Run the kernel in SingularityCE's OCI mode. '--oci' among apptainer_flags,
+        c.CondaTainerConfig.oci, and SingularityCE's own 'oci mode = yes' or SINGULARITY_OCI=true
+        do the same; '--no-oci' among the flags turns it off. OCI mode has no instances: the
+        kernel is a container of its own, reached through ipc sockets only (its network namespace
+        is its own), interrupted by message, stopped by SIGKILL.""",
     )
     transport = Enum(
         ["ipc", "tcp"],
