@@ -9,7 +9,8 @@
 # point CNT_APPTAINER_BIN (or c.CondaTainerConfig.apptainer_bin) at
 # /opt/singularityce/bin/singularity to use it.
 #
-#   setup-singularityce.sh   install if needed (root), print the version
+#   setup-singularityce.sh   install if needed (root), print the version; without root it
+#                            only says whether SingularityCE is there
 #
 # Idempotent: a stamp records which tarball was unpacked; a re-run with the same one
 # only checks the helpers (about 0.1 s).
@@ -73,7 +74,14 @@ main() {
         log "no SingularityCE build found (set JCT_SINGULARITYCE_TARBALL); skipping"
         return 0
     fi
-    [[ $EUID -eq 0 ]] || die "run as root: SingularityCE's prefix $PREFIX is compiled in"
+    if [[ $EUID -ne 0 ]]; then   # its prefix is compiled in: only root can put it there
+        if [[ -x $PREFIX/bin/singularity ]]; then
+            "$PREFIX/bin/singularity" --version
+        else
+            log "SingularityCE is not installed and needs root to install at $PREFIX; skipping"
+        fi
+        return 0
+    fi
     install_missing_packages "${RUNTIME_PACKAGES[@]}"
     warn_crun
     want="$(stat -c '%s %Y' "$tar") $(basename "$tar")"

@@ -198,6 +198,9 @@ def test_oci_orphans_are_swept_by_our_records(singularityce, kernel_env, monkeyp
         server.request("POST", "/api/kernels", {"name": KERNEL})
         record = wait_until(lambda: next((r for r in store.ours() if r.oci_process), None), 60, "the OCI record")
         pid = record.oci_process[0]
+        cli = [sys.executable, "-m", "kernel_provider.cli.main", "instances", "list", "--json"]
+        listing = json.loads(subprocess.run(cli, capture_output=True, text=True, check=True).stdout)
+        assert [row["running"] for row in listing if row["name"] == record.name] == [True]
         server.kill()
         time.sleep(0.5)
         assert os.path.exists(f"/proc/{pid}"), "the kernel's container outlives a SIGKILLed server"

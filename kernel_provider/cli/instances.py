@@ -8,6 +8,7 @@ import json
 from traitlets import Bool
 
 from kernel_provider.cli.base import Command, CommandGroup, subcommand_table
+from kernel_provider.host import oci
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
 
@@ -30,7 +31,7 @@ jupyter condatainer instances list --json
         rows = [
             {
                 "name": r.name,
-                "running": r.name in running,
+                "running": r.name in running or oci.is_alive(r.oci_process),  # OCI: no instance to list
                 "owner_pid": r.owner.pid,
                 "owner_alive": r.owner.is_alive(),
                 "kernels": r.kernels,

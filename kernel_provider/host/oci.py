@@ -29,8 +29,9 @@ def identify(pid: int) -> tuple[int, int] | None:
     return (pid, start) if start is not None else None
 
 
-def _alive(process: tuple[int, int]) -> bool:
-    return process_start_time(process[0]) == process[1]
+def is_alive(process: tuple[int, int] | list[int] | None) -> bool:
+    """Whether a recorded ``exec --oci`` process (pid, start time) still runs."""
+    return process is not None and len(process) == 2 and process_start_time(process[0]) == process[1]
 
 
 def _session(pid: int) -> int | None:
@@ -67,15 +68,15 @@ def kill_container(exec_pid: int) -> bool:
 async def stop_container(process: tuple[int, int], timeout: float) -> None:
     """End an ``exec --oci`` process we do not own as a child (an orphan of a dead server):
     its container first, then — if it has not exited by itself within ``timeout`` — its group."""
-    if not _alive(process):
+    if not is_alive(process):
         return
     pid = process[0]
     if await asyncio.to_thread(kill_container, pid):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while _alive(process) and loop.time() < deadline:  # noqa: ASYNC110 - not our child: no exit to await
+        while is_alive(process) and loop.time() < deadline:  # noqa: ASYNC110 - not our child: no exit to await
             await asyncio.sleep(EXIT_POLL)
-    if _alive(process):
+    if is_alive(process):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
