@@ -52,7 +52,9 @@ def step(argv: list[str], env: dict, cwd: Path, timeout: float = 600) -> str:
     started = time.monotonic()
     result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     print(f"[{time.monotonic() - started:5.1f} s] {' '.join(map(str, argv[:4]))}", flush=True)
-    assert result.returncode == 0, f"{argv} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{argv} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout + result.stderr
 
 
@@ -73,12 +75,15 @@ def test_wheel_from_a_clean_checkout_installs_and_runs_a_kernel(kernel_env, tmp_
     venv = tmp_path / "venv"
     step([SYSTEM_PYTHON, "-m", "venv", str(venv)], host_env, tmp_path)
     fresh = {
-        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV", "JUPYTER_PREFER"))
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTHON", "VIRTUAL_ENV", "JUPYTER_PREFER"))
     }
     fresh["PATH"] = f"{venv / 'bin'}:{os.environ['PATH']}"
     step([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[lab]"], fresh, tmp_path)
-    installed = step([str(venv / "bin" / "python"), "-c", "import kernel_provider; print(kernel_provider.__file__)"],
-                     fresh, tmp_path)
+    installed = step(
+        [str(venv / "bin" / "python"), "-c", "import kernel_provider; print(kernel_provider.__file__)"], fresh, tmp_path
+    )
     assert installed.strip().startswith(str(venv)), f"not imported from the fresh install: {installed}"
 
     help_text = step([str(venv / "bin" / "jupyter"), "condatainer", "--help"], fresh, tmp_path)
