@@ -154,6 +154,7 @@ def world(tmp_path_factory, built_images, conda_channel):
             "CNT_ROOT": str(root / "cli-root"),
             "CNT_EXTRA_BUILD_DIRS": str(root / "build-scripts"),
             "NO_COLOR": "1",
+            "PATH": f"{os.environ['PATH']}:/usr/sbin:/sbin",  # mke2fs, debugfs: not on an ordinary user's PATH
             # The channel, and the host's mksquashfs for builds (the test base image has none).
             "APPTAINER_BIND": ",".join([str(conda_channel.root), *(f"{f}:{f}:ro" for f in HOST_MKSQUASHFS_FILES)]),
         }
@@ -167,7 +168,7 @@ def world(tmp_path_factory, built_images, conda_channel):
                 f'#!/bin/sh\ncase "$*" in *"stat upper"*) exit 1;; esac\nexec {DEBUGFS} "$@"\n'
             )
             (shim / "debugfs").chmod(0o755)
-            cli_env["PATH"] = f"{shim}:{cli_env['PATH']}:/usr/sbin:/sbin"
+            cli_env["PATH"] = f"{shim}:{cli_env['PATH']}"
         sync_specs()
         server = Server(root, free_port())
         server.start()
@@ -335,7 +336,7 @@ def test_the_cli_lists_runs_and_removes_envs_and_frozen_overlays_our_server_made
 def test_condatainer_rm_is_refused_while_our_kernel_uses_an_image(world):
     images = world.images
     sparse_copy(images / "env.img", images / "inuse.img")
-    os.link(images / "hello--1.0.sqf", images / "inuse--1.0.sqf")
+    shutil.copy(images / "hello--1.0.sqf", images / "inuse--1.0.sqf")  # our own (root's cannot be removed)
     with Kernel(world, ["python/3.11", "inuse/1.0", "inuse"], "inuse", writable=True) as kernel:
         for name, image in [("inuse/1.0", "inuse--1.0.sqf"), ("inuse", "inuse.img")]:
             refused = world.cli.run("-y", "rm", name, ok=False)
@@ -354,7 +355,7 @@ def test_condatainer_rm_is_refused_while_our_kernel_uses_an_image(world):
 def test_our_delete_is_refused_while_condatainer_exec_holds_an_image(world):
     images = world.images
     sparse_copy(images / "env.img", images / "held.img")
-    os.link(images / "hello--1.0.sqf", images / "held--1.0.sqf")
+    shutil.copy(images / "hello--1.0.sqf", images / "held--1.0.sqf")
     process = world.cli.start("-q", "exec", "-o", "held/1.0", "-o", "held", "sleep", "600")
     try:
         wait_until(lambda: held_by_anyone(str(images / "held.img")), 60, "condatainer exec to mount held.img")
