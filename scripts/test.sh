@@ -13,8 +13,8 @@
 # scripts/setup-testuser.sh) with the same options: on the test files given, or
 # else on $JCT_USER_TESTS (default: the model, instance, kernel lifecycle and
 # server-crash, unprivileged/fakeroot, magic and REST API installs, mm-*
-# wrappers, env lifecycle, fault and crash-matrix modules — the matrix's create
-# and install rows, $JCT_CRASH_OPERATIONS). The modules that act as other
+# wrappers, env lifecycle, fault, crash-matrix and CondaTainer-CLI interop
+# modules — the matrix's create and install rows, $JCT_CRASH_OPERATIONS). The modules that act as other
 # users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
 # root pass only and switch to the ordinary users with runuser; so does the
 # tmpfs disk-full tests (mount needs root). SLURM and browser tests run
@@ -29,6 +29,12 @@ export PATH="$BIN:$PATH"
 export JCT_CACHE="${JCT_CACHE:-/var/cache/jupyter-condatainer}"
 TEST_USER="${JCT_TEST_USER-jctuser}"
 cd "$REPO"
+# The real CondaTainer CLI for tests/test_interop.py (-m 'not interop' leaves them out): the
+# builds next to the repository, unless JCT_CONDATAINER names another. Without it they fail and say so.
+if [[ -z ${JCT_CONDATAINER:-} && -x $REPO/../shared/tools/condatainer/condatainer ]]; then
+    JCT_CONDATAINER="$(cd "$REPO/../shared/tools/condatainer" && pwd)/condatainer"
+    export JCT_CONDATAINER
+fi
 
 pass() {   # NAME COMMAND...: run a pass, print its time, return its status
     local name=$1 start=$SECONDS status=0
@@ -70,6 +76,9 @@ user_env=(
     JCT_CRASH_OPERATIONS="${JCT_CRASH_OPERATIONS:-create,install}"
 )
 [[ -z ${JCT_IMAGES:-} ]] || user_env+=(JCT_IMAGES="$JCT_IMAGES")
+for variable in JCT_CONDATAINER JCT_CONDATAINER_V150; do
+    [[ -z ${!variable:-} ]] || user_env+=("$variable=${!variable}")
+done
 # tests/test_browser.py's screenshots of this pass, next to the root pass's (CI keeps artifacts/).
 user_shots="$REPO/artifacts/screenshots/$TEST_USER"
 mkdir -p "$user_shots" && chown "$TEST_USER:" "$user_shots"
@@ -82,7 +91,8 @@ done
 if (( ! has_paths )); then
     read -r -a default_tests <<<"${JCT_USER_TESTS:-tests/test_model.py tests/test_instance.py \
         tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
-        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py}"
+        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py \
+        tests/test_interop.py}"
     user_args+=("${default_tests[@]}")
 fi
 user_status=0

@@ -34,7 +34,7 @@ from kernel_provider.host.locks import (
     is_locked,
     locked_files,
 )
-from kernel_provider.host.probes import read_sidecar
+from kernel_provider.host.probes import ImageProbe
 from kernel_provider.host.process import failure, output_tail, run_logged
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import history
@@ -179,12 +179,15 @@ class EnvOperations:
         locked = locked_files()
         ours = {o.path for i in self.instances.instances.values() for o in (i.plan.base_image, *i.plan.overlays)}
         kernels = self._kernels_by_overlay(catalog)
+        probe = ImageProbe()
         rows, seen = [], set()
         for _, overlay in sorted(catalog.by_name.items()):
             if overlay.path in seen:
                 continue  # the default-distro alias of an image already listed
             seen.add(overlay.path)
-            meta = read_sidecar(overlay)
+            # As a container gets them: the newest CondaTainer keeps a build script's #WHATIS, #ENV and
+            # #ENVNOTE only in the script it embeds in the .sqf, and writes no sidecar for them.
+            meta = probe.overlay_env(overlay)
             try:
                 size = os.stat(overlay.path).st_size
             except OSError:

@@ -81,7 +81,11 @@ class Instance:
     ) -> Instance:
         """An instance about to start (here or in a SLURM job): shared locks on its images, so
         that none is replaced under it, and its env file written."""
-        locks = SharedLocks([plan.base_image.path] + [o.path for o in plan.overlays if o.kind == "sqf"]).acquire()
+        # The .img too: Apptainer's own lock on a mounted .img is an OFD lock, which the CondaTainer
+        # CLI's flock probe (``condatainer rm``) does not see, so it would delete the env under the kernel.
+        locks = SharedLocks(
+            [plan.base_image.path] + [o.path for o in plan.overlays if o.kind in ("sqf", "img")]
+        ).acquire()
         env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env, oci=oci))
         return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci)
 

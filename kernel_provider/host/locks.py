@@ -3,8 +3,9 @@
 While a container runs, CondaTainer holds a shared, non-blocking ``flock`` on the
 base ``.sif`` and every ``.sqf``; removing or rebuilding an image probes with an
 exclusive lock and refuses while anyone holds it. ``.img`` files are not flock'ed by
-CondaTainer (Apptainer locks them itself while mounted), but the same probe tells
-whether one is mounted.
+CondaTainer (Apptainer locks them itself while mounted, with an OFD lock that ``flock``
+does not see), so our instances flock their ``.img`` as well: ``condatainer rm`` then
+refuses to delete an env a kernel has mounted (tests/test_interop.py).
 """
 
 from __future__ import annotations

@@ -18,11 +18,26 @@ from kernel_provider.model import binds as bind_rules
 from kernel_provider.model.envfile import OverlayEnv, expand_references
 from kernel_provider.model.overlays import Catalog, Overlay, OverlayError, resolve
 
+# zsh's completion directories: CondaTainer sets FPATH so that zsh in the container completes.
+ZSH_FPATH = ":".join(
+    ["/usr/local/share/zsh/site-functions", "/usr/share/zsh/vendor-completions"]
+    + [
+        f"/usr/share/zsh/functions/{sub}"
+        for sub in (
+            "Calendar Chpwd Completion Completion/AIX Completion/BSD Completion/Base Completion/Cygwin "
+            "Completion/Darwin Completion/Debian Completion/Linux Completion/Mandriva Completion/Redhat "
+            "Completion/Solaris Completion/Unix Completion/X Completion/Zsh Completion/openSUSE Exceptions "
+            "MIME Math Misc Newuser Prompts TCP VCS_Info VCS_Info/Backends Zftp Zle"
+        ).split()
+    ]
+)
+# CondaTainer's fixed variables, in its order (``commonEnvVars``).
 FIXED_ENV = (
     ("LC_ALL", "C.UTF-8"),
     ("LANG", "C.UTF-8"),
     ("CURL_CA_BUNDLE", ""),
     ("SSL_CERT_FILE", ""),
+    ("FPATH", ZSH_FPATH),
 )
 GPU_DEVICES = (("/dev/nvidiactl", "--nv"), ("/dev/kfd", "--rocm"))
 

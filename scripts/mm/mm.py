@@ -79,7 +79,9 @@ def env_prefix() -> Path:
 
 
 def require_writable(prefix: Path) -> None:
-    probe = prefix if prefix.exists() else prefix.parent
+    # The nearest existing ancestor decides: an env image made by the CondaTainer CLI has only
+    # upper/ and work/, so /ext3 itself appears only when mm-create makes the prefix (as micromamba does).
+    probe = next(p for p in (prefix, *prefix.parents) if p.exists())
     if not os.access(probe, os.W_OK):
         raise MMError(f"{prefix} is not writable (is the .img overlay mounted read-only?)")
 
