@@ -26,6 +26,7 @@ from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
 from kernel_provider.envs.journal import Journal
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint, plan_for_host
+from kernel_provider.host.holders import ANOTHER_PROGRAM, holder, holders
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.locks import (
     ImageWriteHold,
@@ -91,6 +92,7 @@ class OverlayInfo:
     in_use: bool
     kernelspec: str | None
     writable: bool
+    in_use_by: str = ""  # who has it open, in words: notebooks and kernels, or "another program"
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,25 @@ class Package:
 
 
 def channel_binds(channels: Sequence[str]) -> list[str]:
-    """Local ``file://`` channels must be visible inside the container at the same path."""
-    return [c[len("file://") :] for c in channels if c.startswith("file://") and os.path.isdir(c[len("file://") :])]
+    """Local ``file://`` channels must be visible inside the container at the same path (with
+    their parent: it becomes the channel alias, see :func:`channel_env`)."""
+    local = [c[len("file://") :].rstrip("/") for c in channels if c.startswith("file://")]
+    return [os.path.dirname(path) for path in local if os.path.isdir(path) and os.path.dirname(path) != "/"]
+
+
+def channel_env(channels: Sequence[str], container_env: dict[str, str]) -> dict[str, str]:
+    """The containers' variables for an operation with ``channels``.
+
+    CondaTainer's ``mm-create`` adds ``conda-forge`` to the channels it is given, and a name
+    resolves through the channel alias (the network, unless a site mirror is set). A local
+    ``file://DIR/NAME`` channel typed by a user who has no alias makes ``DIR`` the alias for
+    this operation, so ``conda-forge`` is looked up beside it and nothing tries the network.
+    """
+    if any(container_env.get(key) for key in history.CHANNEL_ALIAS_VARIABLES):
+        return dict(container_env)
+    local = [c[len("file://") :].rstrip("/") for c in channels if c.startswith("file://")]
+    parents = [os.path.dirname(path) for path in local if os.path.isdir(path) and os.path.dirname(path) != "/"]
+    return {**container_env, "MAMBA_CHANNEL_ALIAS": f"file://{parents[0]}"} if parents else dict(container_env)
 
 
 def read_conda_meta(meta: history.EnvMeta) -> list[Package]:
@@ -164,6 +183,10 @@ class EnvOperations:
         fallback.mkdir(parents=True, exist_ok=True)
         return fallback
 
+    def holder(self, path: str) -> str:
+        """Who has the image at ``path`` open, in words (for "in use" refusals)."""
+        return holder(self.instances.store, path)
+
     def mounted_by(self, overlay: Overlay) -> Instance | None:
         """Our running instance that has this image mounted, if any."""
         return next(
@@ -179,6 +202,7 @@ class EnvOperations:
         locked = locked_files()
         ours = {o.path for i in self.instances.instances.values() for o in (i.plan.base_image, *i.plan.overlays)}
         kernels = self._kernels_by_overlay(catalog)
+        users = holders(self.instances.store, [o.path for o in catalog.by_name.values()])
         rows, seen = [], set()
         for _, overlay in sorted(catalog.by_name.items()):
             if overlay.path in seen:
@@ -189,6 +213,7 @@ class EnvOperations:
                 size = os.stat(overlay.path).st_size
             except OSError:
                 continue
+            in_use = overlay.path in ours or is_locked(overlay.path, locked)
             rows.append(
                 OverlayInfo(
                     name=overlay.name,
@@ -197,9 +222,10 @@ class EnvOperations:
                     size=size,
                     whatis=meta.whatis,
                     notes=meta.notes,
-                    in_use=overlay.path in ours or is_locked(overlay.path, locked),
+                    in_use=in_use,
                     kernelspec=kernels.get(overlay.path),
                     writable=overlay.kind == "img" and os.access(overlay.path, os.W_OK),
+                    in_use_by=users.get(overlay.path, ANOTHER_PROGRAM) if in_use else "",
                 )
             )
         return rows
@@ -470,7 +496,7 @@ class EnvOperations:
         server is removed by :meth:`recover`, and its container dies with the server.
         """
         image = self.resolve_image(overlay)
-        with ImageWriteHold(image):
+        with ImageWriteHold(image, self.holder):
             self.check_free_space(
                 os.path.dirname(image), workfiles.allocated_bytes(image), f"a working copy of {overlay.name}"
             )
@@ -512,7 +538,7 @@ class EnvOperations:
         request = StackRequest(
             overlays=[overlay.path],
             writable=True,
-            env=self.config.container_env,
+            env=channel_env(channels, self.config.container_env),
             binds=[*channel_binds(channels), *binds],
         )
         plan = await asyncio.to_thread(plan_for_host, request, self.config)
@@ -582,10 +608,9 @@ class EnvOperations:
         overlay = await asyncio.to_thread(self.find, name)
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
-        if self.mounted_by(overlay):
-            raise EnvBusyError(in_use_message(name, "a running kernel of this server", "shut that kernel down first"))
-        if await asyncio.to_thread(held_by_anyone, overlay.path):
-            raise EnvBusyError(in_use_message(name))
+        if self.mounted_by(overlay) or await asyncio.to_thread(held_by_anyone, overlay.path):
+            who = await asyncio.to_thread(self.holder, overlay.path)
+            raise EnvBusyError(in_use_message(f"{name} cannot be deleted: it", who, "shut that down first"))
         lock = self.try_lock(overlay.path)
         try:
             with self.journal.record("delete", name, overlay.path):
@@ -596,10 +621,9 @@ class EnvOperations:
             lock.release()
         await asyncio.to_thread(self._forget_kernels, name, overlay.path)
 
-    @staticmethod
-    def _unlink_image(overlay: Overlay) -> None:
+    def _unlink_image(self, overlay: Overlay) -> None:
         if overlay.kind == "img" and not os.path.islink(overlay.path):
-            with ImageWriteHold(overlay.path):  # no container may mount it while it goes
+            with ImageWriteHold(overlay.path, self.holder):  # no container may mount it while it goes
                 os.unlink(overlay.path)
         else:
             os.unlink(overlay.path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ from pathlib import Path
 from kernel_provider.host import instanceinfo, python
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint
+from kernel_provider.host.diagnosis import Context, explain
+from kernel_provider.host.holders import holder, holders
 from kernel_provider.host.locks import (
     ImageBusyError,
     SharedLocks,
     in_use_message,
     is_in_use,
 )
+from kernel_provider.host.probes import user_name
 from kernel_provider.host.process import InstanceError, apptainer_message, run
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
@@ -67,6 +71,7 @@ class Instance:
     locks: SharedLocks
     shared: bool
     kernels: set[str] = field(default_factory=set)
+    notebooks: dict[str, str] = field(default_factory=dict)  # kernel id → notebook, to name who uses an image
     python: PythonInfo | None = None  # probed once (kernel_provider.host.python)
 
     @classmethod
@@ -89,6 +94,7 @@ class Instance:
             owner=Owner.current(),
             stack_key=self.key,
             kernels=sorted(self.kernels),
+            notebooks={k: v for k, v in self.notebooks.items() if k in self.kernels},
             slurm_job=slurm_job,
         )
 
@@ -145,8 +151,9 @@ class InstanceManager:
             self._version = result.stdout.strip() or "unknown"
         return self._version
 
-    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
+    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool, notebook: str = "") -> Instance:
         """An instance for ``plan``: a running shared one with the same stack, or a new one.
+        ``notebook``: the kernel's notebook, recorded so that "in use" can name it.
 
         Starts of different stacks run concurrently; kernels that share a stack wait for
         the one start of it.
@@ -154,6 +161,8 @@ class InstanceManager:
         key = stack_key(plan)
         instance = await (self._shared(plan, key) if share else self._start(plan, key, share))
         instance.kernels.add(kernel_id)
+        if notebook:
+            instance.notebooks[kernel_id] = notebook
         self._save(instance)
         return instance
 
@@ -173,6 +182,7 @@ class InstanceManager:
         """Forget a kernel; stop the instance when no kernel uses it any more."""
         async with self._lock:
             instance.kernels.discard(kernel_id)
+            instance.notebooks.pop(kernel_id, None)
             if instance.kernels:
                 self._save(instance)
                 return
@@ -185,9 +195,10 @@ class InstanceManager:
         if env_image and plan.writable and is_in_use(env_image.path):
             raise ImageBusyError(
                 in_use_message(
-                    env_image.path,
-                    advice="a writable env can be mounted once. Stop that kernel, or use a kernel "
-                    "with share_instance so both notebooks use one instance.",
+                    f"The env {os.path.basename(env_image.path)}",
+                    holder(self.store, env_image.path),
+                    advice="a writable env can be mounted by one container at a time. Shut that kernel down, "
+                    "or use a kernel with share_instance so both notebooks use one instance.",
                 )
             )
 
@@ -203,10 +214,11 @@ class InstanceManager:
             start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file))
             result = await run(start, START_TIMEOUT)
             if result.returncode != 0:
+                stack = f"{plan.base_image.name} + {', '.join(o.name for o in plan.overlays) or 'no overlays'}"
+                images = [plan.base_image.path, *(o.path for o in plan.overlays)]
+                context = Context(holders=holders(self.store, images), user=user_name(os.getuid()))
                 raise InstanceError(
-                    f"apptainer instance start failed for {plan.base_image.name} + "
-                    f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
-                    + fakeroot_hint(plan)
+                    explain(f"apptainer instance start for {stack}", result.stderr, context) + fakeroot_hint(plan)
                 )
         except BaseException:
             await self._stop(name)

@@ -93,17 +93,18 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
                 self._use_ipc()
             kwargs = await super().pre_launch(**kwargs)
             if self.instance is None:
-                await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()))
+                notebook = kwargs.get("env", {}).get("JPY_SESSION_NAME", "")
+                await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()), notebook)
             await self._ensure_ipykernel(await self.manager.probe_python(self.instance))
             return self._in_container(kwargs)
 
-    async def _acquire_instance(self, kernel_cwd: str) -> None:
+    async def _acquire_instance(self, kernel_cwd: str, notebook: str = "") -> None:
         """Start the stack's instance, or join the running one when ``share_instance``; the first
-        kernel of this server cleans up after a crashed one."""
+        kernel of this server cleans up after a crashed one. ``notebook`` names the kernel's user."""
         manager = self.manager
         await manager.sweep_orphans_once()
         plan = await asyncio.to_thread(self._plan, kernel_cwd)
-        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance)
+        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, notebook)
         self.placement = Placement(instance=self.instance.name)
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
