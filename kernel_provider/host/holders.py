@@ -24,8 +24,8 @@ def _images(record: InstanceRecord) -> set[str]:
     return {os.path.realpath(p) for p in paths if p}
 
 
-def describe(record: InstanceRecord, me: Owner | None = None) -> str:
-    """An instance in words: its notebooks (or kernels), and which server runs it."""
+def kernels_in_words(record: InstanceRecord) -> str:
+    """An instance's users in words: its notebooks, and kernels without one by id."""
     named = [os.path.basename(record.notebooks[k]) for k in record.kernels if record.notebooks.get(k)]
     unnamed = [k[:8] for k in record.kernels if not record.notebooks.get(k)]
     parts = []
@@ -33,7 +33,12 @@ def describe(record: InstanceRecord, me: Owner | None = None) -> str:
         parts.append(("the notebook " if len(named) == 1 else "the notebooks ") + ", ".join(named))
     if unnamed:
         parts.append(("the kernel " if len(unnamed) == 1 else "the kernels ") + ", ".join(unnamed))
-    who = " and ".join(parts) or f"the instance {record.name}"
+    return " and ".join(parts) or f"the instance {record.name}"
+
+
+def describe(record: InstanceRecord, me: Owner | None = None) -> str:
+    """An instance in words: its notebooks (or kernels), and which server runs it unless it is ``me``."""
+    who = kernels_in_words(record)
     me = me or Owner.current()
     if record.owner.pid != me.pid or record.owner.host != me.host:
         who += f" (Jupyter server pid {record.owner.pid} on {record.owner.host})"
