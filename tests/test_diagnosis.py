@@ -81,3 +81,35 @@ def test_in_use_names_the_notebook_holding_the_env(tmp_path):
     assert found.headline == (
         "The env env.img is open for writing by the notebook a.ipynb; the kernel 99 (Jupyter server pid 1 on node7)"
     )
+
+
+@pytest.mark.integration
+def test_an_env_in_use_names_the_notebook_holding_it_at_kernel_start_and_delete(kernel_env):
+    """A writable env open in one notebook: a second notebook's kernel of it, and a delete, are
+    refused with a first line that names the first notebook, and the server still stops at once."""
+    from conftest import Server, free_port
+
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+    KernelspecStore().write(custom_spec(["python/3.11", "env"], label="env rw", writable=True))
+    server = Server(kernel_env, free_port())
+
+    def session(path: str) -> dict:
+        return {"path": path, "name": path, "type": "notebook", "kernel": {"name": "condatainer-env-rw"}}
+
+    try:
+        server.start()
+        server.request("POST", "/api/sessions", session("work/first.ipynb"))
+        status, answer = server.refused("POST", "/api/sessions", session("second.ipynb"))
+        deleted = server.refused("DELETE", "/condatainer/api/overlays/env")
+        listed = {o["name"]: o for o in server.request("GET", "/condatainer/api/overlays")["overlays"]}
+        server.process.terminate()
+        server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    first = answer["message"].splitlines()[0]
+    assert status == 500 and first.startswith("The kernel 'CondaTainer: env rw' could not start: the env env.img ")
+    assert "by the notebook first.ipynb" in first and "shut that kernel down" in first.lower(), first
+    assert deleted[0] == 409
+    assert deleted[1]["message"] == "env cannot be deleted: it is in use by the notebook first.ipynb; shut that down first"
+    assert listed["env"]["in_use"] and listed["env"]["in_use_by"] == "the notebook first.ipynb"
