@@ -247,7 +247,7 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         server.stop()
     for name, label, reason in [
         ("corrupt", "corrupt", "could not start: the image corrupt--1.0.sqf is damaged or not an image. Rebuild"),
-        ("gone", "gone", "could not start: the image gone--1.0.sqf is missing. It was moved or deleted"),
+        ("gone", "gone", "could not start: the image gone--1.0.sqf is missing ("),
         ("session", "corrupt", "could not start: the image corrupt--1.0.sqf is damaged or not an image. Rebuild"),
     ]:
         status, answer = answers[name]
