@@ -13,6 +13,7 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
 import { LifecycleClient } from './lifecycle';
+import { connectNotifications } from './notify';
 // The panel is added to the shell at activation, so its model and widget
 // load with the plugin.
 // eslint-disable-next-line jupyter/prefer-lazy-imports
@@ -61,6 +62,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     model.kernelsChanged.connect(() => {
       void serviceManager.kernelspecs.refreshSpecs();
     });
+    connectNotifications(model.jobs, trans);
 
     addCommands(app, model, trans, fileBrowser);
 

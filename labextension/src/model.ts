@@ -11,8 +11,14 @@ import { jobFromEvent } from './jobs';
 import { JobStore } from './jobstore';
 import { findWritable, kernelsDiffer, sortByName } from './overlays';
 import { errorMessage } from './request';
-import { FALLBACK_POLL_MS } from './tokens';
-import type { ICreateEnvRequest, IJob, IOverlay, IPackage } from './tokens';
+import { FALLBACK_POLL_MS, STATUS_POLL_MS } from './tokens';
+import type {
+  ICreateEnvRequest,
+  IJob,
+  IMadeKernel,
+  IOverlay,
+  IPackage
+} from './tokens';
 
 /**
  * Keys under which the model records the error of an action, so the panel
@@ -27,6 +33,7 @@ export namespace ActionKeys {
   export const install = (name: string) => `install:${name}`;
   export const remove = (name: string, pkg: string) => `remove:${name}:${pkg}`;
   export const cancel = (id: string) => `cancel:${id}`;
+  export const makeKernel = (name: string) => `make-kernel:${name}`;
 }
 
 /**
@@ -60,6 +67,59 @@ export class CondaTainerModel extends VDomModel {
       name: 'jupyter-condatainer:refresh',
       standby: () => (this._visible ? 'when-hidden' : true)
     });
+    this._statusPoll = new Poll({
+      factory: () => this.checkStatus(),
+      frequency: { interval: STATUS_POLL_MS, backoff: true, max: 60000 },
+      name: 'jupyter-condatainer:status',
+      standby: () => (this._visible ? 'when-hidden' : true)
+    });
+  }
+
+  /**
+   * Why no conda channel can be reached, as the server knows it, or "":
+   * the panel says it before a user starts "New env".
+   */
+  get channelProblem(): string {
+    return this._channelProblem;
+  }
+
+  /**
+   * Ask the server's cheap status; reload when images, kernels or
+   * instances changed since the last answer (the magic, the CLI, another
+   * server changed them).
+   */
+  async checkStatus(): Promise<void> {
+    const status = await this._client.status();
+    const changed =
+      this._generation !== '' && status.generation !== this._generation;
+    this._generation = status.generation;
+    if (status.channel_problem !== this._channelProblem) {
+      this._channelProblem = status.channel_problem;
+      this._emit();
+    }
+    if (changed) {
+      await this.refresh();
+    }
+  }
+
+  /**
+   * Make a kernel for a stack of overlays (an env, or any custom stack);
+   * null when it failed (the error is kept under `key`).
+   */
+  async makeKernel(
+    key: string,
+    overlays: string[],
+    label: string
+  ): Promise<IMadeKernel | null> {
+    let made: IMadeKernel | null = null;
+    await this._run(ActionKeys.makeKernel(key), async () => {
+      made = await this._client.makeKernel(overlays, label);
+      this._kernelsChanged.emit();
+    });
+    if (made) {
+      await this.refreshOverlays();
+    }
+    return made;
   }
 
   /** Jobs known to the panel; see `JobStore`. */
@@ -269,6 +329,7 @@ export class CondaTainerModel extends VDomModel {
     this._events?.stream.disconnect(this._onEvent, this);
     this._fallbackPoll.dispose();
     this._refreshPoll.dispose();
+    this._statusPoll.dispose();
     this._followUp.dispose();
     Signal.clearData(this);
     super.dispose();
@@ -342,6 +403,9 @@ export class CondaTainerModel extends VDomModel {
   private _lastEventAt = 0;
   private _fallbackPoll: Poll;
   private _refreshPoll: Poll;
+  private _statusPoll: Poll;
+  private _generation = '';
+  private _channelProblem = '';
   private _followUpTargets = new Set<string>();
   private _followUp = new Debouncer(() => this._refreshAfterJobs(), 500);
   private _kernelsChanged = new Signal<this, void>(this);

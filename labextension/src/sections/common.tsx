@@ -108,8 +108,7 @@ export function SectionHelp(props: {
 }
 
 /** Where the panel's "Docs" links go: the project's README. */
-export const DOCS_URL =
-  'https://github.com/Justype/condatainer#readme';
+export const DOCS_URL = 'https://github.com/Justype/condatainer#readme';
 
 /** A short status word in a rounded box (e.g. "in use", "running"). */
 export function Badge(props: {
