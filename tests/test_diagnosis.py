@@ -111,5 +111,7 @@ def test_an_env_in_use_names_the_notebook_holding_it_at_kernel_start_and_delete(
     assert status == 500 and first.startswith("The kernel 'CondaTainer: env rw' could not start: the env env.img ")
     assert "by the notebook first.ipynb" in first and "shut that kernel down" in first.lower(), first
     assert deleted[0] == 409
-    assert deleted[1]["message"] == "env cannot be deleted: it is in use by the notebook first.ipynb; shut that down first"
+    assert (
+        deleted[1]["message"] == "env cannot be deleted: it is in use by the notebook first.ipynb; shut that down first"
+    )
     assert listed["env"]["in_use"] and listed["env"]["in_use_by"] == "the notebook first.ipynb"

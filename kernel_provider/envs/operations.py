@@ -117,14 +117,18 @@ def channel_env(channels: Sequence[str], container_env: dict[str, str]) -> dict[
 
     CondaTainer's ``mm-create`` adds ``conda-forge`` to the channels it is given, and a name
     resolves through the channel alias (the network, unless a site mirror is set). A local
-    ``file://DIR/NAME`` channel typed by a user who has no alias makes ``DIR`` the alias for
-    this operation, so ``conda-forge`` is looked up beside it and nothing tries the network.
+    ``file://DIR/conda-forge`` typed by a user — or any local ``file://DIR/NAME`` when no alias is
+    set — makes ``DIR`` the alias for this operation, so ``conda-forge`` is looked up beside it
+    and nothing tries the network.
     """
-    if any(container_env.get(key) for key in history.CHANNEL_ALIAS_VARIABLES):
-        return dict(container_env)
     local = [c[len("file://") :].rstrip("/") for c in channels if c.startswith("file://")]
-    parents = [os.path.dirname(path) for path in local if os.path.isdir(path) and os.path.dirname(path) != "/"]
-    return {**container_env, "MAMBA_CHANNEL_ALIAS": f"file://{parents[0]}"} if parents else dict(container_env)
+    local = [path for path in local if os.path.isdir(path) and os.path.dirname(path) != "/"]
+    has_alias = any(container_env.get(key) for key in history.CHANNEL_ALIAS_VARIABLES)
+    chosen = [p for p in local if os.path.basename(p) == "conda-forge"] or ([] if has_alias else local)
+    if not chosen:
+        return dict(container_env)
+    env = {k: v for k, v in container_env.items() if k not in history.CHANNEL_ALIAS_VARIABLES}
+    return {**env, "MAMBA_CHANNEL_ALIAS": f"file://{os.path.dirname(chosen[0])}"}
 
 
 def read_conda_meta(meta: history.EnvMeta) -> list[Package]:

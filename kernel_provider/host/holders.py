@@ -45,11 +45,14 @@ def describe(record: InstanceRecord, me: Owner | None = None) -> str:
     return who
 
 
-def holders(store: StateStore, paths: list[str]) -> dict[str, str]:
-    """Image path → who has it mounted, for those of ``paths`` an instance of ours mounts."""
+def holders(store: StateStore, paths: list[str], exclude: str = "") -> dict[str, str]:
+    """Image path → who has it mounted, for those of ``paths`` an instance of ours mounts
+    (``exclude``: the instance that is asking, e.g. one whose start failed)."""
     wanted = {os.path.realpath(p): p for p in paths}
     found: dict[str, list[str]] = {}
     for record in store.ours():
+        if record.name == exclude:
+            continue
         for image in _images(record) & set(wanted):
             found.setdefault(wanted[image], []).append(describe(record))
     return {path: "; ".join(who) for path, who in found.items()}

@@ -216,7 +216,7 @@ class InstanceManager:
             if result.returncode != 0:
                 stack = f"{plan.base_image.name} + {', '.join(o.name for o in plan.overlays) or 'no overlays'}"
                 images = [plan.base_image.path, *(o.path for o in plan.overlays)]
-                context = Context(holders=holders(self.store, images), user=user_name(os.getuid()))
+                context = Context(holders=holders(self.store, images, exclude=name), user=user_name(os.getuid()))
                 raise InstanceError(
                     explain(f"apptainer instance start for {stack}", result.stderr, context) + fakeroot_hint(plan)
                 )
