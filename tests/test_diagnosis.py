@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kernel_provider.host.diagnosis import Context, diagnose, explain
 from kernel_provider.host.holders import ANOTHER_PROGRAM, holder, holders
 from kernel_provider.host.process import failure
 from kernel_provider.host.state import InstanceRecord, Owner, StateStore
+from kernel_provider.incontainer.diagnosis import Context, diagnose, explain
 
 OUTPUTS = Path(__file__).parent / "tool_outputs"
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from kernel_provider.host import instanceinfo, python
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint
-from kernel_provider.host.diagnosis import Context, explain
 from kernel_provider.host.holders import holder, holders
 from kernel_provider.host.locks import (
     ImageBusyError,
@@ -38,6 +37,7 @@ from kernel_provider.host.state import (
     Owner,
     StateStore,
 )
+from kernel_provider.incontainer.diagnosis import Context, explain
 from kernel_provider.incontainer.envlock import EnvLock, env_lock_path
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kernel_provider.host.diagnosis import Context, explain
+from kernel_provider.incontainer.diagnosis import Context, explain
 from kernel_provider.model import command
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>

@@ -15,9 +15,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kernel_provider.host.diagnosis import explain
 from kernel_provider.host.process import InstanceError, run
 from kernel_provider.host.runtime import write_private
+from kernel_provider.incontainer.diagnosis import explain
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
 

@@ -4,7 +4,8 @@ Apptainer, the micromamba wrappers and the kernel start fail with INFO/FATAL lin
 their developers ("while loading overlay images: failed to open overlay image …: image format
 not recognized"). :func:`diagnose` reads such output and says, in one line, what happened and
 what to do; :func:`explain` puts that line above the tool's own lines, which stay as detail.
-Pure: the caller passes what it knows (:class:`Context`), nothing here touches the host.
+Pure and stdlib-only (it runs in the container too, for the ``%condatainer`` magic): the caller
+passes what it knows (:class:`Context`), nothing here touches the host.
 """
 
 from __future__ import annotations
