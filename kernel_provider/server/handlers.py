@@ -24,7 +24,7 @@ from kernel_provider.envs.jobs import JobError, JobRegistry, job_running_message
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, as_json
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.incontainer.history import HistoryError
-from kernel_provider.kernel.stackcheck import StackProblem, make_kernel
+from kernel_provider.kernel.stackcheck import make_kernel
 from kernel_provider.model.names import InvalidNameError
 from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError
 from kernel_provider.model.validation import (
@@ -45,7 +45,6 @@ HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (JobError, 409),
     (DiskSpaceError, 507),
     (InvalidNameError, 400),
-    (StackProblem, 400),
     (HistoryError, 400),
     (OverlayError, 400),
     (ValueError, 400),
