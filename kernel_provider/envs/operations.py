@@ -339,7 +339,10 @@ class EnvOperations:
             await self._build(report, apptainer, name, size_mb, packages, channels, target, tmp)
         if register_kernel:
             kernel = await asyncio.to_thread(self.register_kernel, name)
-            report.log(f"registered kernel {kernel}")
+            stack = KernelspecStore().read_all()[kernel].overlays
+            also = f" (it also mounts {', '.join(stack[:-1])}: the env has no Python of its own)" if stack[:-1] else ""
+            report.log(f"registered kernel {kernel}{also}")
+            return f"created {target}; kernel 'CondaTainer: {name} (env)'{also}"
         return f"created {target}"
 
     async def _build(

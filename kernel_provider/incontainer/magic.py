@@ -455,7 +455,11 @@ class CondaTainerMagics(Magics):
 
 def _show_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
     """A :class:`CondaTainerError` as its message alone: the magic's own frames are no help to a user."""
-    return [f"{etype.__name__}: {value}"]  # shown by IPython as the error's whole traceback
+    stb = [f"{etype.__name__}: {value}"]
+    # IPython 9 leaves showing a custom handler's result to the handler: _showtraceback is what
+    # its own showtraceback ends in (ipykernel sends the cell's error message from there).
+    shell._showtraceback(etype, value, stb)
+    return stb
 
 
 def load_ipython_extension(ipython) -> None:
