@@ -366,6 +366,7 @@ def failing_lab(user_layout, conda_channel):
     (extensions / EXTENSION).symlink_to(built)
     images = user_layout / "images"
     (images / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)
+    (images / "corrupt--1.0.sqf.env").write_text("1BAD=x\n")  # a sidecar line the kernel will skip
     store = KernelspecStore()
     store.write(custom_spec(["python/3.11", "corrupt/1.0"], label="corrupt"))
     store.write(custom_spec(["python/3.11", "env"], label="env rw", writable=True))
@@ -486,6 +487,12 @@ def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
     job.scroll_into_view_if_needed()
     shot("12-solver-conflict")
 
+    # What the kernel will skip of an overlay's sidecar is said in its row.
+    corrupt = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="corrupt/1.0"]')
+    expect(corrupt.get_by_test_id("jp-condatainer-overlay-warning")).to_contain_text(
+        "'1BAD' is not a variable name (letters, digits and '_', not starting with a digit); this line is skipped"
+    )
+
     # A corrupt overlay: the kernel's error dialog opens with what happened and what to do.
     text = start_error("CondaTainer: corrupt")
     assert (
@@ -505,6 +512,7 @@ def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
     panel.get_by_test_id("jp-condatainer-refresh-button").click()
     env = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="env"]')
     expect(env.get_by_test_id("jp-condatainer-in-use-by")).to_have_text("In use by the notebook first.ipynb")
+    expect(env.get_by_test_id("jp-condatainer-kernel-stack")).to_have_text("Its kernel mounts python/3.11 + env")
     env.get_by_role("button", name="Delete env").click()
     dialog = page.locator(".jp-Dialog")
     expect(dialog).to_contain_text("env is in use by the notebook first.ipynb. Shut that down first")

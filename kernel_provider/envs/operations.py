@@ -93,6 +93,8 @@ class OverlayInfo:
     kernelspec: str | None
     writable: bool
     in_use_by: str = ""  # who has it open, in words: notebooks and kernels, or "another program"
+    kernel_stack: list[str] = field(default_factory=list)  # the overlays its kernel mounts (python/3.11 + env)
+    warnings: list[str] = field(default_factory=list)  # lines of its .env sidecar that were skipped, and why
 
 
 @dataclass(frozen=True)
@@ -227,23 +229,25 @@ class EnvOperations:
                     whatis=meta.whatis,
                     notes=meta.notes,
                     in_use=in_use,
-                    kernelspec=kernels.get(overlay.path),
+                    kernelspec=kernels[overlay.path][0] if overlay.path in kernels else None,
                     writable=overlay.kind == "img" and os.access(overlay.path, os.W_OK),
                     in_use_by=users.get(overlay.path, ANOTHER_PROGRAM) if in_use else "",
+                    kernel_stack=kernels[overlay.path][1] if overlay.path in kernels else [],
+                    warnings=list(meta.warnings),
                 )
             )
         return rows
 
-    def _kernels_by_overlay(self, catalog: Catalog) -> dict[str, str]:
-        """Image path → the kernelspec whose last overlay is that image."""
-        found = {}
+    def _kernels_by_overlay(self, catalog: Catalog) -> dict[str, tuple[str, list[str]]]:
+        """Image path → the kernelspec whose last overlay is that image, and its whole stack."""
+        found: dict[str, tuple[str, list[str]]] = {}
         for kernel, spec in KernelspecStore().read_all().items():
             if not spec.overlays:
                 continue
             last = spec.overlays[-1]
             overlay = catalog.by_name.get(last) or (Overlay.from_path(last) if os.path.isabs(last) else None)
             if overlay is not None:
-                found.setdefault(overlay.path, kernel)
+                found.setdefault(overlay.path, (kernel, list(spec.overlays)))
         return found
 
     def env_meta(self, overlay: Overlay, destination: str | None = None) -> history.EnvMeta:

@@ -58,6 +58,10 @@ export interface IOverlay {
    * (a CondaTainer shell, another server). Absent from older servers.
    */
   in_use_by?: string;
+  /** The overlays its kernel mounts, e.g. `python/3.11` then the env. */
+  kernel_stack?: string[];
+  /** Lines of its `.env` sidecar that were skipped, and why. */
+  warnings?: string[];
   /** Name of the kernelspec that runs this overlay, if one is registered. */
   kernelspec: string | null;
   writable: boolean;

@@ -311,6 +311,26 @@ function OverlayRow(props: {
       {overlay.whatis && (
         <div className="jp-condatainer-overlay-whatis">{overlay.whatis}</div>
       )}
+      {(overlay.kernel_stack ?? []).length > 1 && (
+        <div
+          className="jp-condatainer-overlay-whatis"
+          data-testid="jp-condatainer-kernel-stack"
+        >
+          {trans.__(
+            'Its kernel mounts %1',
+            (overlay.kernel_stack ?? []).join(' + ')
+          )}
+        </div>
+      )}
+      {(overlay.warnings ?? []).map(warning => (
+        <div
+          key={warning}
+          className="jp-condatainer-warning"
+          data-testid="jp-condatainer-overlay-warning"
+        >
+          {warning}
+        </div>
+      ))}
       {overlay.in_use && overlay.in_use_by && (
         <div
           className="jp-condatainer-overlay-in-use-by"
