@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 
 from kernel_provider.host.state import InstanceRecord, Owner, StateStore
-
-ANOTHER_PROGRAM = "another program (a CondaTainer shell or instance, or another Jupyter server)"
+from kernel_provider.incontainer.diagnosis import ANOTHER_PROGRAM
 
 
 def _images(record: InstanceRecord) -> set[str]:

@@ -56,13 +56,19 @@ def _sqf_cat(identity: tuple[str, int, int], inner: str) -> str:
     return result.stdout.decode(errors="replace") if result.returncode == 0 else ""
 
 
-@functools.lru_cache(maxsize=1024)
-def _upper_owner(identity: tuple[str, int, int]) -> int | None:
+def _debugfs(path: str, request: str) -> bytes | None:
+    """What ``debugfs -R REQUEST`` prints for an ext3 image, read without mounting it; None
+    without debugfs or when it fails."""
     debugfs = find_debugfs()
     if not debugfs:
         return None
-    result = subprocess.run([debugfs, "-R", "stat /upper", identity[0]], check=False, **_QUIET)
-    match = re.search(rb"User:\s+(\d+)", result.stdout)
+    result = subprocess.run([debugfs, "-R", request, path], check=False, **_QUIET)
+    return result.stdout if result.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _upper_owner(identity: tuple[str, int, int]) -> int | None:
+    match = re.search(rb"User:\s+(\d+)", _debugfs(identity[0], "stat /upper") or b"")
     return int(match.group(1)) if match else None
 
 
@@ -217,13 +223,8 @@ def has_python(overlay: Overlay) -> bool | None:
 
 @functools.lru_cache(maxsize=1024)
 def _img_has_python(identity: tuple[str, int, int]) -> bool | None:
-    debugfs = find_debugfs()
-    if not debugfs:
-        return None
-    result = subprocess.run([debugfs, "-R", "ls /upper/ext3/env/bin", identity[0]], check=False, **_QUIET)
-    if result.returncode != 0:
-        return None
-    return bool(re.search(rb"\(\d+\)\s+python3?\s", result.stdout + b" "))
+    listing = _debugfs(identity[0], "ls /upper/ext3/env/bin")
+    return None if listing is None else bool(re.search(rb"\(\d+\)\s+python3?\s", listing + b" "))
 
 
 def img_has_python(overlay: Overlay) -> bool | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DETAIL_LINES = 15  # the tool's last lines kept under the first line
@@ -40,133 +40,110 @@ class Diagnosis:
         return f"{self.headline}. {self.hint}".replace("..", ".")
 
 
-def _image(match: re.Match) -> str:
-    return os.path.basename(match.group("path").rstrip(":"))
+@dataclass(frozen=True)
+class Rule:
+    """Output that matches ``pattern`` means ``headline``; ``hint`` says what to do. Both may name
+    ``{image}`` (the base name of the pattern's ``path``), ``{holder}`` (who has that image open,
+    from :attr:`Context.holders`), ``{package}`` and ``{user}``."""
+
+    pattern: re.Pattern
+    headline: str
+    hint: str
+
+    def explain(self, match: re.Match, context: Context) -> Diagnosis:
+        """The rule's words for one match, with the names filled in."""
+        groups = match.groupdict()
+        path = groups.get("path") or ""
+        names = {
+            "image": os.path.basename(path),
+            "holder": _holder(path, context.holders),
+            "package": groups.get("package") or "",
+            "user": context.user or "your user",
+        }
+        return Diagnosis(self.headline.format(**names), self.hint.format(**names))
 
 
-def _missing(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        f"The image {_image(m)} is missing",
-        "It was moved or deleted: put it back, or point the kernel at images that exist "
-        "(jupyter condatainer kernelspecs list shows each kernel's overlays)",
-    )
+def _holder(path: str, holders: Mapping[str, str]) -> str:
+    """Who has ``path`` open: by path, else by file name (a link or another mount point), else
+    "another program"."""
+    by_name = (who for image, who in holders.items() if os.path.basename(image) == os.path.basename(path))
+    return holders.get(path) or next(by_name, ANOTHER_PROGRAM)
 
 
-def _corrupt(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        f"The image {_image(m)} is damaged or not an image",
-        "Rebuild or copy it again (a partial download or copy looks like this), or remove it",
-    )
-
-
-def _unreadable(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        f"You may not read the image {_image(m)}",
-        "Ask its owner to make it readable (chmod a+r), or use your own copy",
-    )
-
-
-def _in_use(m: re.Match, ctx: Context) -> Diagnosis:
-    path = m.group("path")
-    holder = ctx.holders.get(path) or next(
-        (who for image, who in ctx.holders.items() if os.path.basename(image) == os.path.basename(path)),
-        "another program (a CondaTainer shell or instance, or another Jupyter server)",
-    )
-    return Diagnosis(
-        f"The env {os.path.basename(path)} is open for writing by {holder}",
+ANOTHER_PROGRAM = "another program (a CondaTainer shell or instance, or another Jupyter server)"
+NO_CHANNEL = "No conda channel could be reached"
+_PATH = r"(?P<path>/?[^\s:]+?)"
+# Most specific first: a FATAL line often carries several of these words.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        re.compile(rf"can't open {_PATH} for writing, currently in use by another process"),
+        "The env {image} is open for writing by {holder}",
         "A writable env can be mounted by one container at a time: shut that kernel down (or close "
         "the program), or use a read-only kernel of the env",
-    )
-
-
-def _no_python(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
+    ),
+    Rule(
+        re.compile(rf"image {_PATH}: (?:.*: )?image format not recognized"),
+        "The image {image} is damaged or not an image",
+        "Rebuild or copy it again (a partial download or copy looks like this), or remove it",
+    ),
+    Rule(
+        re.compile(rf"image {_PATH}: .*lstat \S+: no such file or directory"),
+        "The image {image} is missing",
+        "It was moved or deleted: put it back, or point the kernel at images that exist "
+        "(jupyter condatainer kernelspecs list shows each kernel's overlays)",
+    ),
+    Rule(
+        re.compile(rf"{_PATH} is not readable by the current user"),
+        "You may not read the image {image}",
+        "Ask its owner to make it readable (chmod a+r), or use your own copy",
+    ),
+    Rule(
+        re.compile(r'"python3?": executable file not found in \$PATH|no `python` on the container PATH'),
         "This stack has no Python",
         "Add a Python overlay (e.g. python/3.11) or an env with python to the kernel's overlays",
-    )
-
-
-def _userns(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
+    ),
+    Rule(
+        re.compile(r"no mapping entry found in /etc/subuid"),
+        "--fakeroot needs a subuid range and {user} has none",
+        "An admin must add {user} to /etc/subuid and /etc/subgid (usermod --add-subuids … --add-subgids …)",
+    ),
+    Rule(
+        re.compile(r"(?i)failed to create user namespace|user namespaces? (?:is |are )?not (?:supported|enabled)"),
         "Apptainer cannot create a user namespace on this machine",
         "An admin must enable unprivileged user namespaces (sysctl user.max_user_namespaces=15000, "
         "and kernel.unprivileged_userns_clone=1 where it exists) or install Apptainer setuid",
-    )
-
-
-def _fuse(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        "Apptainer cannot mount the overlays: FUSE is not available",
-        "An admin must load the fuse module and let users open /dev/fuse, and install squashfuse "
-        "and fuse2fs (or install Apptainer setuid)",
-    )
-
-
-def _subuid(m: re.Match, ctx: Context) -> Diagnosis:
-    user = ctx.user or "your user"
-    return Diagnosis(
-        f"--fakeroot needs a subuid range and {user} has none",
-        f"An admin must add {user} to /etc/subuid and /etc/subgid (usermod --add-subuids … --add-subgids …)",
-    )
-
-
-def _disk_full(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        "The disk (or your quota) is full",
-        "Free some space in the image directory or the env, or make a larger env; nothing was changed",
-    )
-
-
-def _conflict(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        "These packages cannot be installed together: the solver found a conflict",
-        "Relax or change the versions asked for (the solver's reasons follow); nothing was changed",
-    )
-
-
-def _not_in_channel(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        f"The package {m.group('package')} is not in the channels",
-        "Check its name, or add the channel that has it; nothing was changed",
-    )
-
-
-def _no_channel(m: re.Match, ctx: Context) -> Diagnosis:
-    return Diagnosis(
-        "No conda channel could be reached",
-        "Give a channel this machine can reach: a local file:///path/to/channel in the channel field, "
-        "or start the server with MAMBA_CHANNEL_ALIAS set to a reachable mirror in its environment",
-    )
-
-
-_PATH = r"(?P<path>/?[^\s:]+?)"
-# Most specific first: a FATAL line often carries several of these words.
-RULES: tuple[tuple[re.Pattern, Callable[[re.Match, Context], Diagnosis]], ...] = (
-    (re.compile(rf"can't open {_PATH} for writing, currently in use by another process"), _in_use),
-    (re.compile(rf"image {_PATH}: (?:.*: )?image format not recognized"), _corrupt),
-    (re.compile(rf"image {_PATH}: .*lstat \S+: no such file or directory"), _missing),
-    (re.compile(rf"{_PATH} is not readable by the current user"), _unreadable),
-    (re.compile(r'"python3?": executable file not found in \$PATH|no `python` on the container PATH'), _no_python),
-    (re.compile(r"no mapping entry found in /etc/subuid"), _subuid),
-    (
-        re.compile(r"(?i)failed to create user namespace|user namespaces? (?:is |are )?not (?:supported|enabled)"),
-        _userns,
     ),
-    (
+    Rule(
         re.compile(
             r"(?i)fuse: device not found|/dev/fuse|fusermount\S*: |squashfuse\S* not found|fuse2fs\S* not found"
         ),
-        _fuse,
+        "Apptainer cannot mount the overlays: FUSE is not available",
+        "An admin must load the fuse module and let users open /dev/fuse, and install squashfuse "
+        "and fuse2fs (or install Apptainer setuid)",
     ),
-    (re.compile(r"(?i)no space left on device|disk quota exceeded"), _disk_full),
-    (re.compile(r"because of: No candidates were found for (?P<package>[^\s,]+)"), _not_in_channel),
-    (re.compile(r"(?i)cannot solve the request|could not solve|unsatisfiable|conflicting requirements"), _conflict),
-    (
+    Rule(
+        re.compile(r"(?i)no space left on device|disk quota exceeded"),
+        "The disk (or your quota) is full",
+        "Free some space in the image directory or the env, or make a larger env; nothing was changed",
+    ),
+    Rule(
+        re.compile(r"because of: No candidates were found for (?P<package>[^\s,]+)"),
+        "The package {package} is not in the channels",
+        "Check its name, or add the channel that has it; nothing was changed",
+    ),
+    Rule(
+        re.compile(r"(?i)cannot solve the request|could not solve|unsatisfiable|conflicting requirements"),
+        "These packages cannot be installed together: the solver found a conflict",
+        "Relax or change the versions asked for (the solver's reasons follow); nothing was changed",
+    ),
+    Rule(
         re.compile(
             r"(?i)dns error|failed to lookup address|could not resolve host|name or service not known|"
             r"network is unreachable|connection refused|error sending request for url|failed to fetch repodata"
         ),
-        _no_channel,
+        NO_CHANNEL,
+        "Give a channel this machine can reach: a local file:///path/to/channel in the channel field, "
+        "or start the server with MAMBA_CHANNEL_ALIAS set to a reachable mirror in its environment",
     ),
 )
 
@@ -174,10 +151,10 @@ RULES: tuple[tuple[re.Pattern, Callable[[re.Match, Context], Diagnosis]], ...] =
 def diagnose(output: str, context: Context | None = None) -> Diagnosis | None:
     """The first line for a tool's ``output`` (stdout and stderr), or None when none fits."""
     context = context or Context()
-    for pattern, explain_match in RULES:
-        match = pattern.search(output)
+    for rule in RULES:
+        match = rule.pattern.search(output)
         if match:
-            return explain_match(match, context)
+            return rule.explain(match, context)
     return None
 
 

@@ -21,10 +21,8 @@ from jupyter_core.paths import jupyter_data_dir
 
 from kernel_provider.envs.jobs import Job
 from kernel_provider.host.config import CondaTainerConfig
-from kernel_provider.incontainer.diagnosis import diagnose
+from kernel_provider.incontainer.diagnosis import NO_CHANNEL, diagnose
 from kernel_provider.incontainer.history import channel_alias
-
-NO_CHANNEL = "No conda channel could be reached"
 
 
 def _stamps(directory: Path, pattern: str = "*") -> list[tuple[str, int, int]]:
