@@ -3,7 +3,7 @@ import type {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import type { Contents } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -62,7 +62,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     model.kernelsChanged.connect(() => {
       void serviceManager.kernelspecs.refreshSpecs();
     });
-    connectNotifications(model.jobs, trans);
+    connectNotifications(model.jobs, trans, {
+      error: message => Notification.error(message, { autoClose: false }),
+      warning: message => Notification.warning(message, { autoClose: false })
+    });
 
     addCommands(app, model, trans, fileBrowser);
 
