@@ -461,6 +461,9 @@ def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
     page.locator('.jp-SideBar.jp-mod-left li[data-id="jp-condatainer-panel"]').click()
     panel = page.get_by_test_id("jp-condatainer-panel")
     expect(panel.get_by_test_id("jp-condatainer-group-img")).to_contain_text("Writable conda envs")
+    expect(panel.get_by_test_id("jp-condatainer-broken-kernel")).to_contain_text(
+        "CondaTainer: gone (broken) is broken: overlay 'gone/1.0' not found in"
+    )
 
     # No channel: said up front, before "New env"; a create fails with that first line and a notification.
     problem = panel.get_by_test_id("jp-condatainer-channel-problem")

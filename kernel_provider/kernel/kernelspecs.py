@@ -239,6 +239,15 @@ class KernelspecStore:
         return result
 
 
+def broken_kernels() -> list[dict[str, str]]:
+    """Our kernelspecs the last sync marked broken: kernelspec, display name and why."""
+    return [
+        {"kernelspec": name, "display_name": spec.display_name, "reason": spec.broken}
+        for name, spec in sorted(KernelspecStore().read_all().items())
+        if spec.broken
+    ]
+
+
 @dataclass
 class SyncResult:
     """What a sync did: kernelspecs written and removed."""

@@ -24,6 +24,7 @@ from kernel_provider.envs.jobs import JobError, JobRegistry, job_running_message
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, as_json
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.incontainer.history import HistoryError
+from kernel_provider.kernel.kernelspecs import broken_kernels
 from kernel_provider.kernel.stackcheck import make_kernel
 from kernel_provider.model.names import InvalidNameError
 from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError
@@ -133,9 +134,13 @@ class OverlaysHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        """List every image with its notes, size and state: 200, the image directories and the images."""
+        """List every image with its notes, size and state: 200, the image directories, the images, and
+        the kernels whose stack cannot start now (``broken_kernels``: kernelspec, display name, reason)."""
         rows = await asyncio.to_thread(self.operations.list)
-        self.finish({"image_dirs": list(self.operations.config.image_dirs), "overlays": as_json(rows)})
+        broken = await asyncio.to_thread(broken_kernels)
+        self.finish(
+            {"image_dirs": list(self.operations.config.image_dirs), "overlays": as_json(rows), "broken_kernels": broken}
+        )
 
     @web.authenticated
     @authorized

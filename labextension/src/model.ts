@@ -13,6 +13,7 @@ import { findWritable, kernelsDiffer, sortByName } from './overlays';
 import { errorMessage } from './request';
 import { FALLBACK_POLL_MS, STATUS_POLL_MS } from './tokens';
 import type {
+  IBrokenKernel,
   ICreateEnvRequest,
   IJob,
   IMadeKernel,
@@ -138,6 +139,11 @@ export class CondaTainerModel extends VDomModel {
     return this._imageDirs;
   }
 
+  /** Kernels whose stack cannot start now, and why. */
+  get brokenKernels(): ReadonlyArray<IBrokenKernel> {
+    return this._brokenKernels;
+  }
+
   /** All overlays, sorted by name; null until the first answer. */
   get overlays(): ReadonlyArray<IOverlay> | null {
     return this._overlays;
@@ -224,6 +230,7 @@ export class CondaTainerModel extends VDomModel {
         this._overlays !== null &&
         kernelsDiffer(this._overlays, reply.overlays);
       this._imageDirs = reply.image_dirs;
+      this._brokenKernels = reply.broken_kernels ?? [];
       this._overlays = sortByName(reply.overlays);
       if (kernelsChanged) {
         this._kernelsChanged.emit();
@@ -395,6 +402,7 @@ export class CondaTainerModel extends VDomModel {
   private _events: Event.IManager | null;
   private _overlays: IOverlay[] | null = null;
   private _imageDirs: string[] = [];
+  private _brokenKernels: IBrokenKernel[] = [];
   private _selected: string | null = null;
   private _packages: IPackage[] | null = null;
   private _errors = new Map<string, string>();

@@ -85,10 +85,19 @@ export interface IMadeKernel {
   note: string;
 }
 
+/** A kernel whose stack cannot start now (an image is not found); kept, marked broken. */
+export interface IBrokenKernel {
+  kernelspec: string;
+  display_name: string;
+  reason: string;
+}
+
 /** Body of `GET overlays`. */
 export interface IOverlayList {
   image_dirs: string[];
   overlays: IOverlay[];
+  /** Absent from older servers. */
+  broken_kernels?: IBrokenKernel[];
 }
 
 /** One conda package of an env (`GET overlays/{name}/packages`). */

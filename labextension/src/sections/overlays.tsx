@@ -78,6 +78,20 @@ export class OverlaysSection extends ModelSection {
             {model.channelProblem}
           </div>
         )}
+        {model.brokenKernels.map(kernel => (
+          <div
+            key={kernel.kernelspec}
+            className="jp-condatainer-warning"
+            data-testid="jp-condatainer-broken-kernel"
+          >
+            {trans.__(
+              '%1 is broken: %2. Put its images back, or remove it (jupyter condatainer kernelspecs remove %3).',
+              kernel.display_name,
+              kernel.reason,
+              kernel.kernelspec
+            )}
+          </div>
+        ))}
         <ActionError
           model={model}
           actionKey={ActionKeys.makeKernel(STACK_KEY)}
