@@ -28,6 +28,19 @@ if ! has_base_image; then
     bash "$REPO/scripts/build-images.sh" "$USER_IMAGES" >&2
 fi
 
+# "New env" needs a conda channel. Without a site mirror (MAMBA_CHANNEL_ALIAS or
+# CONDA_CHANNEL_ALIAS in this environment) the server uses the embedded local demo
+# channel (tests/channel.py: zlib, python, demo-tool, …), so the demo works without
+# network; set MAMBA_CHANNEL_ALIAS to your mirror (or to "" for the solver's default
+# channels on the network) to use real packages.
+if [[ -z ${MAMBA_CHANNEL_ALIAS+set} && -z ${CONDA_CHANNEL_ALIAS:-} ]]; then
+    CACHE_ROOT="${JCT_CACHE:-$([[ $EUID -eq 0 ]] && echo /var/cache/jupyter-condatainer || echo "${XDG_CACHE_HOME:-$HOME/.cache}/jupyter-condatainer")}"
+    CHANNEL_ROOT="$(PYTHONPATH="$REPO/tests${PYTHONPATH:+:$PYTHONPATH}" "$BIN/python" -c \
+        'import sys; from channel import ensure_channel; print(ensure_channel(sys.argv[1]))' "$CACHE_ROOT/channel")"
+    export MAMBA_CHANNEL_ALIAS="file://$CHANNEL_ROOT"
+    echo "lab: conda channels come from the local demo channel $CHANNEL_ROOT (set MAMBA_CHANNEL_ALIAS to use another)" >&2
+fi
+
 "$BIN/jupyter" condatainer kernelspecs sync
 ROOT_FLAG=()
 [[ $EUID -eq 0 ]] && ROOT_FLAG=(--allow-root)

@@ -340,3 +340,188 @@ def walk_through(page, shots: Path) -> None:
         "getComputedStyle(document.querySelector('#jp-condatainer-panel')).backgroundColor !== 'rgb(255, 255, 255)'"
     )
     shot("05-dark")
+
+
+# --- what a user meets off the happy path ------------------------------------------------------
+
+UNREACHABLE_ALIAS = "https://channel.invalid/"  # RFC 2606: never resolves, with or without network
+
+
+@pytest.fixture
+def failing_lab(user_layout, conda_channel):
+    """``jupyter lab`` whose channel alias cannot be reached, with this checkout's panel build
+    (first in JUPYTER_PATH), a corrupt overlay, a kernel of the writable env and a broken kernel."""
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+    config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])
+    settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    built = REPO / "kernel_provider" / "labextension"
+    assert (built / "package.json").is_file(), f"{built} missing: run scripts/build-labextension.sh"
+    extensions = Path(os.environ["JUPYTER_PATH"]) / "labextensions"
+    extensions.mkdir(parents=True)
+    (extensions / EXTENSION).symlink_to(built)
+    images = user_layout / "images"
+    (images / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)
+    (images / "corrupt--1.0.sqf.env").write_text("1BAD=x\n")  # a sidecar line the kernel will skip
+    store = KernelspecStore()
+    store.write(custom_spec(["python/3.11", "corrupt/1.0"], label="corrupt"))
+    store.write(custom_spec(["python/3.11", "env"], label="env rw", writable=True))
+    store.write(custom_spec(["python/3.11", "gone/1.0"], label="gone"))
+    root = user_layout / "notebooks"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAMBA_CHANNEL_ALIAS", "CONDA_CHANNEL_ALIAS")}
+    server = Lab(root, user_layout / "lab.log", {**env, "MAMBA_CHANNEL_ALIAS": UNREACHABLE_ALIAS})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def post(lab: Lab, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        lab.url + path,
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"token {lab.token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read() or b"null")
+
+
+def test_failure_walk_every_first_line_says_what_happened_and_what_to_do(
+    failing_lab, conda_channel, tmp_path, user_layout
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    lab = failing_lab
+    shots = screenshot_dir(tmp_path)
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        try:
+            page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+            failure_walk(page, lab, shots, conda_channel)
+        except BaseException:
+            page.screenshot(path=str(shots / "failure-walk-failure.png"))
+            print(f"jupyter lab log:\n{lab.log_tail()}")
+            raise
+        finally:
+            browser.close()
+    lab.stop()
+    assert lab.process.returncode == 0, lab.log_tail()
+
+
+def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
+    from playwright.sync_api import expect
+
+    def shot(name: str) -> None:
+        page.screenshot(path=str(shots / f"{name}.png"), animations="disabled")
+
+    def new_env(name: str, packages: str, channels: str):
+        panel.get_by_test_id("jp-condatainer-create-button").click()
+        dialog = page.locator(".jp-Dialog")
+        dialog.get_by_test_id("jp-condatainer-create-name").fill(name)
+        dialog.get_by_test_id("jp-condatainer-create-size").fill("256")
+        dialog.get_by_test_id("jp-condatainer-create-packages").fill(packages)
+        dialog.get_by_test_id("jp-condatainer-create-channels").fill(channels)
+        dialog.locator(".jp-mod-accept").click()
+        expect(dialog).to_have_count(0)
+        job = panel.locator(f'[data-testid="jp-condatainer-job"][data-target="{name}"]')
+        expect(job).to_have_attribute("data-state", "failed", timeout=JOB_TIMEOUT_MS)
+        return job
+
+    def start_error(label: str) -> str:
+        """Click a Launcher tile whose kernel cannot start; the error dialog's text."""
+        if not page.locator(".jp-Launcher:visible").count():
+            page.locator(".lm-MenuBar-itemLabel", has_text="File").click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^New Launcher$")).click()
+        page.locator(".jp-Launcher:visible .jp-LauncherCard", has_text=label).first.click()
+        dialog = page.locator(".jp-Dialog", has_text="Error Starting Kernel")
+        expect(dialog).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+        return dialog.inner_text()
+
+    def close_dialogs() -> None:
+        """Close the error (or notice), then JupyterLab's "Select Kernel" that follows a failed start."""
+        page.locator(".jp-Dialog .jp-mod-accept").first.click()
+        select = page.locator(".jp-Dialog", has_text="Select Kernel")
+        if select.count() or select.is_visible():
+            select.get_by_role("button", name="No Kernel").click()
+        expect(page.locator(".jp-Dialog")).to_have_count(0)
+
+    launcher = page.locator(".jp-Launcher")
+    expect(launcher.locator(".jp-LauncherCard", has_text=KERNEL_LABEL).first).to_be_visible(timeout=60_000)
+    # A user's kernel whose overlay is not found is kept, and shown as broken.
+    expect(launcher.locator(".jp-LauncherCard", has_text="CondaTainer: gone (broken)").first).to_be_visible()
+    page.locator('.jp-SideBar.jp-mod-left li[data-id="jp-condatainer-panel"]').click()
+    panel = page.get_by_test_id("jp-condatainer-panel")
+    expect(panel.get_by_test_id("jp-condatainer-group-img")).to_contain_text("Writable conda envs")
+    expect(panel.get_by_test_id("jp-condatainer-broken-kernel")).to_contain_text(
+        "CondaTainer: gone (broken) is broken: overlay 'gone/1.0' not found in"
+    )
+
+    # No channel: said up front, before "New env"; a create fails with that first line and a notification.
+    problem = panel.get_by_test_id("jp-condatainer-channel-problem")
+    expect(problem).to_contain_text(
+        f"No conda channel could be reached: the server's channel alias {UNREACHABLE_ALIAS}"
+    )
+    job = new_env("nochan", "zlib", "conda-forge")
+    expect(job.get_by_test_id("jp-condatainer-error-first")).to_have_text(
+        "No conda channel could be reached. Give a channel this machine can reach: a local "
+        "file:///path/to/channel in the channel field, or start the server with MAMBA_CHANNEL_ALIAS set "
+        "to a reachable mirror in its environment"
+    )
+    expect(page.locator(".Toastify__toast", has_text="create nochan failed: No conda channel")).to_be_visible()
+    shot("11-no-channel")
+
+    # The local channel the hint suggests works in the channel field; an unsolvable request says so.
+    job = new_env("conflict", "demo-broken", conda_channel.url)
+    expect(job.get_by_test_id("jp-condatainer-error-first")).to_have_text(
+        "These packages cannot be installed together: the solver found a conflict. Relax or change the "
+        "versions asked for (the solver's reasons follow); nothing was changed"
+    )
+    expect(job.get_by_test_id("jp-condatainer-error-detail")).to_contain_text("libdemo >=3")
+    expect(job.get_by_test_id("jp-condatainer-job-log")).to_have_count(0)  # the detail is shown once
+    job.scroll_into_view_if_needed()
+    shot("12-solver-conflict")
+
+    # What the kernel will skip of an overlay's sidecar is said in its row.
+    corrupt = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="corrupt/1.0"]')
+    expect(corrupt.get_by_test_id("jp-condatainer-overlay-warning")).to_contain_text(
+        "'1BAD' is not a variable name (letters, digits and '_', not starting with a digit); this line is skipped"
+    )
+
+    # A corrupt overlay: the kernel's error dialog opens with what happened and what to do.
+    text = start_error("CondaTainer: corrupt")
+    assert (
+        "The kernel 'CondaTainer: corrupt' could not start: the image corrupt--1.0.sqf is damaged or not an "
+        "image. Rebuild or copy it again" in text
+    ), text
+    shot("13-corrupt-overlay")
+    close_dialogs()
+
+    # The writable env open in one notebook: Delete says who holds it before any confirmation,
+    # and a second kernel of it names that notebook.
+    post(
+        lab,
+        "/api/sessions",
+        {"path": "first.ipynb", "name": "first.ipynb", "type": "notebook", "kernel": {"name": "condatainer-env-rw"}},
+    )
+    panel.get_by_test_id("jp-condatainer-refresh-button").click()
+    env = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="env"]')
+    expect(env.get_by_test_id("jp-condatainer-in-use-by")).to_have_text("In use by the notebook first.ipynb")
+    expect(env.get_by_test_id("jp-condatainer-kernel-stack")).to_have_text("Its kernel mounts python/3.11 + env")
+    env.get_by_role("button", name="Delete env").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("env is in use by the notebook first.ipynb. Shut that down first")
+    shot("14-env-in-use-delete")
+    close_dialogs()
+    text = start_error("CondaTainer: env rw")
+    assert "could not start: the env env.img" in text and "the notebook first.ipynb" in text, text
+    shot("15-env-in-use-start")
+    close_dialogs()

@@ -146,7 +146,7 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     )
     try:
         status, data = await api("POST", "overlays", "life", "rollback", body={"revision": 2})
-        assert status == 409 and "life is in use by another container" in data["message"], data
+        assert status == 409 and "life is in use by another program" in data["message"], data
         # What debugfs would read now may be stale: reading is refused, saying why.
         for path, params in [("history", None), ("packages", None), ("export", {"format": "lock"})]:
             status, data = await api("GET", "overlays", "life", path, params=params)

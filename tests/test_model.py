@@ -135,7 +135,7 @@ def test_explicit_relative_and_absolute_paths(catalog, images):
 
 
 def test_missing_path_is_an_error(catalog, tmp_path):
-    with pytest.raises(OverlayError, match="not found"):
+    with pytest.raises(OverlayError, match="The image missing.img is missing"):
         resolve("./missing.img", catalog, cwd=str(tmp_path))
 
 

@@ -147,7 +147,7 @@ def test_python_without_ipykernel_gets_one_supplied(kernel_env):
     ("overlays", "config", "reason"),
     [
         (["python/3.12"], {}, "Did you mean: python/3.11"),
-        (["corrupt/1.0"], {}, "instance start failed"),
+        (["corrupt/1.0"], {}, "could not start: the image corrupt--1.0.sqf is damaged or not an image. Rebuild"),
         (["python/3.11"], {"apptainer_bin": "/nonexistent/apptainer"}, "Apptainer not found"),
     ],
     ids=["unknown-overlay", "corrupt-sqf", "no-apptainer"],
@@ -250,9 +250,9 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
     finally:
         server.stop()
     for name, label, reason in [
-        ("corrupt", "corrupt", "image format not recognized"),
-        ("gone", "gone", "gone--1.0.sqf"),
-        ("session", "corrupt", "image format not recognized"),
+        ("corrupt", "corrupt", "could not start: the image corrupt--1.0.sqf is damaged or not an image. Rebuild"),
+        ("gone", "gone", "could not start: the image gone--1.0.sqf is missing ("),
+        ("session", "corrupt", "could not start: the image corrupt--1.0.sqf is damaged or not an image. Rebuild"),
     ]:
         status, answer = answers[name]
         assert status == 500 and answer["message"].startswith(f"The kernel 'CondaTainer: {label}' could not start: ")

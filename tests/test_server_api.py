@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from conftest import DEBUGFS, wait_job
 
+from kernel_provider.host.holders import ANOTHER_PROGRAM
 from kernel_provider.host.process import apptainer_env
 
 pytestmark = pytest.mark.integration
@@ -63,13 +64,36 @@ async def test_delete_in_use_is_refused(api, image_layout):
     try:
         status, data = await api("DELETE", "overlays", "env")
         assert status == 409, data
+        # Held by a container that is not one of our kernels: named as "another program".
+        assert data["message"] == f"env cannot be deleted: it is in use by {ANOTHER_PROGRAM}; shut that down first"
         _, listing = await api("GET", "overlays")
-        assert {r["name"]: r for r in listing["overlays"]}["env"]["in_use"]
+        row = {r["name"]: r for r in listing["overlays"]}["env"]
+        assert row["in_use"] and row["in_use_by"] == ANOTHER_PROGRAM
     finally:
         subprocess.run(["apptainer", "instance", "stop", instance], capture_output=True, env=apptainer_env())
     status, _ = await api("DELETE", "overlays", "env")
     assert status == 204
     assert not image.exists()
+
+
+async def test_make_kernel_for_an_overlay_adds_python_and_status_sees_the_change(api, image_layout, monkeypatch):
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(image_layout / "data"))
+    _, before = await api("GET", "status")
+    assert before["channel_problem"] == ""
+    status, made = await api("POST", "kernelspecs", body={"overlays": ["hello/1.0"], "label": "hello"})
+    assert status == 201, made
+    assert made == {
+        "kernelspec": "condatainer-hello",
+        "display_name": "CondaTainer: hello",
+        "overlays": ["python/3.11", "hello/1.0"],
+        "note": "The kernel also mounts python/3.11: the stack had no Python of its own.",
+    }
+    _, after = await api("GET", "status")
+    assert after["generation"] != before["generation"], "a new kernelspec changes the generation"
+    assert (await api("POST", "kernelspecs", body={"overlays": ["hello/1.0"], "label": "hello"}))[0] == 409
+    assert (await api("POST", "kernelspecs", body={"overlays": ["nosuch/1.0"]}))[0] == 404
+    status, refused = await api("POST", "kernelspecs", body={"overlays": [str(image_layout / "images" / "env.img")]})
+    assert status in (400, 404), "a path is never used as one"
 
 
 # --- package operations with the local test channel ---------------------------------------

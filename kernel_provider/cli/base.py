@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 
 from jupyter_core.application import JupyterApp
@@ -27,10 +28,36 @@ class Command(JupyterApp):
         """Every command reads the file ``--generate-config`` writes (beside ``jupyter_config``)."""
         return CONFIG_FILE_NAME
 
+    # How many arguments besides options the command takes: (fewest, most; None for any number).
+    arguments: tuple[int, int | None] = (0, 0)
+    usage = ""  # the command line after "jupyter condatainer", for the refusal of wrong arguments
+
     def start(self) -> None:
-        """A subcommand, or ``--generate-config``, instead of this command's own work (then stop)."""
+        """A subcommand, or ``--generate-config``, instead of this command's own work (then stop).
+
+        Our errors (a refusal, a tool that failed) end the command with their message and exit
+        code 1, never a traceback.
+        """
         super().start()
-        self.main()
+        self.check_arguments()
+        try:
+            self.main()
+        except (RuntimeError, OSError, ValueError) as err:
+            self.fail(str(err))
+
+    def check_arguments(self) -> None:
+        """Refuse a wrong number of arguments (an extra word is usually a typo or a missing ``--``)."""
+        fewest, most = self.arguments
+        given = len(self.extra_args)
+        if most is not None and given > most:
+            extra = " ".join(repr(a) for a in self.extra_args[most:])
+            self.fail(f"unexpected argument{'s' if given - most > 1 else ''} {extra}; usage: {self.usage_line()}")
+        if given < fewest:
+            self.fail(f"usage: {self.usage_line()}")
+
+    def usage_line(self) -> str:
+        """``jupyter condatainer … ARGS``: the command line this command expects."""
+        return f"jupyter condatainer {self.usage}".strip()
 
     def main(self) -> None:
         """The command's own work."""
@@ -44,15 +71,21 @@ class Command(JupyterApp):
         return scan(self.cnt.image_dirs, self.cnt.distro)
 
     def fail(self, message: str) -> None:
-        self.log.critical(message)
+        """End the command with exit code 1 and ``message`` on stderr, as it is: its first line
+        says what happened and what to do, the lines after it are detail."""
+        print(f"error: {message}", file=sys.stderr, flush=True)
         self.exit(1)
 
     def emit_description(self):
-        """The description, then the examples: what a reader looks for before the option lists."""
-        for paragraph in wrap_paragraphs(self.description):
+        """The one-line summary, then the examples, then the rest of the description: what a
+        reader looks for first, before the option lists."""
+        summary, *rest = wrap_paragraphs(self.description)
+        yield summary
+        yield ""
+        yield from super().emit_examples()
+        for paragraph in rest:
             yield paragraph
             yield ""
-        yield from super().emit_examples()
 
     def emit_examples(self):
         """Nothing: the examples are shown after the description (see :meth:`emit_description`)."""
@@ -77,6 +110,8 @@ def subcommand_table(**apps: type[Command]) -> dict[str, tuple[type[Command], st
 
 class CommandGroup(Command):
     """A command made of subcommands."""
+
+    arguments = (0, None)  # an unknown subcommand is refused by main
 
     def main(self) -> None:
         """Reached only without a known subcommand: say which there are."""

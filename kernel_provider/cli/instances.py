@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 from traitlets import Bool
 
 from kernel_provider.cli.base import Command, CommandGroup, subcommand_table
 from kernel_provider.host import oci
+from kernel_provider.host.holders import kernels_in_words
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
 
@@ -25,9 +27,12 @@ jupyter condatainer instances list --json
     json_output = Bool(False, config=True, help="Print JSON.")
     flags = {"json": ({"ListInstancesApp": {"json_output": True}}, "Print JSON.")}
 
+    usage = "instances list [--json]"
+
     def main(self) -> None:
         manager = InstanceManager.for_config(self.cnt)
         running = set(asyncio.run(manager.running_names()))
+        records = manager.store.ours()
         rows = [
             {
                 "name": r.name,
@@ -35,17 +40,35 @@ jupyter condatainer instances list --json
                 "owner_pid": r.owner.pid,
                 "owner_alive": r.owner.is_alive(),
                 "kernels": r.kernels,
+                "notebooks": r.notebooks,
+                "base_image": r.base_image,
                 "overlays": r.overlays,
             }
-            for r in manager.store.ours()
+            for r in records
         ]
         if self.json_output:
             print(json.dumps(rows, indent=1))
             return
-        for row in rows:
+        if not rows:
+            print("none: no jupyter-condatainer instance of this user is running")
+            return
+        table = [("INSTANCE", "STATE", "SERVER", "STACK", "KERNELS")]
+        for record, row in zip(records, rows):
             state = "running" if row["running"] else "stopped"
-            owner = "owner alive" if row["owner_alive"] else "ORPHAN"
-            print(f"{row['name']:28} {state:8} {owner:12} kernels={len(row['kernels'])}")
+            owner = f"pid {record.owner.pid}" if row["owner_alive"] else "ORPHAN"
+            table.append((record.name, state, owner, stack_of(record), kernels_in_words(record)))
+        widths = [max(len(line[i]) for line in table) for i in range(4)]
+        for line in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[4])
+
+
+def stack_of(record) -> str:
+    """An instance's stack in words: the base image, then each overlay's file name (and ``rw``)."""
+    images = [os.path.basename(record.base_image)]
+    for arg in record.overlays:
+        path, _, mode = arg.rpartition(":")
+        images.append(os.path.basename(path or arg) + (" (rw)" if mode == "rw" else ""))
+    return " + ".join(images)
 
 
 class StopInstancesApp(Command):
@@ -60,6 +83,9 @@ jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: in
 
     orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
     flags = {"orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances.")}
+
+    arguments = (0, None)
+    usage = "instances stop NAME [NAME …] | --orphans"
 
     def main(self) -> None:
         manager = InstanceManager.for_config(self.cnt)

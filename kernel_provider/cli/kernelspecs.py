@@ -7,7 +7,8 @@ from traitlets import Bool, List, Unicode
 from kernel_provider.cli.base import Command, CommandGroup, subcommand_table
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec, kernel_name
 from kernel_provider.kernel.slurm import SlurmError, check_sbatch_args
-from kernel_provider.model.overlays import OverlayError, looks_like_path, resolve
+from kernel_provider.kernel.stackcheck import StackProblem, check_stack
+from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError, looks_like_path, resolve
 
 
 class SyncApp(Command):
@@ -21,12 +22,18 @@ jupyter condatainer kernelspecs sync
 jupyter condatainer kernelspecs sync --CondaTainerConfig.image_dirs=/shared/condatainer/images
 """
 
+    usage = "kernelspecs sync"
+
     def main(self) -> None:
         result = KernelspecStore().sync(self.catalog())
         for name in result.written:
             print(f"written   {name}")
         for name in result.removed:
             print(f"removed   {name}")
+        for name, reason in result.broken.items():
+            print(
+                f"broken    {name}: {reason} (kept; fix its images or: jupyter condatainer kernelspecs remove {name})"
+            )
         print(f"{len(result.written) + len(result.unchanged)} CondaTainer kernelspecs")
 
 
@@ -38,9 +45,17 @@ One line each: the kernelspec name, the name shown in Jupyter, the overlays of i
 jupyter condatainer kernelspecs list
 """
 
+    usage = "kernelspecs list"
+
     def main(self) -> None:
-        for name, spec in sorted(KernelspecStore().read_all().items()):
-            print(f"{name:40} {spec.display_name:40} {' '.join(spec.overlays)}")
+        specs = sorted(KernelspecStore().read_all().items())
+        if not specs:
+            print("none (jupyter condatainer kernelspecs sync writes one per python/<version> overlay)")
+            return
+        print(f"{'KERNELSPEC':40} {'SHOWN AS':40} OVERLAYS")
+        for name, spec in specs:
+            broken = f"  BROKEN: {spec.broken}" if spec.broken else ""
+            print(f"{name:40} {spec.display_name:40} {' '.join(spec.overlays)}{broken}")
 
 
 class AddApp(Command):
@@ -81,16 +96,21 @@ jupyter condatainer kernelspecs add py311 --overlay python/3.11 --slurm --slurm-
         "slurm": ({"AddApp": {"slurm": True}}, "Run the kernel in a SLURM job on a compute node."),
     }
 
+    arguments = (1, 1)
+    usage = "kernelspecs add NAME --overlay python/3.11 [--env my.img]"
+
     def main(self) -> None:
-        if len(self.extra_args) != 1:
-            self.fail("usage: jupyter condatainer kernelspecs add NAME --overlay python/3.11 [--env my.img]")
         overlays = list(self.overlay) + ([self.env] if self.env else [])
         if not overlays:
             self.fail("give at least one --overlay or --env")
         catalog = self.catalog()
         try:
             resolved = [resolve_spec(o, catalog) for o in overlays]
-        except OverlayError as err:
+            check_stack(self.cnt, catalog, overlays, self.base_image)
+        except OverlayNotFoundError as err:
+            available = sorted(n for n in catalog.by_name if not n.endswith("base_image"))
+            self.fail(f"{err} Available: {', '.join(available) or 'none'}.")
+        except (OverlayError, StackProblem) as err:
             self.fail(str(err))
         writable = bool(self.env) and not self.read_only
         spec = custom_spec(
@@ -137,9 +157,22 @@ jupyter condatainer kernelspecs remove bio
 jupyter condatainer kernelspecs remove condatainer-py311-slurm
 """
 
+    arguments = (1, None)
+    usage = "kernelspecs remove NAME [NAME …]"
+
     def main(self) -> None:
-        for name in self.extra_args:
-            KernelspecStore().remove(name if name.startswith("condatainer-") else kernel_name(name))
+        store = KernelspecStore()
+        ours = store.read_all()
+        names = [name if name.startswith("condatainer-") else kernel_name(name) for name in self.extra_args]
+        unknown = [given for given, name in zip(self.extra_args, names) if name not in ours]
+        if unknown:
+            self.fail(
+                f"no CondaTainer kernelspec {', '.join(map(repr, unknown))}; nothing was removed. "
+                f"Ours: {', '.join(sorted(ours)) or 'none'} (jupyter condatainer kernelspecs list)"
+            )
+        for name in names:
+            store.remove(name)
+            print(f"removed   {name}")
 
 
 class KernelspecsApp(CommandGroup):

@@ -76,7 +76,7 @@ class Lifecycle:
         if self.ops.mounted_by(overlay) is not None:
             return None  # our kernel's instance: the change runs through it
         if held_by_anyone(overlay.path):
-            return in_use_message(overlay.name)
+            return in_use_message(overlay.name, self.ops.holder(overlay.path))
         return None
 
     async def rollback(self, report: Reporter, name: str, revision: int | str) -> str:

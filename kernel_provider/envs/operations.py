@@ -26,6 +26,7 @@ from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
 from kernel_provider.envs.journal import Journal
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint, plan_for_host
+from kernel_provider.host.holders import ANOTHER_PROGRAM, holder, holders
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.locks import (
     ImageWriteHold,
@@ -91,6 +92,9 @@ class OverlayInfo:
     in_use: bool
     kernelspec: str | None
     writable: bool
+    in_use_by: str = ""  # who has it open, in words: notebooks and kernels, or "another program"
+    kernel_stack: list[str] = field(default_factory=list)  # the overlays its kernel mounts (python/3.11 + env)
+    warnings: list[str] = field(default_factory=list)  # lines of its .env sidecar that were skipped, and why
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,29 @@ class Package:
 
 
 def channel_binds(channels: Sequence[str]) -> list[str]:
-    """Local ``file://`` channels must be visible inside the container at the same path."""
-    return [c[len("file://") :] for c in channels if c.startswith("file://") and os.path.isdir(c[len("file://") :])]
+    """Local ``file://`` channels must be visible inside the container at the same path (with
+    their parent: it becomes the channel alias, see :func:`channel_env`)."""
+    local = [c[len("file://") :].rstrip("/") for c in channels if c.startswith("file://")]
+    return [os.path.dirname(path) for path in local if os.path.isdir(path) and os.path.dirname(path) != "/"]
+
+
+def channel_env(channels: Sequence[str], container_env: dict[str, str]) -> dict[str, str]:
+    """The containers' variables for an operation with ``channels``.
+
+    CondaTainer's ``mm-create`` adds ``conda-forge`` to the channels it is given, and a name
+    resolves through the channel alias (the network, unless a site mirror is set). A local
+    ``file://DIR/conda-forge`` typed by a user — or any local ``file://DIR/NAME`` when no alias is
+    set — makes ``DIR`` the alias for this operation, so ``conda-forge`` is looked up beside it
+    and nothing tries the network.
+    """
+    local = [c[len("file://") :].rstrip("/") for c in channels if c.startswith("file://")]
+    local = [path for path in local if os.path.isdir(path) and os.path.dirname(path) != "/"]
+    has_alias = any(container_env.get(key) for key in history.CHANNEL_ALIAS_VARIABLES)
+    chosen = [p for p in local if os.path.basename(p) == "conda-forge"] or ([] if has_alias else local)
+    if not chosen:
+        return dict(container_env)
+    env = {k: v for k, v in container_env.items() if k not in history.CHANNEL_ALIAS_VARIABLES}
+    return {**env, "MAMBA_CHANNEL_ALIAS": f"file://{os.path.dirname(chosen[0])}"}
 
 
 def read_conda_meta(meta: history.EnvMeta) -> list[Package]:
@@ -164,6 +189,10 @@ class EnvOperations:
         fallback.mkdir(parents=True, exist_ok=True)
         return fallback
 
+    def holder(self, path: str) -> str:
+        """Who has the image at ``path`` open, in words (for "in use" refusals)."""
+        return holder(self.instances.store, path)
+
     def mounted_by(self, overlay: Overlay) -> Instance | None:
         """Our running instance that has this image mounted, if any."""
         return next(
@@ -180,6 +209,7 @@ class EnvOperations:
         ours = {o.path for i in self.instances.instances.values() for o in (i.plan.base_image, *i.plan.overlays)}
         kernels = self._kernels_by_overlay(catalog)
         probe = ImageProbe()
+        users = holders(self.instances.store, [o.path for o in catalog.by_name.values()])
         rows, seen = [], set()
         for _, overlay in sorted(catalog.by_name.items()):
             if overlay.path in seen:
@@ -192,6 +222,7 @@ class EnvOperations:
                 size = os.stat(overlay.path).st_size
             except OSError:
                 continue
+            in_use = overlay.path in ours or is_locked(overlay.path, locked)
             rows.append(
                 OverlayInfo(
                     name=overlay.name,
@@ -200,23 +231,26 @@ class EnvOperations:
                     size=size,
                     whatis=meta.whatis,
                     notes=meta.notes,
-                    in_use=overlay.path in ours or is_locked(overlay.path, locked),
-                    kernelspec=kernels.get(overlay.path),
+                    in_use=in_use,
+                    kernelspec=kernels[overlay.path][0] if overlay.path in kernels else None,
                     writable=overlay.kind == "img" and os.access(overlay.path, os.W_OK),
+                    in_use_by=users.get(overlay.path, ANOTHER_PROGRAM) if in_use else "",
+                    kernel_stack=kernels[overlay.path][1] if overlay.path in kernels else [],
+                    warnings=list(meta.warnings),
                 )
             )
         return rows
 
-    def _kernels_by_overlay(self, catalog: Catalog) -> dict[str, str]:
-        """Image path → the kernelspec whose last overlay is that image."""
-        found = {}
+    def _kernels_by_overlay(self, catalog: Catalog) -> dict[str, tuple[str, list[str]]]:
+        """Image path → the kernelspec whose last overlay is that image, and its whole stack."""
+        found: dict[str, tuple[str, list[str]]] = {}
         for kernel, spec in KernelspecStore().read_all().items():
             if not spec.overlays:
                 continue
             last = spec.overlays[-1]
             overlay = catalog.by_name.get(last) or (Overlay.from_path(last) if os.path.isabs(last) else None)
             if overlay is not None:
-                found.setdefault(overlay.path, kernel)
+                found.setdefault(overlay.path, (kernel, list(spec.overlays)))
         return found
 
     def env_meta(self, overlay: Overlay, destination: str | None = None) -> history.EnvMeta:
@@ -312,7 +346,10 @@ class EnvOperations:
             await self._build(report, apptainer, name, size_mb, packages, channels, target, tmp)
         if register_kernel:
             kernel = await asyncio.to_thread(self.register_kernel, name)
-            report.log(f"registered kernel {kernel}")
+            stack = KernelspecStore().read_all()[kernel].overlays
+            also = f" (it also mounts {', '.join(stack[:-1])}: the env has no Python of its own)" if stack[:-1] else ""
+            report.log(f"registered kernel {kernel}{also}")
+            return f"created {target}; kernel 'CondaTainer: {name} (env)'{also}"
         return f"created {target}"
 
     async def _build(
@@ -478,7 +515,7 @@ class EnvOperations:
         server is removed by :meth:`recover`, and its container dies with the server.
         """
         image = self.resolve_image(overlay)
-        with ImageWriteHold(image):
+        with ImageWriteHold(image, self.holder):
             self.check_free_space(
                 os.path.dirname(image), workfiles.allocated_bytes(image), f"a working copy of {overlay.name}"
             )
@@ -520,7 +557,7 @@ class EnvOperations:
         request = StackRequest(
             overlays=[overlay.path],
             writable=True,
-            env=self.config.container_env,
+            env=channel_env(channels, self.config.container_env),
             binds=[*channel_binds(channels), *binds],
         )
         plan = await asyncio.to_thread(plan_for_host, request, self.config)
@@ -592,10 +629,9 @@ class EnvOperations:
         overlay = await asyncio.to_thread(self.find, name)
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
-        if self.mounted_by(overlay):
-            raise EnvBusyError(in_use_message(name, "a running kernel of this server", "shut that kernel down first"))
-        if await asyncio.to_thread(held_by_anyone, overlay.path):
-            raise EnvBusyError(in_use_message(name))
+        if self.mounted_by(overlay) or await asyncio.to_thread(held_by_anyone, overlay.path):
+            who = await asyncio.to_thread(self.holder, overlay.path)
+            raise EnvBusyError(in_use_message(f"{name} cannot be deleted: it", who, "shut that down first"))
         lock = self.try_lock(overlay.path)
         try:
             with self.journal.record("delete", name, overlay.path):
@@ -606,10 +642,9 @@ class EnvOperations:
             lock.release()
         await asyncio.to_thread(self._forget_kernels, name, overlay.path)
 
-    @staticmethod
-    def _unlink_image(overlay: Overlay) -> None:
+    def _unlink_image(self, overlay: Overlay) -> None:
         if overlay.kind == "img" and not os.path.islink(overlay.path):
-            with ImageWriteHold(overlay.path):  # no container may mount it while it goes
+            with ImageWriteHold(overlay.path, self.holder):  # no container may mount it while it goes
                 os.unlink(overlay.path)
         else:
             os.unlink(overlay.path)

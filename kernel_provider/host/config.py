@@ -17,6 +17,7 @@ from traitlets.config import LoggingConfigurable
 from kernel_provider.incontainer.history import CHANNEL_ALIAS_VARIABLES
 
 DEFAULT_DISTRO = "ubuntu24"
+APPTAINER_INSTALL = "https://apptainer.org/docs/admin/main/installation.html"
 
 
 def _home() -> Path:
@@ -179,9 +180,9 @@ class CondaTainerConfig(LoggingConfigurable):
         resolved = shutil.which(binary) if binary else None
         if not resolved:
             raise ApptainerNotFoundError(
-                f"Apptainer not found ({binary or 'apptainer/singularity not on PATH'}). Install it "
-                "(see scripts/setup-apptainer.sh), load its module, or set "
-                "c.CondaTainerConfig.apptainer_bin / $CNT_APPTAINER_BIN."
+                f"Apptainer not found ({binary or 'neither apptainer nor singularity is on PATH'}). Install it "
+                f"({APPTAINER_INSTALL}) or load its module (module load apptainer), or set CNT_APPTAINER_BIN "
+                "(c.CondaTainerConfig.apptainer_bin) to its path, then restart Jupyter."
             )
         return resolved
 

@@ -20,12 +20,14 @@ from pathlib import Path
 from kernel_provider.host import instanceinfo, oci, python, runtime_detect
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import check_fakeroot, fakeroot_hint
+from kernel_provider.host.holders import holder, holders
 from kernel_provider.host.locks import (
     ImageBusyError,
     SharedLocks,
     in_use_message,
     is_in_use,
 )
+from kernel_provider.host.probes import user_name
 from kernel_provider.host.process import InstanceError, apptainer_message, run
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
@@ -35,6 +37,7 @@ from kernel_provider.host.state import (
     Owner,
     StateStore,
 )
+from kernel_provider.incontainer.diagnosis import Context, explain
 from kernel_provider.incontainer.envlock import EnvLock, env_lock_path
 from kernel_provider.model import command
 from kernel_provider.model.flavour import Runtime
@@ -69,6 +72,7 @@ class Instance:
     locks: SharedLocks
     shared: bool
     kernels: set[str] = field(default_factory=set)
+    notebooks: dict[str, str] = field(default_factory=dict)  # kernel id → notebook, to name who uses an image
     python: PythonInfo | None = None  # probed once (kernel_provider.host.python)
     # SingularityCE's OCI mode has no instances: the name stands for the kernel's own
     # ``exec --oci`` container, whose process (pid, start time) the record keeps for the sweep.
@@ -101,6 +105,7 @@ class Instance:
             owner=Owner.current(),
             stack_key=self.key,
             kernels=sorted(self.kernels),
+            notebooks={k: v for k, v in self.notebooks.items() if k in self.kernels},
             slurm_job=slurm_job,
             oci=self.oci,
             oci_process=list(self.oci_process) if self.oci_process else None,
@@ -161,8 +166,11 @@ class InstanceManager:
         runtime = await self.runtime()
         return runtime.version_line or runtime.label
 
-    async def acquire(self, plan: ContainerPlan, kernel_id: str, share: bool, oci: bool = False) -> Instance:
+    async def acquire(
+        self, plan: ContainerPlan, kernel_id: str, share: bool, notebook: str = "", oci: bool = False
+    ) -> Instance:
         """An instance for ``plan``: a running shared one with the same stack, or a new one.
+        ``notebook``: the kernel's notebook, recorded so that "in use" can name it.
 
         Starts of different stacks run concurrently; kernels that share a stack wait for
         the one start of it. ``oci``: SingularityCE's OCI mode, which has no instances: the
@@ -174,6 +182,8 @@ class InstanceManager:
         else:
             instance = await (self._shared(plan, key) if share else self._start(plan, key, share))
         instance.kernels.add(kernel_id)
+        if notebook:
+            instance.notebooks[kernel_id] = notebook
         self._save(instance)
         return instance
 
@@ -193,6 +203,7 @@ class InstanceManager:
         """Forget a kernel; stop the instance when no kernel uses it any more."""
         async with self._lock:
             instance.kernels.discard(kernel_id)
+            instance.notebooks.pop(kernel_id, None)
             if instance.kernels:
                 self._save(instance)
                 return
@@ -208,8 +219,13 @@ class InstanceManager:
                 if oci
                 else ", or use a kernel with share_instance so both notebooks use one instance"
             )
-            advice = f"a writable env can be mounted once. Stop that kernel{share}."
-            raise ImageBusyError(in_use_message(env_image.path, advice=advice))
+            raise ImageBusyError(
+                in_use_message(
+                    f"The env {os.path.basename(env_image.path)}",
+                    holder(self.store, env_image.path),
+                    advice=f"a writable env can be mounted by one container at a time. Shut that kernel down{share}.",
+                )
+            )
 
     async def _start(self, plan: ContainerPlan, key: str, share: bool, oci: bool = False) -> Instance:
         apptainer = self.apptainer
@@ -227,9 +243,11 @@ class InstanceManager:
             start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file))
             result = await run(start, START_TIMEOUT)
             if result.returncode != 0:
+                stack = f"{plan.base_image.name} + {', '.join(o.name for o in plan.overlays) or 'no overlays'}"
+                images = [plan.base_image.path, *(o.path for o in plan.overlays)]
+                context = Context(holders=holders(self.store, images, exclude=name), user=user_name(os.getuid()))
                 raise InstanceError(
-                    f"{os.path.basename(apptainer)} instance start failed for {plan.base_image.name} + "
-                    f"{', '.join(o.name for o in plan.overlays) or 'no overlays'}:\n{apptainer_message(result.stderr)}"
+                    explain(f"{os.path.basename(apptainer)} instance start for {stack}", result.stderr, context)
                     + fakeroot_hint(plan)
                     + runtime_detect.loop_device_hint(apptainer, result.stderr)
                 )

@@ -14,7 +14,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kernel_provider.incontainer.envlock import EnvBusyError
 
@@ -129,8 +129,9 @@ class ImageWriteHold:
     ``O_NOFOLLOW``: the caller passes the resolved path it checked.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, holder: Callable[[str], str] = lambda path: OTHER_CONTAINER):
         self.path = path
+        self.holder = holder  # who has the image open, in words, for the refusal
         self._fd: int | None = None
 
     def acquire(self) -> ImageWriteHold:
@@ -141,7 +142,7 @@ class ImageWriteHold:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise EnvBusyError(in_use_message(os.path.basename(self.path))) from None
+                raise EnvBusyError(in_use_message(os.path.basename(self.path), self.holder(self.path))) from None
             raise
         self._fd = fd
         return self

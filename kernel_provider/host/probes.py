@@ -56,13 +56,19 @@ def _sqf_cat(identity: tuple[str, int, int], inner: str) -> str:
     return result.stdout.decode(errors="replace") if result.returncode == 0 else ""
 
 
-@functools.lru_cache(maxsize=1024)
-def _upper_owner(identity: tuple[str, int, int]) -> int | None:
+def _debugfs(path: str, request: str) -> bytes | None:
+    """What ``debugfs -R REQUEST`` prints for an ext3 image, read without mounting it; None
+    without debugfs or when it fails."""
     debugfs = find_debugfs()
     if not debugfs:
         return None
-    result = subprocess.run([debugfs, "-R", "stat /upper", identity[0]], check=False, **_QUIET)
-    match = re.search(rb"User:\s+(\d+)", result.stdout)
+    result = subprocess.run([debugfs, "-R", request, path], check=False, **_QUIET)
+    return result.stdout if result.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _upper_owner(identity: tuple[str, int, int]) -> int | None:
+    match = re.search(rb"User:\s+(\d+)", _debugfs(identity[0], "stat /upper") or b"")
     return int(match.group(1)) if match else None
 
 
@@ -175,3 +181,52 @@ class ImageProbe:
     def device_exists(self, path: str) -> bool:
         """Looked up on the host: the container gets the host's ``/dev``."""
         return os.path.exists(path)
+
+
+SQF_MAGIC = b"hsqs"  # SquashFS superblock, at offset 0
+SIF_MAGIC = b"SIF_MAGIC"  # SIF global header, after the 32-byte launch script
+EXT_MAGIC = b"\x53\xef"  # ext2/3/4 superblock magic, at 1024 + 56
+
+
+def image_problem(path: str, kind: str) -> str | None:
+    """Why the file at ``path`` is not a usable ``kind`` image (unreadable, empty, another
+    format), or None: read from its first bytes, so a wrong file is refused before a container
+    fails on it with Apptainer's "image format not recognized"."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024 + 58)
+    except OSError as err:
+        return f"{path} cannot be read ({err.strerror})"
+    found = {
+        "sqf": head[:4] == SQF_MAGIC,
+        "sif": head[32:41] == SIF_MAGIC,
+        "img": head[1024 + 56 : 1024 + 58] == EXT_MAGIC
+        or head[:4] == SQF_MAGIC,  # CondaTainer .img may be read-only squashfs
+    }
+    if found.get(kind, True):
+        return None
+    expected = {"sqf": "a SquashFS overlay", "sif": "a SIF base image", "img": "an ext3 env overlay"}[kind]
+    return f"{path} is not {expected} (it is damaged, or another kind of file with that extension)"
+
+
+def has_python(overlay: Overlay) -> bool | None:
+    """Whether a ``.sqf`` overlay has ``bin/python`` (its listing, cached); None for other images
+    or when the archive cannot be listed."""
+    if overlay.kind != "sqf":
+        return None
+    inner = f"cnt/{overlay.name}/bin"
+    listing = _sqf_listing(_identity(overlay.path), inner)
+    if listing is None:
+        return None
+    return any(path in (f"/{inner}/python", f"/{inner}/python3") for path in listing)
+
+
+@functools.lru_cache(maxsize=1024)
+def _img_has_python(identity: tuple[str, int, int]) -> bool | None:
+    listing = _debugfs(identity[0], "ls /upper/ext3/env/bin")
+    return None if listing is None else bool(re.search(rb"\(\d+\)\s+python3?\s", listing + b" "))
+
+
+def img_has_python(overlay: Overlay) -> bool | None:
+    """Whether an ``.img`` env has ``bin/python`` (``debugfs``, cached); None when it cannot tell."""
+    return _img_has_python(_identity(overlay.path)) if overlay.kind == "img" else None

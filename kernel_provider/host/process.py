@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_provider.host.runtime_detect import flavour_for
+from kernel_provider.incontainer.diagnosis import Context, explain
 from kernel_provider.model import command
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -135,9 +136,10 @@ async def stream(
         raise
 
 
-def failure(what: str, lines: list[str]) -> str:
-    """``what`` failed, then the tool's last lines as detail."""
-    return f"{what} failed:\n{output_tail(lines)}"
+def failure(what: str, lines: list[str], context: Context | None = None) -> str:
+    """What happened in plain words when the output tells (:mod:`.diagnosis`), then ``what``
+    failed and the tool's last lines as detail."""
+    return explain(what, "\n".join(lines), context)
 
 
 def output_tail(lines: list[str]) -> str:

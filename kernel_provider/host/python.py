@@ -15,8 +15,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kernel_provider.host.process import InstanceError, apptainer_message, run
+from kernel_provider.host.process import InstanceError, run
 from kernel_provider.host.runtime import write_private
+from kernel_provider.incontainer.diagnosis import explain
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
 
@@ -115,7 +116,7 @@ async def probe_python(
     if result.returncode != 0:
         if "not found" in result.stderr:
             raise NoPythonError(no_python_message(", ".join(o.name for o in plan.overlays)))
-        raise InstanceError(f"probing python in {instance_name} failed:\n{apptainer_message(result.stderr)}")
+        raise InstanceError(explain(f"probing python in {instance_name}", result.stderr))
     python = parse_probe(result.stdout)
     await asyncio.to_thread(remember, key, asdict(python))
     return python

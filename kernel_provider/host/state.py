@@ -66,6 +66,7 @@ class InstanceRecord:
     owner: Owner
     stack_key: str
     kernels: list[str] = field(default_factory=list)
+    notebooks: dict[str, str] = field(default_factory=dict)  # kernel id → its notebook (JPY_SESSION_NAME)
     created: float = field(default_factory=time.time)
     slurm_job: str = ""  # the SLURM job holding the instance (kernel_provider.kernel.slurm), if any
     # SingularityCE's OCI mode (kernel_provider.host.oci): no instance, the kernel's own container,
@@ -86,6 +87,7 @@ class InstanceRecord:
                 "owner": asdict(self.owner),
                 "stack_key": self.stack_key,
                 "kernels": self.kernels,
+                "notebooks": self.notebooks,
                 "created": self.created,
                 **({"slurm_job": self.slurm_job} if self.slurm_job else {}),
                 **({"oci": True, "oci_process": self.oci_process} if self.oci else {}),
@@ -108,6 +110,7 @@ class InstanceRecord:
             owner=Owner(**ours["owner"]),
             stack_key=ours.get("stack_key", ""),
             kernels=list(ours.get("kernels", [])),
+            notebooks=dict(ours.get("notebooks", {})),
             created=ours.get("created", 0.0),
             slurm_job=str(ours.get("slurm_job", "")),
             oci=bool(ours.get("oci", False)),

@@ -24,6 +24,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from . import history, proctree
 from .constants import ENV_PREFIX
+from .diagnosis import diagnose
 from .envlock import EnvBusyError, EnvLock
 
 # How an interrupted command is stopped: SIGINT first (what Ctrl-C in a terminal sends), then
@@ -323,8 +324,10 @@ class CondaTainerMagics(Magics):
         except CommandInterrupted as interrupt:
             raise CondaTainerError(_interrupted_message(verb, interrupt.ended)) from None
         if returncode != 0:
-            tail = "\n".join(lines[-10:])
-            raise CondaTainerError(f"mm-{verb} failed (exit {returncode}); the env is unchanged:\n{tail}")
+            # The tool's lines are in the cell's output already: say once what they mean.
+            found = diagnose("\n".join(lines))
+            first = found.line if found else f"mm-{verb} failed (exit {returncode}), see its output above"
+            raise CondaTainerError(first if "nothing was changed" in first else f"{first}; the env is unchanged")
         _refresh_import_paths()
         self._restart_note(before, _conda_meta())
 
@@ -453,6 +456,16 @@ class CondaTainerMagics(Magics):
         )
 
 
+def _show_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
+    """A :class:`CondaTainerError` as its message alone: the magic's own frames are no help to a user."""
+    stb = [f"{etype.__name__}: {value}"]
+    # IPython 9 leaves showing a custom handler's result to the handler: _showtraceback is what
+    # its own showtraceback ends in (ipykernel sends the cell's error message from there).
+    shell._showtraceback(etype, value, stb)
+    return stb
+
+
 def load_ipython_extension(ipython) -> None:
     """IPython's hook for ``--ext=kernel_provider.incontainer.magic``, which the launcher passes."""
     ipython.register_magics(CondaTainerMagics)
+    ipython.set_custom_exc((CondaTainerError,), _show_error)

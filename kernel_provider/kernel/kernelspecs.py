@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -64,6 +64,7 @@ class StackSpec:
     extra_config: dict = field(default_factory=dict)
     # Read from a kernelspec written with LEGACY_LAUNCHER_OPTION: the file needs rewriting.
     legacy_launcher: bool = field(default=False, compare=False)
+    broken: str = ""  # why the stack cannot start now (an image is gone); kept so nothing vanishes
 
     @property
     def provisioner_name(self) -> str:
@@ -78,8 +79,9 @@ class StackSpec:
 
     @property
     def display_name(self) -> str:
-        """What the Launcher shows: ``CondaTainer: <label>``, and ``(SLURM)`` for a SLURM kernel."""
-        return f"CondaTainer: {self.label}" + (" (SLURM)" if self.slurm else "")
+        """What the Launcher shows: ``CondaTainer: <label>``, ``(SLURM)`` for a SLURM kernel, and
+        ``(broken)`` while the stack cannot start."""
+        return f"CondaTainer: {self.label}" + (" (SLURM)" if self.slurm else "") + (" (broken)" if self.broken else "")
 
     def provisioner_config(self) -> dict:
         """The provisioner's options in the kernelspec: the stack and what was asked for with it."""
@@ -109,6 +111,7 @@ class StackSpec:
                     "base_image": self.base_image,
                     "writable": self.writable,
                     **({"slurm": True} if self.slurm else {}),
+                    **({"broken": self.broken} if self.broken else {}),
                 },
             },
         }
@@ -133,6 +136,7 @@ class StackSpec:
             origin=meta.get("origin", "auto"),
             extra_config={k: v for k, v in config.items() if k not in known},
             legacy_launcher=legacy_launcher is not None,
+            broken=str(meta.get("broken", "")),
         )
 
 
@@ -146,14 +150,16 @@ def discover(catalog: Catalog) -> list[StackSpec]:
     return specs
 
 
-def is_usable(spec: StackSpec, catalog: Catalog) -> bool:
-    """Do the spec's overlays and base image still exist?"""
+def missing_image(spec: StackSpec, catalog: Catalog) -> str:
+    """Why the spec's stack cannot start now (an overlay or the base image is not found), or ""."""
     try:
         for overlay in spec.overlays:
             resolve(overlay, catalog)
-    except OverlayError:
-        return False
-    return bool(spec.base_image and os.path.isfile(spec.base_image)) or catalog.base_image() is not None
+    except OverlayError as err:
+        return str(err).splitlines()[0]
+    if spec.base_image:
+        return "" if os.path.isfile(spec.base_image) else f"the base image {spec.base_image} is missing"
+    return "" if catalog.base_image() is not None else "no base image found in the image directories"
 
 
 class KernelspecStore:
@@ -191,7 +197,11 @@ class KernelspecStore:
             shutil.rmtree(self.kernels_dir / name, ignore_errors=True)
 
     def sync(self, catalog: Catalog, wanted: Iterable[StackSpec] | None = None) -> SyncResult:
-        """Write the discovered specs, keep usable custom ones, remove our stale ones."""
+        """Write the discovered specs, remove our stale discovered ones, keep every custom one.
+
+        A user's kernelspec is never removed by a sync: one whose images are not found now (they
+        were moved, or another ``CNT_EXTRA_IMAGE_DIRS`` is set) is marked broken — "(broken)" in
+        the Launcher, the reason in its metadata — and unmarked once its images are back."""
         wanted = list(discover(catalog) if wanted is None else wanted)
         existing = self.read_all()
         result = SyncResult()
@@ -205,8 +215,14 @@ class KernelspecStore:
         for name, spec in existing.items():
             if name in wanted_names:
                 continue
-            if spec.origin == "custom" and is_usable(spec, catalog):
-                if spec.legacy_launcher:
+            if spec.origin == "custom":
+                reason = missing_image(spec, catalog)
+                if reason:
+                    result.broken[name] = reason
+                if reason != spec.broken:
+                    self.write(replace(spec, broken=reason))
+                    result.written.append(name)
+                elif spec.legacy_launcher:
                     log.warning(
                         "CondaTainer kernelspec %s: provisioner option %r is deprecated; rewritten for %s",
                         name,
@@ -223,6 +239,15 @@ class KernelspecStore:
         return result
 
 
+def broken_kernels() -> list[dict[str, str]]:
+    """Our kernelspecs the last sync marked broken: kernelspec, display name and why."""
+    return [
+        {"kernelspec": name, "display_name": spec.display_name, "reason": spec.broken}
+        for name, spec in sorted(KernelspecStore().read_all().items())
+        if spec.broken
+    ]
+
+
 @dataclass
 class SyncResult:
     """What a sync did: kernelspecs written and removed."""
@@ -230,6 +255,7 @@ class SyncResult:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    broken: dict[str, str] = field(default_factory=dict)  # kept custom kernelspecs that cannot start, and why
 
 
 def custom_spec(

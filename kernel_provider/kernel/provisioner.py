@@ -104,20 +104,21 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
                 self._use_ipc()
             kwargs = await super().pre_launch(**kwargs)
             if self.instance is None:
-                await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()))
+                notebook = kwargs.get("env", {}).get("JPY_SESSION_NAME", "")
+                await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()), notebook)
             await self._ensure_ipykernel(await self.manager.probe_python(self.instance))
             return self._in_container(kwargs)
 
-    async def _acquire_instance(self, kernel_cwd: str) -> None:
+    async def _acquire_instance(self, kernel_cwd: str, notebook: str = "") -> None:
         """Start the stack's instance, or join the running one when ``share_instance``; the first
-        kernel of this server cleans up after a crashed one. In OCI mode there is no instance to
-        start (see :func:`kernel_provider.kernel.oci_mode.check`)."""
+        kernel of this server cleans up after a crashed one. ``notebook`` names the kernel's user. In
+        OCI mode there is no instance to start (see :func:`kernel_provider.kernel.oci_mode.check`)."""
         manager = self.manager
         await manager.sweep_orphans_once()
         plan = await asyncio.to_thread(self._plan, kernel_cwd)
         transport = self.parent.transport if self.parent is not None else self.transport
         use_oci = oci_mode.check(await manager.runtime(), plan.flags, self.oci or manager.config.oci, transport)
-        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, oci=use_oci)
+        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, notebook, oci=use_oci)
         self.placement = Placement(instance=self.instance.name)
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:

@@ -73,6 +73,13 @@ class KernelStartError(web.HTTPError):
         return self.log_message or ""
 
 
+def _continued(message: str) -> str:
+    """A message as the rest of a sentence: its first word lowercased unless it is a name (PATH, Apptainer)."""
+    if len(message) > 1 and message[0].isupper() and message[1].islower() and not message.startswith("Apptainer"):
+        return message[0].lower() + message[1:]
+    return message
+
+
 def launcher_argv(argv: list[str]) -> list[str]:
     """Replace ``-m ipykernel_launcher`` by our bootstrap, which can supply ipykernel."""
     for index in range(len(argv) - 1):
@@ -218,7 +225,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
                 self.log.exception("CondaTainer kernel %s: cleaning up after a failed start failed", self.kernel_id)
             if isinstance(err, Exception):
                 label = self.kernel_spec.display_name if self.kernel_spec else self.kernel_id
-                raise KernelStartError(f"The kernel {label!r} could not start: {err}") from err
+                raise KernelStartError(f"The kernel {label!r} could not start: {_continued(str(err))}") from err
             raise
 
     async def _abandon_start(self) -> None:

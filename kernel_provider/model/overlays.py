@@ -148,7 +148,10 @@ def resolve(spec: str, catalog: Catalog, cwd: str = ".") -> Overlay:
     if looks_like_path(bare):
         path = os.path.join(cwd, os.path.expanduser(bare))
         if not os.path.isfile(path):
-            raise OverlayError(f"overlay file {os.path.abspath(path)} not found")
+            raise OverlayError(
+                f"The image {os.path.basename(path)} is missing ({os.path.abspath(path)}). It was moved or "
+                "deleted: put it back, or use images that exist"
+            )
         return Overlay.from_path(path, mode)
 
     raw_name, op, minimum = names.split_constraint(bare)

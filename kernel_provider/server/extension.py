@@ -69,6 +69,8 @@ class CondaTainerExtension(ExtensionApp):
         if self.sync_kernelspecs:
             result = KernelspecStore().sync(scan(config.image_dirs, config.distro))
             self.log.info("CondaTainer kernelspecs: %d written, %d removed", len(result.written), len(result.removed))
+            for name, reason in result.broken.items():
+                self.log.warning("CondaTainer kernelspec %s is broken (kept, shown as broken): %s", name, reason)
 
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -23,6 +24,8 @@ from kernel_provider.envs.jobs import JobError, JobRegistry, job_running_message
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, as_json
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.incontainer.history import HistoryError
+from kernel_provider.kernel.kernelspecs import broken_kernels
+from kernel_provider.kernel.stackcheck import make_kernel
 from kernel_provider.model.names import InvalidNameError
 from kernel_provider.model.overlays import OverlayError, OverlayNotFoundError
 from kernel_provider.model.validation import (
@@ -31,6 +34,7 @@ from kernel_provider.model.validation import (
     validate_lookup_name,
     validate_specs,
 )
+from kernel_provider.server import status
 
 AUTH_RESOURCE = "condatainer"
 # What each refusal means in HTTP, most specific first: the one place errors become statuses.
@@ -130,9 +134,13 @@ class OverlaysHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        """List every image with its notes, size and state: 200, the image directories and the images."""
+        """List every image with its notes, size and state: 200, the image directories, the images, and
+        the kernels whose stack cannot start now (``broken_kernels``: kernelspec, display name, reason)."""
         rows = await asyncio.to_thread(self.operations.list)
-        self.finish({"image_dirs": list(self.operations.config.image_dirs), "overlays": as_json(rows)})
+        broken = await asyncio.to_thread(broken_kernels)
+        self.finish(
+            {"image_dirs": list(self.operations.config.image_dirs), "overlays": as_json(rows), "broken_kernels": broken}
+        )
 
     @web.authenticated
     @authorized
@@ -210,6 +218,43 @@ class PackagesHandler(BaseHandler):
         self.not_busy(name)
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)
+
+
+class StatusHandler(BaseHandler):
+    """``/condatainer/api/status``: what the panel polls every few seconds."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """200, the generation of images, kernelspecs and instances (it changes with each of them)
+        and the channel problem ("" when none is known): a few stat calls, no container."""
+        config = self.operations.config
+        generation = await asyncio.to_thread(status.generation, config)
+        problem = await asyncio.to_thread(status.channel_problem, config, list(self.jobs.jobs.values()))
+        self.finish({"generation": generation, "channel_problem": problem})
+
+
+class KernelspecsHandler(BaseHandler):
+    """``/condatainer/api/kernelspecs``: kernels for an env or a custom stack ("Make kernel…")."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """Make a kernel for a stack (overlays, label): 201 and the kernelspec, its Launcher name and
+        its stack; 400 for a stack that cannot start (no Python, a file that is no image), 404 for
+        an unknown overlay, 409 for a name that is taken."""
+        data = self.body()
+        requested = self.list_field(data, "overlays")
+        label = data.get("label", "")
+        if not isinstance(label, str) or len(label) > 100 or any(c in label for c in "\n\r\t"):
+            raise web.HTTPError(400, "label must be one line of at most 100 characters")
+        overlays = [await self.overlay_name(name) for name in requested]  # catalog names, never paths
+        with http_errors():
+            made = await asyncio.to_thread(
+                make_kernel, self.operations.config, self.operations.catalog(), overlays, label.strip()
+            )
+        self.set_status(201)
+        self.finish(asdict(made))
 
 
 class JobsHandler(BaseHandler):
@@ -357,6 +402,8 @@ ROUTES = [
     (rf"/condatainer/api/overlays/{_NAME}/rollback", RollbackHandler),
     (rf"/condatainer/api/overlays/{_NAME}/freeze", FreezeHandler),
     (rf"/condatainer/api/overlays/{_NAME}", OverlayHandler),
+    (r"/condatainer/api/status", StatusHandler),
+    (r"/condatainer/api/kernelspecs", KernelspecsHandler),
     (r"/condatainer/api/jobs", JobsHandler),
     (r"/condatainer/api/jobs/(?P<job_id>[0-9a-f]+)", JobHandler),
 ]

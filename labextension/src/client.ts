@@ -1,7 +1,14 @@
 import type { ServerConnection } from '@jupyterlab/services';
 
 import { requestAPI } from './request';
-import type { ICreateEnvRequest, IJob, IOverlayList, IPackage } from './tokens';
+import type {
+  ICreateEnvRequest,
+  IJob,
+  IMadeKernel,
+  IOverlayList,
+  IPackage,
+  IStatus
+} from './tokens';
 
 /**
  * Typed calls of the CondaTainer REST API, one method per route.
@@ -54,6 +61,19 @@ export class CondaTainerClient {
       { method: 'DELETE', body: { specs } }
     );
     return reply.job;
+  }
+
+  /** The cheap status the panel polls: a generation and the channel problem. */
+  status(): Promise<IStatus> {
+    return this._call<IStatus>('status');
+  }
+
+  /** Make a kernel for an env or a custom stack of overlays (201). */
+  makeKernel(overlays: string[], label: string): Promise<IMadeKernel> {
+    return this._call<IMadeKernel>('kernelspecs', {
+      method: 'POST',
+      body: { overlays, label }
+    });
   }
 
   async listJobs(): Promise<IJob[]> {

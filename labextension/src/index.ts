@@ -3,7 +3,7 @@ import type {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import type { Contents } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -13,6 +13,7 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
 import { LifecycleClient } from './lifecycle';
+import { connectNotifications } from './notify';
 // The panel is added to the shell at activation, so its model and widget
 // load with the plugin.
 // eslint-disable-next-line jupyter/prefer-lazy-imports
@@ -60,6 +61,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     // now rather than at the kernelspec manager's next poll.
     model.kernelsChanged.connect(() => {
       void serviceManager.kernelspecs.refreshSpecs();
+    });
+    connectNotifications(model.jobs, trans, {
+      error: message => Notification.error(message, { autoClose: false }),
+      warning: message => Notification.warning(message, { autoClose: false })
     });
 
     addCommands(app, model, trans, fileBrowser);

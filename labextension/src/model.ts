@@ -11,8 +11,15 @@ import { jobFromEvent } from './jobs';
 import { JobStore } from './jobstore';
 import { findWritable, kernelsDiffer, sortByName } from './overlays';
 import { errorMessage } from './request';
-import { FALLBACK_POLL_MS } from './tokens';
-import type { ICreateEnvRequest, IJob, IOverlay, IPackage } from './tokens';
+import { FALLBACK_POLL_MS, STATUS_POLL_MS } from './tokens';
+import type {
+  IBrokenKernel,
+  ICreateEnvRequest,
+  IJob,
+  IMadeKernel,
+  IOverlay,
+  IPackage
+} from './tokens';
 
 /**
  * Keys under which the model records the error of an action, so the panel
@@ -27,6 +34,7 @@ export namespace ActionKeys {
   export const install = (name: string) => `install:${name}`;
   export const remove = (name: string, pkg: string) => `remove:${name}:${pkg}`;
   export const cancel = (id: string) => `cancel:${id}`;
+  export const makeKernel = (name: string) => `make-kernel:${name}`;
 }
 
 /**
@@ -60,6 +68,59 @@ export class CondaTainerModel extends VDomModel {
       name: 'jupyter-condatainer:refresh',
       standby: () => (this._visible ? 'when-hidden' : true)
     });
+    this._statusPoll = new Poll({
+      factory: () => this.checkStatus(),
+      frequency: { interval: STATUS_POLL_MS, backoff: true, max: 60000 },
+      name: 'jupyter-condatainer:status',
+      standby: () => (this._visible ? 'when-hidden' : true)
+    });
+  }
+
+  /**
+   * Why no conda channel can be reached, as the server knows it, or "":
+   * the panel says it before a user starts "New env".
+   */
+  get channelProblem(): string {
+    return this._channelProblem;
+  }
+
+  /**
+   * Ask the server's cheap status; reload when images, kernels or
+   * instances changed since the last answer (the magic, the CLI, another
+   * server changed them).
+   */
+  async checkStatus(): Promise<void> {
+    const status = await this._client.status();
+    const changed =
+      this._generation !== '' && status.generation !== this._generation;
+    this._generation = status.generation;
+    if (status.channel_problem !== this._channelProblem) {
+      this._channelProblem = status.channel_problem;
+      this._emit();
+    }
+    if (changed) {
+      await this.refresh();
+    }
+  }
+
+  /**
+   * Make a kernel for a stack of overlays (an env, or any custom stack);
+   * null when it failed (the error is kept under `key`).
+   */
+  async makeKernel(
+    key: string,
+    overlays: string[],
+    label: string
+  ): Promise<IMadeKernel | null> {
+    let made: IMadeKernel | null = null;
+    await this._run(ActionKeys.makeKernel(key), async () => {
+      made = await this._client.makeKernel(overlays, label);
+      this._kernelsChanged.emit();
+    });
+    if (made) {
+      await this.refreshOverlays();
+    }
+    return made;
   }
 
   /** Jobs known to the panel; see `JobStore`. */
@@ -76,6 +137,11 @@ export class CondaTainerModel extends VDomModel {
   /** Directories the server scans for images and overlays. */
   get imageDirs(): ReadonlyArray<string> {
     return this._imageDirs;
+  }
+
+  /** Kernels whose stack cannot start now, and why. */
+  get brokenKernels(): ReadonlyArray<IBrokenKernel> {
+    return this._brokenKernels;
   }
 
   /** All overlays, sorted by name; null until the first answer. */
@@ -164,6 +230,7 @@ export class CondaTainerModel extends VDomModel {
         this._overlays !== null &&
         kernelsDiffer(this._overlays, reply.overlays);
       this._imageDirs = reply.image_dirs;
+      this._brokenKernels = reply.broken_kernels ?? [];
       this._overlays = sortByName(reply.overlays);
       if (kernelsChanged) {
         this._kernelsChanged.emit();
@@ -269,6 +336,7 @@ export class CondaTainerModel extends VDomModel {
     this._events?.stream.disconnect(this._onEvent, this);
     this._fallbackPoll.dispose();
     this._refreshPoll.dispose();
+    this._statusPoll.dispose();
     this._followUp.dispose();
     Signal.clearData(this);
     super.dispose();
@@ -334,6 +402,7 @@ export class CondaTainerModel extends VDomModel {
   private _events: Event.IManager | null;
   private _overlays: IOverlay[] | null = null;
   private _imageDirs: string[] = [];
+  private _brokenKernels: IBrokenKernel[] = [];
   private _selected: string | null = null;
   private _packages: IPackage[] | null = null;
   private _errors = new Map<string, string>();
@@ -342,6 +411,9 @@ export class CondaTainerModel extends VDomModel {
   private _lastEventAt = 0;
   private _fallbackPoll: Poll;
   private _refreshPoll: Poll;
+  private _statusPoll: Poll;
+  private _generation = '';
+  private _channelProblem = '';
   private _followUpTargets = new Set<string>();
   private _followUp = new Debouncer(() => this._refreshAfterJobs(), 500);
   private _kernelsChanged = new Signal<this, void>(this);

@@ -18,6 +18,13 @@ export const TRANSLATION_DOMAIN = 'jupyter_condatainer';
 export const JOB_EVENT_SCHEMA_ID =
   'https://events.jupyter.org/jupyter_condatainer/job/v1';
 
+/**
+ * How often the panel asks the server's cheap status (a generation of the
+ * images, kernels and instances) while it is visible, so changes made by the
+ * magic or the CLI show without waiting for a full refresh.
+ */
+export const STATUS_POLL_MS = 3000;
+
 /** How often jobs are polled when a job runs but the event bus stays silent. */
 export const FALLBACK_POLL_MS = 5000;
 
@@ -46,15 +53,51 @@ export interface IOverlay {
   notes: { [key: string]: string };
   /** True while a running kernel or instance uses the overlay. */
   in_use: boolean;
+  /**
+   * Who uses it, in words: its notebooks and kernels, or "another program"
+   * (a CondaTainer shell, another server). Absent from older servers.
+   */
+  in_use_by?: string;
+  /** The overlays its kernel mounts, e.g. `python/3.11` then the env. */
+  kernel_stack?: string[];
+  /** Lines of its `.env` sidecar that were skipped, and why. */
+  warnings?: string[];
   /** Name of the kernelspec that runs this overlay, if one is registered. */
   kernelspec: string | null;
   writable: boolean;
+}
+
+/** Body of `GET status`. */
+export interface IStatus {
+  /** Changes whenever an image, a kernelspec or an instance changes. */
+  generation: string;
+  /** Why no conda channel can be reached, or "" when nothing says so. */
+  channel_problem: string;
+}
+
+/** Body of the answer of `POST kernelspecs` ("Make kernel…"). */
+export interface IMadeKernel {
+  kernelspec: string;
+  display_name: string;
+  /** The whole stack, a Python overlay first when the server added one. */
+  overlays: string[];
+  /** What the server added or decided, in words (may be empty). */
+  note: string;
+}
+
+/** A kernel whose stack cannot start now (an image is not found); kept, marked broken. */
+export interface IBrokenKernel {
+  kernelspec: string;
+  display_name: string;
+  reason: string;
 }
 
 /** Body of `GET overlays`. */
 export interface IOverlayList {
   image_dirs: string[];
   overlays: IOverlay[];
+  /** Absent from older servers. */
+  broken_kernels?: IBrokenKernel[];
 }
 
 /** One conda package of an env (`GET overlays/{name}/packages`). */

@@ -44,7 +44,7 @@ export function ActionError(props: {
       data-testid="jp-condatainer-error"
       role="alert"
     >
-      <span className="jp-condatainer-error-text">{message}</span>
+      <ErrorText message={message} />
       <button
         className="jp-condatainer-error-dismiss"
         title={trans.__('Dismiss')}
@@ -56,6 +56,59 @@ export function ActionError(props: {
     </div>
   );
 }
+
+/**
+ * An error message as the server writes them: the first line says what
+ * happened and what to do, and is shown prominently; the lines after it are
+ * the tool's own output, shown once, wrapped (never cut off at the edge).
+ */
+export function ErrorText(props: { message: string }): React.ReactElement {
+  const [first, ...detail] = props.message.split('\n');
+  return (
+    <div className="jp-condatainer-error-text">
+      <div
+        className="jp-condatainer-error-first"
+        data-testid="jp-condatainer-error-first"
+      >
+        {first}
+      </div>
+      {detail.length > 0 && (
+        <pre
+          className="jp-condatainer-error-detail"
+          data-testid="jp-condatainer-error-detail"
+        >
+          {detail.join('\n')}
+        </pre>
+      )}
+    </div>
+  );
+}
+
+/**
+ * One line on what a section holds, with a link to the docs, so a new user
+ * knows what base images, overlays and envs are.
+ */
+export function SectionHelp(props: {
+  text: string;
+  trans: TranslationBundle;
+}): React.ReactElement {
+  return (
+    <p className="jp-condatainer-section-help">
+      {props.text}{' '}
+      <a
+        href={DOCS_URL}
+        target="_blank"
+        rel="noopener noreferrer"
+        className="jp-condatainer-docs-link"
+      >
+        {props.trans.__('Docs')}
+      </a>
+    </p>
+  );
+}
+
+/** Where the panel's "Docs" links go: the project's README. */
+export const DOCS_URL = 'https://github.com/Justype/condatainer#readme';
 
 /** A short status word in a rounded box (e.g. "in use", "running"). */
 export function Badge(props: {

@@ -10,7 +10,7 @@ import type { CondaTainerModel } from '../model';
 import { errorMessage } from '../request';
 import { isFinalState } from '../tokens';
 import type { IJob, JobState } from '../tokens';
-import { ActionError, Badge, ModelSection } from './common';
+import { ActionError, Badge, ErrorText, ModelSection } from './common';
 
 /**
  * Running and recent jobs: progress, the last log lines, the outcome, and a
@@ -90,7 +90,8 @@ function JobRow(props: {
         </div>
       )}
       <div className="jp-condatainer-row jp-condatainer-job-message">
-        <span title={message}>{message}</span>
+        {/* A failed job's message is its error's first line, shown below. */}
+        <span title={message}>{job.error ? '' : message}</span>
         <span
           className="jp-condatainer-job-time"
           title={trans.__('Started %1', formatTime(job.created))}
@@ -102,11 +103,13 @@ function JobRow(props: {
         <div
           className="jp-condatainer-error jp-condatainer-job-error"
           data-testid="jp-condatainer-job-error"
+          role="alert"
         >
-          {job.error}
+          <ErrorText message={job.error} />
         </div>
       )}
-      {tail.length > 0 && (
+      {/* The error already holds the tool's last lines: show them once. */}
+      {tail.length > 0 && !job.error && (
         <pre
           className="jp-condatainer-log"
           data-testid="jp-condatainer-job-log"
