@@ -25,7 +25,7 @@ from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
-from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement
+from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement, stack_label
 
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
 
@@ -94,15 +94,18 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             kwargs = await super().pre_launch(**kwargs)
             if self.instance is None:
                 await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()))
-            await self._ensure_ipykernel(await self.manager.probe_python(self.instance))
+            await self._ensure_ipykernel(self.manager.probe_python(self.instance))
             return self._in_container(kwargs)
 
     async def _acquire_instance(self, kernel_cwd: str) -> None:
         """Start the stack's instance, or join the running one when ``share_instance``; the first
         kernel of this server cleans up after a crashed one."""
         manager = self.manager
+        self.progress.step("stack", f"reading the stack ({', '.join(self.overlays) or 'no overlays'})")
         await manager.sweep_orphans_once()
         plan = await asyncio.to_thread(self._plan, kernel_cwd)
+        how = "starting or joining the shared instance" if self.share_instance else "starting instance"
+        self.progress.step("instance", f"{how}, mounting {stack_label(plan)}")
         self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance)
         self.placement = Placement(instance=self.instance.name)
 

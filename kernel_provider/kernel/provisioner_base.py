@@ -30,12 +30,13 @@ import os
 import signal
 import sys
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from tornado import web
@@ -49,6 +50,7 @@ from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
+from kernel_provider.kernel.progress import LaunchProgress
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan, StackRequest
 
@@ -56,6 +58,7 @@ from kernel_provider.model.plan import ContainerPlan, StackRequest
 FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
 KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
 IPYKERNEL_MODULE = "ipykernel_launcher"
+READY_TIMEOUT = 120.0  # how long the launch progress waits for a started kernel's first reply
 
 
 class KernelStartError(web.HTTPError):
@@ -71,6 +74,13 @@ class KernelStartError(web.HTTPError):
 
     def __str__(self) -> str:
         return self.log_message or ""
+
+
+def stack_label(plan: ContainerPlan) -> str:
+    """The stack in a few words for the launch progress: ``ubuntu24/base_image + python/3.11, demo.img (rw)``."""
+    overlays = [f"{o.name}.img" if o.kind == "img" else o.name for o in plan.overlays]
+    writable = " (read-write)" if plan.writable and plan.env_image else ""
+    return f"{plan.base_image.name} + {', '.join(overlays) or 'no overlays'}{writable}"
 
 
 def launcher_argv(argv: list[str]) -> list[str]:
@@ -119,6 +129,8 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     process: asyncio.subprocess.Process | None = None  # what launch_kernel started
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
+    _progress: LaunchProgress | None = None
+    _ready_watch: asyncio.Task | None = None
 
     # The kernel's paths are the server's (a compute node shares them): resolved as a local kernel's.
     resolve_path = LocalProvisioner.resolve_path
@@ -129,6 +141,15 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         return InstanceManager.for_config(CondaTainerConfig(parent=self.parent))
 
     # --- the start, in the subclass's pre_launch and in launch_kernel --------------------------
+
+    @property
+    def progress(self) -> LaunchProgress:
+        """The steps of the start under way (:mod:`~kernel_provider.kernel.progress`); a start
+        after the last one ended (a restart) begins a new record."""
+        if self._progress is None or self._progress.finished:
+            name = getattr(self.parent, "kernel_name", "") or ""
+            self._progress = LaunchProgress(self.kernel_id, name, self.log)
+        return self._progress
 
     def _plan(self, kernel_cwd: str) -> ContainerPlan:
         """The stack's container: our package, the supplied ipykernel, the runtime directory,
@@ -152,10 +173,14 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         )
         return plan_for_host(request, config)
 
-    @staticmethod
-    async def _ensure_ipykernel(python: PythonInfo) -> None:
-        """A Python without ipykernel gets one supplied (built once per Python version)."""
+    async def _ensure_ipykernel(self, probe: Awaitable[PythonInfo]) -> None:
+        """Probe the stack's Python; one without ipykernel gets it supplied (built once per Python version)."""
+        self.progress.step("python", "checking the stack's Python")
+        python = await probe
         if not python.has_ipykernel:
+            version = ".".join(map(str, python.version))
+            first = "" if supply.is_supplied(python.version) else " (first time for this Python: downloads ipykernel)"
+            self.progress.step("supply", f"supplying ipykernel for Python {version}{first}")
             await supply.ensure_ipykernel(python.version, python.glibc)
 
     def _in_container(self, launch_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -188,8 +213,31 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
                 self.manager.apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd
             )
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
+            self.progress.step("kernel", f"starting the kernel in instance {self.instance.name}")
             self.process = await self._spawn(argv)
+            self.progress.step("wait", "waiting for the kernel")
             return await self._connection_info_once_started()
+
+    async def post_launch(self, **kwargs: Any) -> None:
+        """Called by ``KernelManager.post_start_kernel``: the launch progress follows the kernel
+        until its first reply (jupyter_server answers the start before that)."""
+        await super().post_launch(**kwargs)
+        if isinstance(self.parent, AsyncKernelManager):
+            self._ready_watch = asyncio.ensure_future(self._report_ready(self.parent, self.progress))
+
+    @staticmethod
+    async def _report_ready(km: AsyncKernelManager, progress: LaunchProgress) -> None:
+        """Wait for the kernel's first ``kernel_info`` reply with a client of its own; ready or failed."""
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=READY_TIMEOUT)
+        except RuntimeError as err:  # died, or silent until the timeout
+            progress.failed(f"{err}; see the kernel's log")
+        else:
+            progress.ready()
+        finally:
+            client.stop_channels()
 
     @abstractmethod
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
@@ -207,6 +255,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         try:
             yield
         except BaseException as err:
+            self.progress.failed(str(err) or type(err).__name__)
             try:
                 await self._abandon_start()
             except Exception:  # noqa: BLE001 - the start's own error is what the user needs
@@ -272,6 +321,9 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         """``KernelManager.cleanup_resources``, after the kernel's process ended: removes its env
         file; a shutdown (``restart`` False) also releases the instance, which a restart keeps."""
         await super().cleanup(restart=restart)
+        if self._ready_watch is not None:
+            self._ready_watch.cancel()
+            self._ready_watch = None
         if self._env_file:
             self._env_file.unlink(missing_ok=True)
             self._env_file = None
