@@ -12,6 +12,9 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
+import { ILaunchProgress } from './launch';
+import type { LaunchStore } from './launch';
+import { launchPlugin } from './launchplugin';
 import { LifecycleClient } from './lifecycle';
 // The panel is added to the shell at activation, so its model and widget
 // load with the plugin.
@@ -37,7 +40,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     ILayoutRestorer,
     ICommandPalette,
     ISettingRegistry,
-    IDefaultFileBrowser
+    IDefaultFileBrowser,
+    ILaunchProgress
   ],
   activate: (
     app: JupyterFrontEnd,
@@ -45,7 +49,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
     settingRegistry: ISettingRegistry | null,
-    fileBrowser: IDefaultFileBrowser | null
+    fileBrowser: IDefaultFileBrowser | null,
+    launches: LaunchStore | null
   ): void => {
     const { commands, serviceManager, shell } = app;
     translator = translator ?? nullTranslator;
@@ -73,7 +78,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       model,
       translator,
       actions,
-      lifecycle: new LifecycleClient(serviceManager.serverSettings)
+      lifecycle: new LifecycleClient(serviceManager.serverSettings),
+      launches: launches ?? undefined
     });
     shell.add(panel, 'left', { rank: 850 });
     restorer?.add(panel, PANEL_ID);
@@ -211,4 +217,4 @@ function readSettings(
   };
 }
 
-export default plugin;
+export default [plugin, launchPlugin];

@@ -5,6 +5,8 @@ import type { AccordionPanel } from '@lumino/widgets';
 import * as React from 'react';
 
 import { condatainerIcon } from './icon';
+import type { LaunchStore } from './launch';
+import { LaunchSection } from './launchview';
 import type { LifecycleClient } from './lifecycle';
 import type { CondaTainerModel } from './model';
 import type { IPanelActions } from './sections/common';
@@ -44,10 +46,15 @@ export class CondaTainerPanel extends SidePanel {
     if (options.lifecycle) {
       this.addWidget(new HistorySection(model, trans, options.lifecycle));
     }
+    if (options.launches) {
+      this.addWidget(new LaunchSection(options.launches, trans));
+    }
     // The overlay list is the longest and the panel's starting point.
-    (this.content as AccordionPanel).setRelativeSizes(
-      options.lifecycle ? [2, 1, 1, 1] : [2, 1, 1]
-    );
+    const others = this.widgets.length - 1;
+    (this.content as AccordionPanel).setRelativeSizes([
+      2,
+      ...Array(others).fill(1)
+    ]);
   }
 
   readonly model: CondaTainerModel;
@@ -78,5 +85,7 @@ export namespace CondaTainerPanel {
     actions: IPanelActions;
     /** The env history/rollback/export/freeze routes; no History section without. */
     lifecycle?: LifecycleClient;
+    /** Kernel starts (launch progress); no "Kernel starts" section without. */
+    launches?: LaunchStore;
   }
 }
