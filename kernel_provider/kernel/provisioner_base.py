@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import signal
 import sys
+import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass
@@ -39,6 +41,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from jupyter_client.session import Session
 from tornado import web
 from traitlets import Bool, Dict, List, Unicode
 
@@ -227,15 +230,31 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
 
     @staticmethod
     async def _report_ready(km: AsyncKernelManager, progress: LaunchProgress) -> None:
-        """Wait for the kernel's first ``kernel_info`` reply with a client of its own; ready or failed."""
-        client = km.client()
-        client.start_channels()
+        """Ask the kernel for ``kernel_info`` until it answers (ready), exits or stays silent (failed).
+
+        A shell channel and a Session of its own: a Session shared with the server's clients
+        would see their messages' signatures twice and refuse them as replays.
+        """
+        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+        client = km.client(session=session)
+        client.start_channels(iopub=False, stdin=False, hb=False, control=False)
+        deadline = time.monotonic() + READY_TIMEOUT
         try:
-            await client.wait_for_ready(timeout=READY_TIMEOUT)
-        except RuntimeError as err:  # died, or silent until the timeout
-            progress.failed(f"{err}; see the kernel's log")
-        else:
-            progress.ready()
+            while True:
+                client.kernel_info()
+                try:
+                    reply = await client.get_shell_msg(timeout=1)
+                except queue.Empty:
+                    reply = {}
+                if reply.get("msg_type") == "kernel_info_reply":
+                    progress.ready()
+                    return
+                if not await km.is_alive():
+                    progress.failed("the kernel exited before it answered; see its log")
+                    return
+                if time.monotonic() > deadline:
+                    progress.failed(f"the kernel did not answer within {READY_TIMEOUT:g} s; see its log")
+                    return
         finally:
             client.stop_channels()
 

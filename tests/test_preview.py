@@ -1,0 +1,105 @@
+"""Preview before changing an env: the solver's plan through the REST API (``dry_run``) and the
+magic (``--dry-run``, then ``%condatainer apply``), checked against what the change then does."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import run_cell, wait_job
+
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def jp_server_config(kernel_env):
+    return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True}}}
+
+
+async def packages(api, name: str) -> dict[str, str]:
+    _, data = await api("GET", "overlays", name, "packages")
+    return {p["name"]: f"{p['version']}-{p['build']}" for p in data["packages"]}
+
+
+async def test_preview_plan_equals_what_the_change_does(channel_env, api, kernel_env, jp_serverapp):
+    _, data = await api("POST", "overlays", body={"name": "pv", "size_mb": 128, "packages": ["zlib", "libdemo=1.0"]})
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    image = kernel_env / "images" / "pv.img"
+    before, stamp = await packages(api, "pv"), os.stat(image).st_mtime_ns
+
+    change = {"specs": ["demo-tool", "libdemo=2.0"]}
+    status, answer = await api("POST", "overlays", "pv", "packages", body={**change, "dry_run": True})
+    assert status == 200, answer
+    plan = answer["plan"]
+    print("plan:", plan)
+    assert [p["name"] for p in plan["added"]] == ["demo-tool"]
+    assert [(p["name"], p["from"].split("-")[0], p["to"].split("-")[0]) for p in plan["upgraded"]] == [
+        ("libdemo", "1.0", "2.0")
+    ]
+    assert plan["removed"] == [] and plan["downgraded"] == []
+    assert plan["download_count"] >= 1 and plan["download_bytes"] > 0
+
+    status, refused = await api("POST", "overlays", "pv", "packages", body={"specs": ["nosuchpkg"], "dry_run": True})
+    assert status == 400 and "nosuchpkg" in refused["message"], refused
+    status, removal = await api("DELETE", "overlays", "pv", "packages", body={"specs": ["libdemo"], "dry_run": True})
+    assert status == 200 and [p["name"] for p in removal["plan"]["removed"]] == ["libdemo"], removal
+    assert await packages(api, "pv") == before and os.stat(image).st_mtime_ns == stamp, "a preview changed the env"
+
+    _, data = await api("POST", "overlays", "pv", "packages", body=change)
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    after = await packages(api, "pv")
+    assert sorted(after.keys() - before.keys()) == [p["name"] for p in plan["added"]]
+    assert sorted(before.keys() - after.keys()) == [p["name"] for p in plan["removed"]]
+    changed = {n: (before[n], after[n]) for n in before.keys() & after.keys() if before[n] != after[n]}
+    assert changed == {p["name"]: (p["from"], p["to"]) for p in plan["upgraded"]}
+    assert after["demo-tool"] == f"{plan['added'][0]['version']}-{plan['added'][0]['build']}"
+
+
+async def test_magic_dry_run_then_apply(channel_env, api, kernel_env, jp_serverapp):
+    _, data = await api("POST", "overlays", body={"name": "mv", "size_mb": 128, "packages": ["zlib"]})
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    spec = custom_spec(["python/3.11", "mv"], label="mv", writable=True)
+    KernelspecStore().write(spec)
+    manager = jp_serverapp.kernel_manager
+    kernel_id = await manager.start_kernel(kernel_name=spec.name)
+    client = manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=120)
+        shown, error = await run_cell(client, "%condatainer install demo-tool --dry-run")
+        assert error is None, error
+        listed, _ = await run_cell(client, "%condatainer list demo")
+        applied, error = await run_cell(client, "%condatainer apply")
+        assert error is None, error
+        after, _ = await run_cell(client, "%condatainer list demo")
+        _, again = await run_cell(client, "%condatainer apply")
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(kernel_id)
+    print(shown)
+    assert "+ demo-tool 1.0" in shown and "+ libdemo" in shown and "%condatainer apply" in shown
+    assert "no packages matching" in listed, "the dry run changed the env"
+    assert "demo-tool" in after and "libdemo" in after
+    assert again["ename"] == "CondaTainerError" and "nothing to apply" in again["evalue"]
+
+
+def test_the_plan_reads_micromamba_json():
+    from kernel_provider.incontainer.txplan import format_plan, parse_transaction
+
+    def pkg(name, version, size=0):
+        return {"name": name, "version": version, "build": "h0_0", "channel": "conda-forge", "size": size}
+
+    fetch = [pkg("numpy", "2.0.1", 2048)]
+    link = [pkg("numpy", "2.0.1"), pkg("python", "3.11.9"), pkg("openssl", "3.0.0")]
+    unlink = [pkg("numpy", "1.26.4"), pkg("python", "3.11.10"), pkg("old", "1.0")]
+    plan = parse_transaction(json.dumps({"actions": {"FETCH": fetch, "LINK": link, "UNLINK": unlink}}))
+    assert [p["name"] for p in plan["added"]] == ["openssl"]
+    assert [p["name"] for p in plan["removed"]] == ["old"]
+    assert [p["name"] for p in plan["upgraded"]] == ["numpy"]
+    assert [p["name"] for p in plan["downgraded"]] == ["python"]
+    assert plan["download_bytes"] == 2048 and plan["download_count"] == 1
+    assert format_plan(plan)[-1] == "Plan: 1 added, 1 upgraded, 1 downgraded, 1 removed; download 2.0 KiB (1 packages)."
+    assert parse_transaction('{"success": true, "message": "All requested packages already installed"}')["added"] == []
