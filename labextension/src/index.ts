@@ -61,6 +61,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
       trans,
       events: serviceManager.events
     });
+    // Package changes show the solver's plan first and run once confirmed.
+    model.confirmChange = async (env, verb, specs) => {
+      const { confirmWithPreview } = await import('./preview');
+      return confirmWithPreview(
+        serviceManager.serverSettings,
+        env,
+        verb,
+        specs,
+        trans
+      );
+    };
     // A new or deleted env adds or removes a kernel: show it in the launcher
     // now rather than at the kernelspec manager's next poll.
     model.kernelsChanged.connect(() => {
