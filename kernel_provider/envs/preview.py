@@ -14,6 +14,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 
+from kernel_provider.envs.disk import DiskError, read_usage
 from kernel_provider.envs.operations import EnvOperations, channel_binds
 from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.process import output_tail, run
@@ -42,8 +43,9 @@ def dry_run_command(verb: str, specs: Sequence[str], channels: Sequence[str]) ->
 async def preview(
     operations: EnvOperations, name: str, verb: str, specs: Sequence[str], channels: Sequence[str] = ()
 ) -> dict:
-    """The plan of ``verb specs`` on the env ``name`` (see :func:`txplan.parse_transaction`),
-    with ``env`` and ``verb``; :class:`PreviewError` with the solver's message when it cannot."""
+    """The plan of ``verb specs`` on the env ``name`` (see :func:`txplan.parse_transaction`), with
+    ``env``, ``verb``, the env's free space and a ``space_warning`` when the change would not fit;
+    :class:`PreviewError` with the solver's message when it cannot be planned."""
     overlay = await asyncio.to_thread(operations.find_env, name)
     cmd = dry_run_command(verb, specs, channels)
     instance = operations.mounted_by(overlay)
@@ -73,4 +75,17 @@ async def preview(
             f"the solver could not plan '{verb} {' '.join(specs)}' on {overlay.name}; nothing was changed:\n"
             + output_tail(result.stderr.splitlines())
         )
-    return {"env": overlay.name, "verb": verb, "specs": list(specs), **txplan.parse_transaction(result.stdout)}
+    plan = txplan.parse_transaction(result.stdout)
+    try:
+        free = (await asyncio.to_thread(read_usage, overlay.path)).free
+    except (OSError, DiskError):
+        free = -1  # unknown: no warning
+    warning = txplan.space_warning(plan, free) if free >= 0 else ""
+    return {
+        "env": overlay.name,
+        "verb": verb,
+        "specs": list(specs),
+        **plan,
+        "env_free_bytes": free,
+        "space_warning": warning,
+    }

@@ -355,9 +355,15 @@ class CondaTainerMagics(Magics):
         )
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-10:])
-            raise CondaTainerError(f"mm-{verb} could not plan this change (exit {result.returncode}); nothing changed:\n{tail}")
+            raise CondaTainerError(
+                f"mm-{verb} could not plan this change (exit {result.returncode}); nothing changed:\n{tail}"
+            )
         plan = txplan.parse_transaction(result.stdout)
         print("\n".join(txplan.format_plan(plan)))
+        stat = os.statvfs(ENV_PREFIX)
+        warning = txplan.space_warning(plan, stat.f_bavail * stat.f_frsize)
+        if warning:
+            print(f"Warning: {warning}")
         if txplan.is_empty(plan):
             self._pending = None
             return
@@ -367,7 +373,9 @@ class CondaTainerMagics(Magics):
     def _apply(self, verb: str, args: list[str]) -> None:
         """The change the last ``--dry-run`` showed, if the env is still as it was then."""
         if self._pending is None:
-            raise CondaTainerError("nothing to apply: preview a change first, e.g. %condatainer install numpy --dry-run")
+            raise CondaTainerError(
+                "nothing to apply: preview a change first, e.g. %condatainer install numpy --dry-run"
+            )
         pending_verb, pending_args, stamp = self._pending
         if stamp != _history_stamp():
             self._pending = None

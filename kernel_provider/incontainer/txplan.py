@@ -88,6 +88,22 @@ def is_empty(plan: dict) -> bool:
     return not any(plan[k] for k in ("added", "removed", "upgraded", "downgraded", "changed"))
 
 
+# Conda packages unpack to about twice their download, and the download stays in the env's package
+# cache until it is cleaned: a change needs about three times what it downloads.
+SPACE_PER_DOWNLOADED_BYTE = 3
+
+
+def space_warning(plan: dict, free_bytes: int) -> str:
+    """Empty when the change fits in ``free_bytes``; else what it needs, what there is, what to do."""
+    needed = plan["download_bytes"] * SPACE_PER_DOWNLOADED_BYTE
+    if needed <= free_bytes:
+        return ""
+    return (
+        f"This change needs about {_bytes(needed)} and the env has {_bytes(free_bytes)} free: it would not fit. "
+        "Grow the env first (the CondaTainer panel's Disk section, or condatainer overlay resize)."
+    )
+
+
 def _bytes(size: int) -> str:
     value, unit = float(size), "B"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -109,7 +125,9 @@ def format_plan(plan: dict) -> list[str]:
             lines.append(f"  {sign} {package['name']} {package['from']} → {package['to']}")
     for package in plan["removed"]:
         lines.append(f"  - {package['name']} {package['version']} ({package['build']})")
-    counts = ", ".join(f"{len(plan[k])} {k}" for k in ("added", "upgraded", "downgraded", "changed", "removed") if plan[k])
+    counts = ", ".join(
+        f"{len(plan[k])} {k}" for k in ("added", "upgraded", "downgraded", "changed", "removed") if plan[k]
+    )
     download = (
         f"download {_bytes(plan['download_bytes'])} ({plan['download_count']} packages)"
         if plan["download_count"]

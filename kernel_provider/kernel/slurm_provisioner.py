@@ -34,20 +34,20 @@ from traitlets import Float, List, Unicode
 from kernel_provider.host import instanceinfo
 from kernel_provider.host.instances import Instance
 from kernel_provider.host.runtime import write_private
-from kernel_provider.model.plan import ContainerPlan
 from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement, stack_label
 from kernel_provider.kernel.slurm import (
     CONNECT_TO_NODE,
     DEFAULT_LAUNCH_TIMEOUT,
-    JobState,
     LAUNCH_TIMEOUT_VARIABLE,
     STEP_TIMEOUT,
+    JobState,
     SlurmAllocation,
     SlurmError,
     proxy_env,
     state_store,
     sweep_orphans_once,
 )
+from kernel_provider.model.plan import ContainerPlan
 
 
 class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
@@ -151,7 +151,9 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
             why = f", {job.why}" if job.why else ""
             self.progress.step("queue", f"queued as SLURM job {job_id} on {job.partition}{why}")
         elif job.state == "RUNNING":
-            self.progress.step("instance", f"starting instance on {job.node} (job {job_id}), mounting {stack_label(plan)}")
+            self.progress.step(
+                "instance", f"starting instance on {job.node} (job {job_id}), mounting {stack_label(plan)}"
+            )
 
     async def connect_ip(self) -> str:
         """Where the kernel listens: ``slurm_connect_ip``, or the node's address for ``node``."""

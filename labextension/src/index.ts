@@ -90,7 +90,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       translator,
       actions,
       lifecycle: new LifecycleClient(serviceManager.serverSettings),
-      launches: launches ?? undefined
+      launches: launches ?? undefined,
+      serverSettings: serviceManager.serverSettings
     });
     shell.add(panel, 'left', { rank: 850 });
     restorer?.add(panel, PANEL_ID);

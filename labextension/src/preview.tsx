@@ -36,6 +36,8 @@ export interface IChangePlan {
   changed: IPlanChange[];
   download_bytes: number;
   download_count: number;
+  /** Set when the change would not fit in the env's free space. */
+  space_warning?: string;
 }
 
 const METHODS = { install: 'POST', update: 'PATCH', remove: 'DELETE' };
@@ -120,6 +122,11 @@ function PlanView(props: {
           ))}
         </tbody>
       </table>
+      {plan.space_warning && (
+        <p className="jp-condatainer-error-text" role="alert">
+          {plan.space_warning}
+        </p>
+      )}
       <p>
         {plan.download_count > 0
           ? trans.__(

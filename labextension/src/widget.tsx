@@ -1,3 +1,4 @@
+import type { ServerConnection } from '@jupyterlab/services';
 import type { ITranslator } from '@jupyterlab/translation';
 import { ReactWidget, SidePanel } from '@jupyterlab/ui-components';
 import type { Message } from '@lumino/messaging';
@@ -6,6 +7,7 @@ import * as React from 'react';
 
 import { condatainerIcon } from './icon';
 import type { LaunchStore } from './launch';
+import { DiskSection } from './disk';
 import { LaunchSection } from './launchview';
 import type { LifecycleClient } from './lifecycle';
 import type { CondaTainerModel } from './model';
@@ -49,6 +51,9 @@ export class CondaTainerPanel extends SidePanel {
     if (options.launches) {
       this.addWidget(new LaunchSection(options.launches, trans));
     }
+    if (options.serverSettings) {
+      this.addWidget(new DiskSection(model, options.serverSettings, trans));
+    }
     // The overlay list is the longest and the panel's starting point.
     const others = this.widgets.length - 1;
     (this.content as AccordionPanel).setRelativeSizes([
@@ -87,5 +92,7 @@ export namespace CondaTainerPanel {
     lifecycle?: LifecycleClient;
     /** Kernel starts (launch progress); no "Kernel starts" section without. */
     launches?: LaunchStore;
+    /** The server to ask for disk use; no Disk section without. */
+    serverSettings?: ServerConnection.ISettings;
   }
 }
