@@ -61,8 +61,36 @@ async def test_progress_events_in_order_and_a_failure_names_its_step(
         assert status == 200 and recorded["events"] == ours
         logged = [r.getMessage() for r in caplog.records if kernel_id in r.getMessage()]
         assert any("starting instance, mounting" in line for line in logged), logged
+
+        status, logs = await api("GET", "kernels", kernel_id, "logs")
+        names = [log["name"] for log in logs["logs"]]
+        assert status == 200 and names[0] == "kernel output" and "instance stderr (apptainer)" in names, names
+        assert "--existing" in logs["logs"][0]["text"], logs  # ipykernel's own start message
     finally:
         await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+    status, _ = await api("GET", "kernels", kernel_id, "logs")
+    assert status == 404, "a kernel shut down cleanly keeps no log"
+
+    # A kernel whose Python cannot even start: the start fails while waiting, its output is kept.
+    KernelspecStore().write(
+        custom_spec(["python/3.11"], label="nohome", extra_config={"env": {"PYTHONHOME": "/nonexistent"}})
+    )
+    response = await start_kernel(jp_fetch, "condatainer-nohome")
+    assert response.code == 201, response.body
+    broken = json.loads(response.body)["id"]
+    try:
+        await asyncio.to_thread(
+            wait_until,
+            lambda: any(e["kernel_id"] == broken and e["state"] == "failed" for e in launch_events),
+            60,
+            "the broken kernel's failure",
+        )
+    finally:
+        await jp_fetch("api", "kernels", broken, method="DELETE", raise_error=False)
+    failed = next(e for e in launch_events if e["kernel_id"] == broken and e["state"] == "failed")
+    assert failed["step"] == "wait" and failed["message"].startswith("failed while waiting for the kernel"), failed
+    status, logs = await api("GET", "kernels", broken, "logs")
+    assert status == 200 and "Fatal Python error" in logs["logs"][0]["text"], logs
 
     # A corrupt overlay: the start fails in the instance step, and says so.
     (kernel_env / "images" / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)

@@ -47,6 +47,7 @@ class LaunchProgress:
         self.log = log
         self.current = ""  # the step running now: the one a failure names
         self.finished = False
+        self.has_failed = False
         self._started = time.monotonic()
         _recent[kernel_id] = []
         _recent.move_to_end(kernel_id)
@@ -79,6 +80,7 @@ class LaunchProgress:
         if self.finished:
             return
         self.finished = state != "running"
+        self.has_failed = state == "failed"
         data = {
             "kernel_id": self.kernel_id,
             "kernel_name": self.kernel_name,

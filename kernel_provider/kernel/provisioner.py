@@ -110,9 +110,15 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         self.placement = Placement(instance=self.instance.name)
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
-        """The exec as a child of the server, in its own session (signals go to its group)."""
+        """The exec as a child of the server, in its own session (signals go to its group), its
+        output into the kernel's log file."""
         process = await asyncio.create_subprocess_exec(
-            *exec_argv, stdin=asyncio.subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
+            *exec_argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self.kernel_output,
+            stderr=asyncio.subprocess.STDOUT if self.kernel_output else None,
+            env=apptainer_env(),
+            start_new_session=True,
         )
         self.pid = self.pgid = process.pid
         return process

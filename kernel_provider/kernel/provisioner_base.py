@@ -35,7 +35,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import AsyncKernelManager
@@ -53,6 +53,7 @@ from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
+from kernel_provider.kernel import kernellog
 from kernel_provider.kernel.progress import LaunchProgress
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan, StackRequest
@@ -133,6 +134,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
     _progress: LaunchProgress | None = None
+    kernel_output: IO[bytes] | None = None  # where _spawn sends the exec's output (kernellog)
     _ready_watch: asyncio.Task | None = None
 
     # The kernel's paths are the server's (a compute node shares them): resolved as a local kernel's.
@@ -217,7 +219,8 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             )
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
             self.progress.step("kernel", f"starting the kernel in instance {self.instance.name}")
-            self.process = await self._spawn(argv)
+            with kernellog.open_kernel_log(self.kernel_id, self.instance.name) as self.kernel_output:
+                self.process = await self._spawn(argv)
             self.progress.step("wait", "waiting for the kernel")
             return await self._connection_info_once_started()
 
@@ -255,6 +258,8 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
                 if time.monotonic() > deadline:
                     progress.failed(f"the kernel did not answer within {READY_TIMEOUT:g} s; see its log")
                     return
+        except Exception:  # noqa: BLE001 - the kernel's start is not this watcher's to fail
+            progress.log.exception("CondaTainer kernel %s: watching for its first reply failed", progress.kernel_id)
         finally:
             client.stop_channels()
 
@@ -347,6 +352,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self._env_file.unlink(missing_ok=True)
             self._env_file = None
         if not restart:
+            kernellog.forget(self.kernel_id, keep=self._progress is not None and self._progress.has_failed)
             await self._release()
 
     @abstractmethod
