@@ -1,6 +1,10 @@
+import { Dialog, showDialog } from '@jupyterlab/apputils';
+import type { ServerConnection } from '@jupyterlab/services';
 import type { TranslationBundle } from '@jupyterlab/translation';
-import { closeIcon, ReactWidget } from '@jupyterlab/ui-components';
+import { Button, closeIcon, ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
+
+import { errorMessage, requestAPI } from './request';
 
 import { elapsedSeconds, formatSeconds } from './launch';
 import type { ILaunch, LaunchStore } from './launch';
@@ -81,11 +85,53 @@ export class LaunchStatus extends ReactWidget {
   }
 }
 
+/** One log of a kernel (`GET kernels/ID/logs`). */
+interface IKernelLog {
+  name: string;
+  path: string;
+  text: string;
+}
+
+/** Show a kernel's container output (its own, and its instance's) in a dialog. */
+export async function showKernelLogs(
+  settings: ServerConnection.ISettings,
+  kernelId: string,
+  trans: TranslationBundle
+): Promise<void> {
+  let body: React.ReactElement;
+  try {
+    const reply = await requestAPI<{ logs: IKernelLog[] }>(
+      `kernels/${encodeURIComponent(kernelId)}/logs`,
+      settings
+    );
+    body = (
+      <div className="jp-condatainer-kernel-logs">
+        {reply.logs.map(log => (
+          <section key={log.path} data-testid="jp-condatainer-kernel-log">
+            <h3 title={log.path}>{log.name}</h3>
+            <pre className="jp-condatainer-log">
+              {log.text || trans.__('(empty)')}
+            </pre>
+          </section>
+        ))}
+      </div>
+    );
+  } catch (reason) {
+    body = <p>{errorMessage(reason, trans)}</p>;
+  }
+  await showDialog({
+    title: trans.__('Container output of kernel %1', kernelId),
+    body,
+    buttons: [Dialog.okButton({ label: trans.__('Close') })]
+  });
+}
+
 function LaunchList(props: {
   store: LaunchStore;
   trans: TranslationBundle;
+  settings?: ServerConnection.ISettings;
 }): React.ReactElement {
-  const { store, trans } = props;
+  const { store, trans, settings } = props;
   const now = useTicking(store);
   const launches = store.all.reverse();
   if (launches.length === 0) {
@@ -114,6 +160,19 @@ function LaunchList(props: {
               <span className="jp-condatainer-launch-elapsed">
                 {formatSeconds(elapsedSeconds(launch, now))}
               </span>
+              {settings && (
+                <Button
+                  small
+                  minimal
+                  data-testid="jp-condatainer-kernel-logs-button"
+                  title={trans.__('Show the kernel container output')}
+                  onClick={() =>
+                    void showKernelLogs(settings, event.kernel_id, trans)
+                  }
+                >
+                  {trans.__('Logs')}
+                </Button>
+              )}
               {event.state !== 'running' && (
                 <button
                   className="jp-condatainer-error-dismiss"
@@ -148,7 +207,8 @@ function LaunchList(props: {
 export class LaunchSection extends ReactWidget {
   constructor(
     private readonly _store: LaunchStore,
-    private readonly _trans: TranslationBundle
+    private readonly _trans: TranslationBundle,
+    private readonly _settings?: ServerConnection.ISettings
   ) {
     super();
     this.addClass('jp-condatainer-section');
@@ -157,6 +217,12 @@ export class LaunchSection extends ReactWidget {
   }
 
   protected render(): React.ReactElement {
-    return <LaunchList store={this._store} trans={this._trans} />;
+    return (
+      <LaunchList
+        store={this._store}
+        trans={this._trans}
+        settings={this._settings}
+      />
+    );
   }
 }

@@ -49,7 +49,9 @@ export class CondaTainerPanel extends SidePanel {
       this.addWidget(new HistorySection(model, trans, options.lifecycle));
     }
     if (options.launches) {
-      this.addWidget(new LaunchSection(options.launches, trans));
+      this.addWidget(
+        new LaunchSection(options.launches, trans, options.serverSettings)
+      );
     }
     if (options.serverSettings) {
       this.addWidget(new DiskSection(model, options.serverSettings, trans));
