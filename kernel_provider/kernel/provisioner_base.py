@@ -135,6 +135,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     _env_file: Path | None = None
     _progress: LaunchProgress | None = None
     kernel_output: IO[bytes] | None = None  # where _spawn sends the exec's output (kernellog)
+    container_python = "python3"  # the kernel's Python in the container (its argv[0])
     _ready_watch: asyncio.Task | None = None
 
     # The kernel's paths are the server's (a compute node shares them): resolved as a local kernel's.
@@ -212,6 +213,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         returns the kernel's connection info."""
         async with self._undone_on_failure():
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
+            self.container_python = cmd[0]
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             self._env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
             argv = command.instance_exec_argv(
@@ -262,6 +264,17 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             progress.log.exception("CondaTainer kernel %s: watching for its first reply failed", progress.kernel_id)
         finally:
             client.stop_channels()
+
+    def shell_argv(self) -> list[str]:
+        """A shell in the kernel's own instance with the kernel's environment ("Open terminal"):
+        its env file, its working directory, the stack's envs activated as its launcher does
+        (:mod:`kernel_provider.incontainer.shell`). :class:`ValueError` when the kernel is not running."""
+        if self.instance is None or self._env_file is None or self.process is None:
+            raise ValueError("the kernel is not running; start it, then open its terminal")
+        shell = [self.container_python, f"{LIB_DIR}/kernel_provider/incontainer/shell.py"]
+        return command.instance_exec_argv(
+            self.manager.apptainer, self.instance.name, str(self._env_file), shell, self.cwd or ""
+        )
 
     @abstractmethod
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:

@@ -155,6 +155,10 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
                 "instance", f"starting instance on {job.node} (job {job_id}), mounting {stack_label(plan)}"
             )
 
+    def shell_argv(self) -> list[str]:
+        """Not offered yet: the instance is on a compute node, and a terminal there would be a job step."""
+        raise ValueError("terminals in SLURM kernels' containers are not offered yet; use the notebook (!cmd)")
+
     async def connect_ip(self) -> str:
         """Where the kernel listens: ``slurm_connect_ip``, or the node's address for ``node``."""
         wanted = self.slurm_connect_ip

@@ -171,15 +171,6 @@ export class DiskSection extends ReactWidget {
             >
               <div className="jp-condatainer-row">
                 <span className="jp-condatainer-name">{env.name}</span>
-                <span
-                  title={trans.__('on disk: %1', formatBytes(env.allocated))}
-                >
-                  {trans.__(
-                    '%1 of %2',
-                    formatBytes(env.fs_used),
-                    formatBytes(env.fs_total)
-                  )}
-                </span>
                 <Button
                   small
                   data-testid="jp-condatainer-grow-button"
@@ -199,6 +190,15 @@ export class DiskSection extends ReactWidget {
                 max={100}
                 value={percent(env.fs_total ? env.fs_used / env.fs_total : 0)}
               />
+              <div className="jp-condatainer-disk-use">
+                {trans.__(
+                  '%1 of %2 used; %3 on disk',
+                  formatBytes(env.fs_used),
+                  formatBytes(env.fs_total),
+                  formatBytes(env.allocated)
+                )}
+                {env.nearly_full && ` — ${trans.__('nearly full')}`}
+              </div>
             </li>
           ))}
         </ul>

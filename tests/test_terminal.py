@@ -1,0 +1,63 @@
+"""A JupyterLab terminal in a kernel's container (jupyter_server's terminals): its shell runs in the
+kernel's own instance with the kernel's environment, and ends when the kernel stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from conftest import run_cell, wait_until
+
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def jp_server_config(kernel_env):
+    return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True, "jupyter_server_terminals": True}}}
+
+
+def typed(term, text: str, marker: str, timeout: float = 60) -> str:
+    """Type a line into a terminado terminal; what it printed once ``marker`` appeared."""
+    term.ptyproc.write(text + "\r")
+    return wait_until(
+        lambda: (out := "".join(term.read_buffer)).count(marker) >= 2 and out, timeout, f"{marker!r} in the terminal"
+    )
+
+
+async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch, jp_serverapp, kernel_env):
+    _, data = await api("POST", "overlays", body={"name": "tenv", "size_mb": 128, "packages": ["zlib", "demo-tool"]})
+    from conftest import wait_job
+
+    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
+    spec = custom_spec(["python/3.11", "tenv"], label="tenv", writable=True)
+    KernelspecStore().write(spec)
+    manager = jp_serverapp.kernel_manager
+    kernel_id = await manager.start_kernel(kernel_name=spec.name)
+    client = manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=120)
+        kernel_side, error = await run_cell(
+            client,
+            "import shutil, os; print(shutil.which('python'), shutil.which('demo-tool'), os.environ['CONDA_PREFIX'])",
+        )
+        assert error is None, error
+        status, model = await api("POST", "kernels", kernel_id, "terminal")
+        assert status == 201, model
+        term = jp_serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
+        out = await asyncio.to_thread(
+            typed, term, "echo TERM-$(which python) $(which demo-tool) $CONDA_PREFIX -END", "-END"
+        )
+        terminal_side = out.split("TERM-")[-1].split(" -END")[0].strip()
+        print("terminal:", terminal_side)
+        assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
+        listed = json.loads((await jp_fetch("api", "terminals")).body)
+        assert model["name"] in [t["name"] for t in listed]
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(kernel_id)
+    # The instance stopped with the kernel, and the shell with it.
+    await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
