@@ -11,7 +11,8 @@ to it, as a site's local conda mirror would.
 
 Screenshots go to ``$JCT_SCREENSHOTS`` (default ``artifacts/screenshots`` in the repo, which
 CI keeps): ``01-panel``, ``02-create-progress``, ``03a-install-preview``, ``03-packages``,
-``04-notebook``, ``04a-kernel-starts``, ``04b-kernel-logs``, ``04c-disk``, ``05-dark``.
+``04-notebook``, ``04a-kernel-starts``, ``04b-kernel-logs``, ``04d-kernel-terminal``, ``04c-disk``,
+``05-dark``.
 """
 
 from __future__ import annotations
@@ -345,6 +346,17 @@ def walk_through(page, shots: Path) -> None:
     expect(page.locator(".jp-Dialog").get_by_test_id("jp-condatainer-kernel-log").first).to_contain_text("--existing")
     shot("04b-kernel-logs")
     page.locator(".jp-Dialog .jp-mod-accept").click()
+    # A terminal in the kernel's container: its shell has the kernel's python.
+    start.first.get_by_test_id("jp-condatainer-kernel-terminal-button").click()
+    terminal = page.locator(".jp-Terminal:visible")
+    expect(terminal).to_be_visible()
+    terminal.click()
+    page.keyboard.type("which python\n")
+    # xterm.js draws on a canvas: the shell's answer is in the screenshot (tests/test_terminal.py
+    # compares it with the kernel's); here the terminal is the server's, with our shell.
+    expect(page.locator(".jp-Terminal:visible .xterm-screen")).to_be_visible()
+    page.wait_for_timeout(1000)
+    shot("04d-kernel-terminal")
     # Disk: the demo env's use of its size, and the image directory's free space.
     disk_env = panel.locator('[data-testid="jp-condatainer-disk-env"][data-env-name="demo"]')
     expect(disk_env).to_contain_text("of 256 MiB used")

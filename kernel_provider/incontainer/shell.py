@@ -26,8 +26,6 @@ def main() -> None:
     activate_in_process()
     os.environ["PYTHONNOUSERSITE"] = "1"  # as in the kernel
     os.environ.setdefault("TERM", "xterm-256color")
-    label = os.environ.get("CNT_STACK_LABEL") or "condatainer"
-    os.environ["PS1"] = f"({label}) \\w \\$ "
     shell = next((s for s in SHELLS if os.access(s, os.X_OK)), SHELLS[-1])
     argv = [shell, "--norc", "--noprofile", "-i"] if shell.endswith("bash") else [shell, "-i"]
     os.execv(shell, argv)

@@ -41,12 +41,7 @@ class KernelTerminalHandler(BaseHandler):
             argv = provisioner.shell_argv()
         except ValueError as err:
             raise web.HTTPError(400, str(err)) from None
-        label = (provisioner.kernel_spec.display_name if provisioner.kernel_spec else "") or kernel_id[:8]
-        model = terminals.create(
-            shell_command=argv,
-            extra_env={**apptainer_env(), "APPTAINERENV_CNT_STACK_LABEL": label.removeprefix("CondaTainer: ")},
-            cwd=provisioner.cwd,
-        )
+        model = terminals.create(shell_command=argv, extra_env=apptainer_env(), cwd=provisioner.cwd)
         self.set_status(201)
         self.finish(model)
 

@@ -93,6 +93,9 @@ export class LaunchStore {
   /** How many finished (ready) starts stay listed. */
   keepReady = 3;
 
+  /** Opens a terminal in a kernel's container; set by the plugin, none in tests. */
+  openTerminal: ((kernelId: string) => Promise<void>) | null = null;
+
   /** Add one event; events of other schemas are ignored. */
   add(event: ILaunchEvent, now = Date.now()): void {
     this._launches.delete(event.kernel_id);

@@ -160,6 +160,19 @@ function LaunchList(props: {
               <span className="jp-condatainer-launch-elapsed">
                 {formatSeconds(elapsedSeconds(launch, now))}
               </span>
+              {store.openTerminal && event.state === 'ready' && (
+                <Button
+                  small
+                  minimal
+                  data-testid="jp-condatainer-kernel-terminal-button"
+                  title={trans.__(
+                    "Open a terminal in this kernel's container, with its environment"
+                  )}
+                  onClick={() => void store.openTerminal?.(event.kernel_id)}
+                >
+                  {trans.__('Terminal')}
+                </Button>
+              )}
               {settings && (
                 <Button
                   small
