@@ -58,7 +58,9 @@ async def test_preview_plan_equals_what_the_change_does(channel_env, api, kernel
     assert after["demo-tool"] == f"{plan['added'][0]['version']}-{plan['added'][0]['build']}"
 
 
-async def test_magic_dry_run_then_apply(channel_env, api, kernel_env, jp_serverapp):
+async def test_magic_dry_run_then_apply_and_the_recorded_stack(channel_env, api, kernel_env, jp_serverapp):
+    """The magic previews and applies; the kernel's stack record (what a notebook keeps in its
+    metadata) then differs from the env, and says how."""
     _, data = await api("POST", "overlays", body={"name": "mv", "size_mb": 128, "packages": ["zlib"]})
     assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
     spec = custom_spec(["python/3.11", "mv"], label="mv", writable=True)
@@ -69,6 +71,9 @@ async def test_magic_dry_run_then_apply(channel_env, api, kernel_env, jp_servera
     client.start_channels()
     try:
         await client.wait_for_ready(timeout=120)
+        status, recorded = await api("GET", "kernels", kernel_id, "stack")
+        assert status == 200, recorded
+        _, same = await api("POST", "stack", "compare", body={"stack": recorded})
         shown, error = await run_cell(client, "%condatainer install demo-tool --dry-run")
         assert error is None, error
         listed, _ = await run_cell(client, "%condatainer list demo")
@@ -84,6 +89,21 @@ async def test_magic_dry_run_then_apply(channel_env, api, kernel_env, jp_servera
     assert "no packages matching" in listed, "the dry run changed the env"
     assert "demo-tool" in after and "libdemo" in after
     assert again["ename"] == "CondaTainerError" and "nothing to apply" in again["evalue"]
+
+    print("stack record:", recorded)
+    assert recorded["base_image"]["name"] == "ubuntu24/base_image"
+    assert [o["name"] for o in recorded["overlays"]] == ["python/3.11", "mv"]
+    assert recorded["overlays"][0]["identity"]["size"] > 0 and recorded["env"] == {"name": "mv", "revision": 0}
+    assert same == {"differences": []}
+    recorded["overlays"][0]["identity"]["head"] = "0" * 16  # as if python/3.11 had been rebuilt
+    recorded["overlays"].append({"name": "gone/1.0", "kind": "sqf", "identity": {"size": 1, "mtime": 0, "head": ""}})
+    _, answer = await api("POST", "stack", "compare", body={"stack": recorded})
+    differences = answer["differences"]
+    assert len(differences) == 3, differences
+    assert "python/3.11 was rebuilt" in differences[0] and "gone/1.0 is missing" in differences[1]
+    assert "mv moved on from revision 0 to 1" in differences[2] and "roll back to revision 0" in differences[2]
+    status, _ = await api("POST", "stack", "compare", body={"stack": {"version": 99}})
+    assert status == 400
 
 
 def test_the_plan_reads_micromamba_json():

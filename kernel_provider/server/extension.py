@@ -24,7 +24,7 @@ from kernel_provider.host.process import InstanceError
 from kernel_provider.kernel import slurm
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
-from kernel_provider.server import disk, progress, terminal
+from kernel_provider.server import disk, progress, stack, terminal
 from kernel_provider.server.handlers import ROUTES
 
 JOB_EVENT = "https://events.jupyter.org/jupyter_condatainer/job/v1"
@@ -75,7 +75,7 @@ class CondaTainerExtension(ExtensionApp):
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
         # Ours first: the overlays route takes any name, "x/resize" too.
-        self.handlers.extend([*progress.ROUTES, *disk.ROUTES, *terminal.ROUTES, *ROUTES])
+        self.handlers.extend([*progress.ROUTES, *disk.ROUTES, *terminal.ROUTES, *stack.ROUTES, *ROUTES])
 
     def _emit(self, job: Job) -> None:
         self.serverapp.event_logger.emit(schema_id=JOB_EVENT, data=job.to_json(log=False))
