@@ -12,7 +12,7 @@ to it, as a site's local conda mirror would.
 Screenshots go to ``$JCT_SCREENSHOTS`` (default ``artifacts/screenshots`` in the repo, which
 CI keeps): ``01-panel``, ``02-create-progress``, ``03a-install-preview``, ``03-packages``,
 ``04-notebook``, ``04a-kernel-starts``, ``04b-kernel-logs``, ``04d-kernel-terminal``, ``04c-disk``,
-``05-dark``.
+``06-stack-differs``, ``05-dark``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, running_instances
+from conftest import free_port, poll, running_instances
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.state import StateStore
@@ -199,7 +199,7 @@ def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
     shots = screenshot_dir(tmp_path)
     assert_extension_enabled(lab.env)
     try:
-        walk_through(page, shots)
+        walk_through(page, shots, lab.root)
     except BaseException:
         page.screenshot(path=str(shots / "failure.png"))
         print(f"jupyter lab log:\n{lab.log_tail()}")
@@ -216,7 +216,7 @@ def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
     assert store.ours() == []
 
 
-def walk_through(page, shots: Path) -> None:
+def walk_through(page, shots: Path, root: Path) -> None:
     from playwright.sync_api import expect
 
     def shot(name: str) -> None:
@@ -367,6 +367,31 @@ def walk_through(page, shots: Path) -> None:
     panel.get_by_test_id("jp-condatainer-refresh-button").click()
     expect(python.get_by_test_id("jp-condatainer-badge-in-use")).to_be_visible()
     shot("04-notebook")
+
+    # The notebook records its stack: one on the demo env, saved once its kernel is up; after an
+    # install into demo, opening it again says the env moved on.
+    demo.get_by_test_id("jp-condatainer-open-notebook").click()
+    expect(page.locator("#jp-main-statusbar").get_by_text("CondaTainer: demo (env) | Idle")).to_be_visible(
+        timeout=KERNEL_TIMEOUT_MS
+    )
+    saved = root / "Untitled1.ipynb"
+
+    def recorded_stack():
+        page.keyboard.press("Control+s")
+        page.wait_for_timeout(300)
+        return json.loads(saved.read_text()).get("metadata", {}).get("condatainer") if saved.exists() else None
+
+    stack = poll(recorded_stack, 20, interval=0.5)
+    assert stack and stack["env"]["name"] == "demo" and stack["overlays"][-1]["name"] == "demo", stack
+    panel.get_by_test_id("jp-condatainer-install-input").fill("demo-tool")
+    panel.get_by_test_id("jp-condatainer-install-button").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    succeeds(jobs("demo", "Install").filter(has_text="demo-tool"))
+    page.goto(page.url.split("/lab")[0] + "/lab/tree/Untitled1.ipynb")
+    differences = page.get_by_test_id("jp-condatainer-stack-differences")
+    expect(differences).to_contain_text(f"moved on from revision {stack['env']['revision']}", timeout=KERNEL_TIMEOUT_MS)
+    shot("06-stack-differs")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
 
     # The dark theme, from the Settings menu: the panel follows the theme's variables.
     page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()

@@ -15,6 +15,7 @@ import { condatainerIcon } from './icon';
 import { ILaunchProgress } from './launch';
 import type { LaunchStore } from './launch';
 import { launchPlugin } from './launchplugin';
+import { stackRecordPlugin } from './stackrecord';
 import { LifecycleClient } from './lifecycle';
 // The panel is added to the shell at activation, so its model and widget
 // load with the plugin.
@@ -229,4 +230,4 @@ function readSettings(
   };
 }
 
-export default [plugin, launchPlugin];
+export default [plugin, launchPlugin, stackRecordPlugin];
