@@ -8,7 +8,8 @@ import json
 import logging
 
 import pytest
-from conftest import KERNEL, wait_until
+from conftest import KERNEL, Server, free_port, wait_until
+from test_slurm import add_slurm_spec, slurm_env  # noqa: F401 - slurm_env is a fixture
 from tornado.httpclient import HTTPClientError
 
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
@@ -110,3 +111,32 @@ async def test_unknown_kernel_has_no_launch_record(api):
     with pytest.raises(HTTPClientError) as err:
         await api("GET", "kernels", "0123abcd", "launch", raise_error=True)
     assert err.value.code == 404
+
+
+@pytest.mark.usefixtures("slurm_env")
+def test_a_slurm_start_reports_its_job(user_layout, slurm_cluster):
+    """A SLURM kernel's start: submitted, (queued,) its instance on the job's node, then as locally."""
+    name = add_slurm_spec("progress", slurm_args=["--partition=debug"])
+    server = Server(user_layout, free_port())
+    try:
+        server.start()
+        kernel_id = server.request("POST", "/api/kernels", {"name": name})["id"]
+        events = wait_until(
+            lambda: (
+                (got := server.request("GET", f"/condatainer/api/kernels/{kernel_id}/launch")["events"])
+                and got[-1]["state"] != "running"
+                and got
+            ),
+            120,
+            "the SLURM kernel's start to end",
+        )
+    finally:
+        server.stop()
+    steps = [e["step"] for e in events]
+    print("SLURM launch:", [(e["step"], e["message"], e["elapsed"]) for e in events])
+    assert steps[0] == "stack" and steps[-4:] == ["python", "kernel", "wait", "ready"], events
+    assert events[1]["message"] == "submitting the kernel's SLURM job"
+    queued = [e["message"] for e in events if e["step"] == "queue"][1:]
+    assert all(m.startswith("queued as SLURM job ") and " on debug" in m for m in queued), queued
+    on_node = [e["message"] for e in events if e["step"] == "instance"]
+    assert len(on_node) == 1 and "(job " in on_node[0] and "mounting ubuntu24/base_image + python/3.11" in on_node[0]
