@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import wait_job
+from conftest import held_writable, wait_job
 
 from kernel_provider.host.process import apptainer_env
 
@@ -54,27 +54,9 @@ async def test_disk_use_and_growing_an_env(api, image_layout):
     status, refused = await api("POST", "overlays", "env", "resize", body={"size_mb": 128})
     assert status == 400 and "bigger" in refused["message"], refused
 
-    holder = "jct-disk-test-holder"
-    subprocess.run(
-        [
-            "apptainer",
-            "instance",
-            "start",
-            *(["--fakeroot"] if os.getuid() else []),
-            "--overlay",
-            f"{image}:rw",
-            str(image_layout / "images" / "ubuntu24--base_image.sif"),
-            holder,
-        ],
-        check=True,
-        capture_output=True,
-        env=apptainer_env(),
-    )
-    try:
+    with held_writable(image, image_layout / "images" / "ubuntu24--base_image.sif", "jct-disk-test-holder"):
         status, refused = await api("POST", "overlays", "env", "resize", body={"size_mb": 512})
         assert status == 409 and "in use" in refused["message"], refused
-    finally:
-        subprocess.run(["apptainer", "instance", "stop", holder], capture_output=True, env=apptainer_env())
 
     before_kib, inode = container_df_kib(image_layout, image), os.stat(image).st_ino
     status, data = await api("POST", "overlays", "env", "resize", body={"size_mb": 512})

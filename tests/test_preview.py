@@ -7,9 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import run_cell, wait_job
-
-from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+from conftest import env_kernel, run_cell, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -61,16 +59,7 @@ async def test_preview_plan_equals_what_the_change_does(channel_env, api, kernel
 async def test_magic_dry_run_then_apply_and_the_recorded_stack(channel_env, api, kernel_env, jp_serverapp):
     """The magic previews and applies; the kernel's stack record (what a notebook keeps in its
     metadata) then differs from the env, and says how."""
-    _, data = await api("POST", "overlays", body={"name": "mv", "size_mb": 128, "packages": ["zlib"]})
-    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
-    spec = custom_spec(["python/3.11", "mv"], label="mv", writable=True)
-    KernelspecStore().write(spec)
-    manager = jp_serverapp.kernel_manager
-    kernel_id = await manager.start_kernel(kernel_name=spec.name)
-    client = manager.get_kernel(kernel_id).client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=120)
+    async with env_kernel(api, jp_serverapp, "mv", ["zlib"]) as (kernel_id, client):
         status, recorded = await api("GET", "kernels", kernel_id, "stack")
         assert status == 200, recorded
         _, same = await api("POST", "stack", "compare", body={"stack": recorded})
@@ -81,9 +70,6 @@ async def test_magic_dry_run_then_apply_and_the_recorded_stack(channel_env, api,
         assert error is None, error
         after, _ = await run_cell(client, "%condatainer list demo")
         _, again = await run_cell(client, "%condatainer apply")
-    finally:
-        client.stop_channels()
-        await manager.shutdown_kernel(kernel_id)
     print(shown)
     assert "+ demo-tool 1.0" in shown and "+ libdemo" in shown and "%condatainer apply" in shown
     assert "no packages matching" in listed, "the dry run changed the env"

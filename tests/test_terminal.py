@@ -7,9 +7,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import run_cell, wait_until
-
-from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+from conftest import env_kernel, run_cell, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +26,7 @@ def typed(term, text: str, marker: str, timeout: float = 60) -> str:
 
 
 async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch, jp_serverapp, kernel_env):
-    _, data = await api("POST", "overlays", body={"name": "tenv", "size_mb": 128, "packages": ["zlib", "demo-tool"]})
-    from conftest import wait_job
-
-    assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
-    spec = custom_spec(["python/3.11", "tenv"], label="tenv", writable=True)
-    KernelspecStore().write(spec)
-    manager = jp_serverapp.kernel_manager
-    kernel_id = await manager.start_kernel(kernel_name=spec.name)
-    client = manager.get_kernel(kernel_id).client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=120)
+    async with env_kernel(api, jp_serverapp, "tenv", ["zlib", "demo-tool"]) as (kernel_id, client):
         kernel_side, error = await run_cell(
             client,
             "import shutil, os; print(shutil.which('python'), shutil.which('demo-tool'), os.environ['CONDA_PREFIX'])",
@@ -56,8 +43,5 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
         assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
         listed = json.loads((await jp_fetch("api", "terminals")).body)
         assert model["name"] in [t["name"] for t in listed]
-    finally:
-        client.stop_channels()
-        await manager.shutdown_kernel(kernel_id)
     # The instance stopped with the kernel, and the shell with it.
     await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")

@@ -80,21 +80,15 @@ export function planRows(
       name: p.name,
       detail: `${p.version} (${p.build}, ${p.channel})`
     })),
-    ...plan.upgraded.map(p => ({
-      sign: '↑',
-      name: p.name,
-      detail: `${p.from} → ${p.to}`
-    })),
-    ...plan.downgraded.map(p => ({
-      sign: '↓',
-      name: p.name,
-      detail: `${p.from} → ${p.to}`
-    })),
-    ...plan.changed.map(p => ({
-      sign: '~',
-      name: p.name,
-      detail: `${p.from} → ${p.to}`
-    })),
+    ...(
+      [
+        ['↑', plan.upgraded],
+        ['↓', plan.downgraded],
+        ['~', plan.changed]
+      ] as [string, IPlanChange[]][]
+    ).flatMap(([sign, changes]) =>
+      changes.map(p => ({ sign, name: p.name, detail: `${p.from} → ${p.to}` }))
+    ),
     ...plan.removed.map(p => ({
       sign: '−',
       name: p.name,
