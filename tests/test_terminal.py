@@ -43,5 +43,7 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
         assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
         listed = json.loads((await jp_fetch("api", "terminals")).body)
         assert model["name"] in [t["name"] for t in listed]
-    # The instance stopped with the kernel, and the shell with it.
+    # The instance stopped with the kernel, and the shell with it; the terminal is gone.
     await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
+    listed = json.loads((await jp_fetch("api", "terminals")).body)
+    assert model["name"] not in [t["name"] for t in listed]

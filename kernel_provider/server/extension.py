@@ -63,10 +63,13 @@ class CondaTainerExtension(ExtensionApp):
         config = self.condatainer
         self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
         progress.install(self.serverapp.event_logger)
+        kernel_terminals = terminal.KernelTerminals(self.serverapp.web_app.settings)
+        kernel_terminals.install(self.serverapp.event_logger)
         self.jobs = JobRegistry(on_change=self._emit, concurrency=self.job_concurrency)
         self.settings.update(
             condatainer_operations=EnvOperations(config, InstanceManager.for_config(config)),
             condatainer_jobs=self.jobs,
+            condatainer_terminals=kernel_terminals,
         )
         if self.sync_kernelspecs:
             result = KernelspecStore().sync(scan(config.image_dirs, config.distro))
