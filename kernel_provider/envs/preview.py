@@ -2,7 +2,7 @@
 
 CondaTainer's wrappers take micromamba's ``--dry-run --json``; the answer is read by
 :mod:`kernel_provider.incontainer.txplan` (the magic reads it the same way). The dry run runs
-where the change would: in our kernel's instance when one has the env mounted, else in a
+where the change would: in our kernel's instance when one has the env mounted writable, else in a
 one-shot container that mounts the env **read-only** under a throw-away tmpfs (the solver
 writes its repodata cache; none of it reaches the image). So a preview needs neither the
 env's lock nor a copy, and never waits for a running change.
@@ -49,7 +49,7 @@ async def preview(
     overlay = await asyncio.to_thread(operations.find_env, name)
     cmd = dry_run_command(verb, specs, channels)
     instance = operations.mounted_by(overlay)
-    if instance is not None:
+    if instance is not None and instance.plan.writable:  # a read-only mount has no CNT_CONDA_PREFIX
         argv = command.instance_exec_argv(operations.instances.apptainer, instance.name, str(instance.env_file), cmd)
         result = await run(argv, PREVIEW_TIMEOUT)
     else:
