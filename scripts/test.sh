@@ -14,7 +14,8 @@
 # else on $JCT_USER_TESTS (default: the model, instance, kernel lifecycle and
 # server-crash, unprivileged/fakeroot, magic and REST API installs, mm-*
 # wrappers, env lifecycle, fault, crash-matrix, error-message and CondaTainer-CLI interop
-# modules — the matrix's create and install rows, $JCT_CRASH_OPERATIONS). The modules that act as other
+# modules — the matrix's create and install rows, $JCT_CRASH_OPERATIONS — and the kernel
+# terminal, disk/resize and install-preview modules). The modules that act as other
 # users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
 # root pass only and switch to the ordinary users with runuser; so does the
 # tmpfs disk-full tests (mount needs root). SLURM and browser tests run
@@ -92,7 +93,8 @@ if (( ! has_paths )); then
     read -r -a default_tests <<<"${JCT_USER_TESTS:-tests/test_model.py tests/test_instance.py \
         tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
         tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py \
-        tests/test_interop.py tests/test_diagnosis.py}"
+        tests/test_interop.py tests/test_diagnosis.py tests/test_terminal.py tests/test_disk.py \
+        tests/test_preview.py}"
     user_args+=("${default_tests[@]}")
 fi
 user_status=0

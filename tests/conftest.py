@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +189,32 @@ def _link_or_symlink(source: Path, target: Path) -> None:
 def sparse_copy(source: Path, target: Path) -> None:
     """Copy an ext3 image keeping its holes (a 256 MiB env is a few MiB on disk)."""
     subprocess.run(["cp", "--sparse=always", str(source), str(target)], check=True)
+
+
+@contextmanager
+def held_writable(image: Path, base_image: Path, name: str):
+    """``image`` mounted read-write by a container that is not ours (an instance, as a CondaTainer
+    shell would hold it) for the ``with`` block; an ordinary user mounts the root-built env with
+    ``--fakeroot``, as CondaTainer does."""
+    subprocess.run(
+        [
+            "apptainer",
+            "instance",
+            "start",
+            *(["--fakeroot"] if os.getuid() else []),
+            "--overlay",
+            f"{image}:rw",
+            str(base_image),
+            name,
+        ],
+        check=True,
+        capture_output=True,
+        env=apptainer_env(),
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run(["apptainer", "instance", "stop", name], capture_output=True, env=apptainer_env())
 
 
 def running_instances() -> set[str]:
@@ -484,6 +510,29 @@ async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
             return job
         await asyncio.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@asynccontextmanager
+async def env_kernel(api, serverapp, name: str, packages: list[str]):
+    """A new writable env made through the REST API, and a kernel on ``python/3.11`` + it in that
+    server, ready: ``(kernel id, client)``; shut down afterwards."""
+    from kernel_provider.kernel.kernelspecs import custom_spec
+
+    _, data = await api("POST", "overlays", body={"name": name, "size_mb": 128, "packages": packages})
+    job = await wait_job(api, data["job"]["id"])
+    assert job["state"] == "succeeded", job
+    spec = custom_spec(["python/3.11", name], label=name, writable=True)
+    KernelspecStore().write(spec)
+    manager = serverapp.kernel_manager
+    kernel_id = await manager.start_kernel(kernel_name=spec.name)
+    client = manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=120)
+        yield kernel_id, client
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(kernel_id)
 
 
 async def reply_to(client, msg_id: str, timeout: float = 120) -> dict:

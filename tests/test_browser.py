@@ -10,8 +10,9 @@ environment is passed into every container and its root bound
 to it, as a site's local conda mirror would.
 
 Screenshots go to ``$JCT_SCREENSHOTS`` (default ``artifacts/screenshots`` in the repo, which
-CI keeps): ``01-panel``, ``02-create-progress``, ``03-packages``, ``04-notebook``,
-``05-dark``.
+CI keeps): ``01-panel``, ``02-create-progress``, ``03a-install-preview``, ``03-packages``,
+``04-notebook``, ``04a-kernel-starts``, ``04b-kernel-logs``, ``04d-kernel-terminal``, ``04c-disk``,
+``06-stack-differs``, ``05-dark``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, running_instances
+from conftest import free_port, poll, running_instances
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.state import StateStore
@@ -198,7 +199,7 @@ def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
     shots = screenshot_dir(tmp_path)
     assert_extension_enabled(lab.env)
     try:
-        walk_through(page, shots)
+        walk_through(page, shots, lab.root)
     except BaseException:
         page.screenshot(path=str(shots / "failure.png"))
         print(f"jupyter lab log:\n{lab.log_tail()}")
@@ -215,7 +216,7 @@ def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
     assert store.ours() == []
 
 
-def walk_through(page, shots: Path) -> None:
+def walk_through(page, shots: Path, root: Path) -> None:
     from playwright.sync_api import expect
 
     def shot(name: str) -> None:
@@ -288,24 +289,32 @@ def walk_through(page, shots: Path) -> None:
         expect(package(name)).to_be_visible()
     panel.get_by_test_id("jp-condatainer-install-input").fill("demopkg")
     panel.get_by_test_id("jp-condatainer-install-button").click()
+    # First the solver's plan; the install runs once applied.
+    plan = page.locator(".jp-Dialog").get_by_test_id("jp-condatainer-plan")
+    expect(plan).to_contain_text("demopkg")
+    expect(plan).to_contain_text("python")  # demopkg's dependency
+    shot("03a-install-preview")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
     install = jobs("demo", "Install")
     expect(install).to_have_count(1)
     succeeds(install)
     expect(package("demopkg")).to_be_visible()
     expect(package("python")).to_be_visible()  # demopkg's dependency
     package("demo-tool").get_by_test_id("jp-condatainer-package-remove").click()
+    expect(page.locator(".jp-Dialog").get_by_test_id("jp-condatainer-plan")).to_contain_text("demo-tool")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
     remove = jobs("demo", "Remove")
     expect(remove).to_have_count(1)
     succeeds(remove)
     expect(package("demo-tool")).to_have_count(0)
     expect(package("zlib")).to_be_visible()
-    # An install that cannot be solved fails with the solver's words; the env stays as it was.
+    # An install that cannot be solved is refused at its preview, in the solver's words; nothing runs.
     panel.get_by_test_id("jp-condatainer-install-input").fill("demo-broken")
     panel.get_by_test_id("jp-condatainer-install-button").click()
-    broken = jobs("demo", "Install").filter(has_text="demo-broken")
-    expect(broken).to_have_attribute("data-state", FINAL, timeout=JOB_TIMEOUT_MS)
-    expect(broken).to_have_attribute("data-state", "failed")
-    expect(broken.get_by_test_id("jp-condatainer-job-error")).to_contain_text("libdemo >=3")
+    expect(panel.get_by_test_id("jp-condatainer-error").filter(has_text="libdemo >=3")).to_be_visible(
+        timeout=JOB_TIMEOUT_MS
+    )
+    expect(jobs("demo", "Install").filter(has_text="demo-broken")).to_have_count(0)
     expect(package("demo-broken")).to_have_count(0)
     expect(package("demopkg")).to_be_visible()
     panel.get_by_test_id("jp-condatainer-package-filter").fill("demo")
@@ -326,10 +335,63 @@ def walk_through(page, shots: Path) -> None:
     page.keyboard.press("Shift+Enter")
     output = notebook.locator(".jp-OutputArea-output").first
     expect(output).to_have_text("/cnt/python/3.11/bin/python", timeout=KERNEL_TIMEOUT_MS)
+    # The start's steps reached the page (event bus): "Kernel starts" lists it as ready, with its
+    # container output one click away.
+    start = panel.get_by_test_id("jp-condatainer-launch").filter(has_text="condatainer-python-3.11")
+    expect(start.first).to_have_attribute("data-state", "ready", timeout=KERNEL_TIMEOUT_MS)
+    expect(start.first).to_contain_text("kernel ready after")
+    start.first.scroll_into_view_if_needed()
+    shot("04a-kernel-starts")
+    start.first.get_by_test_id("jp-condatainer-kernel-logs-button").click()
+    expect(page.locator(".jp-Dialog").get_by_test_id("jp-condatainer-kernel-log").first).to_contain_text("--existing")
+    shot("04b-kernel-logs")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    # A terminal in the kernel's container: its shell has the kernel's python.
+    start.first.get_by_test_id("jp-condatainer-kernel-terminal-button").click()
+    terminal = page.locator(".jp-Terminal:visible")
+    expect(terminal).to_be_visible()
+    terminal.click()
+    page.keyboard.type("which python\n")
+    # xterm.js draws on a canvas: the shell's answer is in the screenshot (tests/test_terminal.py
+    # compares it with the kernel's); here the terminal is the server's, with our shell.
+    expect(page.locator(".jp-Terminal:visible .xterm-screen")).to_be_visible()
+    page.wait_for_timeout(1000)
+    shot("04d-kernel-terminal")
+    # Disk: the demo env's use of its size, and the image directory's free space.
+    disk_env = panel.locator('[data-testid="jp-condatainer-disk-env"][data-env-name="demo"]')
+    expect(disk_env).to_contain_text("of 256 MiB used")
+    expect(panel.get_by_test_id("jp-condatainer-disk-dir").first).to_contain_text("free of")
+    disk_env.scroll_into_view_if_needed()
+    shot("04c-disk")
     # The panel shows the overlay in use by that kernel.
     panel.get_by_test_id("jp-condatainer-refresh-button").click()
     expect(python.get_by_test_id("jp-condatainer-badge-in-use")).to_be_visible()
     shot("04-notebook")
+
+    # The notebook records its stack: one on the demo env, saved once its kernel is up; after an
+    # install into demo, opening it again says the env moved on.
+    demo.get_by_test_id("jp-condatainer-open-notebook").click()
+    expect(page.locator("#jp-main-statusbar").get_by_text("CondaTainer: demo (env) | Idle")).to_be_visible(
+        timeout=KERNEL_TIMEOUT_MS
+    )
+    saved = root / "Untitled1.ipynb"
+
+    def recorded_stack():
+        page.keyboard.press("Control+s")
+        page.wait_for_timeout(300)
+        return json.loads(saved.read_text()).get("metadata", {}).get("condatainer") if saved.exists() else None
+
+    stack = poll(recorded_stack, 20, interval=0.5)
+    assert stack and stack["env"]["name"] == "demo" and stack["overlays"][-1]["name"] == "demo", stack
+    panel.get_by_test_id("jp-condatainer-install-input").fill("demo-tool")
+    panel.get_by_test_id("jp-condatainer-install-button").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    succeeds(jobs("demo", "Install").filter(has_text="demo-tool"))
+    page.goto(page.url.split("/lab")[0] + "/lab/tree/Untitled1.ipynb")
+    differences = page.get_by_test_id("jp-condatainer-stack-differences")
+    expect(differences).to_contain_text(f"moved on from revision {stack['env']['revision']}", timeout=KERNEL_TIMEOUT_MS)
+    shot("06-stack-differs")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
 
     # The dark theme, from the Settings menu: the panel follows the theme's variables.
     page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()

@@ -31,6 +31,7 @@ from conftest import (
 )
 
 from kernel_provider.envs.checkpoints import STEPS
+from kernel_provider.envs.disk import read_usage
 from kernel_provider.envs.envmeta import read_env_meta
 from kernel_provider.envs.operations import EnvOperations, read_conda_meta
 from kernel_provider.host.config import CondaTainerConfig
@@ -54,6 +55,7 @@ REQUESTS = {
     "rollback": ("POST", "/condatainer/api/overlays/env/rollback", {"revision": 0}),
     "freeze": ("POST", "/condatainer/api/overlays/env/freeze", {"name": "frozen", "version": "1.0"}),
     "delete": ("DELETE", "/condatainer/api/overlays/env", None),
+    "resize": ("POST", "/condatainer/api/overlays/env/resize", {"size_mb": 512}),
 }
 # JCT_CRASH_OPERATIONS=create,install runs those rows only (the non-root pass of scripts/test.sh).
 OPERATIONS = [op for op in os.environ.get("JCT_CRASH_OPERATIONS", ",".join(STEPS)).split(",") if op]
@@ -187,6 +189,9 @@ def judge(operation: str, before: dict, after: dict, images: Path) -> str:
             changed == {"frozen--1.0.sqf", "frozen--1.0.sqf.env"} and squashfs_holds_env(images / "frozen--1.0.sqf")
         ),
         "delete": lambda: changed == {"env.img"} and "env.img" not in after,
+        "resize": lambda: (
+            changed == {"env.img"} and read_usage(str(env)).total == 512 * 2**20 and "libdemo" in packages(env)
+        ),
     }[operation]
     assert finished_as(), f"{operation}: a third state: changed {sorted(changed)}"
     return "finished"

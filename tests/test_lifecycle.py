@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QuietReport, run_cell, wait_job
+from conftest import QuietReport, held_writable, run_cell, wait_job
 
 from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
 from kernel_provider.envs.operations import read_conda_meta
@@ -128,23 +128,7 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
     assert state_of(image) == before
 
     # Refused while another container has the env mounted writable (a CondaTainer shell, say).
-    held = "held-lifecycle-test"
-    subprocess.run(
-        [
-            "apptainer",
-            "instance",
-            "start",
-            *(["--fakeroot"] if os.getuid() else []),
-            "--overlay",
-            f"{image}:rw",
-            str(images / BASE_IMAGE),
-            held,
-        ],
-        check=True,
-        capture_output=True,
-        env=apptainer_env(),
-    )
-    try:
+    with held_writable(image, images / BASE_IMAGE, "held-lifecycle-test"):
         status, data = await api("POST", "overlays", "life", "rollback", body={"revision": 2})
         assert status == 409 and "life is in use by another program" in data["message"], data
         # What debugfs would read now may be stale: reading is refused, saying why.
@@ -157,8 +141,6 @@ async def test_history_rollback_and_lock(api, image_layout, channel_env, tmp_pat
         operations = jp_serverapp.web_app.settings["condatainer_operations"]
         with pytest.raises(EnvUnreadableError, match="open read-write in another container"):
             await Lifecycle(operations).rollback(QuietReport(), "life", 2)
-    finally:
-        subprocess.run(["apptainer", "instance", "stop", held], capture_output=True, env=apptainer_env())
     assert package_set(image) == revision_set(remove_a)
     assert len((await api("GET", "overlays", "life", "history"))[1]["revisions"]) == 4
 

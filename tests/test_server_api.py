@@ -5,14 +5,12 @@ Validation, refusals, auth and the job queue's rules without containers: tests/t
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 
 import pytest
-from conftest import DEBUGFS, wait_job
+from conftest import DEBUGFS, held_writable, wait_job
 
 from kernel_provider.host.holders import ANOTHER_PROGRAM
-from kernel_provider.host.process import apptainer_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,24 +42,7 @@ async def test_list_overlays(api, image_layout):
 
 async def test_delete_in_use_is_refused(api, image_layout):
     image = image_layout / "images" / "env.img"
-    instance = "held-by-test"
-    subprocess.run(
-        # CondaTainer's rule: an ordinary user mounts the root-built env writable with --fakeroot.
-        [
-            "apptainer",
-            "instance",
-            "start",
-            *(["--fakeroot"] if os.getuid() else []),
-            "--overlay",
-            f"{image}:rw",
-            str(image_layout / "images" / "ubuntu24--base_image.sif"),
-            instance,
-        ],
-        check=True,
-        capture_output=True,
-        env=apptainer_env(),
-    )
-    try:
+    with held_writable(image, image_layout / "images" / "ubuntu24--base_image.sif", "held-by-test"):
         status, data = await api("DELETE", "overlays", "env")
         assert status == 409, data
         # Held by a container that is not one of our kernels: named as "another program".
@@ -69,8 +50,6 @@ async def test_delete_in_use_is_refused(api, image_layout):
         _, listing = await api("GET", "overlays")
         row = {r["name"]: r for r in listing["overlays"]}["env"]
         assert row["in_use"] and row["in_use_by"] == ANOTHER_PROGRAM
-    finally:
-        subprocess.run(["apptainer", "instance", "stop", instance], capture_output=True, env=apptainer_env())
     status, _ = await api("DELETE", "overlays", "env")
     assert status == 204
     assert not image.exists()

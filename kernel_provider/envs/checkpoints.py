@@ -23,6 +23,7 @@ STEPS: dict[str, tuple[str, ...]] = {
     "rollback": ("copy", "run", "commit", "finish"),
     "freeze": ("read", "install", "pack", "commit", "finish"),
     "delete": ("unlink", "finish"),
+    "resize": ("copy", "run", "commit", "finish"),
 }
 
 

@@ -507,12 +507,29 @@ class EnvOperations:
         channels: Sequence[str],
         binds: Sequence[str] = (),
     ) -> None:
+        """Run a package command in a one-shot container on a copy of the env (:meth:`change_on_copy`)."""
+        label = history.command_label(cmd)
+
+        async def run(work: Path) -> None:
+            report.step(0.2, f"running {label}")
+            await self._run_in_oneshot(report, Overlay.from_path(str(work)), cmd, channels, what=label, binds=binds)
+
+        await self.change_on_copy(report, operation, overlay, run)
+
+    async def change_on_copy(
+        self,
+        report: Reporter,
+        operation: str,
+        overlay: Overlay,
+        change: Callable[[Path], Awaitable[None]],
+    ) -> None:
         """Change a copy of the env and rename it over the env only when the change succeeded.
 
         The env itself is never written: until the rename (atomic, in the same directory) it is
         byte-for-byte as before, after it the finished result. Apptainer's own write lock is held
         on the env throughout, so no container can mount it meanwhile; the copy of a killed
-        server is removed by :meth:`recover`, and its container dies with the server.
+        server is removed by :meth:`recover`, and its container dies with the server. ``change``
+        gets the copy's path; ``operation`` names the steps (:mod:`.checkpoints`).
         """
         image = self.resolve_image(overlay)
         with ImageWriteHold(image, self.holder):
@@ -531,9 +548,7 @@ class EnvOperations:
                         + output_tail(lines)
                     )
                 await checkpoint(f"{operation}.run")
-                label = history.command_label(cmd)
-                report.step(0.2, f"running {label}")
-                await self._run_in_oneshot(report, Overlay.from_path(str(work)), cmd, channels, what=label, binds=binds)
+                await change(work)
                 await checkpoint(f"{operation}.commit")
                 report.point_of_no_return()
                 report.step(0.95, f"replacing {overlay.name} with the changed copy")

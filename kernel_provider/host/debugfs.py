@@ -1,4 +1,5 @@
-"""``debugfs``: read an ext3 ``.img`` on the host without mounting it (read-only, no container)."""
+"""e2fsprogs on the host: ``debugfs`` reads an ext3 ``.img`` without mounting it (read-only, no
+container); ``e2fsck`` and ``resize2fs`` grow one (:mod:`kernel_provider.envs.disk`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ SBIN_DIRS = ("/sbin", "/usr/sbin")  # where debugfs lives; often not on an ordin
 
 def find_debugfs() -> str | None:
     """The ``debugfs`` binary, or None when e2fsprogs is missing."""
-    found = shutil.which("debugfs")
+    return find_sbin_tool("debugfs")
+
+
+def find_sbin_tool(name: str) -> str | None:
+    """An e2fsprogs binary on PATH or in the sbin directories, or None when missing."""
+    found = shutil.which(name)
     if found:
         return found
-    return next((path for d in SBIN_DIRS if os.access(path := os.path.join(d, "debugfs"), os.X_OK)), None)
+    return next((path for d in SBIN_DIRS if os.access(path := os.path.join(d, name), os.X_OK)), None)

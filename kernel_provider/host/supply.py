@@ -98,6 +98,11 @@ async def _pip_install(version: tuple[int, int], target: str, glibc: str) -> Non
         )
 
 
+def is_supplied(version: tuple[int, int]) -> bool:
+    """Whether ipykernel for this Python version is built already (the next start will not download it)."""
+    return (supply_root() / _tag(version)).is_dir()
+
+
 async def ensure_ipykernel(version: tuple[int, int], glibc: str = "") -> Path:
     """The supplied ipykernel for ``version``, building it (once, under a lock) if needed."""
     target = supply_root() / _tag(version)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from . import history, proctree
+from . import history, proctree, txplan
 from .constants import ENV_PREFIX
 from .diagnosis import diagnose
 from .envlock import EnvBusyError, EnvLock
@@ -38,6 +38,11 @@ USAGE = """Manage the packages of this kernel's CondaTainer env.
   %condatainer install SPEC… [-c CH] [--dry-run]
   %condatainer update SPEC…  [-c CH] [--dry-run]
   %condatainer remove SPEC…  [--dry-run]
+                                        change the env now; with --dry-run only show the
+                                        solver's plan (added, removed, up/downgraded,
+                                        download size) and change nothing
+  %condatainer apply                    make the change the last --dry-run showed (refused
+                                        when the env changed since)
   %condatainer overlays                 images available in the image directories
   %condatainer history [--json]         the env's revisions: when, who, what, packages changed
   %condatainer export [yml|lock] [--revision N] [-o FILE]
@@ -49,6 +54,8 @@ USAGE = """Manage the packages of this kernel's CondaTainer env.
 
 Examples:
   %condatainer install numpy
+  %condatainer install numpy --dry-run
+  %condatainer apply
   %condatainer install "libdemo>=2" -c file:///data/channel
   %condatainer list demo
 """
@@ -95,6 +102,15 @@ def _specs_of(args: list[str]) -> list[str]:
         elif not arg.startswith("-"):
             specs.append(arg)
     return specs
+
+
+def _history_stamp() -> tuple[int, int]:
+    """Identity of the env's state: ``conda-meta/history`` grows with every change."""
+    try:
+        stat = os.stat(os.path.join(ENV_PREFIX, "conda-meta", "history"))
+    except OSError:
+        return (0, 0)
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 def _versions(records: dict[str, dict]) -> dict[str, str]:
@@ -268,6 +284,7 @@ class CondaTainerMagics(Magics):
             "create": self._create,
             "history": self._history,
             "export": self._export,
+            "apply": self._apply,
         }.get(verb)
         if handler is None:
             raise CondaTainerError(f"unknown subcommand {verb!r}\n\n{USAGE}")
@@ -310,6 +327,8 @@ class CondaTainerMagics(Magics):
                 f"{record.get('name', ''):<28} {record.get('version', ''):<14} {record.get('build', ''):<20} {channel}"
             )
 
+    _pending: tuple[str, list[str], tuple[int, int]] | None = None  # the last --dry-run: what apply does
+
     def _change(self, verb: str, args: list[str]) -> None:
         info = _info()
         if not os.environ.get("CNT_CONDA_PREFIX"):
@@ -317,6 +336,10 @@ class CondaTainerMagics(Magics):
         specs = _specs_of(args)
         if not specs and "--help" not in args:
             raise CondaTainerError(f"%condatainer {verb} needs at least one package spec")
+        if "--dry-run" in args:
+            self._preview(verb, [a for a in args if a != "--dry-run"])
+            return
+        self._pending = None
         before = _conda_meta()
         try:
             with _env_lock(info.get("env_lock")):
@@ -330,6 +353,42 @@ class CondaTainerMagics(Magics):
             raise CondaTainerError(first if "nothing was changed" in first else f"{first}; the env is unchanged")
         _refresh_import_paths()
         self._restart_note(before, _conda_meta())
+
+    def _preview(self, verb: str, args: list[str]) -> None:
+        """Show the solver's plan for the change (``mm-VERB --dry-run --json``); nothing changes."""
+        result = subprocess.run(
+            [f"mm-{verb}", "-y", "--dry-run", "--json", *args], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+            raise CondaTainerError(
+                f"mm-{verb} could not plan this change (exit {result.returncode}); nothing changed:\n{tail}"
+            )
+        plan = txplan.parse_transaction(result.stdout)
+        print("\n".join(txplan.format_plan(plan)))
+        stat = os.statvfs(ENV_PREFIX)
+        warning = txplan.space_warning(plan, stat.f_bavail * stat.f_frsize)
+        if warning:
+            print(f"Warning: {warning}")
+        if txplan.is_empty(plan):
+            self._pending = None
+            return
+        self._pending = (verb, args, _history_stamp())
+        print(f"Nothing changed yet. Apply it with: %condatainer apply   (or %condatainer {verb} {shlex.join(args)})")
+
+    def _apply(self, verb: str, args: list[str]) -> None:
+        """The change the last ``--dry-run`` showed, if the env is still as it was then."""
+        if self._pending is None:
+            raise CondaTainerError(
+                "nothing to apply: preview a change first, e.g. %condatainer install numpy --dry-run"
+            )
+        pending_verb, pending_args, stamp = self._pending
+        if stamp != _history_stamp():
+            self._pending = None
+            raise CondaTainerError(
+                "the env changed since the preview, so its plan may no longer hold; preview the change again"
+            )
+        self._change(pending_verb, pending_args)
 
     @staticmethod
     def _restart_note(before: dict[str, dict], after: dict[str, dict]) -> None:

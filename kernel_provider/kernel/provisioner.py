@@ -27,7 +27,7 @@ from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
 from kernel_provider.kernel import oci_mode
-from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement
+from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement, stack_label
 
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
 
@@ -106,7 +106,7 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             if self.instance is None:
                 notebook = kwargs.get("env", {}).get("JPY_SESSION_NAME", "")
                 await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()), notebook)
-            await self._ensure_ipykernel(await self.manager.probe_python(self.instance))
+            await self._ensure_ipykernel(self.manager.probe_python(self.instance))
             return self._in_container(kwargs)
 
     async def _acquire_instance(self, kernel_cwd: str, notebook: str = "") -> None:
@@ -114,17 +114,26 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         kernel of this server cleans up after a crashed one. ``notebook`` names the kernel's user. In
         OCI mode there is no instance to start (see :func:`kernel_provider.kernel.oci_mode.check`)."""
         manager = self.manager
+        self.progress.step("stack", f"reading the stack ({', '.join(self.overlays) or 'no overlays'})")
         await manager.sweep_orphans_once()
         plan = await asyncio.to_thread(self._plan, kernel_cwd)
         transport = self.parent.transport if self.parent is not None else self.transport
         use_oci = oci_mode.check(await manager.runtime(), plan.flags, self.oci or manager.config.oci, transport)
+        how = "starting or joining the shared instance" if self.share_instance and not use_oci else "starting instance"
+        self.progress.step("instance", f"{how}, mounting {stack_label(plan)}")
         self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, notebook, oci=use_oci)
         self.placement = Placement(instance=self.instance.name)
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
-        """The exec as a child of the server, in its own session (signals go to its group)."""
+        """The exec as a child of the server, in its own session (signals go to its group), its
+        output into the kernel's log file."""
         process = await asyncio.create_subprocess_exec(
-            *exec_argv, stdin=asyncio.subprocess.DEVNULL, env=apptainer_env(exec_argv[0]), start_new_session=True
+            *exec_argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self.kernel_output,
+            stderr=asyncio.subprocess.STDOUT if self.kernel_output else None,
+            env=apptainer_env(exec_argv[0]),
+            start_new_session=True,
         )
         self.pid = self.pgid = process.pid
         return process

@@ -27,17 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import signal
 import sys
+import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from jupyter_client.session import Session
 from tornado import web
 from traitlets import Bool, Dict, List, Unicode
 
@@ -49,6 +53,8 @@ from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
+from kernel_provider.kernel import kernellog
+from kernel_provider.kernel.progress import LaunchProgress
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan, StackRequest
 
@@ -56,6 +62,7 @@ from kernel_provider.model.plan import ContainerPlan, StackRequest
 FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
 KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
 IPYKERNEL_MODULE = "ipykernel_launcher"
+READY_TIMEOUT = 120.0  # how long the launch progress waits for a started kernel's first reply
 
 
 class KernelStartError(web.HTTPError):
@@ -78,6 +85,13 @@ def _continued(message: str) -> str:
     if len(message) > 1 and message[0].isupper() and message[1].islower() and not message.startswith("Apptainer"):
         return message[0].lower() + message[1:]
     return message
+
+
+def stack_label(plan: ContainerPlan) -> str:
+    """The stack in a few words for the launch progress: ``ubuntu24/base_image + python/3.11, demo.img (rw)``."""
+    overlays = [f"{o.name}.img" if o.kind == "img" else o.name for o in plan.overlays]
+    writable = " (read-write)" if plan.writable and plan.env_image else ""
+    return f"{plan.base_image.name} + {', '.join(overlays) or 'no overlays'}{writable}"
 
 
 def launcher_argv(argv: list[str]) -> list[str]:
@@ -126,6 +140,10 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     process: asyncio.subprocess.Process | None = None  # what launch_kernel started
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
+    _progress: LaunchProgress | None = None
+    kernel_output: IO[bytes] | None = None  # where _spawn sends the exec's output (kernellog)
+    container_python = "python3"  # the kernel's Python in the container (its argv[0])
+    _ready_watch: asyncio.Task | None = None
 
     # The kernel's paths are the server's (a compute node shares them): resolved as a local kernel's.
     resolve_path = LocalProvisioner.resolve_path
@@ -136,6 +154,15 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         return InstanceManager.for_config(CondaTainerConfig(parent=self.parent))
 
     # --- the start, in the subclass's pre_launch and in launch_kernel --------------------------
+
+    @property
+    def progress(self) -> LaunchProgress:
+        """The steps of the start under way (:mod:`~kernel_provider.kernel.progress`); a start
+        after the last one ended (a restart) begins a new record."""
+        if self._progress is None or self._progress.finished:
+            name = getattr(self.parent, "kernel_name", "") or ""
+            self._progress = LaunchProgress(self.kernel_id, name, self.log)
+        return self._progress
 
     def _plan(self, kernel_cwd: str) -> ContainerPlan:
         """The stack's container: our package, the supplied ipykernel, the runtime directory,
@@ -159,10 +186,14 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         )
         return plan_for_host(request, config)
 
-    @staticmethod
-    async def _ensure_ipykernel(python: PythonInfo) -> None:
-        """A Python without ipykernel gets one supplied (built once per Python version)."""
+    async def _ensure_ipykernel(self, probe: Awaitable[PythonInfo]) -> None:
+        """Probe the stack's Python; one without ipykernel gets it supplied (built once per Python version)."""
+        self.progress.step("python", "checking the stack's Python")
+        python = await probe
         if not python.has_ipykernel:
+            version = ".".join(map(str, python.version))
+            first = "" if supply.is_supplied(python.version) else " (first time for this Python: downloads ipykernel)"
+            self.progress.step("supply", f"supplying ipykernel for Python {version}{first}")
             await supply.ensure_ipykernel(python.version, python.glibc)
 
     def _in_container(self, launch_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +220,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         returns the kernel's connection info."""
         async with self._undone_on_failure():
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
+            self.container_python = cmd[0]
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             kernel_env = command.render_env_file(self._kernel_env(kwargs.get("env", {})), oci=self.instance.oci)
             self._env_file = write_private(env_file, kernel_env)
@@ -198,10 +230,65 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             else:
                 argv = command.instance_exec_argv(apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd)
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
-            self.process = await self._spawn(argv)
+            self.progress.step("kernel", f"starting the kernel in {self.instance.name}")
+            with kernellog.open_kernel_log(self.kernel_id, self.instance.name) as self.kernel_output:
+                self.process = await self._spawn(argv)
             if self.instance.oci:
                 self.manager.note_oci_process(self.instance, self.process.pid)
+            self.progress.step("wait", "waiting for the kernel")
             return await self._connection_info_once_started()
+
+    async def post_launch(self, **kwargs: Any) -> None:
+        """Called by ``KernelManager.post_start_kernel``: the launch progress follows the kernel
+        until its first reply (jupyter_server answers the start before that)."""
+        await super().post_launch(**kwargs)
+        if isinstance(self.parent, AsyncKernelManager):
+            self._ready_watch = asyncio.ensure_future(self._report_ready(self.parent, self.progress))
+
+    @staticmethod
+    async def _report_ready(km: AsyncKernelManager, progress: LaunchProgress) -> None:
+        """Ask the kernel for ``kernel_info`` until it answers (ready), exits or stays silent (failed).
+
+        A shell channel and a Session of its own: a Session shared with the server's clients
+        would see their messages' signatures twice and refuse them as replays.
+        """
+        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+        client = km.client(session=session)
+        client.start_channels(iopub=False, stdin=False, hb=False, control=False)
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:
+            while True:
+                client.kernel_info()
+                try:
+                    reply = await client.get_shell_msg(timeout=1)
+                except queue.Empty:
+                    reply = {}
+                if reply.get("msg_type") == "kernel_info_reply":
+                    progress.ready()
+                    return
+                if not await km.is_alive():
+                    progress.failed("the kernel exited before it answered; see its log")
+                    return
+                if time.monotonic() > deadline:
+                    progress.failed(f"the kernel did not answer within {READY_TIMEOUT:g} s; see its log")
+                    return
+        except Exception:  # noqa: BLE001 - the kernel's start is not this watcher's to fail
+            progress.log.exception("CondaTainer kernel %s: watching for its first reply failed", progress.kernel_id)
+        finally:
+            client.stop_channels()
+
+    def shell_argv(self) -> list[str]:
+        """A shell in the kernel's own instance with the kernel's environment ("Open terminal"):
+        its env file, its working directory, the stack's envs activated as its launcher does
+        (:mod:`kernel_provider.incontainer.shell`). :class:`ValueError` when the kernel is not running."""
+        if self.instance is None or self._env_file is None or self.process is None:
+            raise ValueError("the kernel is not running; start it, then open its terminal")
+        if self.instance.oci:
+            raise ValueError("an OCI-mode kernel has no instance to open a terminal in; use a native-mode kernel")
+        shell = [self.container_python, f"{LIB_DIR}/kernel_provider/incontainer/shell.py"]
+        return command.instance_exec_argv(
+            self.manager.apptainer, self.instance.name, str(self._env_file), shell, self.cwd or ""
+        )
 
     @abstractmethod
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
@@ -219,6 +306,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         try:
             yield
         except BaseException as err:
+            self.progress.failed(str(err) or type(err).__name__)
             try:
                 await self._abandon_start()
             except Exception:  # noqa: BLE001 - the start's own error is what the user needs
@@ -284,10 +372,14 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         """``KernelManager.cleanup_resources``, after the kernel's process ended: removes its env
         file; a shutdown (``restart`` False) also releases the instance, which a restart keeps."""
         await super().cleanup(restart=restart)
+        if self._ready_watch is not None:
+            self._ready_watch.cancel()
+            self._ready_watch = None
         if self._env_file:
             self._env_file.unlink(missing_ok=True)
             self._env_file = None
         if not restart:
+            kernellog.forget(self.kernel_id, keep=self._progress is not None and self._progress.has_failed)
             await self._release()
 
     @abstractmethod

@@ -35,7 +35,7 @@ import shlex
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,6 +262,11 @@ class JobState:
     reason: str
     node: str
 
+    @property
+    def why(self) -> str:
+        """The reason it waits, or empty when SLURM gives none worth showing."""
+        return self.reason if _meaningful(self.reason) else ""
+
 
 def parse_job_state(stdout: str) -> JobState | None:
     """``squeue -o %T|%P|%r|%N`` output; None when the job is not in the queue."""
@@ -472,16 +477,22 @@ class SlurmAllocation:
         self.save()
         return self.job_id
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self, timeout: float, on_change: Callable[[JobState], None] | None = None) -> None:
         """Wait until the job runs and its instance is up; fail with SLURM's reason.
 
-        Logs "queued as job N on partition P" while the job waits. A pending reason in
-        :data:`HOPELESS_REASONS` fails at once; anything else fails after ``timeout``.
+        Logs "queued as job N on partition P" while the job waits, and calls ``on_change``
+        (the kernel's launch progress) whenever SLURM's state, partition or reason changes.
+        A pending reason in :data:`HOPELESS_REASONS` fails at once; anything else fails
+        after ``timeout``.
         """
         deadline = time.monotonic() + timeout
         announced: tuple[str, str] | None = None
+        seen: JobState | None = None
         while True:
             job = await job_state(self.job_id)
+            if on_change is not None and job is not None and job != seen:
+                seen = job
+                on_change(job)
             status = self._read_status()
             if status.get("state") == "failed":
                 raise SlurmError(f"job {self.job_id} could not start the container:\n{self._output_tail()}")

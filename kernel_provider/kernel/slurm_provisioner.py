@@ -22,6 +22,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,20 @@ from traitlets import Float, List, Unicode
 from kernel_provider.host import instanceinfo
 from kernel_provider.host.instances import Instance
 from kernel_provider.host.runtime import write_private
-from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement
+from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement, stack_label
 from kernel_provider.kernel.slurm import (
     CONNECT_TO_NODE,
     DEFAULT_LAUNCH_TIMEOUT,
     LAUNCH_TIMEOUT_VARIABLE,
     STEP_TIMEOUT,
+    JobState,
     SlurmAllocation,
     SlurmError,
     proxy_env,
     state_store,
     sweep_orphans_once,
 )
+from kernel_provider.model.plan import ContainerPlan
 
 
 class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
@@ -120,7 +123,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
                 await self._release()
             if self.allocation is None:
                 await self._allocate(str(kwargs.get("cwd") or os.getcwd()), kwargs.get("env") or os.environ)
-            await self._ensure_ipykernel(await self.allocation.probe_python())
+            await self._ensure_ipykernel(self.allocation.probe_python())
             self._prepare_connection_file(await self.connect_ip())
             cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
             return self._in_container(await super().pre_launch(cmd=cmd, **kwargs))
@@ -129,16 +132,32 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         """Submit the kernel's job and wait until its instance is up; the first SLURM kernel of
         this server cancels the jobs of a crashed one."""
         manager = self.manager
+        self.progress.step("stack", f"reading the stack ({', '.join(self.overlays) or 'no overlays'})")
         store = state_store(manager.config)
         await sweep_orphans_once(store, self.log)
         plan = await asyncio.to_thread(self._plan, kernel_cwd)
         self.allocation = SlurmAllocation.for_kernel(plan, self.kernel_id, store, manager.apptainer, self.log)
+        self.progress.step("queue", "submitting the kernel's SLURM job")
         job_id = await self.allocation.submit(self.slurm_args)
         self.placement = Placement(instance=self.allocation.name, slurm_job=job_id)
         self.log.info("CondaTainer kernel %s: submitted job %s (%s)", self.kernel_id, job_id, self.allocation.name)
-        await self.allocation.wait_ready(self.launch_timeout(env))
+        await self.allocation.wait_ready(self.launch_timeout(env), partial(self._job_changed, job_id, plan))
         await instanceinfo.write(self.instance, manager.config, await manager.apptainer_version())  # for the magic
         self.log.info("CondaTainer kernel %s: job %s running on %s", self.kernel_id, job_id, self.allocation.node)
+
+    def _job_changed(self, job_id: str, plan: ContainerPlan, job: JobState) -> None:
+        """The launch progress of a job that waits in the queue or starts its instance."""
+        if job.state == "PENDING":
+            why = f", {job.why}" if job.why else ""
+            self.progress.step("queue", f"queued as SLURM job {job_id} on {job.partition}{why}")
+        elif job.state == "RUNNING":
+            self.progress.step(
+                "instance", f"starting instance on {job.node} (job {job_id}), mounting {stack_label(plan)}"
+            )
+
+    def shell_argv(self) -> list[str]:
+        """Not offered yet: the instance is on a compute node, and a terminal there would be a job step."""
+        raise ValueError("terminals in SLURM kernels' containers are not offered yet; use the notebook (!cmd)")
 
     async def connect_ip(self) -> str:
         """Where the kernel listens: ``slurm_connect_ip``, or the node's address for ``node``."""

@@ -3,7 +3,8 @@
 At start it syncs the kernelspecs with the image directories (so a user sees the
 stacks that exist), stops instances left behind by a crashed server and, where SLURM's
 clients are on PATH, cancels the SLURM kernel jobs such a server left. Job progress
-goes out on jupyter_server's event bus (schema ``JOB_EVENT``).
+goes out on jupyter_server's event bus (schema ``JOB_EVENT``), and so do the steps of
+every CondaTainer kernel's start (:mod:`kernel_provider.server.progress`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kernel_provider.host.process import InstanceError
 from kernel_provider.kernel import slurm
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
-from kernel_provider.server import runtime_handler
+from kernel_provider.server import disk, progress, runtime_handler, stack, terminal
 from kernel_provider.server.handlers import ROUTES
 
 JOB_EVENT = "https://events.jupyter.org/jupyter_condatainer/job/v1"
@@ -61,10 +62,14 @@ class CondaTainerExtension(ExtensionApp):
         """Give the handlers one set of env operations and one job registry; sync the kernelspecs if asked."""
         config = self.condatainer
         self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
+        progress.install(self.serverapp.event_logger)
+        kernel_terminals = terminal.KernelTerminals(self.serverapp.web_app.settings)
+        kernel_terminals.install(self.serverapp.event_logger)
         self.jobs = JobRegistry(on_change=self._emit, concurrency=self.job_concurrency)
         self.settings.update(
             condatainer_operations=EnvOperations(config, InstanceManager.for_config(config)),
             condatainer_jobs=self.jobs,
+            condatainer_terminals=kernel_terminals,
         )
         if self.sync_kernelspecs:
             result = KernelspecStore().sync(scan(config.image_dirs, config.distro))
@@ -74,7 +79,10 @@ class CondaTainerExtension(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
-        self.handlers.extend(ROUTES + runtime_handler.ROUTES)
+        # Ours first: the overlays route takes any name, "x/resize" too.
+        self.handlers.extend(
+            [*progress.ROUTES, *disk.ROUTES, *terminal.ROUTES, *stack.ROUTES, *runtime_handler.ROUTES, *ROUTES]
+        )
 
     def _emit(self, job: Job) -> None:
         self.serverapp.event_logger.emit(schema_id=JOB_EVENT, data=job.to_json(log=False))
@@ -112,4 +120,5 @@ class CondaTainerExtension(ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Cancel every job as the server stops; what a job leaves, the next start's recovery removes."""
+        progress.uninstall()
         await self.jobs.shutdown()

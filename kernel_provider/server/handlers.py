@@ -22,6 +22,7 @@ from tornado import web
 from kernel_provider.envs.envmeta import EnvUnreadableError
 from kernel_provider.envs.jobs import JobError, JobRegistry, job_running_message
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, as_json
+from kernel_provider.envs.preview import preview
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.incontainer.history import HistoryError
 from kernel_provider.kernel.kernelspecs import broken_kernels
@@ -209,12 +210,17 @@ class PackagesHandler(BaseHandler):
         await self._change(name, "remove")
 
     async def _change(self, name: str, verb: str) -> None:
+        """The change as a job; with ``"dry_run": true`` in the body, 200 and the solver's plan instead
+        (:mod:`kernel_provider.envs.preview`: nothing changes, the env stays free for others)."""
         name = await self.overlay_name(name)
         data = self.body()
         with http_errors():
             specs = validate_specs(self.list_field(data, "specs"))
             channels = validate_channels(self.list_field(data, "channels"))
             await asyncio.to_thread(self.operations.find_env, name)
+            if data.get("dry_run") is True:
+                self.finish({"plan": await preview(self.operations, name, verb, specs, channels)})
+                return
         self.not_busy(name)
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)

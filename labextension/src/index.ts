@@ -12,6 +12,10 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
+import { ILaunchProgress } from './launch';
+import type { LaunchStore } from './launch';
+import { launchPlugin } from './launchplugin';
+import { stackRecordPlugin } from './stackrecord';
 import { LifecycleClient } from './lifecycle';
 import { connectNotifications } from './notify';
 // The panel is added to the shell at activation, so its model and widget
@@ -38,7 +42,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     ILayoutRestorer,
     ICommandPalette,
     ISettingRegistry,
-    IDefaultFileBrowser
+    IDefaultFileBrowser,
+    ILaunchProgress
   ],
   activate: (
     app: JupyterFrontEnd,
@@ -46,7 +51,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
     settingRegistry: ISettingRegistry | null,
-    fileBrowser: IDefaultFileBrowser | null
+    fileBrowser: IDefaultFileBrowser | null,
+    launches: LaunchStore | null
   ): void => {
     const { commands, serviceManager, shell } = app;
     translator = translator ?? nullTranslator;
@@ -57,6 +63,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
       trans,
       events: serviceManager.events
     });
+    // Package changes show the solver's plan first and run once confirmed.
+    model.confirmChange = async (env, verb, specs) => {
+      const { confirmWithPreview } = await import('./preview');
+      return confirmWithPreview(
+        serviceManager.serverSettings,
+        env,
+        verb,
+        specs,
+        trans
+      );
+    };
     // A new or deleted env adds or removes a kernel: show it in the launcher
     // now rather than at the kernelspec manager's next poll.
     model.kernelsChanged.connect(() => {
@@ -78,7 +95,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       model,
       translator,
       actions,
-      lifecycle: new LifecycleClient(serviceManager.serverSettings)
+      lifecycle: new LifecycleClient(serviceManager.serverSettings),
+      launches: launches ?? undefined,
+      serverSettings: serviceManager.serverSettings
     });
     shell.add(panel, 'left', { rank: 850 });
     restorer?.add(panel, PANEL_ID);
@@ -216,4 +235,4 @@ function readSettings(
   };
 }
 
-export default plugin;
+export default [plugin, launchPlugin, stackRecordPlugin];

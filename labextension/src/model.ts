@@ -307,15 +307,39 @@ export class CondaTainerModel extends VDomModel {
       return Promise.resolve();
     }
     return this._run(key, async () => {
+      if (
+        this.confirmChange &&
+        !(await this.confirmChange(name, 'install', specs))
+      ) {
+        return;
+      }
       this.jobs.upsert(await this._client.installPackages(name, specs));
     });
   }
 
   removePackage(name: string, pkg: string): Promise<void> {
     return this._run(ActionKeys.remove(name, pkg), async () => {
+      if (
+        this.confirmChange &&
+        !(await this.confirmChange(name, 'remove', [pkg]))
+      ) {
+        return;
+      }
       this.jobs.upsert(await this._client.removePackages(name, [pkg]));
     });
   }
+
+  /**
+   * Asked before a package change runs (the preview of `preview.tsx`);
+   * resolves false to leave the env alone. None: changes run at once.
+   */
+  confirmChange:
+    | ((
+        env: string,
+        verb: 'install' | 'remove',
+        specs: string[]
+      ) => Promise<boolean>)
+    | null = null;
 
   cancelJob(id: string): Promise<void> {
     return this._run(ActionKeys.cancel(id), async () => {

@@ -1,3 +1,4 @@
+import type { ServerConnection } from '@jupyterlab/services';
 import type { ITranslator } from '@jupyterlab/translation';
 import { ReactWidget, SidePanel } from '@jupyterlab/ui-components';
 import type { Message } from '@lumino/messaging';
@@ -5,6 +6,9 @@ import type { AccordionPanel } from '@lumino/widgets';
 import * as React from 'react';
 
 import { condatainerIcon } from './icon';
+import type { LaunchStore } from './launch';
+import { DiskSection } from './disk';
+import { LaunchSection } from './launchview';
 import type { LifecycleClient } from './lifecycle';
 import type { CondaTainerModel } from './model';
 import type { IPanelActions } from './sections/common';
@@ -44,10 +48,20 @@ export class CondaTainerPanel extends SidePanel {
     if (options.lifecycle) {
       this.addWidget(new HistorySection(model, trans, options.lifecycle));
     }
+    if (options.launches) {
+      this.addWidget(
+        new LaunchSection(options.launches, trans, options.serverSettings)
+      );
+    }
+    if (options.serverSettings) {
+      this.addWidget(new DiskSection(model, options.serverSettings, trans));
+    }
     // The overlay list is the longest and the panel's starting point.
-    (this.content as AccordionPanel).setRelativeSizes(
-      options.lifecycle ? [2, 1, 1, 1] : [2, 1, 1]
-    );
+    const others = this.widgets.length - 1;
+    (this.content as AccordionPanel).setRelativeSizes([
+      2,
+      ...Array(others).fill(1)
+    ]);
   }
 
   readonly model: CondaTainerModel;
@@ -78,5 +92,9 @@ export namespace CondaTainerPanel {
     actions: IPanelActions;
     /** The env history/rollback/export/freeze routes; no History section without. */
     lifecycle?: LifecycleClient;
+    /** Kernel starts (launch progress); no "Kernel starts" section without. */
+    launches?: LaunchStore;
+    /** The server to ask for disk use; no Disk section without. */
+    serverSettings?: ServerConnection.ISettings;
   }
 }

@@ -7,12 +7,12 @@ package cache in ``$CNT_CONDA_PREFIX/pkgs``. micromamba cannot be downloaded on 
 project is tested on, so the test base image built by ``scripts/build-images.sh`` runs this module
 instead, on py-rattler (a real conda solver and installer) in a private virtualenv:
 
-    mm-create [-y] [-q] [--dry-run] [-c CHANNEL]... [-f FILE] SPEC...
+    mm-create [-y] [-q] [--dry-run] [--json] [-c CHANNEL]... [-f FILE] SPEC...
     mm-create [-y] [-q] [--dry-run] -f EXPLICIT_FILE [--requested SPEC]...
-    mm-install [-y] [-q] [--dry-run] [-c CHANNEL]... [--override-channels] [-f FILE] SPEC...
+    mm-install [-y] [-q] [--dry-run] [--json] [-c CHANNEL]... [--override-channels] [-f FILE] SPEC...
     mm-install [-y] [-q] [--dry-run] (-f | --explicit) EXPLICIT_FILE [--requested SPEC]...
-    mm-update [-y] [-q] [--dry-run] [-c CHANNEL]... [--override-channels] [-a] [SPEC...]
-    mm-remove [-y] [-q] [--dry-run] SPEC...
+    mm-update [-y] [-q] [--dry-run] [--json] [-c CHANNEL]... [--override-channels] [-a] [SPEC...]
+    mm-remove [-y] [-q] [--dry-run] [--json] SPEC...
     mm-clean [-a] [-i] [-p] [-t] [-l] [-f] [-y] [-q] [--dry-run]
     mm-list [REGEX] [--json] [-f] [--reverse] [--explicit [--md5|--sha256]] [--canonical] [--export]
 
@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -442,6 +443,43 @@ async def execute(plan: Plan, requested: list[str], args) -> None:
         (prefix / "CACHEDIR.TAG").unlink(missing_ok=True)
 
 
+def plan_json(plan: Plan | None, dry_run: bool) -> dict:
+    """micromamba's ``--json`` answer: the transaction's FETCH, LINK and UNLINK package lists."""
+
+    def entry(record) -> dict:
+        return {
+            "name": record.name.normalized,
+            "version": str(record.version),
+            "build": str(record.build),
+            "build_number": int(record.build_number),
+            "channel": channel_display(record),
+            "subdir": str(record.subdir),
+            "fn": str(record.file_name),
+            "url": str(record.url),
+            "size": int(getattr(record, "size", None) or 0),
+        }
+
+    if plan is None or plan.empty:
+        return {"success": True, "dry_run": dry_run, "message": "All requested packages already installed"}
+    pkgs = plan.prefix / "pkgs"
+    fetch = [
+        r
+        for r in plan.link
+        if not (pkgs / r.file_name).exists() and not (pkgs / re.sub(r"(\.tar\.bz2|\.conda)$", "", r.file_name)).is_dir()
+    ]
+    return {
+        "success": True,
+        "dry_run": dry_run,
+        "prefix": str(plan.prefix),
+        "actions": {
+            "PREFIX": str(plan.prefix),
+            "FETCH": [entry(r) for r in fetch],
+            "LINK": [entry(r) for r in plan.link],
+            "UNLINK": [entry(r) for r in plan.unlink],
+        },
+    }
+
+
 def finish(plan: Plan, command: str, args, update=(), remove=()) -> None:
     append_history(plan.prefix, command, args.argv, plan.unlink, plan.link, update, remove)
     make_readable(plan.prefix)
@@ -611,6 +649,7 @@ async def install_explicit(args, prefix: Path, entries, command: str, exact: boo
         requested = {n: s for n, s in current.items() if n in names}
     dropped = sorted(n for n in current if n not in requested)
     plan = Plan(prefix, records, installed)
+    args.plan = plan
     if not args.quiet:
         print_plan(plan, list(requested.values()), "Installing")
     if plan.empty and requested == current:
@@ -658,6 +697,7 @@ async def cmd_create(args) -> int:
         saved = channels = list(DEFAULT_CHANNELS)
     records = await solve(prefix, channels, specs, [], None)
     plan = Plan(prefix, records, [])
+    args.plan = plan
     if not args.quiet:
         print_plan(plan, specs, "Updating")
     if args.dry_run:
@@ -717,6 +757,7 @@ async def cmd_install(args, update: bool = False) -> int:
         locked = installed
     records = await solve(prefix, channels, list(requested.values()), locked, priority)
     plan = Plan(prefix, records, installed)
+    args.plan = plan
     if not args.quiet:
         print_plan(plan, new_specs, "Updating" if update else "Installing")
     if plan.empty:
@@ -753,6 +794,7 @@ async def cmd_remove(args) -> int:
     keep = _dependency_closure(installed, roots) - dependents
     records = [r for r in installed if r.name.normalized in keep]
     plan = Plan(prefix, records, installed)
+    args.plan = plan
     if not args.quiet:
         print_plan(plan, args.specs, "Removing")
     if args.dry_run:
@@ -927,6 +969,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         parser.add_argument("-f", "--force-pkgs-dirs", action="store_true")
         return parser
     parser.add_argument("specs", nargs="*", metavar="SPEC", help="conda match specs")
+    parser.add_argument("--json", action="store_true", help="the transaction as micromamba's JSON on stdout")
     if command == "remove":
         return parser
     parser.add_argument("-c", "--channel", action="append", default=[], help="channel (repeatable)")
@@ -978,7 +1021,14 @@ def main(argv: list[str]) -> int:
         if os.environ.get(variable) == "":
             del os.environ[variable]
     try:
-        return asyncio.run(COMMANDS[command](args))
+        if not getattr(args, "json", False) or command == "list":
+            return asyncio.run(COMMANDS[command](args))
+        # --json: the text goes to stderr, stdout carries only the JSON (as micromamba's does).
+        args.plan = None
+        with contextlib.redirect_stdout(sys.stderr):
+            status = asyncio.run(COMMANDS[command](args))
+        print(json.dumps(plan_json(args.plan, args.dry_run), indent=2))
+        return status
     except MMError as error:
         print(f"ERROR: {error}", file=sys.stderr)
     except KeyboardInterrupt:
