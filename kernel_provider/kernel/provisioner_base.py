@@ -39,7 +39,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from tornado import web
-from traitlets import Bool, Dict, List, Unicode
+from traitlets import Bool, Dict, Integer, List, Unicode
 
 from kernel_provider.host import instanceinfo, supply
 from kernel_provider.host.config import CondaTainerConfig
@@ -55,6 +55,7 @@ from kernel_provider.model.plan import ContainerPlan, StackRequest
 # Passed from the server's environment into the kernel: nothing else of the host leaks in.
 FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
 KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
+NEVER_CULL = 10**9  # seconds (31 years): jupyter_server's culler has no "never" per kernel
 IPYKERNEL_MODULE = "ipykernel_launcher"
 
 
@@ -113,6 +114,16 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     binds = List(Unicode(), config=True, help="Extra bind paths ('/src' or '/src:/dst[:ro]').")
     env = Dict(value_trait=Unicode(), config=True, help="Extra environment variables for the kernel.")
     apptainer_flags = List(Unicode(), config=True, help="Extra flags for 'apptainer instance start'.")
+    cull_idle_timeout = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Idle seconds after which jupyter_server's culler shuts this kind of kernel down, in
+        place of MappingKernelManager.cull_idle_timeout (which must be > 0: it turns the culler
+        on). Set per launcher, e.g. c.CondaTainerSlurmProvisioner.cull_idle_timeout = 1800 to free
+        allocations sooner than login-node kernels; 0 or less: never cull these. Default: the
+        server's timeout.""",
+    )
 
     instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
     placement = Placement()
@@ -181,6 +192,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         kwargs (``env``, ``cwd``): execs ``cmd`` in the instance with the kernel's env file and
         returns the kernel's connection info."""
         async with self._undone_on_failure():
+            self._apply_cull_timeout()
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             self._env_file = write_private(env_file, command.render_env_file(self._kernel_env(kwargs.get("env", {}))))
@@ -190,6 +202,13 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
             self.process = await self._spawn(argv)
             return await self._connection_info_once_started()
+
+    def _apply_cull_timeout(self) -> None:
+        """jupyter_server's culler reads a kernel's own timeout from its kernelspec's metadata
+        (``cull_idle_timeout``): put this launcher's there, in the kernel's copy of the spec."""
+        if self.cull_idle_timeout is not None and self.kernel_spec is not None:
+            timeout = self.cull_idle_timeout if self.cull_idle_timeout > 0 else NEVER_CULL
+            self.kernel_spec.metadata["cull_idle_timeout"] = timeout
 
     @abstractmethod
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:

@@ -35,8 +35,9 @@ import shlex
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from kernel_provider.host.config import CondaTainerConfig
@@ -104,6 +105,10 @@ class SlurmError(InstanceError):
     """A kernel's job could not be submitted, did not start, or its step failed."""
 
 
+class StartCancelledError(SlurmError):
+    """The kernel was shut down while its job waited in the queue."""
+
+
 # --- pure argv builders -------------------------------------------------------------
 
 
@@ -135,8 +140,13 @@ def sbatch_argv(name: str, script: str, output: str, slurm_args: Sequence[str]) 
 
 
 def job_state_argv(job_id: str) -> list[str]:
-    """One job's state, partition, pending reason and node, ``|``-separated."""
-    return ["squeue", "-h", "-j", job_id, "-o", "%T|%P|%r|%N"]
+    """One job's state, partition, pending reason, node, (expected) start and end, ``|``-separated.
+
+    ``-t all`` keeps an ended job in the answer for ``MinJobAge`` (300 s by default), so its
+    end can be told apart: TIMEOUT is its time limit. ``%S`` of a pending job is the start
+    SLURM expects, what ``squeue --start`` shows; ``%e`` of a running one its time limit.
+    """
+    return ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%P|%r|%N|%S|%e"]
 
 
 def my_jobs_argv() -> list[str]:
@@ -253,21 +263,43 @@ def slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if not key.startswith("SLURM_") or key in KEPT_SLURM_VARIABLES}
 
 
+def parse_slurm_time(text: str) -> float | None:
+    """A time squeue prints (``2026-12-02T17:40:00``, the cluster's local time) as epoch
+    seconds; None for ``N/A``, ``Unknown`` or no limit."""
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class JobState:
-    """A job as ``squeue`` reports it: state, partition, the reason it waits, its node."""
+    """A job as ``squeue`` reports it: state, partition, the reason it waits, its node, and
+    its (expected) start and end as squeue prints them."""
 
     state: str
     partition: str
     reason: str
     node: str
+    start: str = ""
+    end: str = ""
+
+    @property
+    def start_time(self) -> float | None:
+        """When it started, or for a pending job when SLURM expects it to (epoch seconds)."""
+        return parse_slurm_time(self.start)
+
+    @property
+    def end_time(self) -> float | None:
+        """When its time limit ends it (epoch seconds); None without a limit."""
+        return parse_slurm_time(self.end)
 
 
 def parse_job_state(stdout: str) -> JobState | None:
-    """``squeue -o %T|%P|%r|%N`` output; None when the job is not in the queue."""
+    """``squeue -o %T|%P|%r|%N|%S|%e`` output; None when the job is not in the queue."""
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 4:
+        if len(parts) == 6:
             return JobState(*parts)
     return None
 
@@ -472,15 +504,25 @@ class SlurmAllocation:
         self.save()
         return self.job_id
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(
+        self,
+        timeout: float,
+        on_queued: Callable[[JobState], None] | None = None,
+        cancelled: asyncio.Event | None = None,
+    ) -> JobState:
         """Wait until the job runs and its instance is up; fail with SLURM's reason.
 
-        Logs "queued as job N on partition P" while the job waits. A pending reason in
-        :data:`HOPELESS_REASONS` fails at once; anything else fails after ``timeout``.
+        While the job waits, logs "queued as job N on partition P (reason), expected to start
+        at T" and calls ``on_queued`` whenever the reason or the expected start changes. A
+        pending reason in :data:`HOPELESS_REASONS` fails at once; anything else fails after
+        ``timeout``; ``cancelled`` set (the kernel is shut down while it waits) fails within
+        one poll, and the caller's clean-up cancels the job. Returns the running job's state.
         """
         deadline = time.monotonic() + timeout
-        announced: tuple[str, str] | None = None
+        announced: tuple[str, str, str] | None = None
         while True:
+            if cancelled is not None and cancelled.is_set():
+                raise StartCancelledError(f"the start was cancelled while job {self.job_id} waited; it is cancelled")
             job = await job_state(self.job_id)
             status = self._read_status()
             if status.get("state") == "failed":
@@ -492,16 +534,15 @@ class SlurmAllocation:
                 )
             if job.state == "RUNNING" and status.get("state") == "ready":
                 self.node, self.proxy = job.node, status.get("proxy", "")
-                return
+                return job
             if job.state == "PENDING":
                 if job.reason in HOPELESS_REASONS:
                     raise SlurmError(f"job {self.job_id} cannot start on partition {job.partition}: {job.reason}")
-                if announced != (job.partition, job.reason):
-                    announced = (job.partition, job.reason)
-                    why = f" ({job.reason})" if _meaningful(job.reason) else ""
-                    self.log.info(
-                        "CondaTainer kernel: queued as job %s on partition %s%s", self.job_id, job.partition, why
-                    )
+                if announced != (job.partition, job.reason, job.start):
+                    announced = (job.partition, job.reason, job.start)
+                    self.log.info("CondaTainer kernel: %s", queued_message(self.job_id, job))
+                    if on_queued is not None:
+                        on_queued(job)
             if time.monotonic() > deadline:
                 reason = f": {job.reason}" if _meaningful(job.reason) else ""
                 waited = f"still {job.state}{reason}"
@@ -527,10 +568,9 @@ class SlurmAllocation:
         infos = await asyncio.to_thread(socket.getaddrinfo, address, None, socket.AF_INET, socket.SOCK_STREAM)
         return infos[0][4][0]
 
-    async def is_running(self) -> bool:
-        """Whether the job still runs (SLURM says RUNNING)."""
-        state = await job_state(self.job_id) if self.job_id else None
-        return state is not None and state.state == "RUNNING"
+    async def state(self) -> JobState | None:
+        """The job as squeue sees it now (ended jobs for a while too); None once it is gone."""
+        return await job_state(self.job_id) if self.job_id else None
 
     def step(self, argv: Sequence[str], step_name: str = "") -> list[str]:
         """``srun`` argv that runs ``argv`` as a step of this job on its node."""
@@ -574,6 +614,14 @@ class SlurmAllocation:
         finally:
             self.instance.locks.release()
             _forget(self.store, self.name)
+
+
+def queued_message(job_id: str, job: JobState) -> str:
+    """"queued as job N on partition P (reason), expected to start at HH:MM:SS"."""
+    why = f" ({job.reason})" if _meaningful(job.reason) else ""
+    start = job.start_time
+    when = f", expected to start at {time.strftime('%H:%M:%S', time.localtime(start))}" if start else ""
+    return f"queued as job {job_id} on partition {job.partition}{why}{when}"
 
 
 def _meaningful(reason: str) -> bool:

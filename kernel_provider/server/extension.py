@@ -3,7 +3,8 @@
 At start it syncs the kernelspecs with the image directories (so a user sees the
 stacks that exist), stops instances left behind by a crashed server and, where SLURM's
 clients are on PATH, cancels the SLURM kernel jobs such a server left. Job progress
-goes out on jupyter_server's event bus (schema ``JOB_EVENT``).
+goes out on jupyter_server's event bus (schema ``JOB_EVENT``), and so do the kernels'
+notices: queue, time limit, culling (schema ``KERNEL_EVENT``, :mod:`kernel_provider.kernel.notices`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
-from kernel_provider.kernel import slurm
+from kernel_provider.kernel import notices, slurm, slurm_provisioner
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
 from kernel_provider.server.handlers import ROUTES
+from kernel_provider.server.kernel_handlers import KERNEL_ROUTES
 
 JOB_EVENT = "https://events.jupyter.org/jupyter_condatainer/job/v1"
 JOB_SCHEMA = Path(__file__).parent / "events" / "job.yaml"
+KERNEL_EVENT = "https://events.jupyter.org/jupyter_condatainer/kernel/v1"
+KERNEL_SCHEMA = Path(__file__).parent / "events" / "kernel.yaml"
 
 
 class CondaTainerExtension(ExtensionApp):
@@ -60,6 +64,8 @@ class CondaTainerExtension(ExtensionApp):
         """Give the handlers one set of env operations and one job registry; sync the kernelspecs if asked."""
         config = self.condatainer
         self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
+        self.serverapp.event_logger.register_event_schema(KERNEL_SCHEMA)
+        notices.board.listeners.append(self._emit_notice)
         self.jobs = JobRegistry(on_change=self._emit, concurrency=self.job_concurrency)
         self.settings.update(
             condatainer_operations=EnvOperations(config, InstanceManager.for_config(config)),
@@ -71,10 +77,13 @@ class CondaTainerExtension(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
-        self.handlers.extend(ROUTES)
+        self.handlers.extend(ROUTES + KERNEL_ROUTES)
 
     def _emit(self, job: Job) -> None:
         self.serverapp.event_logger.emit(schema_id=JOB_EVENT, data=job.to_json(log=False))
+
+    def _emit_notice(self, event: str, notice: notices.KernelNotice) -> None:
+        self.serverapp.event_logger.emit(schema_id=KERNEL_EVENT, data={"event": event, **notice.to_json()})
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         if not self.sweep_orphans:
@@ -108,5 +117,10 @@ class CondaTainerExtension(ExtensionApp):
             self.log.info("CondaTainer: cancelled %d orphaned SLURM job(s): %s", len(cancelled), ", ".join(cancelled))
 
     async def stop_extension(self) -> None:
-        """Cancel every job as the server stops; what a job leaves, the next start's recovery removes."""
+        """Cancel every job as the server stops, and the starts of SLURM kernels whose job still
+        waits (their jobs are cancelled at once); what a job leaves, the next start's recovery removes."""
+        if self._emit_notice in notices.board.listeners:
+            notices.board.listeners.remove(self._emit_notice)
+        for kernel_id in slurm_provisioner.waiting_kernels():
+            slurm_provisioner.cancel_start(kernel_id)
         await self.jobs.shutdown()
