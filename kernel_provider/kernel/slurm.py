@@ -29,6 +29,7 @@ with asyncio subprocesses; the provisioner that uses it is
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import shlex
@@ -150,8 +151,8 @@ def job_state_argv(job_id: str) -> list[str]:
 
 
 def my_jobs_argv() -> list[str]:
-    """All of this user's jobs (the orphan sweep filters them by our name prefix)."""
-    return ["squeue", "--me", "-h", "-o", "%i|%j|%T"]
+    """All of this user's jobs (the orphan sweep and ``instances list`` keep ours by name prefix)."""
+    return ["squeue", "--me", "-h", "-o", "%i|%j|%T|%N|%e"]
 
 
 def steps_argv(job_id: str) -> list[str]:
@@ -230,7 +231,7 @@ if ! {shlex.join(start_argv)}; then
     report state=failed
     exit 1
 fi
-report state=ready "host=$(hostname)" "proxy=$(find_proxy)"
+report state=ready "host=$(hostname)" "proxy=$(find_proxy)" "addr=$(hostname -I 2>/dev/null | cut -d' ' -f1)"
 while :; do sleep 3600 & wait $!; done
 """
 
@@ -306,19 +307,22 @@ def parse_job_state(stdout: str) -> JobState | None:
 
 @dataclass(frozen=True)
 class QueuedJob:
-    """One of this user's jobs in ``squeue``: id and name (ours start with the job prefix)."""
+    """One of this user's jobs in ``squeue``: id and name (ours start with the job prefix),
+    state, node and when its time limit ends it."""
 
     job_id: str
     name: str
     state: str
+    node: str = ""
+    end: str = ""
 
 
 def parse_jobs(stdout: str) -> list[QueuedJob]:
-    """``squeue -o %i|%j`` lines as jobs."""
+    """``squeue -o %i|%j|%T|%N|%e`` lines as jobs."""
     jobs = []
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 3:
+        if len(parts) == 5:
             jobs.append(QueuedJob(*parts))
     return jobs
 
@@ -390,10 +394,7 @@ async def sweep_orphans(store: StateStore, logger: logging.Logger = log) -> list
     records = read_records(store)
     if not records:
         return []
-    result = await run_slurm(my_jobs_argv())
-    if result.returncode != 0:
-        raise SlurmError(f"squeue failed: {result.stderr.strip()}")
-    jobs = parse_jobs(result.stdout)
+    jobs = await my_jobs()
     orphans = orphan_jobs(jobs, records)
     await asyncio.gather(*(_cancel_orphan(job, store, logger) for job in orphans))
     queued = {job.name for job in jobs}
@@ -401,6 +402,50 @@ async def sweep_orphans(store: StateStore, logger: logging.Logger = log) -> list
         if name not in queued and not record.owner.is_alive():
             _forget(store, name)
     return [job.name for job in orphans]
+
+
+async def my_jobs() -> list[QueuedJob]:
+    """This user's jobs in the queue (anyone's names)."""
+    result = await run_slurm(my_jobs_argv())
+    if result.returncode != 0:
+        raise SlurmError(f"squeue failed: {result.stderr.strip()}")
+    return parse_jobs(result.stdout)
+
+
+async def job_rows(store: StateStore) -> list[dict]:
+    """Our SLURM kernels' jobs for ``instances list``: each state file with its job as squeue
+    sees it (state, node, time left), and ours in the queue without a state file."""
+    records = read_records(store)
+    queued = {job.name: job for job in await my_jobs() if job.name.startswith(JOB_PREFIX)}
+    rows = []
+    for name in sorted({*records, *queued}):
+        record, job = records.get(name), queued.get(name)
+        end = parse_slurm_time(job.end) if job else None
+        rows.append(
+            {
+                "name": name,
+                "job_id": job.job_id if job else (record.slurm_job if record else ""),
+                "state": job.state if job else "gone",
+                "node": job.node if job else "",
+                "time_left": max(0.0, end - time.time()) if end else None,
+                "owner_pid": record.owner.pid if record else None,
+                "owner_host": record.owner.host if record else "",
+                "owner_alive": record.owner.is_alive() if record else False,
+                "kernels": record.kernels if record else [],
+            }
+        )
+    return rows
+
+
+async def stop_by_name(store: StateStore, name: str) -> None:
+    """Cancel one of our kernels' jobs by its name (``instances stop``); refuse other names."""
+    record = store.read(name) if name.startswith(JOB_PREFIX) else None
+    job = next((j for j in await my_jobs() if j.name == name), None) if name.startswith(JOB_PREFIX) else None
+    if record is None and job is None:
+        raise SlurmError(f"{name} is not a jupyter-condatainer SLURM job of this user")
+    if job is not None:
+        await stop_job(job.job_id, graceful=job.state == "RUNNING")
+    _forget(store, name)
 
 
 async def _cancel_orphan(job: QueuedJob, store: StateStore, logger: logging.Logger) -> None:
@@ -476,6 +521,8 @@ class SlurmAllocation:
         self.job_id = ""
         self.node = ""  # SLURM's node name (for srun --nodelist)
         self.proxy = ""  # host:port of CondaTainer's proxy as seen from the node
+        self.node_host = ""  # the node's hostname, and its first address, as the node reports them
+        self.node_ip = ""
         self.python: PythonInfo | None = None
 
     @property
@@ -534,6 +581,7 @@ class SlurmAllocation:
                 )
             if job.state == "RUNNING" and status.get("state") == "ready":
                 self.node, self.proxy = job.node, status.get("proxy", "")
+                self.node_host, self.node_ip = status.get("host", ""), status.get("addr", "")
                 return job
             if job.state == "PENDING":
                 if job.reason in HOPELESS_REASONS:
@@ -562,11 +610,15 @@ class SlurmAllocation:
             return "(no job output)"
 
     async def node_address(self) -> str:
-        """The node's ``NodeAddr``, resolved to an IP address on this host."""
+        """Where this host reaches the node: SLURM's ``NodeAddr`` (the node name unless the site
+        set one), resolved here, on the login node. A name that resolves to a loopback address
+        here (``/etc/hosts`` on some images maps every hostname to 127.0.1.1) while the node is
+        another host would be unreachable: then the node's own first address (``hostname -I``
+        in the job) is used."""
         result = await run_slurm(node_address_argv(self.node))
         address = result.stdout.strip().splitlines()[0] if result.stdout.strip() else self.node
         infos = await asyncio.to_thread(socket.getaddrinfo, address, None, socket.AF_INET, socket.SOCK_STREAM)
-        return infos[0][4][0]
+        return choose_node_address(infos[0][4][0], self.node_host, self.node_ip, socket.gethostname())
 
     async def state(self) -> JobState | None:
         """The job as squeue sees it now (ended jobs for a while too); None once it is gone."""
@@ -614,6 +666,15 @@ class SlurmAllocation:
         finally:
             self.instance.locks.release()
             _forget(self.store, self.name)
+
+
+def choose_node_address(resolved: str, node_host: str, node_ip: str, this_host: str) -> str:
+    """The address to reach a kernel's node at: ``resolved`` (its NodeAddr as this host resolves
+    it), unless that is a loopback address of *this* host while the node is another one; then
+    the node's own address, if it reported one."""
+    if ipaddress.ip_address(resolved).is_loopback and node_host and node_host != this_host and node_ip:
+        return node_ip
+    return resolved
 
 
 def queued_message(job_id: str, job: JobState) -> str:

@@ -30,6 +30,8 @@ from kernel_provider.kernel import notices
 from kernel_provider.kernel.slurm import ACTIVE_STATES, JobState, SlurmAllocation
 
 TIME_LIMIT_STATES = frozenset({"TIMEOUT", "DEADLINE"})
+TIME_LIMIT_REASONS = frozenset({"TimeLimit", "DeadLine"})  # a COMPLETING job's reason says why it ends
+OTHER_ENDS = frozenset({"CANCELLED", "COMPLETED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"})
 END_SLACK = 60.0  # SLURM enforces limits on its own clock and about every 30 s: a job gone this soon after its end time reached it
 
 
@@ -45,10 +47,13 @@ def next_wakeup(time_left: float, thresholds: Sequence[float], announced: Sequen
 
 
 def ended_by_time_limit(state: JobState | None, end_time: float | None, now: float | None = None) -> bool:
-    """Did the job end by its time limit? SLURM says TIMEOUT while it remembers the job
+    """Did the job end by its time limit (``end_time``, as last seen while it ran)? SLURM says
+    TIMEOUT (or, while the job completes, reason TimeLimit) while it remembers the job
     (``MinJobAge``); after that, a job gone at (or just before) its end time did."""
-    if state is not None:
-        return state.state in TIME_LIMIT_STATES
+    if state is not None and (state.state in TIME_LIMIT_STATES or state.reason in TIME_LIMIT_REASONS):
+        return True
+    if state is not None and state.state in OTHER_ENDS:
+        return False
     now = time.time() if now is None else now
     return end_time is not None and now >= end_time - END_SLACK
 
