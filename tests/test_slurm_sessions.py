@@ -210,7 +210,9 @@ def test_time_limit_queue_and_culling_of_slurm_kernels(user_layout, slurm_cluste
             "a queued event with SLURM's reason",
         )[0]
         assert queued["expected_start"] > time.time() + 3000
-        assert queued["message"].startswith(f"queued as job {queued['job_id']} on partition debug (BeginTime), expected")
+        assert queued["message"].startswith(
+            f"queued as job {queued['job_id']} on partition debug (BeginTime), expected"
+        )
         assert queued["job_id"] in slurm_cluster.job_ids()
         server.request("DELETE", f"/api/kernels/{queued['kernel_id']}")
         assert queued["job_id"] not in slurm_cluster.job_ids(), "the shutdown cancels the waiting job"
@@ -226,7 +228,9 @@ def test_time_limit_queue_and_culling_of_slurm_kernels(user_layout, slurm_cluste
         assert culled not in {k["id"] for k in server.request("GET", "/api/kernels")}
         assert culled_job not in slurm_cluster.job_ids(), "culling cancels the job"
         told = notice(server, culled)
-        assert told["ended"] == "culled" and f"idle culling); its SLURM job {culled_job} was cancelled" in told["message"]
+        assert (
+            told["ended"] == "culled" and f"idle culling); its SLURM job {culled_job} was cancelled" in told["message"]
+        )
 
         # 4. Back to the time-limited kernel: two warnings, then its end is its time limit.
         wait_until(lambda: len(tap.of(first, notices.WARNING)) == 2, 60, "both walltime warnings")
@@ -236,7 +240,9 @@ def test_time_limit_queue_and_culling_of_slurm_kernels(user_layout, slurm_cluste
         ended = wait_until(lambda: tap.of(first, notices.TIME_LIMIT), 120, "the time-limit event")[0]
         assert ended["job_id"] == job_id and "reached its time limit" in ended["message"]
         # jupyter_server restarts the dead kernel; the restart submits a new job.
-        again = wait_until(lambda: [e for e in tap.of(first, notices.RUNNING) if e["job_id"] != job_id], 60, "a new job")
+        again = wait_until(
+            lambda: [e for e in tap.of(first, notices.RUNNING) if e["job_id"] != job_id], 60, "a new job"
+        )
         assert again[0]["job_id"] in slurm_cluster.job_ids()
         # A DELETE during a restart fails in jupyter_client (its ready future is unset): wait for the kernel.
         wait_until(

@@ -77,7 +77,7 @@ def _info() -> dict:
 
 
 def _job_end(end_time: float | None) -> str:
-    """"ends 2026-12-02 18:40:00 UTC (in 59 min)": when the job's time limit ends this kernel."""
+    """ "ends 2026-12-02 18:40:00 UTC (in 59 min)": when the job's time limit ends this kernel."""
     if not end_time:
         return "no time limit"
     left = int(max(0, end_time - time.time()))

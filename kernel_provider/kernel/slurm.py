@@ -678,7 +678,7 @@ def choose_node_address(resolved: str, node_host: str, node_ip: str, this_host: 
 
 
 def queued_message(job_id: str, job: JobState) -> str:
-    """"queued as job N on partition P (reason), expected to start at HH:MM:SS"."""
+    """ "queued as job N on partition P (reason), expected to start at HH:MM:SS"."""
     why = f" ({job.reason})" if _meaningful(job.reason) else ""
     start = job.start_time
     when = f", expected to start at {time.strftime('%H:%M:%S', time.localtime(start))}" if start else ""

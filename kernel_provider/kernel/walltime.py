@@ -32,7 +32,8 @@ from kernel_provider.kernel.slurm import ACTIVE_STATES, JobState, SlurmAllocatio
 TIME_LIMIT_STATES = frozenset({"TIMEOUT", "DEADLINE"})
 TIME_LIMIT_REASONS = frozenset({"TimeLimit", "DeadLine"})  # a COMPLETING job's reason says why it ends
 OTHER_ENDS = frozenset({"CANCELLED", "COMPLETED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"})
-END_SLACK = 60.0  # SLURM enforces limits on its own clock and about every 30 s: a job gone this soon after its end time reached it
+# SLURM enforces limits on its own clock and about every 30 s: a job gone this close to its end time reached it.
+END_SLACK = 60.0
 
 
 def crossed(time_left: float, thresholds: Sequence[float], announced: Sequence[float]) -> list[float]:

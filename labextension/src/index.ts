@@ -13,6 +13,7 @@ import type { TranslationBundle } from '@jupyterlab/translation';
 import { CondaTainerClient } from './client';
 import { condatainerIcon } from './icon';
 import { LifecycleClient } from './lifecycle';
+import { noticesPlugin } from './noticesplugin';
 // The panel is added to the shell at activation, so its model and widget
 // load with the plugin.
 // eslint-disable-next-line jupyter/prefer-lazy-imports
@@ -211,4 +212,4 @@ function readSettings(
   };
 }
 
-export default plugin;
+export default [plugin, noticesPlugin];
