@@ -244,12 +244,7 @@ def test_time_limit_queue_and_culling_of_slurm_kernels(user_layout, slurm_cluste
             lambda: [e for e in tap.of(first, notices.RUNNING) if e["job_id"] != job_id], 60, "a new job"
         )
         assert again[0]["job_id"] in slurm_cluster.job_ids()
-        # A DELETE during a restart fails in jupyter_client (its ready future is unset): wait for the kernel.
-        wait_until(
-            lambda: server.request("GET", f"/api/kernels/{first}")["execution_state"] in ("idle", "busy"),
-            60,
-            "the restarted kernel",
-        )
+        # The restart may still be under way (its job runs, its kernel not yet): the shutdown waits for it.
         server.request("DELETE", f"/api/kernels/{first}")
         assert slurm_cluster.job_ids() == set()
         log = "".join(p.read_text() for p in user_layout.glob("server-*.log"))

@@ -47,8 +47,10 @@ from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.host.state import Owner, process_start_time
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
+from kernel_provider.kernel import persistence
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan, StackRequest
 
@@ -201,7 +203,9 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             )
             self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
             self.process = await self._spawn(argv)
-            return await self._connection_info_once_started()
+            info = await self._connection_info_once_started()
+            await self._save_record()
+            return info
 
     def _apply_cull_timeout(self) -> None:
         """jupyter_server's culler reads a kernel's own timeout from its kernelspec's metadata
@@ -295,6 +299,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self._env_file.unlink(missing_ok=True)
             self._env_file = None
         if not restart:
+            await asyncio.to_thread(persistence.remove, self.manager.config, self.kernel_id)
             await self._release()
 
     @abstractmethod
@@ -316,3 +321,33 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         persisted kernel: restores the base classes' record and the kernel's :class:`Placement`."""
         await super().load_provisioner_info(provisioner_info)
         self.placement = Placement(**provisioner_info["placement"])
+
+    async def _save_record(self) -> None:
+        """Write what a next server needs to adopt this kernel (:mod:`kernel_provider.kernel.persistence`)."""
+        pid = self.process.pid
+        record = persistence.KernelRecord(
+            kernel_id=self.kernel_id,
+            kernel_name=getattr(self.parent, "kernel_name", "") or "",
+            cwd=self.cwd or os.getcwd(),
+            owner=Owner.current(),
+            pid=pid,
+            pid_start=process_start_time(pid) or 0,
+            provisioner_info=await self.get_provisioner_info(),
+        )
+        await asyncio.to_thread(persistence.save, self.manager.config, record)
+
+    async def adopt(self, record: persistence.KernelRecord) -> bool:
+        """Take over a kernel a server that is gone started (``persist_kernels``): its process,
+        its instance (or job), its record, now signed by this server. False, and nothing taken,
+        when its process or its instance (job) has ended: such a kernel is cleaned, never adopted."""
+        await self.load_provisioner_info(record.provisioner_info)
+        self.cwd = record.cwd
+        if not record.process_alive() or not await self._resume():
+            return False
+        self.process = persistence.AdoptedProcess(record)
+        await self._save_record()
+        return True
+
+    @abstractmethod
+    async def _resume(self) -> bool:
+        """Take over the running instance (job) of :attr:`placement`; False when it is gone."""

@@ -597,6 +597,27 @@ class SlurmAllocation:
                 raise SlurmError(f"job {self.job_id} did not start within {timeout:g} s ({waited}); it was cancelled")
             await asyncio.sleep(POLL_INTERVAL)
 
+    @classmethod
+    async def resume(
+        cls, record: InstanceRecord, plan: ContainerPlan, kernel_id: str, store: StateStore, apptainer: str, logger
+    ) -> tuple[SlurmAllocation, JobState] | None:
+        """The running job of a server that is gone, taken over for its kernel (``persist_kernels``):
+        node and proxy from its status file, the state file signed by this server. None when the
+        job no longer runs."""
+        allocation = cls(
+            Instance.prepare(record.name, plan, shared=False, kernels=[kernel_id]), store, apptainer, logger
+        )
+        allocation.job_id = record.slurm_job
+        state = await allocation.state() if record.slurm_job else None
+        status = allocation._read_status()
+        if state is None or state.state != "RUNNING" or status.get("state") != "ready":
+            allocation.instance.locks.release()
+            return None
+        allocation.node, allocation.proxy = state.node, status.get("proxy", "")
+        allocation.node_host, allocation.node_ip = status.get("host", ""), status.get("addr", "")
+        allocation.save()
+        return allocation, state
+
     def _read_status(self) -> dict[str, str]:
         try:
             return parse_status(self._path(".status").read_text())

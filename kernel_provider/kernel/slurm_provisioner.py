@@ -193,6 +193,25 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         )
         self._watch.start(state)
 
+    async def _resume(self) -> bool:
+        """An adopted kernel's job: still running, so this server takes it (and its countdown) over."""
+        manager = self.manager
+        store = state_store(manager.config)
+        record = store.read(self.placement.instance)
+        if record is None:
+            return False
+        plan = await asyncio.to_thread(self._plan, self.cwd or os.getcwd())
+        resumed = await SlurmAllocation.resume(record, plan, self.kernel_id, store, manager.apptainer, self.log)
+        if resumed is None:
+            return False
+        self.allocation, state = resumed
+        self._connection_file = Path(self.parent.connection_file)
+        self._watch = WalltimeWatch(
+            self.kernel_id, self.allocation, self.slurm_walltime_warnings, self.slurm_walltime_poll, self.log
+        )
+        self._watch.start(state)
+        return True
+
     def _queued(self, job: JobState) -> None:
         """The job waits: tell the notebook why and when SLURM expects it to start."""
         notices.board.update(

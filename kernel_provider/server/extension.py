@@ -21,11 +21,12 @@ from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
-from kernel_provider.kernel import notices, slurm, slurm_provisioner
+from kernel_provider.kernel import notices, persistence, slurm, slurm_provisioner
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
 from kernel_provider.server.handlers import ROUTES
 from kernel_provider.server.kernel_handlers import KERNEL_ROUTES
+from kernel_provider.server.kernelmanager import CondaTainerKernelManager
 
 JOB_EVENT = "https://events.jupyter.org/jupyter_condatainer/job/v1"
 JOB_SCHEMA = Path(__file__).parent / "events" / "job.yaml"
@@ -74,6 +75,19 @@ class CondaTainerExtension(ExtensionApp):
         if self.sync_kernelspecs:
             result = KernelspecStore().sync(scan(config.image_dirs, config.distro))
             self.log.info("CondaTainer kernelspecs: %d written, %d removed", len(result.written), len(result.removed))
+        self._adoption = self._adopt_before_serving()
+
+    def _adopt_before_serving(self) -> asyncio.Future:
+        """Adopt the kernels of a server that is gone before the first request: a notebook that
+        reconnects at once must find its kernel, or the session store drops its session. The
+        server listens as soon as its loop runs, so this runs the loop until the adoption is
+        done, unless the loop already runs (a test harness): then it is a task."""
+        loop = self.serverapp.io_loop.asyncio_loop
+        if loop.is_running():
+            return loop.create_task(self._adopt_kernels())
+        future = loop.create_future()
+        future.set_result(loop.run_until_complete(self._adopt_kernels()))
+        return future
 
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
@@ -86,6 +100,7 @@ class CondaTainerExtension(ExtensionApp):
         self.serverapp.event_logger.emit(schema_id=KERNEL_EVENT, data={"event": event, **notice.to_json()})
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        await self._adoption  # before the sweeps: they must find adopted kernels owned
         if not self.sweep_orphans:
             return
         operations: EnvOperations = self.settings["condatainer_operations"]
@@ -103,6 +118,18 @@ class CondaTainerExtension(ExtensionApp):
             return
         if swept:
             self.log.info("CondaTainer: stopped %d orphaned instance(s): %s", len(swept), ", ".join(swept))
+
+    async def _adopt_kernels(self) -> None:
+        """Before the sweeps: adopt the kernels a server that is gone left (``persist_kernels``),
+        so the sweeps find them owned; otherwise forget their records."""
+        manager = self.serverapp.kernel_manager
+        if isinstance(manager, CondaTainerKernelManager):
+            adopted = await manager.adopt_kernels()
+            if adopted:
+                self.log.info("CondaTainer: adopted %d kernel(s): %s", len(adopted), ", ".join(adopted))
+            return
+        for record in await asyncio.to_thread(persistence.orphans, self.condatainer):
+            await asyncio.to_thread(persistence.remove, self.condatainer, record.kernel_id)
 
     async def _sweep_slurm_jobs(self) -> None:
         """Cancel the SLURM kernel jobs of a crashed server (ours by name and state file only)."""

@@ -2,15 +2,23 @@
 
 ``c.ServerApp.kernel_manager_class = "kernel_provider.server.kernelmanager.CondaTainerKernelManager"``
 (our ``jupyter_server_config.d`` file sets it). It is jupyter_server's
-``AsyncMappingKernelManager`` plus two things jupyter_server gives no hook for:
+``AsyncMappingKernelManager`` plus what jupyter_server gives no hook for:
 
 - **A shutdown while a SLURM job waits in the queue** cancels the start, and with it the
   job, at once: jupyter_client would otherwise wait for the start to finish (up to the
-  launch timeout) before it shuts the kernel down.
+  launch timeout) before it shuts the kernel down. A shutdown during a restart (a SLURM
+  kernel's takes seconds when its job ended) waits for the restart: jupyter_client fails
+  on it otherwise ("Exception is not set"), and the server then hangs as it stops.
 - **Culling that tells.** A kernel the idle culler shut down gets a ``culled`` notice
   (:mod:`kernel_provider.kernel.notices`: REST API and event bus), so the notebook can
   say why its kernel is gone when its user comes back. The shutdown itself is the
   ordinary one: a SLURM kernel's job is cancelled with it.
+
+- **Kernels that survive their server** (``persist_kernels``, opt-in): at start the server
+  adopts the CondaTainer kernels of a server of this user that is gone, under the same
+  kernel ids (:mod:`kernel_provider.kernel.persistence`), so an open notebook reconnects to
+  its kernel with its variables. With ``c.SessionManager.database_filepath`` on disk the
+  notebooks' sessions survive too. On a clean stop the server leaves them running as well.
 
 Without this class everything else works; a culled kernel is then only logged.
 """
@@ -18,16 +26,33 @@ Without this class everything else works; a culled kernel is then only logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
+from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from traitlets import Bool
 
-from kernel_provider.kernel import notices
+from kernel_provider.host.config import CondaTainerConfig
+from kernel_provider.kernel import notices, persistence
+from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase
 from kernel_provider.kernel.slurm_provisioner import cancel_start
 
 
 class CondaTainerKernelManager(AsyncMappingKernelManager):
-    """``AsyncMappingKernelManager`` that cancels queued SLURM starts at a shutdown and records culls."""
+    """``AsyncMappingKernelManager`` that cancels queued SLURM starts at a shutdown, records culls,
+    and with ``persist_kernels`` keeps CondaTainer kernels across server restarts."""
+
+    persist_kernels = Bool(
+        False,
+        config=True,
+        help="""Keep CondaTainer kernels (local instances and SLURM jobs) running when the server
+        stops or is killed, and adopt them under the same kernel ids at the next start of a server
+        of this user; set c.SessionManager.database_filepath to a file so the notebooks' sessions
+        are kept too. A kernel whose process died meanwhile is cleaned up, never adopted. Off: the
+        server shuts its kernels down, and the next start sweeps what a killed server left.""",
+    )
 
     async def _async_shutdown_kernel(self, kernel_id, now=False, restart=False):
         """A kernel whose job waits in the queue: cancel the start (the job goes at once) and let
@@ -39,9 +64,25 @@ class CondaTainerKernelManager(AsyncMappingKernelManager):
                 if starting is not None:
                     await asyncio.shield(starting)
                 return
+        kernel = self._kernels.get(kernel_id)
+        if not restart and kernel is not None and not kernel.ready.done():
+            ready = kernel.ready if isinstance(kernel.ready, asyncio.Future) else asyncio.wrap_future(kernel.ready)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ready)
         await super()._async_shutdown_kernel(kernel_id, now=now, restart=restart)
 
     shutdown_kernel = _async_shutdown_kernel
+
+    async def _async_restart_kernel(self, kernel_id, now=False):
+        """jupyter_server's restart, with the reason of a failure in the log (its REST API says
+        only "Exception restarting kernel")."""
+        try:
+            return await super()._async_restart_kernel(kernel_id, now=now)
+        except Exception:
+            self.log.exception("Kernel %s: the restart failed", kernel_id)
+            raise
+
+    restart_kernel = _async_restart_kernel
 
     async def cull_kernel_if_idle(self, kernel_id):
         """jupyter_server's culling; a kernel it shut down for idleness gets a ``culled`` notice."""
@@ -60,3 +101,78 @@ class CondaTainerKernelManager(AsyncMappingKernelManager):
         )
         self.log.info("CondaTainer kernel %s: %s", kernel_id, message)
         notices.board.update(kernel_id, notices.CULLED, job_id=job, ended=notices.CULLED, message=message)
+
+    # --- persist_kernels ------------------------------------------------------------------------
+
+    async def adopt_kernels(self) -> list[str]:
+        """At server start: adopt the kernels of servers that are gone (``persist_kernels``), or
+        forget their records (the orphan sweep then stops their instances and jobs)."""
+        config = CondaTainerConfig(parent=self.parent)
+        adopted = []
+        for record in await asyncio.to_thread(persistence.orphans, config):
+            kept = False
+            if self.persist_kernels and record.kernel_id not in self:
+                try:
+                    kept = await self._adopt(record)
+                except Exception:  # noqa: BLE001 - one kernel that cannot be adopted must not stop the server
+                    self.log.exception("CondaTainer kernel %s could not be adopted", record.kernel_id)
+            if kept:
+                adopted.append(record.kernel_id)
+                self.log.info("CondaTainer kernel %s (%s): adopted", record.kernel_id, record.kernel_name)
+            else:
+                await asyncio.to_thread(persistence.remove, config, record.kernel_id)
+                if self.persist_kernels:
+                    self.log.info("CondaTainer kernel %s: its process has ended; cleaned up", record.kernel_id)
+        return adopted
+
+    async def _adopt(self, record: persistence.KernelRecord) -> bool:
+        """Register a running kernel under its id, as a start would have: its KernelManager with
+        the connection file it had, its provisioner taking over process and instance (job)."""
+        kernel_id = record.kernel_id
+        km = self.kernel_manager_factory(
+            connection_file=os.path.join(self.connection_dir, f"kernel-{kernel_id}.json"),
+            parent=self,
+            log=self.log,
+            kernel_name=record.kernel_name,
+            kernel_spec_manager=self.kernel_spec_manager,
+        )
+        km.kernel_id = kernel_id
+        try:
+            await asyncio.to_thread(km.load_connection_file)
+        except (OSError, ValueError):
+            return False  # the connection file is gone: no client could reach the kernel
+        provisioner = KernelProvisionerFactory.instance(parent=self.parent).create_provisioner_instance(
+            kernel_id, km.kernel_spec, parent=km
+        )
+        if not isinstance(provisioner, CondaTainerProvisionerBase) or not await provisioner.adopt(record):
+            return False
+        km.provisioner = provisioner
+        km._launch_args = {"env": os.environ.copy(), "cwd": record.cwd}  # what a restart launches with
+        km._connect_control_socket()  # as post_start_kernel does: shutdown and restart requests go there
+        km._attempted_start = True  # as after start_kernel: the next restart or shutdown makes a new ready future
+        km.ready.set_result(None)
+        self._kernels[kernel_id] = km
+        self._kernel_connections[kernel_id] = 0
+        km.execution_state = "idle"
+        km.reason = ""
+        km.last_activity = utcnow()
+        await self._finish_kernel_start(kernel_id)
+        km.start_restarter()
+        if not self._initialized_culler:
+            self.initialize_culler()
+        return True
+
+    async def _async_shutdown_all(self, now=False):
+        """The server stops: with ``persist_kernels`` our kernels stay running for the next server
+        (only this server lets go of them); other kernels shut down as usual."""
+        if self.persist_kernels:
+            for kernel_id in list(self._kernels):
+                km = self._kernels[kernel_id]
+                if isinstance(getattr(km, "provisioner", None), CondaTainerProvisionerBase):
+                    km.stop_restarter()
+                    self.stop_watching_activity(kernel_id)
+                    self._kernels.pop(kernel_id)
+                    self.log.info("CondaTainer kernel %s: left running for the next server", kernel_id)
+        await super()._async_shutdown_all(now=now)
+
+    shutdown_all = _async_shutdown_all
