@@ -182,6 +182,8 @@ def test_time_limit_queue_and_culling_of_slurm_kernels(user_layout, slurm_cluste
         job_id = running["job_id"]
         assert running["state"] == "RUNNING" and running["node"] == "localhost"
         assert 0 < running["time_left"] <= 60
+        model = server.request("GET", f"/api/kernels/{first}")["condatainer"]
+        assert model["job_id"] == job_id and 0 < model["time_left"] <= 60, "the time left in the kernel model too"
         client = connect(user_layout, first)
         info = run_cell(client, "%condatainer info")
         client.stop_channels()

@@ -9,6 +9,8 @@
   launch timeout) before it shuts the kernel down. A shutdown during a restart (a SLURM
   kernel's takes seconds when its job ended) waits for the restart: jupyter_client fails
   on it otherwise ("Exception is not set"), and the server then hangs as it stops.
+- **The kernel model says more**: ``GET /api/kernels/ID`` carries the kernel's notice
+  (a SLURM kernel's job, node, end time, time left) under ``condatainer``.
 - **Culling that tells.** A kernel the idle culler shut down gets a ``culled`` notice
   (:mod:`kernel_provider.kernel.notices`: REST API and event bus), so the notebook can
   say why its kernel is gone when its user comes back. The shutdown itself is the
@@ -72,6 +74,15 @@ class CondaTainerKernelManager(AsyncMappingKernelManager):
         await super()._async_shutdown_kernel(kernel_id, now=now, restart=restart)
 
     shutdown_kernel = _async_shutdown_kernel
+
+    def kernel_model(self, kernel_id):
+        """jupyter_server's kernel model (``GET /api/kernels/ID``), with the kernel's notice under
+        ``condatainer`` when it has one: a SLURM kernel's job, node, end time and time left."""
+        model = super().kernel_model(kernel_id)
+        notice = notices.board.get(kernel_id)
+        if notice is not None:
+            model["condatainer"] = notice.to_json()
+        return model
 
     async def _async_restart_kernel(self, kernel_id, now=False):
         """jupyter_server's restart, with the reason of a failure in the log (its REST API says
