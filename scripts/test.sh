@@ -82,7 +82,8 @@ done
 if (( ! has_paths )); then
     read -r -a default_tests <<<"${JCT_USER_TESTS:-tests/test_model.py tests/test_instance.py \
         tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
-        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py}"
+        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py \
+        tests/test_persist_kernels.py::test_a_local_kernel_survives_a_sigkilled_server}"
     user_args+=("${default_tests[@]}")
 fi
 user_status=0
