@@ -23,6 +23,39 @@ export interface IKernelEvent {
   time_left?: number | null;
 }
 
+/** A kernel's notice as `GET /condatainer/api/kernels` lists it. */
+export interface IKernelNotice {
+  kernel_id: string;
+  job_id: string;
+  ended: string;
+  message: string;
+  updated: number;
+}
+
+/**
+ * The ends (culled, time limit) that happened while no JupyterLab listened,
+ * as events to show, leaving out those already seen (`seen` holds
+ * {@link seenKey}s). This is how a user who comes back is told why a kernel is gone.
+ */
+export function missedEnds(
+  notices: IKernelNotice[],
+  seen: ReadonlySet<string>
+): IKernelEvent[] {
+  return notices
+    .filter(n => n.ended && !seen.has(seenKey(n.kernel_id, n.updated)))
+    .map(n => ({
+      kernel_id: n.kernel_id,
+      event: n.ended,
+      message: n.message,
+      job_id: n.job_id
+    }));
+}
+
+/** What identifies one shown end: the kernel and when its notice changed. */
+export function seenKey(kernelId: string, updated: number): string {
+  return `${kernelId}@${updated}`;
+}
+
 /** How an event is shown: the notification's type, and whether a countdown follows it. */
 export interface INoticeView {
   type: 'info' | 'warning' | 'error';

@@ -7,17 +7,26 @@ import { KernelAPI } from '@jupyterlab/services';
 import type { Event } from '@jupyterlab/services';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
-import { countdownMessage, kernelEvent, noticeView } from './kernelnotices';
-import type { IKernelEvent } from './kernelnotices';
+import {
+  countdownMessage,
+  kernelEvent,
+  missedEnds,
+  noticeView,
+  seenKey
+} from './kernelnotices';
+import type { IKernelEvent, IKernelNotice } from './kernelnotices';
+import { requestAPI } from './request';
 import { TRANSLATION_DOMAIN } from './tokens';
 
 const COUNTDOWN_MS = 1000;
+const SEEN_KEY = 'jupyter-condatainer:seen-kernel-ends';
 
 /**
  * Notifications for what the server tells about kernels: a SLURM job queued
  * (with a button that cancels the start and the job), its time limit nearing
  * (a notification that counts down to the end), its end by the time limit, a
- * kernel culled for idleness.
+ * kernel culled for idleness. Ends that happened while no JupyterLab was open
+ * are shown once when it opens.
  */
 export const noticesPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-condatainer:kernel-notices',
@@ -85,11 +94,39 @@ export const noticesPlugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    // Ends already shown, across reloads: a user is told once.
+    const seen = new Set<string>(
+      JSON.parse(window.localStorage.getItem(SEEN_KEY) ?? '[]') as string[]
+    );
+    const remember = (event: IKernelEvent & { updated?: number }) => {
+      if (event.updated !== undefined) {
+        seen.add(seenKey(event.kernel_id, event.updated));
+        window.localStorage.setItem(SEEN_KEY, JSON.stringify([...seen]));
+      }
+    };
+    void requestAPI<{ kernels: IKernelNotice[] }>(
+      'kernels',
+      serviceManager.serverSettings
+    )
+      .then(answer => {
+        for (const notice of answer.kernels) {
+          const [missed] = missedEnds([notice], seen);
+          if (missed) {
+            show(missed);
+            remember({ ...missed, updated: notice.updated });
+          }
+        }
+      })
+      .catch(() => undefined); // a server without the extension: nothing to tell
+
     serviceManager.events.stream.connect(
       (_: Event.IManager, emission: Event.Emission) => {
         const event = kernelEvent(emission);
         if (event) {
           show(event);
+          if (noticeView(event)?.type === 'error') {
+            remember(event as IKernelEvent & { updated?: number });
+          }
         }
       }
     );

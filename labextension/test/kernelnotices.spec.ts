@@ -3,7 +3,9 @@ import {
   countdownMessage,
   formatLeft,
   kernelEvent,
-  noticeView
+  missedEnds,
+  noticeView,
+  seenKey
 } from '../src/kernelnotices';
 
 describe('kernel notices', () => {
@@ -53,5 +55,20 @@ describe('kernel notices', () => {
     ).toMatchObject({ type: 'warning', countdown: true });
     expect(noticeView({ ...base, event: 'time-limit' })?.type).toBe('error');
     expect(noticeView({ ...base, event: 'culled' })?.type).toBe('error');
+  });
+
+  it('tells a returning user about the ends it missed, once', () => {
+    const culled = {
+      kernel_id: 'k1',
+      job_id: '7',
+      ended: 'culled',
+      message: 'idle culling',
+      updated: 100
+    };
+    const running = { ...culled, kernel_id: 'k2', ended: '', updated: 5 };
+    expect(missedEnds([culled, running], new Set())).toEqual([
+      { kernel_id: 'k1', event: 'culled', message: 'idle culling', job_id: '7' }
+    ]);
+    expect(missedEnds([culled], new Set([seenKey('k1', 100)]))).toEqual([]);
   });
 });
