@@ -73,6 +73,13 @@ def test_node_address_when_login_and_compute_nodes_differ():
     assert choose("127.0.1.1", "cn1", "", "login1") == "127.0.1.1", "nothing better reported"
 
 
+def test_instances_stop_refuses_names_that_are_not_our_jobs(tmp_path):
+    from kernel_provider.host.state import StateStore
+
+    with pytest.raises(slurm.SlurmError, match="jct-3f2a-x is not a jupyter-condatainer SLURM job of this user"):
+        asyncio.run(slurm.stop_by_name(StateStore(tmp_path), "jct-3f2a-x"))
+
+
 def test_notices_keep_how_a_kernel_ended_for_the_returning_notebook():
     board, heard = notices.NoticeBoard(), []
     board.listeners.append(lambda event, notice: heard.append((event, notice.kernel_id)))
