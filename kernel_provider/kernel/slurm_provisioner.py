@@ -191,7 +191,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         self._watch = WalltimeWatch(
             self.kernel_id, self.allocation, self.slurm_walltime_warnings, self.slurm_walltime_poll, self.log
         )
-        self._watch.start(state)
+        await self._watch.start(state)
 
     async def _resume(self) -> bool:
         """An adopted kernel's job: still running, so this server takes it (and its countdown) over."""
@@ -209,7 +209,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         self._watch = WalltimeWatch(
             self.kernel_id, self.allocation, self.slurm_walltime_warnings, self.slurm_walltime_poll, self.log
         )
-        self._watch.start(state)
+        await self._watch.start(state)
         return True
 
     def _queued(self, job: JobState) -> None:

@@ -118,11 +118,19 @@ class WalltimeWatch:
         self.poll = poll
         self.log = logger
         self._task: asyncio.Task | None = None
+        self._info_end: float | None = None  # the end time the info file has
 
-    def start(self, state: JobState) -> None:
-        """Record the running job (node, end time) and start watching it."""
+    async def start(self, state: JobState) -> None:
+        """Record the running job (node, end time; also in the info file, before the kernel's
+        first cell can ask) and start watching it."""
         self._record(state, event=notices.RUNNING)
+        await self._write_info(state.end_time)
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _write_info(self, end_time: float | None) -> None:
+        # The runtime directory may be on a network filesystem: off the event loop.
+        await asyncio.to_thread(write_job_info, self.allocation, end_time)
+        self._info_end = end_time
 
     async def stop(self) -> None:
         """Stop watching (the kernel is shut down, or its job is released)."""
@@ -135,7 +143,6 @@ class WalltimeWatch:
     def _record(self, state: JobState, event: str = "") -> notices.KernelNotice:
         allocation = self.allocation
         previous = notices.board.get(self.kernel_id)
-        changed = previous is None or previous.end_time != state.end_time or previous.job_id != allocation.job_id
         left = state.end_time - time.time() if state.end_time else None
         message = (
             f"SLURM job {allocation.job_id} runs on {allocation.node}"
@@ -143,7 +150,7 @@ class WalltimeWatch:
             if event
             else (previous.message if previous else "")
         )
-        notice = notices.board.update(
+        return notices.board.update(
             self.kernel_id,
             event,
             job_id=allocation.job_id,
@@ -156,9 +163,6 @@ class WalltimeWatch:
             message=message,
             **({"warnings": []} if event else {}),
         )
-        if changed:
-            write_job_info(allocation, state.end_time)
-        return notice
 
     async def _run(self) -> None:
         allocation = self.allocation
@@ -173,6 +177,8 @@ class WalltimeWatch:
                 report_end(self.kernel_id, allocation.job_id, state, self.log)
                 return
             notice = self._record(state)
+            if state.end_time != self._info_end:  # an administrator changed the limit
+                await self._write_info(state.end_time)
             left = notice.time_left()
             if left is None:
                 await asyncio.sleep(self.poll)
