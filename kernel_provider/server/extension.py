@@ -78,16 +78,29 @@ class CondaTainerExtension(ExtensionApp):
         self._adoption = self._adopt_before_serving()
 
     def _adopt_before_serving(self) -> asyncio.Future:
-        """Adopt the kernels of a server that is gone before the first request: a notebook that
-        reconnects at once must find its kernel, or the session store drops its session. The
-        server listens as soon as its loop runs, so this runs the loop until the adoption is
-        done, unless the loop already runs (a test harness): then it is a task."""
+        """Before the first request: adopt the kernels a server that is gone left
+        (``persist_kernels``), or forget their records (the sweeps then clean up after them).
+
+        A notebook that reconnects at once must find its kernel, or the session store drops
+        its session. The server listens as soon as its loop runs, so an adoption runs the loop
+        until it is done (a task when the loop already runs, as in a test harness). Without
+        records to adopt, the loop is not touched: start-up goes on as jupyter_server's.
+        """
         loop = self.serverapp.io_loop.asyncio_loop
+        done = loop.create_future()
+        done.set_result(None)
+        orphans = persistence.orphans(self.condatainer)  # a few small files, while nothing is served yet
+        manager = self.serverapp.kernel_manager
+        if not orphans:
+            return done
+        if not isinstance(manager, CondaTainerKernelManager) or not manager.persist_kernels:
+            for record in orphans:
+                persistence.remove(self.condatainer, record.kernel_id)
+            return done
         if loop.is_running():
-            return loop.create_task(self._adopt_kernels())
-        future = loop.create_future()
-        future.set_result(loop.run_until_complete(self._adopt_kernels()))
-        return future
+            return loop.create_task(self._adopt_kernels(manager))
+        loop.run_until_complete(self._adopt_kernels(manager))
+        return done
 
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
@@ -119,17 +132,10 @@ class CondaTainerExtension(ExtensionApp):
         if swept:
             self.log.info("CondaTainer: stopped %d orphaned instance(s): %s", len(swept), ", ".join(swept))
 
-    async def _adopt_kernels(self) -> None:
-        """Before the sweeps: adopt the kernels a server that is gone left (``persist_kernels``),
-        so the sweeps find them owned; otherwise forget their records."""
-        manager = self.serverapp.kernel_manager
-        if isinstance(manager, CondaTainerKernelManager):
-            adopted = await manager.adopt_kernels()
-            if adopted:
-                self.log.info("CondaTainer: adopted %d kernel(s): %s", len(adopted), ", ".join(adopted))
-            return
-        for record in await asyncio.to_thread(persistence.orphans, self.condatainer):
-            await asyncio.to_thread(persistence.remove, self.condatainer, record.kernel_id)
+    async def _adopt_kernels(self, manager: CondaTainerKernelManager) -> None:
+        adopted = await manager.adopt_kernels()
+        if adopted:
+            self.log.info("CondaTainer: adopted %d kernel(s): %s", len(adopted), ", ".join(adopted))
 
     async def _sweep_slurm_jobs(self) -> None:
         """Cancel the SLURM kernel jobs of a crashed server (ours by name and state file only)."""

@@ -116,13 +116,13 @@ class CondaTainerKernelManager(AsyncMappingKernelManager):
     # --- persist_kernels ------------------------------------------------------------------------
 
     async def adopt_kernels(self) -> list[str]:
-        """At server start: adopt the kernels of servers that are gone (``persist_kernels``), or
-        forget their records (the orphan sweep then stops their instances and jobs)."""
+        """At server start (``persist_kernels``): adopt the kernels of servers that are gone; forget
+        those whose process has ended (the orphan sweep then stops their instances and jobs)."""
         config = CondaTainerConfig(parent=self.parent)
         adopted = []
         for record in await asyncio.to_thread(persistence.orphans, config):
             kept = False
-            if self.persist_kernels and record.kernel_id not in self:
+            if record.kernel_id not in self:
                 try:
                     kept = await self._adopt(record)
                 except Exception:  # noqa: BLE001 - one kernel that cannot be adopted must not stop the server
@@ -132,8 +132,7 @@ class CondaTainerKernelManager(AsyncMappingKernelManager):
                 self.log.info("CondaTainer kernel %s (%s): adopted", record.kernel_id, record.kernel_name)
             else:
                 await asyncio.to_thread(persistence.remove, config, record.kernel_id)
-                if self.persist_kernels:
-                    self.log.info("CondaTainer kernel %s: its process has ended; cleaned up", record.kernel_id)
+                self.log.info("CondaTainer kernel %s: its process has ended; cleaned up", record.kernel_id)
         return adopted
 
     async def _adopt(self, record: persistence.KernelRecord) -> bool:
