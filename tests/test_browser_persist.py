@@ -37,6 +37,21 @@ def delete(lab, path: str) -> None:  # noqa: F811 - lab is the fixture's value h
     urllib.request.urlopen(request, timeout=60).close()
 
 
+def click_past_dialogs(page, target, attempts: int = 6) -> None:
+    """Click ``target``, first dismissing the dialogs JupyterLab opens over it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    for _ in range(attempts):
+        for dialog in page.locator(".jp-Dialog").all():
+            dialog.get_by_role("button").last.click()
+        try:
+            target.click(timeout=5000)
+            return
+        except PlaywrightTimeoutError:
+            continue
+    raise AssertionError(f"could not click {target} past JupyterLab's dialogs")
+
+
 def test_an_open_notebook_keeps_its_kernel_across_a_killed_server(persisting, lab, browser_page):  # noqa: F811
     from playwright.sync_api import expect
 
@@ -64,7 +79,8 @@ def test_an_open_notebook_keeps_its_kernel_across_a_killed_server(persisting, la
         lab.start()
         assert [k["id"] for k in lab.get("/api/kernels")] == [kernel["id"]], "adopted under the same id"
         # JupyterLab reconnects by itself (its websocket retries); what is typed meanwhile waits for it.
-        notebook.locator(".jp-Cell .cm-content").last.click()
+        # A poll that failed while no server ran may have opened "Server Connection Error": dismiss it.
+        click_past_dialogs(page, notebook.locator(".jp-Cell .cm-content").last)
         page.keyboard.type("print(x)")
         page.keyboard.press("Shift+Enter")
         expect(notebook.locator(".jp-OutputArea-output").nth(1)).to_have_text("42", timeout=KERNEL_TIMEOUT_MS)
