@@ -2,7 +2,8 @@
 
 A notebook in Chromium runs ``x = 42`` in a CondaTainer kernel; ``jupyter lab`` is killed
 with SIGKILL and started again on the same port. Without reloading the page, JupyterLab
-reconnects to the same kernel id and ``print(x)`` prints 42. Uses ``test_browser.py``'s
+reconnects to the same kernel id and ``print(x)`` prints 42. Then a kernel is culled for
+idleness, and JupyterLab shows our notification saying so. Uses ``test_browser.py``'s
 ``jupyter lab`` and Chromium fixtures.
 """
 
@@ -16,6 +17,8 @@ import pytest
 from conftest import wait_until
 from test_browser import KERNEL_LABEL, KERNEL_TIMEOUT_MS, browser_page, lab  # noqa: F401 - fixtures
 
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
 KERNEL = "condatainer-python-3.11"
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -26,10 +29,24 @@ def persisting(user_layout):
     config = {
         "ServerApp": {"kernel_manager_class": "kernel_provider.server.kernelmanager.CondaTainerKernelManager"},
         "CondaTainerKernelManager": {"persist_kernels": True},
+        # The culler on (a kernelspec below gets a short timeout of its own); 1 s between looks.
+        "MappingKernelManager": {"cull_idle_timeout": 3600, "cull_interval": 1},
         "SessionManager": {"database_filepath": str(user_layout / "sessions.db")},
     }
     (user_layout / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
+    KernelspecStore().write(custom_spec(["python/3.11"], label="soon-idle", extra_config={"cull_idle_timeout": 2}))
     return user_layout
+
+
+def post(lab, path: str, body: dict) -> dict:  # noqa: F811 - lab is the fixture's value here
+    request = urllib.request.Request(
+        lab.url + path,
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"token {lab.token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
 
 
 def delete(lab, path: str) -> None:  # noqa: F811 - lab is the fixture's value here
@@ -84,6 +101,11 @@ def test_an_open_notebook_keeps_its_kernel_across_a_killed_server(persisting, la
         page.keyboard.type("print(x)")
         page.keyboard.press("Shift+Enter")
         expect(notebook.locator(".jp-OutputArea-output").nth(1)).to_have_text("42", timeout=KERNEL_TIMEOUT_MS)
+
+        # A kernel culled for idleness: JupyterLab is told so (our notification, from the event bus).
+        post(lab, "/api/kernels", {"name": "condatainer-soon-idle"})
+        toast = page.locator(".Toastify__toast", has_text="without activity (idle culling)")
+        expect(toast).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
         assert page.errors == []
     finally:
         # With persist_kernels a stopped server leaves its kernels running: shut them down first.
