@@ -15,14 +15,14 @@
   (:mod:`kernel_provider.kernel.notices`: REST API and event bus), so the notebook can
   say why its kernel is gone when its user comes back. The shutdown itself is the
   ordinary one: a SLURM kernel's job is cancelled with it.
-
 - **Kernels that survive their server** (``persist_kernels``, opt-in): at start the server
   adopts the CondaTainer kernels of a server of this user that is gone, under the same
   kernel ids (:mod:`kernel_provider.kernel.persistence`), so an open notebook reconnects to
   its kernel with its variables. With ``c.SessionManager.database_filepath`` on disk the
   notebooks' sessions survive too. On a clean stop the server leaves them running as well.
 
-Without this class everything else works; a culled kernel is then only logged.
+Without this class the rest works (walltime, queue reports, culling with its job); a
+culled kernel is then only logged, and a queued start runs to its end or its timeout.
 """
 
 from __future__ import annotations
