@@ -94,7 +94,7 @@ if (( ! has_paths )); then
         tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
         tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py \
         tests/test_interop.py tests/test_diagnosis.py tests/test_terminal.py tests/test_disk.py \
-        tests/test_preview.py}"
+        tests/test_preview.py tests/test_persist_kernels.py::test_a_local_kernel_survives_a_sigkilled_server}"
     user_args+=("${default_tests[@]}")
 fi
 user_status=0

@@ -86,8 +86,7 @@ def test_step_squeue_and_scancel_argv():
         "instance://jcts-abc",
         "true",
     ]
-    assert slurm.job_state_argv("12") == ["squeue", "-h", "-j", "12", "-o", "%T|%P|%r|%N"]
-    assert slurm.my_jobs_argv() == ["squeue", "--me", "-h", "-o", "%i|%j|%T"]
+    assert slurm.my_jobs_argv() == ["squeue", "--me", "-h", "-o", "%i|%j|%T|%N|%e"]
     assert slurm.steps_argv("12") == ["squeue", "-h", "-s", "-j", "12", "-o", "%i|%j"]
     assert slurm.scancel_argv("12") == ["scancel", "12"]
     assert slurm.scancel_argv("12.3", "KILL") == ["scancel", "--signal=KILL", "12.3"]
@@ -104,7 +103,7 @@ def test_job_script_starts_reports_and_stops_the_instance():
     assert "if ! apptainer instance start --bind '/a b' base.sif jcts-x; then" in script
     assert "stop_instance() { apptainer instance stop jcts-x >/dev/null 2>&1; exit 0; }" in script
     assert "trap stop_instance TERM INT HUP" in script
-    assert 'report state=ready "host=$(hostname)" "proxy=$(find_proxy)"' in script
+    assert 'report state=ready "host=$(hostname)" "proxy=$(find_proxy)" "addr=$(hostname -I' in script
     assert slurm.parse_status("state=ready\nhost=cn1\nproxy=10.0.0.1:3128\n") == {
         "state": "ready",
         "host": "cn1",
@@ -134,11 +133,13 @@ def test_client_env_drops_an_outer_jobs_variables():
 
 
 def test_parsers():
-    assert slurm.parse_job_state("PENDING|debug|Resources|\n") == slurm.JobState("PENDING", "debug", "Resources", "")
+    assert slurm.parse_job_state("PENDING|debug|Resources||N/A|N/A\n") == slurm.JobState(
+        "PENDING", "debug", "Resources", "", "N/A", "N/A"
+    )
     assert slurm.parse_job_state("") is None
-    assert slurm.parse_jobs("7|jcts-a|RUNNING\n8|other|PENDING\n") == [
-        slurm.QueuedJob("7", "jcts-a", "RUNNING"),
-        slurm.QueuedJob("8", "other", "PENDING"),
+    assert slurm.parse_jobs("7|jcts-a|RUNNING|cn1|2026-12-02T18:00:00\n8|other|PENDING||N/A\n") == [
+        slurm.QueuedJob("7", "jcts-a", "RUNNING", "cn1", "2026-12-02T18:00:00"),
+        slurm.QueuedJob("8", "other", "PENDING", "", "N/A"),
     ]
 
 

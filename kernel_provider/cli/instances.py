@@ -13,12 +13,15 @@ from kernel_provider.host import oci
 from kernel_provider.host.holders import kernels_in_words
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
+from kernel_provider.kernel import slurm
+from kernel_provider.kernel.notices import format_duration
 
 
 class ListInstancesApp(Command):
-    description = """List this user's jupyter-condatainer instances (state files and running).
+    description = """List this user's jupyter-condatainer instances (state files and running),
+and where SLURM's clients are on PATH the jobs of SLURM kernels (job id, node, state, time left).
 
-An instance whose server is gone is an ORPHAN: instances stop --orphans stops it."""
+An instance or job whose server is gone is an ORPHAN: instances stop --orphans stops it."""
     examples = """
 jupyter condatainer instances list
 jupyter condatainer instances list --json
@@ -46,20 +49,47 @@ jupyter condatainer instances list --json
             }
             for r in records
         ]
+        jobs = self.slurm_jobs()
         if self.json_output:
-            print(json.dumps(rows, indent=1))
+            print(json.dumps([*({"kind": "local", **row} for row in rows), *jobs], indent=1))
             return
-        if not rows:
-            print("none: no jupyter-condatainer instance of this user is running")
+        if not rows and not jobs:
+            print("none: no jupyter-condatainer instance or SLURM job of this user is running")
             return
-        table = [("INSTANCE", "STATE", "SERVER", "STACK", "KERNELS")]
-        for record, row in zip(records, rows):
-            state = "running" if row["running"] else "stopped"
-            owner = f"pid {record.owner.pid}" if row["owner_alive"] else "ORPHAN"
-            table.append((record.name, state, owner, stack_of(record), kernels_in_words(record)))
-        widths = [max(len(line[i]) for line in table) for i in range(4)]
-        for line in table:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[4])
+        if rows:
+            table = [("INSTANCE", "STATE", "SERVER", "STACK", "KERNELS")]
+            for record, row in zip(records, rows):
+                state = "running" if row["running"] else "stopped"
+                owner = f"pid {record.owner.pid}" if row["owner_alive"] else "ORPHAN"
+                table.append((record.name, state, owner, stack_of(record), kernels_in_words(record)))
+            print_table(table)
+        if jobs:
+            table = [("SLURM JOB", "INSTANCE", "STATE", "NODE", "TIME LEFT", "SERVER", "KERNELS")]
+            for job in jobs:
+                left = format_duration(job["time_left"]) if job["time_left"] is not None else "no limit"
+                owner = f"pid {job['owner_pid']}@{job['owner_host']}" if job["owner_alive"] else "ORPHAN"
+                kernels = f"{len(job['kernels'])} kernel(s)"
+                table.append((job["job_id"], job["name"], job["state"], job["node"] or "-", left, owner, kernels))
+            if rows:
+                print()
+            print_table(table)
+
+    def slurm_jobs(self) -> list[dict]:
+        """Our SLURM kernels' jobs (none where SLURM's clients are not on PATH)."""
+        if not slurm.available():
+            return []
+        try:
+            return [{"kind": "slurm", **row} for row in asyncio.run(slurm.job_rows(slurm.state_store(self.cnt)))]
+        except slurm.SlurmError as err:
+            self.fail(str(err))
+            return []
+
+
+def print_table(table: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one free, since it is long (kernels, notebooks)."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
 
 
 def stack_of(record) -> str:
@@ -75,10 +105,11 @@ class StopInstancesApp(Command):
     description = """Stop instances by name, or every orphan left by a crashed server (--orphans).
 
 Only this user's instances of jupyter-condatainer are stopped (known by their state files),
-never one started by hand or by another user."""
+never one started by hand or by another user. A SLURM kernel's job (jcts-…) is cancelled."""
     examples = """
 jupyter condatainer instances stop --orphans
 jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: instances list
+jupyter condatainer instances stop jcts-1a2b3c4d-9e8f          # a SLURM kernel's job
 """
 
     orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
@@ -93,10 +124,17 @@ jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: in
             if self.orphans:
                 for name in asyncio.run(manager.sweep_orphans()):
                     print(f"stopped orphan {name}")
+                if slurm.available():
+                    for name in asyncio.run(slurm.sweep_orphans(slurm.state_store(self.cnt))):
+                        print(f"cancelled orphan job {name}")
                 return
             if not self.extra_args:
                 self.fail("give instance names or --orphans")
             for name in self.extra_args:
+                if name.startswith(slurm.JOB_PREFIX):
+                    asyncio.run(slurm.stop_by_name(slurm.state_store(self.cnt), name))
+                    print(f"cancelled job {name}")
+                    continue
                 asyncio.run(manager.stop_by_name(name))
                 print(f"stopped {name}")
         except InstanceError as err:

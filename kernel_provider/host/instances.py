@@ -199,6 +199,17 @@ class InstanceManager:
                 starting.add_done_callback(lambda _: self._starting.pop(key, None))
         return await asyncio.shield(starting)
 
+    async def adopt(self, name: str, plan: ContainerPlan, kernel_id: str, share: bool) -> Instance:
+        """Take over a running instance that a server of this user that is gone started, for one
+        of its kernels (``persist_kernels``): this server now owns it and its state file says so."""
+        async with self._lock:
+            instance = self.instances.get(name)
+            if instance is None:
+                instance = self.instances[name] = Instance.prepare(name, plan, share)
+            instance.kernels.add(kernel_id)
+            self._save(instance)
+        return instance
+
     async def release(self, instance: Instance, kernel_id: str) -> None:
         """Forget a kernel; stop the instance when no kernel uses it any more."""
         async with self._lock:

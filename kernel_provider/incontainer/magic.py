@@ -33,7 +33,8 @@ STOP_STEPS = ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10
 STOP_POLL_INTERVAL = 0.1
 USAGE = """Manage the packages of this kernel's CondaTainer env.
 
-  %condatainer info                     base image, overlays, writable env, instance, notes
+  %condatainer info                     base image, overlays, writable env, instance, notes,
+                                        a SLURM kernel's job and when its time limit ends it
   %condatainer list [PATTERN]           packages in the env (name, version, build, channel)
   %condatainer install SPEC… [-c CH] [--dry-run]
   %condatainer update SPEC…  [-c CH] [--dry-run]
@@ -81,6 +82,16 @@ def _info() -> dict:
             return json.load(handle)
     except (OSError, ValueError):
         return {}
+
+
+def _job_end(end_time: float | None) -> str:
+    """ "ends 2026-12-02 18:40:00 UTC (in 59 min)": when the job's time limit ends this kernel."""
+    if not end_time:
+        return "no time limit"
+    left = int(max(0, end_time - time.time()))
+    hours, rest = divmod(left, 3600)
+    span = f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+    return f"ends {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(end_time))} (in {span})"
 
 
 def _conda_meta() -> dict[str, dict]:
@@ -313,6 +324,9 @@ class CondaTainerMagics(Magics):
                 print(f"      {key}: {note}")
         env = info.get("writable_env")
         print(f"writable env: {env + ' at ' + ENV_PREFIX if env else 'none (read-only stack)'}")
+        job = info.get("slurm")
+        if job:
+            print(f"SLURM job:  {job['job_id']} on {job['node']}, {_job_end(job.get('end_time'))}")
 
     def _list(self, verb: str, args: list[str]) -> None:
         pattern = args[0].lower() if args else ""

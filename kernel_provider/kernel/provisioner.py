@@ -160,6 +160,16 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         except ProcessLookupError:
             pass
 
+    async def _resume(self) -> bool:
+        """An adopted kernel's instance: still running, so this server's manager takes it over."""
+        manager = self.manager
+        record = manager.store.read(self.placement.instance)
+        if record is None or record.name not in await manager.running_names():
+            return False
+        plan = await asyncio.to_thread(self._plan, self.cwd or os.getcwd())
+        self.instance = await manager.adopt(record.name, plan, self.kernel_id, self.share_instance)
+        return True
+
     async def _release(self) -> None:
         """Leave the instance; it stops when no kernel uses it any more."""
         instance, self.instance = self.instance, None

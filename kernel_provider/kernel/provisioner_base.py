@@ -43,7 +43,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_client.session import Session
 from tornado import web
-from traitlets import Bool, Dict, List, Unicode
+from traitlets import Bool, Dict, Integer, List, Unicode
 
 from kernel_provider.host import instanceinfo, supply
 from kernel_provider.host.config import CondaTainerConfig
@@ -51,9 +51,10 @@ from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.host.state import Owner, process_start_time
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
-from kernel_provider.kernel import kernellog
+from kernel_provider.kernel import kernellog, persistence
 from kernel_provider.kernel.progress import LaunchProgress
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan, StackRequest
@@ -61,6 +62,7 @@ from kernel_provider.model.plan import ContainerPlan, StackRequest
 # Passed from the server's environment into the kernel: nothing else of the host leaks in.
 FORWARDED_ENV = ("JPY_SESSION_NAME", "JPY_PARENT_PID")
 KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
+NEVER_CULL = 10**9  # seconds (31 years): jupyter_server's culler has no "never" per kernel
 IPYKERNEL_MODULE = "ipykernel_launcher"
 READY_TIMEOUT = 120.0  # how long the launch progress waits for a started kernel's first reply
 
@@ -134,6 +136,16 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     binds = List(Unicode(), config=True, help="Extra bind paths ('/src' or '/src:/dst[:ro]').")
     env = Dict(value_trait=Unicode(), config=True, help="Extra environment variables for the kernel.")
     apptainer_flags = List(Unicode(), config=True, help="Extra flags for 'apptainer instance start'.")
+    cull_idle_timeout = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Idle seconds after which jupyter_server's culler shuts this kind of kernel down, in
+        place of MappingKernelManager.cull_idle_timeout (which must be > 0: it turns the culler
+        on). Set per launcher, e.g. c.CondaTainerSlurmProvisioner.cull_idle_timeout = 1800 to free
+        allocations sooner than login-node kernels; 0 or less: never cull these. Default: the
+        server's timeout.""",
+    )
 
     instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
     placement = Placement()
@@ -219,6 +231,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         kwargs (``env``, ``cwd``): execs ``cmd`` in the instance with the kernel's env file and
         returns the kernel's connection info."""
         async with self._undone_on_failure():
+            self._apply_cull_timeout()
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
             self.container_python = cmd[0]
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
@@ -236,7 +249,16 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             if self.instance.oci:
                 self.manager.note_oci_process(self.instance, self.process.pid)
             self.progress.step("wait", "waiting for the kernel")
-            return await self._connection_info_once_started()
+            info = await self._connection_info_once_started()
+            await self._save_record()
+            return info
+
+    def _apply_cull_timeout(self) -> None:
+        """jupyter_server's culler reads a kernel's own timeout from its kernelspec's metadata
+        (``cull_idle_timeout``): put this launcher's there, in the kernel's copy of the spec."""
+        if self.cull_idle_timeout is not None and self.kernel_spec is not None:
+            timeout = self.cull_idle_timeout if self.cull_idle_timeout > 0 else NEVER_CULL
+            self.kernel_spec.metadata["cull_idle_timeout"] = timeout
 
     async def post_launch(self, **kwargs: Any) -> None:
         """Called by ``KernelManager.post_start_kernel``: the launch progress follows the kernel
@@ -380,6 +402,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self._env_file = None
         if not restart:
             kernellog.forget(self.kernel_id, keep=self._progress is not None and self._progress.has_failed)
+            await asyncio.to_thread(persistence.remove, self.manager.config, self.kernel_id)
             await self._release()
 
     @abstractmethod
@@ -401,3 +424,33 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         persisted kernel: restores the base classes' record and the kernel's :class:`Placement`."""
         await super().load_provisioner_info(provisioner_info)
         self.placement = Placement(**provisioner_info["placement"])
+
+    async def _save_record(self) -> None:
+        """Write what a next server needs to adopt this kernel (:mod:`kernel_provider.kernel.persistence`)."""
+        pid = self.process.pid
+        record = persistence.KernelRecord(
+            kernel_id=self.kernel_id,
+            kernel_name=getattr(self.parent, "kernel_name", "") or "",
+            cwd=self.cwd or os.getcwd(),
+            owner=Owner.current(),
+            pid=pid,
+            pid_start=process_start_time(pid) or 0,
+            provisioner_info=await self.get_provisioner_info(),
+        )
+        await asyncio.to_thread(persistence.save, self.manager.config, record)
+
+    async def adopt(self, record: persistence.KernelRecord) -> bool:
+        """Take over a kernel a server that is gone started (``persist_kernels``): its process,
+        its instance (or job), its record, now signed by this server. False, and nothing taken,
+        when its process or its instance (job) has ended: such a kernel is cleaned, never adopted."""
+        await self.load_provisioner_info(record.provisioner_info)
+        self.cwd = record.cwd
+        if not record.process_alive() or not await self._resume():
+            return False
+        self.process = persistence.AdoptedProcess(record)
+        await self._save_record()
+        return True
+
+    @abstractmethod
+    async def _resume(self) -> bool:
+        """Take over the running instance (job) of :attr:`placement`; False when it is gone."""

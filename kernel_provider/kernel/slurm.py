@@ -29,6 +29,7 @@ with asyncio subprocesses; the provisioner that uses it is
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import shlex
@@ -37,6 +38,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from kernel_provider.host.config import CondaTainerConfig
@@ -104,6 +106,10 @@ class SlurmError(InstanceError):
     """A kernel's job could not be submitted, did not start, or its step failed."""
 
 
+class StartCancelledError(SlurmError):
+    """The kernel was shut down while its job waited in the queue."""
+
+
 # --- pure argv builders -------------------------------------------------------------
 
 
@@ -135,13 +141,18 @@ def sbatch_argv(name: str, script: str, output: str, slurm_args: Sequence[str]) 
 
 
 def job_state_argv(job_id: str) -> list[str]:
-    """One job's state, partition, pending reason and node, ``|``-separated."""
-    return ["squeue", "-h", "-j", job_id, "-o", "%T|%P|%r|%N"]
+    """One job's state, partition, pending reason, node, (expected) start and end, ``|``-separated.
+
+    ``-t all`` keeps an ended job in the answer for ``MinJobAge`` (300 s by default), so its
+    end can be told apart: TIMEOUT is its time limit. ``%S`` of a pending job is the start
+    SLURM expects, what ``squeue --start`` shows; ``%e`` of a running one its time limit.
+    """
+    return ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%P|%r|%N|%S|%e"]
 
 
 def my_jobs_argv() -> list[str]:
-    """All of this user's jobs (the orphan sweep filters them by our name prefix)."""
-    return ["squeue", "--me", "-h", "-o", "%i|%j|%T"]
+    """All of this user's jobs (the orphan sweep and ``instances list`` keep ours by name prefix)."""
+    return ["squeue", "--me", "-h", "-o", "%i|%j|%T|%N|%e"]
 
 
 def steps_argv(job_id: str) -> list[str]:
@@ -220,7 +231,7 @@ if ! {shlex.join(start_argv)}; then
     report state=failed
     exit 1
 fi
-report state=ready "host=$(hostname)" "proxy=$(find_proxy)"
+report state=ready "host=$(hostname)" "proxy=$(find_proxy)" "addr=$(hostname -I 2>/dev/null | cut -d' ' -f1)"
 while :; do sleep 3600 & wait $!; done
 """
 
@@ -253,14 +264,36 @@ def slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if not key.startswith("SLURM_") or key in KEPT_SLURM_VARIABLES}
 
 
+def parse_slurm_time(text: str) -> float | None:
+    """A time squeue prints (``2026-12-02T17:40:00``, the cluster's local time) as epoch
+    seconds; None for ``N/A``, ``Unknown`` or no limit."""
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class JobState:
-    """A job as ``squeue`` reports it: state, partition, the reason it waits, its node."""
+    """A job as ``squeue`` reports it: state, partition, the reason it waits, its node, and
+    its (expected) start and end as squeue prints them."""
 
     state: str
     partition: str
     reason: str
     node: str
+    start: str = ""
+    end: str = ""
+
+    @property
+    def start_time(self) -> float | None:
+        """When it started, or for a pending job when SLURM expects it to (epoch seconds)."""
+        return parse_slurm_time(self.start)
+
+    @property
+    def end_time(self) -> float | None:
+        """When its time limit ends it (epoch seconds); None without a limit."""
+        return parse_slurm_time(self.end)
 
     @property
     def why(self) -> str:
@@ -269,29 +302,32 @@ class JobState:
 
 
 def parse_job_state(stdout: str) -> JobState | None:
-    """``squeue -o %T|%P|%r|%N`` output; None when the job is not in the queue."""
+    """``squeue -o %T|%P|%r|%N|%S|%e`` output; None when the job is not in the queue."""
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 4:
+        if len(parts) == 6:
             return JobState(*parts)
     return None
 
 
 @dataclass(frozen=True)
 class QueuedJob:
-    """One of this user's jobs in ``squeue``: id and name (ours start with the job prefix)."""
+    """One of this user's jobs in ``squeue``: id and name (ours start with the job prefix),
+    state, node and when its time limit ends it."""
 
     job_id: str
     name: str
     state: str
+    node: str = ""
+    end: str = ""
 
 
 def parse_jobs(stdout: str) -> list[QueuedJob]:
-    """``squeue -o %i|%j`` lines as jobs."""
+    """``squeue -o %i|%j|%T|%N|%e`` lines as jobs."""
     jobs = []
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 3:
+        if len(parts) == 5:
             jobs.append(QueuedJob(*parts))
     return jobs
 
@@ -363,10 +399,7 @@ async def sweep_orphans(store: StateStore, logger: logging.Logger = log) -> list
     records = read_records(store)
     if not records:
         return []
-    result = await run_slurm(my_jobs_argv())
-    if result.returncode != 0:
-        raise SlurmError(f"squeue failed: {result.stderr.strip()}")
-    jobs = parse_jobs(result.stdout)
+    jobs = await my_jobs()
     orphans = orphan_jobs(jobs, records)
     await asyncio.gather(*(_cancel_orphan(job, store, logger) for job in orphans))
     queued = {job.name for job in jobs}
@@ -374,6 +407,50 @@ async def sweep_orphans(store: StateStore, logger: logging.Logger = log) -> list
         if name not in queued and not record.owner.is_alive():
             _forget(store, name)
     return [job.name for job in orphans]
+
+
+async def my_jobs() -> list[QueuedJob]:
+    """This user's jobs in the queue (anyone's names)."""
+    result = await run_slurm(my_jobs_argv())
+    if result.returncode != 0:
+        raise SlurmError(f"squeue failed: {result.stderr.strip()}")
+    return parse_jobs(result.stdout)
+
+
+async def job_rows(store: StateStore) -> list[dict]:
+    """Our SLURM kernels' jobs for ``instances list``: each state file with its job as squeue
+    sees it (state, node, time left), and ours in the queue without a state file."""
+    records = read_records(store)
+    queued = {job.name: job for job in await my_jobs() if job.name.startswith(JOB_PREFIX)}
+    rows = []
+    for name in sorted({*records, *queued}):
+        record, job = records.get(name), queued.get(name)
+        end = parse_slurm_time(job.end) if job else None
+        rows.append(
+            {
+                "name": name,
+                "job_id": job.job_id if job else (record.slurm_job if record else ""),
+                "state": job.state if job else "gone",
+                "node": job.node if job else "",
+                "time_left": max(0.0, end - time.time()) if end else None,
+                "owner_pid": record.owner.pid if record else None,
+                "owner_host": record.owner.host if record else "",
+                "owner_alive": record.owner.is_alive() if record else False,
+                "kernels": record.kernels if record else [],
+            }
+        )
+    return rows
+
+
+async def stop_by_name(store: StateStore, name: str) -> None:
+    """Cancel one of our kernels' jobs by its name (``instances stop``); refuse other names."""
+    record = store.read(name) if name.startswith(JOB_PREFIX) else None
+    job = next((j for j in await my_jobs() if j.name == name), None) if name.startswith(JOB_PREFIX) else None
+    if record is None and job is None:
+        raise SlurmError(f"{name} is not a jupyter-condatainer SLURM job of this user")
+    if job is not None:
+        await stop_job(job.job_id, graceful=job.state == "RUNNING")
+    _forget(store, name)
 
 
 async def _cancel_orphan(job: QueuedJob, store: StateStore, logger: logging.Logger) -> None:
@@ -449,6 +526,8 @@ class SlurmAllocation:
         self.job_id = ""
         self.node = ""  # SLURM's node name (for srun --nodelist)
         self.proxy = ""  # host:port of CondaTainer's proxy as seen from the node
+        self.node_host = ""  # the node's hostname, and its first address, as the node reports them
+        self.node_ip = ""
         self.python: PythonInfo | None = None
 
     @property
@@ -477,18 +556,28 @@ class SlurmAllocation:
         self.save()
         return self.job_id
 
-    async def wait_ready(self, timeout: float, on_change: Callable[[JobState], None] | None = None) -> None:
+    async def wait_ready(
+        self,
+        timeout: float,
+        on_queued: Callable[[JobState], None] | None = None,
+        cancelled: asyncio.Event | None = None,
+        on_change: Callable[[JobState], None] | None = None,
+    ) -> JobState:
         """Wait until the job runs and its instance is up; fail with SLURM's reason.
 
-        Logs "queued as job N on partition P" while the job waits, and calls ``on_change``
-        (the kernel's launch progress) whenever SLURM's state, partition or reason changes.
-        A pending reason in :data:`HOPELESS_REASONS` fails at once; anything else fails
-        after ``timeout``.
+        While the job waits, logs "queued as job N on partition P (reason), expected to start
+        at T" and calls ``on_queued`` whenever the reason or the expected start changes;
+        ``on_change`` (the kernel's launch progress) whenever anything SLURM says of it changes. A
+        pending reason in :data:`HOPELESS_REASONS` fails at once; anything else fails after
+        ``timeout``; ``cancelled`` set (the kernel is shut down while it waits) fails within
+        one poll, and the caller's clean-up cancels the job. Returns the running job's state.
         """
         deadline = time.monotonic() + timeout
-        announced: tuple[str, str] | None = None
+        announced: tuple[str, str, str] | None = None
         seen: JobState | None = None
         while True:
+            if cancelled is not None and cancelled.is_set():
+                raise StartCancelledError(f"the start was cancelled while job {self.job_id} waited; it is cancelled")
             job = await job_state(self.job_id)
             if on_change is not None and job is not None and job != seen:
                 seen = job
@@ -503,21 +592,42 @@ class SlurmAllocation:
                 )
             if job.state == "RUNNING" and status.get("state") == "ready":
                 self.node, self.proxy = job.node, status.get("proxy", "")
-                return
+                self.node_host, self.node_ip = status.get("host", ""), status.get("addr", "")
+                return job
             if job.state == "PENDING":
                 if job.reason in HOPELESS_REASONS:
                     raise SlurmError(f"job {self.job_id} cannot start on partition {job.partition}: {job.reason}")
-                if announced != (job.partition, job.reason):
-                    announced = (job.partition, job.reason)
-                    why = f" ({job.reason})" if _meaningful(job.reason) else ""
-                    self.log.info(
-                        "CondaTainer kernel: queued as job %s on partition %s%s", self.job_id, job.partition, why
-                    )
+                if announced != (job.partition, job.reason, job.start):
+                    announced = (job.partition, job.reason, job.start)
+                    self.log.info("CondaTainer kernel: %s", queued_message(self.job_id, job))
+                    if on_queued is not None:
+                        on_queued(job)
             if time.monotonic() > deadline:
                 reason = f": {job.reason}" if _meaningful(job.reason) else ""
                 waited = f"still {job.state}{reason}"
                 raise SlurmError(f"job {self.job_id} did not start within {timeout:g} s ({waited}); it was cancelled")
             await asyncio.sleep(POLL_INTERVAL)
+
+    @classmethod
+    async def resume(
+        cls, record: InstanceRecord, plan: ContainerPlan, kernel_id: str, store: StateStore, apptainer: str, logger
+    ) -> tuple[SlurmAllocation, JobState] | None:
+        """The running job of a server that is gone, taken over for its kernel (``persist_kernels``):
+        node and proxy from its status file, the state file signed by this server. None when the
+        job no longer runs."""
+        allocation = cls(
+            Instance.prepare(record.name, plan, shared=False, kernels=[kernel_id]), store, apptainer, logger
+        )
+        allocation.job_id = record.slurm_job
+        state = await allocation.state() if record.slurm_job else None
+        status = allocation._read_status()
+        if state is None or state.state != "RUNNING" or status.get("state") != "ready":
+            allocation.instance.locks.release()
+            return None
+        allocation.node, allocation.proxy = state.node, status.get("proxy", "")
+        allocation.node_host, allocation.node_ip = status.get("host", ""), status.get("addr", "")
+        allocation.save()
+        return allocation, state
 
     def _read_status(self) -> dict[str, str]:
         try:
@@ -532,16 +642,19 @@ class SlurmAllocation:
             return "(no job output)"
 
     async def node_address(self) -> str:
-        """The node's ``NodeAddr``, resolved to an IP address on this host."""
+        """Where this host reaches the node: SLURM's ``NodeAddr`` (the node name unless the site
+        set one), resolved here, on the login node. A name that resolves to a loopback address
+        here (``/etc/hosts`` on some images maps every hostname to 127.0.1.1) while the node is
+        another host would be unreachable: then the node's own first address (``hostname -I``
+        in the job) is used."""
         result = await run_slurm(node_address_argv(self.node))
         address = result.stdout.strip().splitlines()[0] if result.stdout.strip() else self.node
         infos = await asyncio.to_thread(socket.getaddrinfo, address, None, socket.AF_INET, socket.SOCK_STREAM)
-        return infos[0][4][0]
+        return choose_node_address(infos[0][4][0], self.node_host, self.node_ip, socket.gethostname())
 
-    async def is_running(self) -> bool:
-        """Whether the job still runs (SLURM says RUNNING)."""
-        state = await job_state(self.job_id) if self.job_id else None
-        return state is not None and state.state == "RUNNING"
+    async def state(self) -> JobState | None:
+        """The job as squeue sees it now (ended jobs for a while too); None once it is gone."""
+        return await job_state(self.job_id) if self.job_id else None
 
     def step(self, argv: Sequence[str], step_name: str = "") -> list[str]:
         """``srun`` argv that runs ``argv`` as a step of this job on its node."""
@@ -585,6 +698,23 @@ class SlurmAllocation:
         finally:
             self.instance.locks.release()
             _forget(self.store, self.name)
+
+
+def choose_node_address(resolved: str, node_host: str, node_ip: str, this_host: str) -> str:
+    """The address to reach a kernel's node at: ``resolved`` (its NodeAddr as this host resolves
+    it), unless that is a loopback address of *this* host while the node is another one; then
+    the node's own address, if it reported one."""
+    if ipaddress.ip_address(resolved).is_loopback and node_host and node_host != this_host and node_ip:
+        return node_ip
+    return resolved
+
+
+def queued_message(job_id: str, job: JobState) -> str:
+    """ "queued as job N on partition P (reason), expected to start at HH:MM:SS"."""
+    why = f" ({job.reason})" if _meaningful(job.reason) else ""
+    start = job.start_time
+    when = f", expected to start at {time.strftime('%H:%M:%S', time.localtime(start))}" if start else ""
+    return f"queued as job {job_id} on partition {job.partition}{why}{when}"
 
 
 def _meaningful(reason: str) -> bool:

@@ -12,6 +12,10 @@ kernel is a job step in it (:mod:`kernel_provider.kernel.slurm` says why, and ru
 - ``send_signal``: TERM/KILL to the kernel's step; SIGINT cannot be delivered (interrupt by
   message).
 - ``cleanup``: a restart keeps the job; a shutdown cancels it.
+
+While the job waits, the start reports SLURM's reason and expected start; a shutdown then
+(:func:`cancel_start`) cancels the job at once. While it runs, a
+:class:`~kernel_provider.kernel.walltime.WalltimeWatch` counts down its time limit.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from traitlets import Float, List, Unicode
 from kernel_provider.host import instanceinfo
 from kernel_provider.host.instances import Instance
 from kernel_provider.host.runtime import write_private
+from kernel_provider.kernel import notices
 from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement, stack_label
 from kernel_provider.kernel.slurm import (
     CONNECT_TO_NODE,
@@ -43,11 +48,32 @@ from kernel_provider.kernel.slurm import (
     JobState,
     SlurmAllocation,
     SlurmError,
+    StartCancelledError,
     proxy_env,
+    queued_message,
     state_store,
     sweep_orphans_once,
 )
+from kernel_provider.kernel.walltime import WalltimeWatch, report_end
 from kernel_provider.model.plan import ContainerPlan
+
+# Kernels whose job waits in the queue now, and what cancels their start (see cancel_start).
+_waiting: dict[str, asyncio.Event] = {}
+
+
+def cancel_start(kernel_id: str) -> bool:
+    """Stop a kernel's start while its job waits in the queue; the job is cancelled at once.
+    False when the kernel is not waiting (it runs, or never was a SLURM kernel)."""
+    event = _waiting.get(kernel_id)
+    if event is None:
+        return False
+    event.set()
+    return True
+
+
+def waiting_kernels() -> list[str]:
+    """Kernel ids whose job waits in the queue (the server cancels them as it stops)."""
+    return list(_waiting)
 
 
 class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
@@ -79,7 +105,22 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         takes precedence. Default: 300.""",
     )
 
+    slurm_walltime_warnings = List(
+        Float(),
+        [15.0, 5.0],
+        config=True,
+        help="""Minutes before a SLURM kernel's time limit at which the notebook is warned (a
+        notification, the log and the event bus). Default: 15 and 5.""",
+    )
+    slurm_walltime_poll = Float(
+        60.0,
+        config=True,
+        help="""Seconds between looks at a running SLURM kernel's job (squeue): its end time, which
+        an administrator may change, and whether it still runs. Warnings come on time regardless.""",
+    )
+
     allocation: SlurmAllocation | None = None  # the kernel's job, kept across restarts
+    _watch: WalltimeWatch | None = None
     _connection_file: Path | None = None  # written here, so removed here (jupyter_client removes its own only)
 
     @property
@@ -112,15 +153,13 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
                 km.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{self.kernel_id}.json")
             extra_arguments = kwargs.pop("extra_arguments", [])
             kwargs.pop("transport_encryption", None)
-            if self.allocation is not None and not await self.allocation.is_running():
-                # A job that reached its time limit (or was cancelled by hand): the restart
-                # that follows the kernel's death gets a new job instead of failing forever.
-                self.log.warning(
-                    "CondaTainer kernel %s: job %s has ended; submitting a new one",
-                    self.kernel_id,
-                    self.allocation.job_id,
-                )
-                await self._release()
+            if self.allocation is not None:
+                state = await self.allocation.state()
+                if state is None or state.state != "RUNNING":
+                    # A job that reached its time limit (or was cancelled by hand): the restart
+                    # that follows the kernel's death gets a new job instead of failing forever.
+                    report_end(self.kernel_id, self.allocation.job_id, state, self.log)
+                    await self._release()
             if self.allocation is None:
                 await self._allocate(str(kwargs.get("cwd") or os.getcwd()), kwargs.get("env") or os.environ)
             await self._ensure_ipykernel(self.allocation.probe_python())
@@ -141,9 +180,57 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         job_id = await self.allocation.submit(self.slurm_args)
         self.placement = Placement(instance=self.allocation.name, slurm_job=job_id)
         self.log.info("CondaTainer kernel %s: submitted job %s (%s)", self.kernel_id, job_id, self.allocation.name)
-        await self.allocation.wait_ready(self.launch_timeout(env), partial(self._job_changed, job_id, plan))
+        cancelled = _waiting[self.kernel_id] = asyncio.Event()
+        try:
+            state = await self.allocation.wait_ready(
+                self.launch_timeout(env), self._queued, cancelled, partial(self._job_changed, job_id, plan)
+            )
+        except StartCancelledError as err:
+            notices.board.update(
+                self.kernel_id, notices.START_CANCELLED, job_id=job_id, ended=notices.START_CANCELLED, message=str(err)
+            )
+            raise
+        finally:
+            _waiting.pop(self.kernel_id, None)
         await instanceinfo.write(self.instance, manager.config, await manager.apptainer_version())  # for the magic
         self.log.info("CondaTainer kernel %s: job %s running on %s", self.kernel_id, job_id, self.allocation.node)
+        self._watch = WalltimeWatch(
+            self.kernel_id, self.allocation, self.slurm_walltime_warnings, self.slurm_walltime_poll, self.log
+        )
+        await self._watch.start(state)
+
+    async def _resume(self) -> bool:
+        """An adopted kernel's job: still running, so this server takes it (and its countdown) over."""
+        manager = self.manager
+        store = state_store(manager.config)
+        record = store.read(self.placement.instance)
+        if record is None:
+            return False
+        plan = await asyncio.to_thread(self._plan, self.cwd or os.getcwd())
+        resumed = await SlurmAllocation.resume(record, plan, self.kernel_id, store, manager.apptainer, self.log)
+        if resumed is None:
+            return False
+        self.allocation, state = resumed
+        self._connection_file = Path(self.parent.connection_file)
+        self._watch = WalltimeWatch(
+            self.kernel_id, self.allocation, self.slurm_walltime_warnings, self.slurm_walltime_poll, self.log
+        )
+        await self._watch.start(state)
+        return True
+
+    def _queued(self, job: JobState) -> None:
+        """The job waits: tell the notebook why and when SLURM expects it to start."""
+        notices.board.update(
+            self.kernel_id,
+            notices.QUEUED,
+            job_id=self.allocation.job_id,
+            state=job.state,
+            partition=job.partition,
+            reason=job.reason,
+            expected_start=job.start_time,
+            ended="",
+            message=queued_message(self.allocation.job_id, job),
+        )
 
     def _job_changed(self, job_id: str, plan: ContainerPlan, job: JobState) -> None:
         """The launch progress of a job that waits in the queue or starts its instance."""
@@ -263,13 +350,18 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         """The base class's (env file; a shutdown cancels the job), and at a shutdown the
         connection file written here."""
         await super().cleanup(restart=restart)
-        if not restart and self._connection_file is not None:
-            self._connection_file.unlink(missing_ok=True)
-            self._connection_file = None
+        if not restart:
+            notices.board.forget(self.kernel_id)  # a shutdown: the kernel's job is over and nothing is left to tell
+            if self._connection_file is not None:
+                self._connection_file.unlink(missing_ok=True)
+                self._connection_file = None
 
     async def _release(self) -> None:
         """Stop the instance and end the job (shutdown, a failed start, or a job that ended)."""
         allocation, self.allocation = self.allocation, None
+        watch, self._watch = self._watch, None
         self.placement = Placement()
+        if watch is not None:
+            await watch.stop()
         if allocation is not None:
             await allocation.release()

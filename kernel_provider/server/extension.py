@@ -4,7 +4,8 @@ At start it syncs the kernelspecs with the image directories (so a user sees the
 stacks that exist), stops instances left behind by a crashed server and, where SLURM's
 clients are on PATH, cancels the SLURM kernel jobs such a server left. Job progress
 goes out on jupyter_server's event bus (schema ``JOB_EVENT``), and so do the steps of
-every CondaTainer kernel's start (:mod:`kernel_provider.server.progress`).
+every CondaTainer kernel's start (:mod:`kernel_provider.server.progress`) and the kernels'
+notices: queue, time limit, culling (schema ``KERNEL_EVENT``, :mod:`kernel_provider.kernel.notices`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
-from kernel_provider.kernel import slurm
+from kernel_provider.kernel import notices, persistence, slurm, slurm_provisioner
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
 from kernel_provider.server import disk, progress, runtime_handler, stack, terminal
 from kernel_provider.server.handlers import ROUTES
+from kernel_provider.server.kernel_handlers import KERNEL_ROUTES
+from kernel_provider.server.kernelmanager import CondaTainerKernelManager
 
 JOB_EVENT = "https://events.jupyter.org/jupyter_condatainer/job/v1"
 JOB_SCHEMA = Path(__file__).parent / "events" / "job.yaml"
+KERNEL_EVENT = "https://events.jupyter.org/jupyter_condatainer/kernel/v1"
+KERNEL_SCHEMA = Path(__file__).parent / "events" / "kernel.yaml"
 
 
 class CondaTainerExtension(ExtensionApp):
@@ -65,6 +70,8 @@ class CondaTainerExtension(ExtensionApp):
         progress.install(self.serverapp.event_logger)
         kernel_terminals = terminal.KernelTerminals(self.serverapp.web_app.settings)
         kernel_terminals.install(self.serverapp.event_logger)
+        self.serverapp.event_logger.register_event_schema(KERNEL_SCHEMA)
+        notices.board.listeners.append(self._emit_notice)
         self.jobs = JobRegistry(on_change=self._emit, concurrency=self.job_concurrency)
         self.settings.update(
             condatainer_operations=EnvOperations(config, InstanceManager.for_config(config)),
@@ -76,18 +83,56 @@ class CondaTainerExtension(ExtensionApp):
             self.log.info("CondaTainer kernelspecs: %d written, %d removed", len(result.written), len(result.removed))
             for name, reason in result.broken.items():
                 self.log.warning("CondaTainer kernelspec %s is broken (kept, shown as broken): %s", name, reason)
+        self._adoption = self._adopt_before_serving()
+
+    def _adopt_before_serving(self) -> asyncio.Future:
+        """Before the first request: adopt the kernels a server that is gone left
+        (``persist_kernels``), or forget their records (the sweeps then clean up after them).
+
+        A notebook that reconnects at once must find its kernel, or the session store drops
+        its session. The server listens as soon as its loop runs, so an adoption runs the loop
+        until it is done (a task when the loop already runs, as in a test harness). Without
+        records to adopt, the loop is not touched: start-up goes on as jupyter_server's.
+        """
+        loop = self.serverapp.io_loop.asyncio_loop
+        done = loop.create_future()
+        done.set_result(None)
+        orphans = persistence.orphans(self.condatainer)  # a few small files, while nothing is served yet
+        manager = self.serverapp.kernel_manager
+        if not orphans:
+            return done
+        if not isinstance(manager, CondaTainerKernelManager) or not manager.persist_kernels:
+            for record in orphans:
+                persistence.remove(self.condatainer, record.kernel_id)
+            return done
+        if loop.is_running():
+            return loop.create_task(self._adopt_kernels(manager))
+        loop.run_until_complete(self._adopt_kernels(manager))
+        return done
 
     def initialize_handlers(self) -> None:
         """Mount the REST API (:data:`~kernel_provider.server.handlers.ROUTES`)."""
         # Ours first: the overlays route takes any name, "x/resize" too.
         self.handlers.extend(
-            [*progress.ROUTES, *disk.ROUTES, *terminal.ROUTES, *stack.ROUTES, *runtime_handler.ROUTES, *ROUTES]
+            [
+                *progress.ROUTES,
+                *disk.ROUTES,
+                *terminal.ROUTES,
+                *stack.ROUTES,
+                *runtime_handler.ROUTES,
+                *KERNEL_ROUTES,
+                *ROUTES,
+            ]
         )
 
     def _emit(self, job: Job) -> None:
         self.serverapp.event_logger.emit(schema_id=JOB_EVENT, data=job.to_json(log=False))
 
+    def _emit_notice(self, event: str, notice: notices.KernelNotice) -> None:
+        self.serverapp.event_logger.emit(schema_id=KERNEL_EVENT, data={"event": event, **notice.to_json()})
+
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        await self._adoption  # before the sweeps: they must find adopted kernels owned
         if not self.sweep_orphans:
             return
         operations: EnvOperations = self.settings["condatainer_operations"]
@@ -106,6 +151,11 @@ class CondaTainerExtension(ExtensionApp):
         if swept:
             self.log.info("CondaTainer: stopped %d orphaned instance(s): %s", len(swept), ", ".join(swept))
 
+    async def _adopt_kernels(self, manager: CondaTainerKernelManager) -> None:
+        adopted = await manager.adopt_kernels()
+        if adopted:
+            self.log.info("CondaTainer: adopted %d kernel(s): %s", len(adopted), ", ".join(adopted))
+
     async def _sweep_slurm_jobs(self) -> None:
         """Cancel the SLURM kernel jobs of a crashed server (ours by name and state file only)."""
         if not slurm.available():
@@ -119,6 +169,11 @@ class CondaTainerExtension(ExtensionApp):
             self.log.info("CondaTainer: cancelled %d orphaned SLURM job(s): %s", len(cancelled), ", ".join(cancelled))
 
     async def stop_extension(self) -> None:
-        """Cancel every job as the server stops; what a job leaves, the next start's recovery removes."""
+        """Cancel every job as the server stops, and the starts of SLURM kernels whose job still
+        waits (their jobs are cancelled at once); what a job leaves, the next start's recovery removes."""
         progress.uninstall()
+        if self._emit_notice in notices.board.listeners:
+            notices.board.listeners.remove(self._emit_notice)
+        for kernel_id in slurm_provisioner.waiting_kernels():
+            slurm_provisioner.cancel_start(kernel_id)
         await self.jobs.shutdown()

@@ -18,6 +18,7 @@ import { launchPlugin } from './launchplugin';
 import { stackRecordPlugin } from './stackrecord';
 import { LifecycleClient } from './lifecycle';
 import { connectNotifications } from './notify';
+import { noticesPlugin } from './noticesplugin';
 // The panel is added to the shell at activation, so its model and widget
 // load with the plugin.
 // eslint-disable-next-line jupyter/prefer-lazy-imports
@@ -235,4 +236,4 @@ function readSettings(
   };
 }
 
-export default [plugin, launchPlugin, stackRecordPlugin];
+export default [plugin, launchPlugin, stackRecordPlugin, noticesPlugin];
