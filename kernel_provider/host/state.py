@@ -68,6 +68,7 @@ class InstanceRecord:
     kernels: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     slurm_job: str = ""  # the SLURM job holding the instance (kernel_provider.kernel.slurm), if any
+    warm: bool = False  # kept running without kernels, for the next kernel of its stack
 
     def to_json(self) -> dict:
         """The state file: CondaTainer's fields, ours under ``jupyter_condatainer``."""
@@ -84,6 +85,7 @@ class InstanceRecord:
                 "kernels": self.kernels,
                 "created": self.created,
                 **({"slurm_job": self.slurm_job} if self.slurm_job else {}),
+                **({"warm": True} if self.warm else {}),
             },
         }
 
@@ -105,6 +107,7 @@ class InstanceRecord:
             kernels=list(ours.get("kernels", [])),
             created=ours.get("created", 0.0),
             slurm_job=str(ours.get("slurm_job", "")),
+            warm=bool(ours.get("warm", False)),
         )
 
 

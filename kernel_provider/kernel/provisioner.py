@@ -4,9 +4,12 @@
   tcp), jupyter_client's connection file and argv (LocalProvisioner), then the stack's
   instance: started (binding the connection file's directory), or joined when
   ``share_instance``. A restart keeps the instance.
+- ``launch_kernel``: a fork of the instance's fork server (:mod:`kernel_provider.host.zygote`),
+  or, when there is none or it refuses (the reason is logged), ``apptainer exec`` of the argv.
 - ``send_signal``: SIGINT goes to the kernel's own host PID (signalling the ``apptainer``
   process would kill the kernel); other signals to the process group.
-- ``cleanup``: a shutdown releases the instance; it stops with its last kernel.
+- ``cleanup``: a shutdown releases the instance: it stays warm for the next kernel of its
+  stack (``warm_timeout``, ``warm_limit``) or stops in the background.
 
 The instance logic both launchers share is in :mod:`kernel_provider.kernel.provisioner_base`.
 """
@@ -19,10 +22,14 @@ import signal
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Enum
+from jupyter_client.connect import KernelConnectionInfo
+from traitlets import Bool, Enum, Float, Int
 
+from kernel_provider.host import instanceinfo
+from kernel_provider.host.instances import WarmPolicy
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.runtime import runtime_dir
+from kernel_provider.host.zygote import ForkedKernel, ZygoteError, fork_problem
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
 from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement
@@ -63,6 +70,24 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         help="""ZMQ transport. 'ipc' (default): sockets in the user-only runtime directory, so no
         kernel port is open to other users of a shared login node. 'tcp': localhost ports.""",
     )
+    fork_server = Bool(
+        True,
+        config=True,
+        help="""Start kernels as forks of a fork server in the instance, which has ipykernel imported
+        already (about twice as fast). False: every kernel is an 'apptainer exec' of its argv.""",
+    )
+    warm_timeout = Float(
+        600.0,
+        config=True,
+        help="""Seconds an instance stays running after its last kernel shut down, so that the next
+        kernel of the same stack starts as a fork at once. 0: it stops with its last kernel.""",
+    )
+    warm_limit = Int(
+        2,
+        config=True,
+        help="At most this many warm instances (stacks) at a time; the oldest stops first. 0: none.",
+    )
+    forked = False  # whether the running kernel is a fork of the fork server
 
     def _use_ipc(self) -> None:
         """Point the KernelManager at ipc sockets under the bound runtime directory."""
@@ -98,13 +123,54 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             return self._in_container(kwargs)
 
     async def _acquire_instance(self, kernel_cwd: str) -> None:
-        """Start the stack's instance, or join the running one when ``share_instance``; the first
-        kernel of this server cleans up after a crashed one."""
+        """Start the stack's instance, take a warm one, or join the running one when
+        ``share_instance``; the first kernel of this server cleans up after a crashed one."""
         manager = self.manager
         await manager.sweep_orphans_once()
-        plan = await asyncio.to_thread(self._plan, kernel_cwd)
+        plan = await asyncio.to_thread(self._plan, self._visible_dir(kernel_cwd))
         self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance)
         self.placement = Placement(instance=self.instance.name)
+
+    def _visible_dir(self, kernel_cwd: str) -> str:
+        """What to bind for the kernel's cwd: the server's root directory when the cwd is under it,
+        so that one instance (warm, or shared) serves the notebooks of every directory below."""
+        root = getattr(getattr(self.parent, "parent", None), "root_dir", "")
+        if root and os.path.commonpath([os.path.abspath(root), os.path.abspath(kernel_cwd)]) == os.path.abspath(root):
+            return os.path.abspath(root)
+        return kernel_cwd
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """A fork of the instance's fork server; ``apptainer exec`` (the base class) when that
+        cannot be, with the reason in the log."""
+        self.forked = False
+        if self.fork_server:
+            try:
+                reason = await self._fork(cmd, kwargs)
+            except ZygoteError as err:
+                reason = str(err)
+            if not reason:
+                return self.connection_info
+            self.log.info("CondaTainer kernel %s starts by apptainer exec, not forked: %s", self.kernel_id, reason)
+        return await super().launch_kernel(cmd, **kwargs)
+
+    async def _fork(self, cmd: list[str], kwargs: dict[str, Any]) -> str:
+        """Fork the kernel; or why not ('' once forked)."""
+        instance = self.instance
+        first = instance.zygote is None and not instance.zygote_error
+        zygote = await self.manager.zygote(instance, cmd[0], wait=first)
+        if zygote is None:
+            return instance.zygote_error or "the instance's fork server is not running (a new one is starting)"
+        if self.kernel_spec and self.kernel_spec.env:
+            return "the kernelspec sets env, which the conda activation must see as the kernel starts"
+        common = dict([*instance.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(instance.name)))])
+        extra = {k: v for k, v in self._kernel_env(kwargs.get("env", {})) if common.get(k) != v}
+        if problem := fork_problem(zygote.python, cmd, extra, LAUNCHER):
+            return problem
+        self.cwd = str(kwargs.get("cwd") or os.getcwd())
+        self.process = await zygote.fork(cmd[2:], extra, self.cwd)
+        self.pid = self.pgid = self.process.pid
+        self.forked = True
+        return ""
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
         """The exec as a child of the server, in its own session (signals go to its group)."""
@@ -118,6 +184,9 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         """``KernelManager.signal_kernel`` (and ``kill``/``terminate`` here): SIGINT to the
         kernel's own host PID, other signals to the exec's process group."""
         if not self.process or self.process.returncode is not None:
+            return
+        if isinstance(self.process, ForkedKernel):
+            self.process.send_signal(signum)
             return
         if signum == signal.SIGINT:
             # The kernel is the innermost process; SIGINT to apptainer would kill it.
@@ -136,4 +205,4 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         instance, self.instance = self.instance, None
         self.placement = Placement()
         if instance is not None:
-            await self.manager.release(instance, self.kernel_id)
+            await self.manager.release(instance, self.kernel_id, WarmPolicy(self.warm_timeout, self.warm_limit))

@@ -47,6 +47,7 @@ from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.host.zygote import ForkedKernel
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
 from kernel_provider.model import command
@@ -116,7 +117,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
 
     instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
     placement = Placement()
-    process: asyncio.subprocess.Process | None = None  # what launch_kernel started
+    process: asyncio.subprocess.Process | ForkedKernel | None = None  # what launch_kernel started
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
 

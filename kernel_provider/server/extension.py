@@ -77,6 +77,7 @@ class CondaTainerExtension(ExtensionApp):
         self.serverapp.event_logger.emit(schema_id=JOB_EVENT, data=job.to_json(log=False))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        InstanceManager.for_config(self.condatainer).serve()  # stop_extension stops what it owns
         if not self.sweep_orphans:
             return
         operations: EnvOperations = self.settings["condatainer_operations"]
@@ -108,5 +109,7 @@ class CondaTainerExtension(ExtensionApp):
             self.log.info("CondaTainer: cancelled %d orphaned SLURM job(s): %s", len(cancelled), ", ".join(cancelled))
 
     async def stop_extension(self) -> None:
-        """Cancel every job as the server stops; what a job leaves, the next start's recovery removes."""
+        """Cancel every job as the server stops; what a job leaves, the next start's recovery removes.
+        Stop the warm instances and wait for the stops running in the background."""
         await self.jobs.shutdown()
+        await InstanceManager.for_config(self.condatainer).close()
