@@ -140,3 +140,75 @@ async def _until_zygote(instance) -> None:
 def _env_difference(forked: dict, execd: dict) -> str:
     keys = sorted(k for k in set(forked) | set(execd) if forked.get(k) != execd.get(k))
     return "; ".join(f"{k}: fork {forked.get(k)!r} exec {execd.get(k)!r}" for k in keys)
+
+
+def test_warm_instance_is_reused_and_dropped_when_its_sqf_is_replaced(kernel_env):
+    """In a server (``serve``), the instance outlives its last kernel and the next kernel of the
+    stack is a fork in it; once the python overlay's file is replaced, the next kernel gets a
+    new instance and the warm one stops; ``close`` (the server's exit) stops every warm one."""
+    manager = InstanceManager.for_config(CondaTainerConfig())
+    sqf = kernel_env / "images" / "python--3.11.sqf"
+
+    async def scenario():
+        manager.serve()
+        try:
+            async with Kernel(KERNEL, kernel_env) as first:
+                warm = first.km.provisioner.instance.name
+            assert warm in manager.warm and manager.store.read(warm).warm
+            assert warm in running_instances()
+            async with Kernel(KERNEL, kernel_env) as second:
+                assert second.km.provisioner.instance.name == warm and second.forked
+                assert not manager.store.read(warm).warm
+            await asyncio.to_thread(_replace, sqf)
+            async with Kernel(KERNEL, kernel_env) as third:
+                fresh = third.km.provisioner.instance.name
+                out, _ = await execute(third.client, "print('fresh')")
+                assert out.strip() == "fresh"
+            assert fresh != warm and warm not in manager.warm
+            await asyncio.to_thread(wait_until, lambda: warm not in running_instances(), 60, "the stale warm stop")
+        finally:
+            await manager.close()
+        return warm, fresh
+
+    warm, fresh = asyncio.run(scenario())
+    running = running_instances()
+    assert warm not in running and fresh not in running
+    assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []
+    assert processes_mentioning(fresh) == []
+
+
+def _replace(image: Path) -> None:
+    """A new file under the image's name (as a rebuild and ``mv`` would leave it)."""
+    fresh = image.with_name(f".{image.name}.new")
+    shutil.copyfile(image, fresh)
+    os.replace(fresh, image)
+
+
+def test_a_sigkilled_servers_warm_instance_is_swept_and_a_stopped_server_leaves_none(kernel_env):
+    """A kernel shut down through the REST API leaves its instance warm; the server is SIGKILLed;
+    the next server's start stops that instance. A server that exits normally stops its own."""
+    server = Server(kernel_env, free_port())
+    store = StateStore(CondaTainerConfig().instance_state_dir)
+
+    def warm_one() -> str:
+        kernel = server.request("POST", "/api/kernels", {"name": KERNEL})
+        server.request("DELETE", f"/api/kernels/{kernel['id']}")
+        records = [r for r in store.ours() if r.warm]
+        assert len(records) == 1, records
+        assert records[0].name in running_instances()
+        return records[0].name
+
+    try:
+        server.start()
+        first = warm_one()
+        server.kill()
+        assert first in running_instances(), "a SIGKILLed server cannot stop anything"
+        server.start()
+        wait_until(lambda: first not in running_instances(), 60, "the sweep of the warm orphan")
+        second = warm_one()
+        server.stop()
+        wait_until(lambda: second not in running_instances(), 60, "the exiting server's stop of its warm instance")
+        assert poll(lambda: not processes_mentioning(second), 30)
+        assert store.ours() == []
+    finally:
+        server.stop()

@@ -34,6 +34,7 @@ jupyter condatainer instances list --json
                 "owner_pid": r.owner.pid,
                 "owner_alive": r.owner.is_alive(),
                 "kernels": r.kernels,
+                "warm": r.warm,
                 "overlays": r.overlays,
             }
             for r in manager.store.ours()
@@ -44,21 +45,28 @@ jupyter condatainer instances list --json
         for row in rows:
             state = "running" if row["running"] else "stopped"
             owner = "owner alive" if row["owner_alive"] else "ORPHAN"
-            print(f"{row['name']:28} {state:8} {owner:12} kernels={len(row['kernels'])}")
+            warm = " warm (idle, kept for the next kernel)" if row["warm"] else ""
+            print(f"{row['name']:28} {state:8} {owner:12} kernels={len(row['kernels'])}{warm}")
 
 
 class StopInstancesApp(Command):
-    description = """Stop instances by name, or every orphan left by a crashed server (--orphans).
+    description = """Stop instances by name, every orphan left by a crashed server (--orphans), or the
+warm ones: idle instances a server keeps for the next kernel of their stack (--warm).
 
 Only this user's instances of jupyter-condatainer are stopped (known by their state files),
 never one started by hand or by another user."""
     examples = """
 jupyter condatainer instances stop --orphans
+jupyter condatainer instances stop --warm      # e.g. before condatainer rm of an image they hold
 jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: instances list
 """
 
     orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
-    flags = {"orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances.")}
+    warm = Bool(False, config=True, help="Stop the idle instances servers keep warm (no kernel in them).")
+    flags = {
+        "orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances."),
+        "warm": ({"StopInstancesApp": {"warm": True}}, "Stop warm (idle) instances."),
+    }
 
     def main(self) -> None:
         manager = InstanceManager.for_config(self.cnt)
@@ -66,9 +74,13 @@ jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: in
             if self.orphans:
                 for name in asyncio.run(manager.sweep_orphans()):
                     print(f"stopped orphan {name}")
+            if self.warm:
+                for name in asyncio.run(manager.stop_warm_of_any_server()):
+                    print(f"stopped warm {name}")
+            if self.orphans or self.warm:
                 return
             if not self.extra_args:
-                self.fail("give instance names or --orphans")
+                self.fail("give instance names, --orphans or --warm")
             for name in self.extra_args:
                 asyncio.run(manager.stop_by_name(name))
                 print(f"stopped {name}")

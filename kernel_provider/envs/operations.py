@@ -419,6 +419,7 @@ class EnvOperations:
         mounted, else on a copy that replaces the env only when the command succeeded; refused
         while another container has it mounted. ``prepare`` runs once the lock is held (checks
         that need it); ``operation`` names the steps (:mod:`.checkpoints`)."""
+        await self.instances.stop_warm(image=overlay.path)  # an idle instance gives way
         lock = self.try_lock(overlay.path)
         image = await asyncio.to_thread(os.path.realpath, overlay.path)  # what a commit replaces
         try:
@@ -582,6 +583,7 @@ class EnvOperations:
         overlay = await asyncio.to_thread(self.find, name)
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
+        await self.instances.stop_warm(image=overlay.path)  # an idle instance gives way
         if self.mounted_by(overlay):
             raise EnvBusyError(in_use_message(name, "a running kernel of this server", "shut that kernel down first"))
         if await asyncio.to_thread(held_by_anyone, overlay.path):

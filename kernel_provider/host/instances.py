@@ -278,7 +278,7 @@ class InstanceManager:
 
     def warm_mounting(self, image: str) -> bool:
         """A warm instance has this image mounted (it is stopped before we change the image)."""
-        return any(instance.mounts(image) for instance, _ in self.warm.values())
+        return any(instance.mounts(image) for instance, _ in list(self.warm.values()))
 
     def serve(self) -> None:
         """Called by the server extension, which calls :meth:`close` at the server's exit: from now
@@ -422,6 +422,14 @@ class InstanceManager:
                 await self._stop_instance(instance)
             else:
                 await self._stop(name)
+
+    async def stop_warm_of_any_server(self) -> list[str]:
+        """Stop this user's warm instances, whichever server keeps them (``instances stop --warm``):
+        that server starts a new instance for its next kernel of the stack."""
+        names = [record.name for record in self.store.ours() if record.warm and not record.kernels]
+        for name in names:
+            await self.stop_by_name(name)
+        return names
 
     async def probe_python(self, instance: Instance) -> PythonInfo:
         """Which ``python`` the stack's PATH gives and whether it has ipykernel (once per instance)."""
