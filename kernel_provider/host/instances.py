@@ -393,8 +393,8 @@ class InstanceManager:
         """Wait for a stop (without blocking the loop), then forget the instance."""
         try:
             deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
-            while stopping.poll() is None and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(STOP_POLL)
+            while stopping.poll() is None and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(STOP_POLL)  # a detached process: nothing to await but its end
         finally:
             self._forget(name)
 

@@ -57,7 +57,7 @@ class ForkedKernel:
 
     async def wait(self) -> int:
         """Until the kernel has ended."""
-        while self.returncode is None:
+        while self.returncode is None:  # noqa: ASYNC110 - not our child: nothing to await but /proc
             await asyncio.sleep(POLL_INTERVAL)
         return 0
 
@@ -130,7 +130,7 @@ class Zygote:
         return zygote
 
     async def _listening(self) -> None:
-        while not os.path.exists(self.socket_path):
+        while not os.path.exists(self.socket_path):  # noqa: ASYNC240 - a stat in the runtime directory
             if self.process.returncode is not None:
                 raise ZygoteError(f"the fork server exited with status {self.process.returncode} (see the log)")
             await asyncio.sleep(POLL_INTERVAL)

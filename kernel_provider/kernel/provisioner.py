@@ -21,8 +21,8 @@ import os
 import signal
 from typing import Any
 
-from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Enum, Float, Int
 
 from kernel_provider.host import instanceinfo
