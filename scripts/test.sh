@@ -13,7 +13,7 @@
 # scripts/setup-testuser.sh) with the same options: on the test files given, or
 # else on $JCT_USER_TESTS (default: the model, instance, kernel lifecycle and
 # server-crash, unprivileged/fakeroot, magic and REST API installs, mm-*
-# wrappers, env lifecycle, fault and crash-matrix modules — the matrix's create
+# wrappers, env lifecycle, fault, crash-matrix and fork-server modules — the matrix's create
 # and install rows, $JCT_CRASH_OPERATIONS). The modules that act as other
 # users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
 # root pass only and switch to the ordinary users with runuser; so does the
@@ -82,7 +82,8 @@ done
 if (( ! has_paths )); then
     read -r -a default_tests <<<"${JCT_USER_TESTS:-tests/test_model.py tests/test_instance.py \
         tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
-        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py}"
+        tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py \
+        tests/test_forkserver.py}"
     user_args+=("${default_tests[@]}")
 fi
 user_status=0

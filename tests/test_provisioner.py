@@ -237,7 +237,8 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         session = {"path": "x.ipynb", "name": "x.ipynb", "type": "notebook", "kernel": {"name": "condatainer-corrupt"}}
         answers["session"] = server.refused("POST", "/api/sessions", session)  # how JupyterLab starts kernels
         assert [p.name for p in runtime.glob("kernel-*.json")] == [f"kernel-{good}.json"]
-        assert [p.name for p in (runtime / "condatainer").glob("kernel-*")] == [f"kernel-{good}.env"]
+        # a forked kernel has no env file of its own (its fork server's is the instance's)
+        assert {p.name for p in (runtime / "condatainer").glob("kernel-*")} <= {f"kernel-{good}.env"}
         assert len(store.ours()) == 1
         server.process.terminate()
         started = time.monotonic()

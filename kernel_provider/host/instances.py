@@ -310,10 +310,11 @@ class InstanceManager:
         finally:
             instance.locks.release()
 
-    async def zygote(self, instance: Instance, python: str, wait: bool) -> Zygote | None:
-        """The instance's running fork server, or None. A dead or missing one is (re)started:
-        awaited when ``wait``, else in the background for a later kernel."""
-        if instance.zygote is not None and instance.zygote.alive():
+    async def zygote(self, instance: Instance, python: str, wait: bool, renew: bool = False) -> Zygote | None:
+        """The instance's running fork server, or None. A dead or missing one (any, when
+        ``renew``: it refused a kernel) is (re)started: awaited when ``wait``, else in the
+        background for a later kernel."""
+        if not renew and instance.zygote is not None and instance.zygote.alive():
             return instance.zygote
         if instance.zygote_start is None:
             instance.zygote_start = asyncio.get_running_loop().create_task(self._start_zygote(instance, python))
@@ -328,6 +329,7 @@ class InstanceManager:
                 await old.close()
             env = [*instance.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(instance.name)))]
             instance.zygote = await Zygote.start(self.apptainer, instance.name, env, python, str(runtime_dir()))
+            instance.zygote_error = ""
         except (ZygoteError, OSError) as err:
             instance.zygote_error = str(err)
         finally:

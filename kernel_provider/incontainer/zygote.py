@@ -17,11 +17,17 @@ The child starts a new session, takes the kernel's variables and working directo
 ``random`` (forks would otherwise share its state) and runs ipykernel. The server reaps its
 children on ``SIGCHLD``; the host watches a kernel by its host PID.
 
+A fork is what an exec would have been only while the env is as the server found it: once an
+install, a removal or a new activation script changed an env on PATH (its ``conda-meta``, its
+``activate.d``, the site-packages of what was preloaded), the server refuses and exits, and the
+host starts that kernel by exec and a new fork server for the next.
+
 Standard library only at import time (ipykernel is imported in :func:`main`, inside the container).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -60,7 +66,35 @@ def _read_request(conn: socket.socket) -> dict:
     return request
 
 
-def _check(request: dict) -> tuple[list[str], dict[str, str], str]:
+def fingerprint() -> list[list]:
+    """What a change of the envs would change: the stat of each conda env's ``conda-meta``,
+    ``conda-meta/state``, ``activate.d`` and its scripts, and of the directories the preloaded
+    packages came from."""
+    from kernel_provider.incontainer.activation import conda_prefixes
+
+    paths = []
+    for prefix in conda_prefixes(os.environ.get("PATH", "")):
+        activate_d = os.path.join(prefix, "etc", "conda", "activate.d")
+        paths += [os.path.join(prefix, "conda-meta"), os.path.join(prefix, "conda-meta", "state"), activate_d]
+        paths += sorted(glob.glob(os.path.join(activate_d, "*.sh")))
+    origins = {getattr(sys.modules.get(name), "__file__", None) for name in PRELOAD}
+    paths += sorted({os.path.dirname(os.path.dirname(origin)) for origin in origins if origin})
+    found: list[list] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append([path])
+            continue
+        found.append([path, st.st_ino, st.st_size, st.st_mtime_ns])
+    return found
+
+
+class Stale(Exception):
+    """The envs changed since the server started: its forks would not be what an exec gives."""
+
+
+def _check(request: dict, started_with: list[list]) -> tuple[list[str], dict[str, str], str]:
     args, env, cwd = request.get("args"), request.get("env", {}), request.get("cwd", "")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise ValueError("args must be a list of strings")
@@ -70,6 +104,8 @@ def _check(request: dict) -> tuple[list[str], dict[str, str], str]:
         raise ValueError(f"the working directory {cwd!r} is not a directory in the container")
     if threading.active_count() != 1:
         raise RuntimeError("the fork server has a thread; a fork would copy it half-run")
+    if fingerprint() != started_with:
+        raise Stale("an env changed since the fork server started (packages or activation scripts)")
     return args, env, cwd
 
 
@@ -87,12 +123,13 @@ def _become_kernel(args: list[str], env: dict[str, str], cwd: str) -> None:
     run_kernel(args)
 
 
-def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
+def _serve_one(listener: socket.socket, conn: socket.socket, started_with: list[list]) -> bool:
+    """Fork a kernel, or refuse; False once the server is stale."""
     try:
-        args, env, cwd = _check(_read_request(conn))
-    except (ValueError, RuntimeError, OSError) as err:
+        args, env, cwd = _check(_read_request(conn), started_with)
+    except (ValueError, RuntimeError, OSError, Stale) as err:
         conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
-        return
+        return not isinstance(err, Stale)
     sys.stdout.flush()
     sys.stderr.flush()
     if os.fork() == 0:
@@ -111,6 +148,7 @@ def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    return True
 
 
 def _answer(conn: socket.socket) -> None:
@@ -134,6 +172,7 @@ def main() -> None:
 
     for module in PRELOAD:
         importlib.import_module(module)
+    started_with = fingerprint()
     signal.signal(signal.SIGCHLD, _reap)
     os.umask(0o077)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -141,10 +180,12 @@ def main() -> None:
     listener.bind(temporary)
     listener.listen(16)
     os.rename(temporary, path)
-    while True:
+    serving = True
+    while serving:
         conn, _ = listener.accept()
         with conn:
-            _serve_one(listener, conn)
+            serving = _serve_one(listener, conn, started_with)
+    os.unlink(path)  # stale for good: the host starts a new server
 
 
 if __name__ == "__main__":

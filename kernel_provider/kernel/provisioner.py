@@ -167,7 +167,11 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         if problem := fork_problem(zygote.python, cmd, extra, LAUNCHER):
             return problem
         self.cwd = str(kwargs.get("cwd") or os.getcwd())
-        self.process = await zygote.fork(cmd[2:], extra, self.cwd)
+        try:
+            self.process = await zygote.fork(cmd[2:], extra, self.cwd)
+        except ZygoteError:
+            await self.manager.zygote(instance, cmd[0], wait=False, renew=True)  # for the next kernel
+            raise
         self.pid = self.pgid = self.process.pid
         self.forked = True
         return ""
