@@ -14,6 +14,7 @@ from conftest import KERNEL, Server, free_port, poll, processes_mentioning, repl
 from conftest import run_cell as execute
 from jupyter_client.manager import AsyncKernelManager
 
+from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.state import StateStore
@@ -145,7 +146,8 @@ def _env_difference(forked: dict, execd: dict) -> str:
 def test_warm_instance_is_reused_and_dropped_when_its_sqf_is_replaced(kernel_env):
     """In a server (``serve``), the instance outlives its last kernel and the next kernel of the
     stack is a fork in it; once the python overlay's file is replaced, the next kernel gets a
-    new instance and the warm one stops; ``close`` (the server's exit) stops every warm one."""
+    new instance and the warm one stops; our own DELETE of an image stops the warm instance that
+    mounts it; ``close`` (the server's exit) stops every warm one."""
     manager = InstanceManager.for_config(CondaTainerConfig())
     sqf = kernel_env / "images" / "python--3.11.sqf"
 
@@ -166,6 +168,10 @@ def test_warm_instance_is_reused_and_dropped_when_its_sqf_is_replaced(kernel_env
                 assert out.strip() == "fresh"
             assert fresh != warm and warm not in manager.warm
             await asyncio.to_thread(wait_until, lambda: warm not in running_instances(), 60, "the stale warm stop")
+            # our own DELETE of an image a warm instance mounts stops that instance first
+            assert fresh in manager.warm
+            await EnvOperations(manager.config, manager).delete("python/3.11")
+            assert fresh not in manager.warm and fresh not in running_instances() and not sqf.exists()
         finally:
             await manager.close()
         return warm, fresh
