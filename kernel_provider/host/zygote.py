@@ -30,7 +30,7 @@ ZYGOTE_SCRIPT = f"{LIB_DIR}/kernel_provider/incontainer/zygote.py"
 READY_TIMEOUT = 60.0  # a fresh SquashFS mount, imports included, on a loaded machine
 REQUEST_TIMEOUT = 15.0
 POLL_INTERVAL = 0.02  # seconds between looks at a starting fork server or an ending kernel
-SOCKET_PATH_LIMIT = 96  # sun_path: 107 bytes, less the suffix of the temporary name the server binds first
+SOCKET_PATH_LIMIT = 105  # sun_path: 107 bytes, less the '.t' of the temporary name the server binds first
 # A value the env file would expand inside the container: only the exec path gives it exactly.
 EXPANDED = ("$", "`", "\\")
 

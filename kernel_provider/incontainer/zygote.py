@@ -176,7 +176,9 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, _reap)
     os.umask(0o077)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    temporary = f"{path}.{os.getpid()}"
+    temporary = f"{path}.t"  # short: a socket's path has at most 107 bytes
+    if os.path.exists(temporary):
+        os.unlink(temporary)  # left by a fork server killed as it started
     listener.bind(temporary)
     listener.listen(16)
     os.rename(temporary, path)
