@@ -115,7 +115,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         (["kernelspecs", "add"], "usage: jupyter condatainer kernelspecs add NAME --overlay python/3.11"),
         (["kernelspecs", "add", "bio"], "give at least one --overlay or --env"),
         (["env", "rollback", "bio", "two"], "revision must be a number, not 'two'"),
-        (["instances", "stop"], "give instance names or --orphans"),
+        (["instances", "stop"], "give instance names, --orphans or --warm"),
     ],
     ids=[
         "unknown",

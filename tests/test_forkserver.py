@@ -143,11 +143,12 @@ def _env_difference(forked: dict, execd: dict) -> str:
     return "; ".join(f"{k}: fork {forked.get(k)!r} exec {execd.get(k)!r}" for k in keys)
 
 
-def test_warm_instance_is_reused_and_dropped_when_its_sqf_is_replaced(kernel_env):
+def test_warm_instance_reuse_image_change_limit_and_delete(kernel_env):
     """In a server (``serve``), the instance outlives its last kernel and the next kernel of the
     stack is a fork in it; once the python overlay's file is replaced, the next kernel gets a
-    new instance and the warm one stops; our own DELETE of an image stops the warm instance that
-    mounts it; ``close`` (the server's exit) stops every warm one."""
+    new instance and the warm one stops; beyond ``warm_limit`` the oldest stops; our own DELETE
+    of an image stops the warm instance that mounts it; ``close`` (the server's exit) stops every
+    warm one."""
     manager = InstanceManager.for_config(CondaTainerConfig())
     sqf = kernel_env / "images" / "python--3.11.sqf"
 
@@ -168,10 +169,16 @@ def test_warm_instance_is_reused_and_dropped_when_its_sqf_is_replaced(kernel_env
                 assert out.strip() == "fresh"
             assert fresh != warm and warm not in manager.warm
             await asyncio.to_thread(wait_until, lambda: warm not in running_instances(), 60, "the stale warm stop")
+            # warm_limit: the oldest warm instance stops when one more would go over it
+            limited = custom_spec(["hello/1.0", "python/3.11"], label="limited", extra_config={"warm_limit": 1})
+            KernelspecStore().write(limited)
+            async with Kernel(limited.name, kernel_env) as newer:
+                newest = newer.km.provisioner.instance.name
+            assert list(manager.warm) == [newest]
+            await asyncio.to_thread(wait_until, lambda: fresh not in running_instances(), 60, "the oldest warm stop")
             # our own DELETE of an image a warm instance mounts stops that instance first
-            assert fresh in manager.warm
             await EnvOperations(manager.config, manager).delete("python/3.11")
-            assert fresh not in manager.warm and fresh not in running_instances() and not sqf.exists()
+            assert not manager.warm and newest not in running_instances() and not sqf.exists()
         finally:
             await manager.close()
         return warm, fresh

@@ -118,6 +118,11 @@ class Instance:
         """Every image is still the file the instance mounted (none replaced or rewritten)."""
         return image_identity(self.plan) == self.identity
 
+    def fork_server_env(self) -> list[tuple[str, str]]:
+        """What every kernel of this instance gets (its fork server too): the stack's variables
+        and where the magic finds the instance's description."""
+        return [*self.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(self.name)))]
+
     def mounts(self, path: str) -> bool:
         """The instance has this image mounted."""
         return any(image.path == path for image in (self.plan.base_image, *self.plan.overlays))
@@ -259,9 +264,9 @@ class InstanceManager:
         self.warm[instance.name] = (instance, timer)
         self.store.write(instance.record(warm=True))
         while len(self.warm) > warm.limit:
-            oldest = next(iter(self.warm))
-            self._in_background(self.stop_warm(oldest))
-            self.warm.pop(oldest, None)
+            oldest, old_timer = self.warm.pop(next(iter(self.warm)))
+            old_timer.cancel()
+            self._in_background(self._stop_instance(oldest))
 
     async def stop_warm(self, name: str | None = None, image: str | None = None) -> list[str]:
         """Stop warm instances (one by ``name``, those mounting ``image``, or all) and wait for it:
@@ -327,8 +332,9 @@ class InstanceManager:
         try:
             if old is not None:
                 await old.close()
-            env = [*instance.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(instance.name)))]
-            instance.zygote = await Zygote.start(self.apptainer, instance.name, env, python, str(runtime_dir()))
+            instance.zygote = await Zygote.start(
+                self.apptainer, instance.name, instance.fork_server_env(), python, str(runtime_dir())
+            )
             instance.zygote_error = ""
         except (ZygoteError, OSError) as err:
             instance.zygote_error = str(err)

@@ -25,7 +25,6 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Enum, Float, Int
 
-from kernel_provider.host import instanceinfo
 from kernel_provider.host.instances import WarmPolicy
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.runtime import runtime_dir
@@ -162,7 +161,7 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             return instance.zygote_error or "the instance's fork server is not running (a new one is starting)"
         if self.kernel_spec and self.kernel_spec.env:
             return "the kernelspec sets env, which the conda activation must see as the kernel starts"
-        common = dict([*instance.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(instance.name)))])
+        common = dict(instance.fork_server_env())
         extra = {k: v for k, v in self._kernel_env(kwargs.get("env", {})) if common.get(k) != v}
         if problem := fork_problem(zygote.python, cmd, extra, LAUNCHER):
             return problem
