@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,9 +199,10 @@ def _replace(image: Path) -> None:
     os.replace(fresh, image)
 
 
-def test_a_sigkilled_servers_warm_instance_is_swept_and_a_stopped_server_leaves_none(kernel_env):
+def test_warm_instances_across_a_server_kill_the_cli_and_the_server_exit(kernel_env):
     """A kernel shut down through the REST API leaves its instance warm; the server is SIGKILLed;
-    the next server's start stops that instance. A server that exits normally stops its own."""
+    the next server's start stops that instance. ``instances stop --warm`` stops a live server's
+    warm instance. A server that exits normally stops its own."""
     server = Server(kernel_env, free_port())
     store = StateStore(CondaTainerConfig().instance_state_dir)
 
@@ -218,10 +221,21 @@ def test_a_sigkilled_servers_warm_instance_is_swept_and_a_stopped_server_leaves_
         assert first in running_instances(), "a SIGKILLed server cannot stop anything"
         server.start()
         wait_until(lambda: first not in running_instances(), 60, "the sweep of the warm orphan")
+        # the CLI stops another process's warm instance; that server then starts a new one
         second = warm_one()
+        stopped = subprocess.run(
+            [sys.executable, "-m", "kernel_provider.cli.main", "instances", "stop", "--warm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stopped.returncode == 0 and f"stopped warm {second}" in stopped.stdout, stopped
+        assert second not in running_instances()
+        third = warm_one()
+        assert third != second
         server.stop()
-        wait_until(lambda: second not in running_instances(), 60, "the exiting server's stop of its warm instance")
-        assert poll(lambda: not processes_mentioning(second), 30)
+        wait_until(lambda: third not in running_instances(), 60, "the exiting server's stop of its warm instance")
+        assert poll(lambda: not processes_mentioning(third), 30)
         assert store.ours() == []
     finally:
         server.stop()
