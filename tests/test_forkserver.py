@@ -192,6 +192,12 @@ def test_warm_instance_reuse_image_change_limit_and_delete(kernel_env):
     assert processes_mentioning(fresh) == []
 
 
+def locks_of(pid: int, inode: int) -> list[str]:
+    """The /proc/locks lines of a process on a file."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return [line for line in lines if f" {pid} " in line and line.split()[5].endswith(f":{inode}")]
+
+
 def _replace(image: Path) -> None:
     """A new file under the image's name (as a rebuild and ``mv`` would leave it)."""
     fresh = image.with_name(f".{image.name}.new")
@@ -223,6 +229,8 @@ def test_warm_instances_across_a_server_kill_the_cli_and_the_server_exit(kernel_
         wait_until(lambda: first not in running_instances(), 60, "the sweep of the warm orphan")
         # the CLI stops another process's warm instance; that server then starts a new one
         second = warm_one()
+        sqf = (kernel_env / "images" / "python--3.11.sqf").resolve().stat().st_ino
+        assert locks_of(server.process.pid, sqf), "a warm instance holds CondaTainer's shared lock"
         stopped = subprocess.run(
             [sys.executable, "-m", "kernel_provider.cli.main", "instances", "stop", "--warm"],
             capture_output=True,
@@ -231,6 +239,7 @@ def test_warm_instances_across_a_server_kill_the_cli_and_the_server_exit(kernel_
         )
         assert stopped.returncode == 0 and f"stopped warm {second}" in stopped.stdout, stopped
         assert second not in running_instances()
+        wait_until(lambda: not locks_of(server.process.pid, sqf), 30, "the server to let the images go")
         third = warm_one()
         assert third != second
         server.stop()

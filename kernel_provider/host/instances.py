@@ -50,6 +50,7 @@ from kernel_provider.model.plan import ContainerPlan
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 STOP_POLL = 0.05  # seconds between looks at a running stop
+WARM_POLL = 1.0  # seconds between looks at a warm instance (still there, fork server alive)
 ENV_CHANGE_POLL = 1.0  # seconds between looks at an orphan's env lock
 
 
@@ -158,7 +159,7 @@ class InstanceManager:
         self._swept = False
         self._deferred: set[asyncio.Task] = set()  # orphans waiting for an env change to end
         self._version = ""
-        self.warm: dict[str, tuple[Instance, asyncio.TimerHandle]] = {}  # name → idle instance, its timer
+        self.warm: dict[str, tuple[Instance, asyncio.Task]] = {}  # name → idle instance, its watch
         self._serving = False  # in a server, which stops what it owns at its exit (serve, close)
         self._background: set[asyncio.Task] = set()  # stops nobody waits for
 
@@ -216,11 +217,11 @@ class InstanceManager:
     def _take_warm(self, key: str, share: bool) -> Instance | None:
         """A warm instance of this stack, now in use again; one whose images changed on disk, or
         that was stopped under us (``instances stop --warm``), is stopped instead."""
-        for name, (instance, timer) in list(self.warm.items()):
+        for name, (instance, watch) in list(self.warm.items()):
             if instance.key != key:
                 continue
             del self.warm[name]
-            timer.cancel()
+            watch.cancel()
             if instance.images_unchanged() and self.store.path(name).exists():
                 instance.shared = share
                 self.instances[name] = instance
@@ -259,14 +260,29 @@ class InstanceManager:
 
     def _keep_warm(self, instance: Instance, warm: WarmPolicy) -> None:
         """Keep an idle instance for ``warm.timeout`` seconds; the oldest beyond ``warm.limit`` stops."""
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(warm.timeout, lambda: self._in_background(self.stop_warm(instance.name)))
-        self.warm[instance.name] = (instance, timer)
+        watch = self._in_background(self._watch_warm(instance, warm.timeout))
+        self.warm[instance.name] = (instance, watch)
         self.store.write(instance.record(warm=True))
         while len(self.warm) > warm.limit:
-            oldest, old_timer = self.warm.pop(next(iter(self.warm)))
-            old_timer.cancel()
+            oldest, old_watch = self.warm.pop(next(iter(self.warm)))
+            old_watch.cancel()
             self._in_background(self._stop_instance(oldest))
+
+    async def _watch_warm(self, instance: Instance, timeout: float) -> None:
+        """Stop a warm instance after ``timeout``, or at once when it was stopped under us
+        (``instances stop --warm`` removed its state file, its fork server ended): its image
+        locks must not outlive it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (  # noqa: ASYNC110 - another process may stop it: nothing to await but a look
+            loop.time() < deadline
+            and self.store.path(instance.name).exists()
+            and (instance.zygote is None or instance.zygote.alive())
+        ):
+            await asyncio.sleep(min(WARM_POLL, max(deadline - loop.time(), 0)))
+        if self.warm.get(instance.name, (None,))[0] is instance:
+            del self.warm[instance.name]
+            await self._stop_instance(instance)
 
     async def stop_warm(self, name: str | None = None, image: str | None = None) -> list[str]:
         """Stop warm instances (one by ``name``, those mounting ``image``, or all) and wait for it:
@@ -276,8 +292,8 @@ class InstanceManager:
             for n, (i, _) in list(self.warm.items())
             if (name is None or n == name) and (image is None or i.mounts(image))
         ]
-        for _, timer in chosen:
-            timer.cancel()
+        for _, watch in chosen:
+            watch.cancel()
         await asyncio.gather(*(self._stop_instance(i) for i, _ in chosen))
         return [i.name for i, _ in chosen]
 
@@ -298,10 +314,12 @@ class InstanceManager:
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _in_background(self, work: Coroutine) -> None:
+    def _in_background(self, work: Coroutine) -> asyncio.Task:
+        """Run ``work`` nobody waits for, except :meth:`close`."""
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _stop_instance(self, instance: Instance) -> None:
         """Stop an instance we hold, its fork server with it; then let its images go."""
