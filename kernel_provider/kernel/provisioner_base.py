@@ -13,7 +13,8 @@ Hooks, in the order ``KernelManager`` calls them (see jupyter_client's ``provisi
 - ``pre_launch`` (each launcher's own): get the stack's instance, make sure its Python can run
   ipykernel, write the connection file; returns the kernelspec's argv made for the container.
 - ``launch_kernel`` (here): ``apptainer exec --cleanenv --env-file … instance://NAME`` of that
-  argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn`.
+  argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn` (the local
+  launcher first asks the instance's fork server for a fork: :mod:`kernel_provider.host.zygote`).
 - ``send_signal`` (each launcher's own), ``poll``, ``wait``, ``kill``, ``terminate``.
 - ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it.
 
