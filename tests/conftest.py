@@ -17,6 +17,7 @@ import asyncio
 import getpass
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -342,13 +343,31 @@ class Server:
 
 
 def connect(layout: Path, kernel_id: str) -> BlockingKernelClient:
-    """A client of a server's kernel, straight from its connection file, once it answers."""
+    """A client of a server's kernel, straight from its connection file, once it answers on the
+    shell *and* IOPub: IOPub is a subscription, and what a kernel that is already up (a fork
+    answers at once) publishes before the subscription took effect is lost."""
     client = BlockingKernelClient(connection_file=str(layout / "runtime" / f"kernel-{kernel_id}.json"))
     client.load_connection_file()
     client.start_channels()
-    client.kernel_info()
-    client.get_shell_msg(timeout=60)
-    return client
+    deadline = time.monotonic() + 60
+    while True:
+        msg_id = client.kernel_info()
+        client.get_shell_msg(timeout=60)  # one reply per request, in order
+        if _published_for(client, msg_id, within=1.0) or time.monotonic() > deadline:
+            return client
+
+
+def _published_for(client: BlockingKernelClient, msg_id: str, within: float) -> bool:
+    """Whether IOPub carries a message of request ``msg_id`` within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = client.get_iopub_msg(timeout=left)
+        except queue.Empty:
+            return False
+        if message["parent_header"].get("msg_id") == msg_id:
+            return True
+    return False
 
 
 class QuietReport:

@@ -139,7 +139,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         (["env", "history"], "usage: jupyter condatainer env history NAME [--json]"),
         (["env", "delete", "a", "b"], "unexpected argument 'b'; usage: jupyter condatainer env delete NAME"),
         (["env", "install", "bio"], "usage: jupyter condatainer env install NAME SPEC [SPEC …] [--channel C]"),
-        (["instances", "stop"], "give instance names or --orphans"),
+        (["instances", "stop"], "give instance names, --orphans or --warm"),
     ],
     ids=[
         "unknown",

@@ -28,6 +28,7 @@ from kernel_provider.envs.operations import DiskSpaceError, EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.state import StateStore
+from kernel_provider.host.zygote import ZYGOTE_SCRIPT
 from kernel_provider.incontainer.constants import LAUNCHER
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,21 @@ def our_leftovers(layout: Path) -> dict:
         "mounts": [line for line in Path("/proc/mounts").read_text().splitlines() if str(layout) in line],
         "hidden": sorted(p.name for p in (layout / "images").glob(".*")),
     }
+
+
+def kernel_processes(kernel_id: str) -> list[str]:
+    """Host PIDs of the server's kernel: started by exec, its command line names its connection
+    file; forked (the only kernel here), it is the child of its fork server and has its command line."""
+    execd = [line.split(":")[0] for line in processes_mentioning(LAUNCHER) if kernel_id in line]
+    forked = {line.split(":")[0] for line in processes_mentioning(ZYGOTE_SCRIPT)}
+    return execd + [pid for pid in forked if parent_of(pid) in forked]
+
+
+def parent_of(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return ""
 
 
 def clean(layout: Path) -> dict:
@@ -94,22 +110,10 @@ def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(ker
         records = StateStore(CondaTainerConfig().instance_state_dir).ours()
         assert len(records) == 1
         instance = records[0].name
-        victims = wait_until(
-            lambda: [line.split(":")[0] for line in processes_mentioning(LAUNCHER) if kernel["id"] in line],
-            60,
-            "the kernel's process",
-        )
+        victims = wait_until(lambda: kernel_processes(kernel["id"]), 60, "the kernel's process")
         os.kill(int(victims[0]), signal.SIGKILL)
         # jupyter_server's restarter notices and starts the kernel again, in the same instance.
-        wait_until(
-            lambda: [
-                line
-                for line in processes_mentioning(LAUNCHER)
-                if kernel["id"] in line and line.split(":")[0] != victims[0]
-            ],
-            60,
-            "the restarted kernel",
-        )
+        wait_until(lambda: set(kernel_processes(kernel["id"])) - set(victims), 60, "the restarted kernel")
         # (jupyter_server reports "starting" after an auto-restart until a client talks to it.)
         client = connect(kernel_env, kernel["id"])
         try:
@@ -120,6 +124,9 @@ def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(ker
         assert [r.name for r in StateStore(CondaTainerConfig().instance_state_dir).ours()] == [instance]
         assert instance in running_instances()
         server.request("DELETE", f"/api/kernels/{kernel['id']}")
+        # kept warm for the next kernel of the stack, until the server exits
+        assert [r.warm for r in StateStore(CondaTainerConfig().instance_state_dir).ours()] == [True]
+        server.stop()
         wait_until(lambda: our_leftovers(kernel_env) == clean(kernel_env), 60, "nothing of ours to be left")
     finally:
         server.stop()

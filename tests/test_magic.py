@@ -112,6 +112,7 @@ def env_kernel(kernel_env, channel_env):
 def test_install_import_list_remove_and_persist(container_runtime, env_kernel, kernel_env):
     async def scenario():
         async with Kernel(env_kernel) as kernel:
+            assert kernel.km.provisioner.forked, "a kernel of the fork server (the default)"
             _, before = await kernel.run("import demopkg")
             installed, error = await kernel.run("%condatainer install demopkg")
             assert error is None, error

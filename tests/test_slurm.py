@@ -79,13 +79,15 @@ def test_step_squeue_and_scancel_argv():
         "--job-name=jcts-abc-kernel",
         "/bin/sh",
         "-c",
-        slurm.FORWARD_SCRIPT,
+        slurm.forward_script(),
         "jct-step",
         "apptainer",
         "exec",
         "instance://jcts-abc",
         "true",
     ]
+    singularity_step = slurm.step_argv("12", "cn1", "s", ["singularity", "exec"], "SINGULARITYENV_")
+    assert 'export "SINGULARITYENV_$name=' in singularity_step[9]
     assert slurm.my_jobs_argv() == ["squeue", "--me", "-h", "-o", "%i|%j|%T|%N|%e"]
     assert slurm.steps_argv("12") == ["squeue", "-h", "-s", "-j", "12", "-o", "%i|%j"]
     assert slurm.scancel_argv("12") == ["scancel", "12"]

@@ -45,6 +45,7 @@ jupyter condatainer instances list --json
                 "kernels": r.kernels,
                 "notebooks": r.notebooks,
                 "base_image": r.base_image,
+                "warm": r.warm,
                 "overlays": r.overlays,
             }
             for r in records
@@ -59,7 +60,9 @@ jupyter condatainer instances list --json
         if rows:
             table = [("INSTANCE", "STATE", "SERVER", "STACK", "KERNELS")]
             for record, row in zip(records, rows):
-                state = "running" if row["running"] else "stopped"
+                state = "stopped"
+                if row["running"]:
+                    state = "warm (idle, kept for the next kernel)" if row["warm"] else "running"
                 owner = f"pid {record.owner.pid}" if row["owner_alive"] else "ORPHAN"
                 table.append((record.name, state, owner, stack_of(record), kernels_in_words(record)))
             print_table(table)
@@ -102,21 +105,27 @@ def stack_of(record) -> str:
 
 
 class StopInstancesApp(Command):
-    description = """Stop instances by name, or every orphan left by a crashed server (--orphans).
+    description = """Stop instances by name, every orphan left by a crashed server (--orphans), or the
+warm ones: idle instances a server keeps for the next kernel of their stack (--warm).
 
 Only this user's instances of jupyter-condatainer are stopped (known by their state files),
 never one started by hand or by another user. A SLURM kernel's job (jcts-…) is cancelled."""
     examples = """
 jupyter condatainer instances stop --orphans
+jupyter condatainer instances stop --warm      # e.g. before condatainer rm of an image they hold
 jupyter condatainer instances stop jct-3f2a-1a2b3c4d-9e8f7a    # a name from: instances list
 jupyter condatainer instances stop jcts-1a2b3c4d-9e8f          # a SLURM kernel's job
 """
 
     orphans = Bool(False, config=True, help="Stop instances whose server is gone.")
-    flags = {"orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances.")}
+    warm = Bool(False, config=True, help="Stop the idle instances servers keep warm (no kernel in them).")
+    flags = {
+        "orphans": ({"StopInstancesApp": {"orphans": True}}, "Stop orphaned instances."),
+        "warm": ({"StopInstancesApp": {"warm": True}}, "Stop warm (idle) instances."),
+    }
 
     arguments = (0, None)
-    usage = "instances stop NAME [NAME …] | --orphans"
+    usage = "instances stop NAME [NAME …] | --orphans | --warm"
 
     def main(self) -> None:
         manager = InstanceManager.for_config(self.cnt)
@@ -127,9 +136,13 @@ jupyter condatainer instances stop jcts-1a2b3c4d-9e8f          # a SLURM kernel'
                 if slurm.available():
                     for name in asyncio.run(slurm.sweep_orphans(slurm.state_store(self.cnt))):
                         print(f"cancelled orphan job {name}")
+            if self.warm:
+                for name in asyncio.run(manager.stop_warm_of_any_server()):
+                    print(f"stopped warm {name}")
+            if self.orphans or self.warm:
                 return
             if not self.extra_args:
-                self.fail("give instance names or --orphans")
+                self.fail("give instance names, --orphans or --warm")
             for name in self.extra_args:
                 if name.startswith(slurm.JOB_PREFIX):
                     asyncio.run(slurm.stop_by_name(slurm.state_store(self.cnt), name))

@@ -97,6 +97,8 @@ async def freeze(
     the tree, commit. Until the commit, everything lives in work files next to the target.
     """
     target = await asyncio.to_thread(check_target, ops, source, name, version)
+    for image in (target.source.path, str(target.path)):  # an idle instance must not hold either
+        await ops.instances.stop_warm(image=image)
     tmp_sqf = workfiles.work_path(target.path)
     stage = tmp_sqf.with_suffix(".stage")
     with ops.journal.record("freeze", target.name, str(target.path)):

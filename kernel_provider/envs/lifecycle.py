@@ -75,6 +75,8 @@ class Lifecycle:
         overlay = self.ops.find_env(name)
         if self.ops.mounted_by(overlay) is not None:
             return None  # our kernel's instance: the change runs through it
+        if self.ops.instances.warm_mounting(overlay.path):
+            return None  # an idle instance of ours: it is stopped before the change
         if held_by_anyone(overlay.path):
             return in_use_message(overlay.name, self.ops.holder(overlay.path))
         return None

@@ -459,6 +459,7 @@ class EnvOperations:
         mounted, else on a copy that replaces the env only when the command succeeded; refused
         while another container has it mounted. ``prepare`` runs once the lock is held (checks
         that need it); ``operation`` names the steps (:mod:`.checkpoints`)."""
+        await self.instances.stop_warm(image=overlay.path)  # an idle instance gives way
         lock = self.try_lock(overlay.path)
         image = await asyncio.to_thread(os.path.realpath, overlay.path)  # what a commit replaces
         try:
@@ -644,6 +645,7 @@ class EnvOperations:
         overlay = await asyncio.to_thread(self.find, name)
         if overlay.kind == "sif":
             raise OverlayError("base images are managed by CondaTainer; remove them with the condatainer CLI")
+        await self.instances.stop_warm(image=overlay.path)  # an idle instance gives way
         if self.mounted_by(overlay) or await asyncio.to_thread(held_by_anyone, overlay.path):
             who = await asyncio.to_thread(self.holder, overlay.path)
             raise EnvBusyError(in_use_message(f"{name} cannot be deleted: it", who, "shut that down first"))

@@ -1,9 +1,15 @@
-"""Instance lifecycle: start, share, stop and sweep persistent Apptainer instances.
+"""Instance lifecycle: start, share, keep warm, stop and sweep persistent Apptainer instances.
 
 One :class:`InstanceManager` per server process keeps the instances it started,
 the kernels using each, and the CondaTainer shared locks on their images. Every
 Apptainer call is an asyncio subprocess, so the server's event loop never waits
 on a container.
+
+In a server, which stops what it owns at its exit (:meth:`InstanceManager.serve`), an instance
+whose last kernel ended stays *warm* with its fork server for the next kernel of its stack (at
+most ``limit`` of them, each for ``timeout`` seconds: :class:`WarmPolicy`, the provisioner's
+``warm_*`` options) or stops in the background: a shutdown does not wait for Apptainer. Anywhere
+else (a bare KernelManager: nbclient, papermill) the shutdown waits for the stop.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterable
+import subprocess
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +35,7 @@ from kernel_provider.host.locks import (
     is_in_use,
 )
 from kernel_provider.host.probes import user_name
-from kernel_provider.host.process import InstanceError, apptainer_message, run
+from kernel_provider.host.process import InstanceError, apptainer_env, apptainer_message, run
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.host.state import (
@@ -37,6 +44,7 @@ from kernel_provider.host.state import (
     Owner,
     StateStore,
 )
+from kernel_provider.host.zygote import Zygote, ZygoteError
 from kernel_provider.incontainer.diagnosis import Context, explain
 from kernel_provider.incontainer.envlock import EnvLock, env_lock_path
 from kernel_provider.model import command
@@ -45,6 +53,8 @@ from kernel_provider.model.plan import ContainerPlan
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
+STOP_POLL = 0.05  # seconds between looks at a running stop
+WARM_POLL = 1.0  # seconds between looks at a warm instance (still there, fork server alive)
 ENV_CHANGE_POLL = 1.0  # seconds between looks at an orphan's env lock
 
 
@@ -59,6 +69,29 @@ def stack_key(plan: ContainerPlan) -> str:
         list(plan.env),
     ]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+
+
+def image_identity(plan: ContainerPlan) -> list[list]:
+    """What says an image is still the one an instance mounted: inode, size and mtime of each
+    ``.sif``/``.sqf``; only the inode of an ``.img`` (the instance's own writes change the rest)."""
+    identity: list[list] = []
+    for image in (plan.base_image, *plan.overlays):
+        try:
+            st = os.stat(image.path)
+        except OSError:
+            identity.append([image.path])
+            continue
+        same = [st.st_dev, st.st_ino] if image.kind == "img" else [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        identity.append([image.path, *same])
+    return identity
+
+
+@dataclass(frozen=True)
+class WarmPolicy:
+    """How long and how many instances stay warm after their last kernel (0: none)."""
+
+    timeout: float = 0.0
+    limit: int = 0
 
 
 @dataclass
@@ -78,6 +111,10 @@ class Instance:
     # ``exec --oci`` container, whose process (pid, start time) the record keeps for the sweep.
     oci: bool = False
     oci_process: tuple[int, int] | None = None
+    identity: list[list] = field(default_factory=list)  # image_identity() when it started
+    zygote: Zygote | None = None  # its fork server, once started
+    zygote_start: asyncio.Task | None = None  # the running start of a fork server
+    zygote_error: str = ""  # why its last fork server did not start
 
     @classmethod
     def prepare(
@@ -91,9 +128,24 @@ class Instance:
             [plan.base_image.path] + [o.path for o in plan.overlays if o.kind in ("sqf", "img")]
         ).acquire()
         env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env, oci=oci))
-        return cls(name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci)
+        return cls(
+            name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci, identity=image_identity(plan)
+        )
 
-    def record(self, slurm_job: str = "") -> InstanceRecord:
+    def images_unchanged(self) -> bool:
+        """Every image is still the file the instance mounted (none replaced or rewritten)."""
+        return image_identity(self.plan) == self.identity
+
+    def fork_server_env(self) -> list[tuple[str, str]]:
+        """What every kernel of this instance gets (its fork server too): the stack's variables
+        and where the magic finds the instance's description."""
+        return [*self.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(self.name)))]
+
+    def mounts(self, path: str) -> bool:
+        """The instance has this image mounted."""
+        return any(image.path == path for image in (self.plan.base_image, *self.plan.overlays))
+
+    def record(self, slurm_job: str = "", warm: bool = False) -> InstanceRecord:
         """The state file of this instance (CondaTainer's format plus our owner, stack and kernels)."""
         return InstanceRecord(
             name=self.name,
@@ -109,6 +161,7 @@ class Instance:
             slurm_job=slurm_job,
             oci=self.oci,
             oci_process=list(self.oci_process) if self.oci_process else None,
+            warm=warm,
         )
 
 
@@ -125,6 +178,9 @@ class InstanceManager:
         self._starting: dict[str, asyncio.Future] = {}
         self._swept = False
         self._deferred: set[asyncio.Task] = set()  # orphans waiting for an env change to end
+        self.warm: dict[str, tuple[Instance, asyncio.Task]] = {}  # name → idle instance, its watch
+        self._serving = False  # in a server, which stops what it owns at its exit (serve, close)
+        self._background: set[asyncio.Task] = set()  # stops nobody waits for
 
     @classmethod
     def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
@@ -180,12 +236,29 @@ class InstanceManager:
         if oci:
             instance = await self._start(plan, key, False, oci=True)
         else:
-            instance = await (self._shared(plan, key) if share else self._start(plan, key, share))
+            instance = self._take_warm(key, share) or await (
+                self._shared(plan, key) if share else self._start(plan, key, share)
+            )
         instance.kernels.add(kernel_id)
         if notebook:
             instance.notebooks[kernel_id] = notebook
         self._save(instance)
         return instance
+
+    def _take_warm(self, key: str, share: bool) -> Instance | None:
+        """A warm instance of this stack, now in use again; one whose images changed on disk, or
+        that was stopped under us (``instances stop --warm``), is stopped instead."""
+        for name, (instance, watch) in list(self.warm.items()):
+            if instance.key != key:
+                continue
+            del self.warm[name]
+            watch.cancel()
+            if instance.images_unchanged() and self.store.path(name).exists():
+                instance.shared = share
+                self.instances[name] = instance
+                return instance
+            self._in_background(self._stop_instance(instance))
+        return None
 
     async def _shared(self, plan: ContainerPlan, key: str) -> Instance:
         """The running shared instance of this stack, or the one start of it that all its kernels await."""
@@ -210,8 +283,9 @@ class InstanceManager:
             self._save(instance)
         return instance
 
-    async def release(self, instance: Instance, kernel_id: str) -> None:
-        """Forget a kernel; stop the instance when no kernel uses it any more."""
+    async def release(self, instance: Instance, kernel_id: str, warm: WarmPolicy = WarmPolicy()) -> None:
+        """Forget a kernel. When no kernel uses the instance any more it stays warm (``warm``, in
+        a server) or stops: in the background in a server, where the caller does not wait for it."""
         async with self._lock:
             instance.kernels.discard(kernel_id)
             instance.notebooks.pop(kernel_id, None)
@@ -219,8 +293,127 @@ class InstanceManager:
                 self._save(instance)
                 return
             self.instances.pop(instance.name, None)
-        await self._stop(instance.name)
-        instance.locks.release()
+            if (
+                self._serving
+                and not instance.oci
+                and warm.timeout > 0
+                and warm.limit > 0
+                and instance.images_unchanged()
+            ):
+                self._keep_warm(instance, warm)
+                return
+        if self._serving:
+            self._in_background(self._stop_instance(instance))
+        else:
+            await self._stop_instance(instance)
+
+    def _keep_warm(self, instance: Instance, warm: WarmPolicy) -> None:
+        """Keep an idle instance for ``warm.timeout`` seconds; the oldest beyond ``warm.limit`` stops."""
+        watch = self._in_background(self._watch_warm(instance, warm.timeout))
+        self.warm[instance.name] = (instance, watch)
+        self.store.write(instance.record(warm=True))
+        while len(self.warm) > warm.limit:
+            oldest, old_watch = self.warm.pop(next(iter(self.warm)))
+            old_watch.cancel()
+            self._in_background(self._stop_instance(oldest))
+
+    async def _watch_warm(self, instance: Instance, timeout: float) -> None:
+        """Stop a warm instance after ``timeout``, or at once when it was stopped under us
+        (``instances stop --warm`` removed its state file, its fork server ended): its image
+        locks must not outlive it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (  # noqa: ASYNC110 - another process may stop it: nothing to await but a look
+            loop.time() < deadline
+            and self.store.path(instance.name).exists()
+            and (instance.zygote is None or instance.zygote.alive())
+        ):
+            await asyncio.sleep(min(WARM_POLL, max(deadline - loop.time(), 0)))
+        if self.warm.get(instance.name, (None,))[0] is instance:
+            del self.warm[instance.name]
+            await self._stop_instance(instance)
+
+    async def stop_warm(self, name: str | None = None, image: str | None = None) -> list[str]:
+        """Stop warm instances (one by ``name``, those mounting ``image``, or all) and wait for it:
+        before our own change of an image, and at the server's exit."""
+        chosen = [
+            self.warm.pop(n)
+            for n, (i, _) in list(self.warm.items())
+            if (name is None or n == name) and (image is None or i.mounts(image))
+        ]
+        for _, watch in chosen:
+            watch.cancel()
+        await asyncio.gather(*(self._stop_instance(i) for i, _ in chosen))
+        return [i.name for i, _ in chosen]
+
+    def warm_mounting(self, image: str) -> bool:
+        """A warm instance has this image mounted (it is stopped before we change the image)."""
+        return any(instance.mounts(image) for instance, _ in list(self.warm.values()))
+
+    def serve(self) -> None:
+        """Called by the server extension, which calls :meth:`close` at the server's exit: from now
+        on instances may stay warm, and stop in the background."""
+        self._serving = True
+
+    async def close(self) -> None:
+        """At the server's exit: no more warm instances; stop the warm ones, wait for the stops
+        running in the background."""
+        self._serving = False
+        await self.stop_warm()
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _in_background(self, work: Coroutine) -> asyncio.Task:
+        """Run ``work`` nobody waits for, except :meth:`close`."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _stop_instance(self, instance: Instance) -> None:
+        """Stop an instance we hold, its fork server with it; then let its images go."""
+        if instance.oci:
+            try:
+                await self._stop(instance.name)
+            finally:
+                instance.locks.release()
+            return
+        stopping = self._begin_stop(instance.name)
+        try:
+            if instance.zygote_start is not None:
+                instance.zygote_start.cancel()
+            if instance.zygote is not None:
+                await instance.zygote.close()
+            await self._finish_stop(instance.name, stopping)
+        finally:
+            instance.locks.release()
+
+    async def zygote(self, instance: Instance, python: str, wait: bool, renew: bool = False) -> Zygote | None:
+        """The instance's running fork server, or None. A dead or missing one (any, when
+        ``renew``: it refused a kernel) is (re)started: awaited when ``wait``, else in the
+        background for a later kernel."""
+        if not renew and instance.zygote is not None and instance.zygote.alive():
+            return instance.zygote
+        if instance.zygote_start is None:
+            instance.zygote_start = asyncio.get_running_loop().create_task(self._start_zygote(instance, python))
+        if not wait:
+            return None
+        return await asyncio.shield(instance.zygote_start)
+
+    async def _start_zygote(self, instance: Instance, python: str) -> Zygote | None:
+        old, instance.zygote = instance.zygote, None
+        try:
+            if old is not None:
+                await old.close()
+            instance.zygote = await Zygote.start(
+                self.apptainer, instance.name, instance.fork_server_env(), python, str(runtime_dir())
+            )
+            instance.zygote_error = ""
+        except (ZygoteError, OSError) as err:
+            instance.zygote_error = str(err)
+        finally:
+            instance.zygote_start = None
+        return instance.zygote
 
     def _check_env_image(self, plan: ContainerPlan, oci: bool = False) -> None:
         env_image = plan.env_image
@@ -281,19 +474,42 @@ class InstanceManager:
     async def _stop(self, name: str) -> None:
         """Stop an instance (if running) and remove its state and runtime files."""
         record = self.store.read(name)
+        if record is not None and record.oci:  # no instance: the kernel's own container, by its process
+            try:
+                if record.oci_process is not None:
+                    pid, start = record.oci_process
+                    await oci.stop_container((pid, start), STOP_TIMEOUT)
+            finally:
+                self._forget(name)
+            return
+        await self._finish_stop(name, self._begin_stop(name))
+
+    def _begin_stop(self, name: str) -> subprocess.Popen:
+        """Start ``apptainer instance stop``, detached: it goes on to its end even when this process
+        stops waiting for it (a cancelled task, a server that exits right after a shutdown)."""
+        return subprocess.Popen(
+            command.instance_stop_argv(self.apptainer, name),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=apptainer_env(self.apptainer),
+            start_new_session=True,
+        )
+
+    async def _finish_stop(self, name: str, stopping: subprocess.Popen) -> None:
+        """Wait for a stop (without blocking the loop), then forget the instance."""
         try:
-            if record is not None and record.oci_process is not None:
-                pid, start = record.oci_process
-                await oci.stop_container((pid, start), STOP_TIMEOUT)  # an OCI kernel's container
-            elif record is None or not record.oci:
-                await run(command.instance_stop_argv(self.apptainer, name), STOP_TIMEOUT)
+            deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
+            while stopping.poll() is None and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(STOP_POLL)  # a detached process: nothing to await but its end
         finally:
             self._forget(name)
 
     def _forget(self, name: str) -> None:
-        """Remove an instance's state file and its runtime files."""
+        """Remove an instance's state file and its runtime files (a crashed server's fork server's too)."""
         self.store.remove(name)
-        for path in (runtime_dir() / f"{name}.env", instanceinfo.path(name)):
+        directory = runtime_dir()
+        for path in (directory / f"{name}.env", instanceinfo.path(name), *Zygote.files(directory, name)):
             path.unlink(missing_ok=True)
 
     async def stop_by_name(self, name: str) -> None:
@@ -305,10 +521,22 @@ class InstanceManager:
         ):
             raise InstanceError(f"{name} is not a jupyter-condatainer instance of this user")
         async with self._lock:
+            if name in self.warm:
+                await self.stop_warm(name)
+                return
             instance = self.instances.pop(name, None)
-            await self._stop(name)
             if instance:
-                instance.locks.release()
+                await self._stop_instance(instance)
+            else:
+                await self._stop(name)
+
+    async def stop_warm_of_any_server(self) -> list[str]:
+        """Stop this user's warm instances, whichever server keeps them (``instances stop --warm``):
+        that server starts a new instance for its next kernel of the stack."""
+        names = [record.name for record in self.store.ours() if record.warm and not record.kernels]
+        for name in names:
+            await self.stop_by_name(name)
+        return names
 
     async def probe_python(self, instance: Instance) -> PythonInfo:
         """Which ``python`` the stack's PATH gives and whether it has ipykernel (once per instance)."""
@@ -341,13 +569,18 @@ class InstanceManager:
             running = set(await self.running_names())
             records = {r.name: r for r in self.store.ours()}
             orphans = [
-                name for name, record in records.items() if name not in self.instances and not record.owner.is_alive()
+                name
+                for name, record in records.items()
+                if name not in self.instances and name not in self.warm and not record.owner.is_alive()
             ]
             # Ours by name but without a state file: its start or stop was cut short.
             orphans += [
                 name
                 for name in running
-                if name.startswith(self.name_prefix) and name not in records and name not in self.instances
+                if name.startswith(self.name_prefix)
+                and name not in records
+                and name not in self.instances
+                and name not in self.warm
             ]
             changing = {name: lock for name in orphans if (lock := self._env_change_lock(records.get(name)))}
             await asyncio.gather(

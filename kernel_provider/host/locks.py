@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable
 
 from kernel_provider.incontainer.envlock import EnvBusyError
 
-OTHER_CONTAINER = "another container (a kernel of another server, or a CondaTainer shell or instance)"
+OTHER_CONTAINER = (
+    "another container (a kernel of another server, an idle instance a server keeps warm — "
+    "'jupyter condatainer instances stop --warm' stops those — or a CondaTainer shell or instance)"
+)
 
 
 def in_use_message(name: str, holder: str = OTHER_CONTAINER, advice: str = "stop it first") -> str:

@@ -73,6 +73,7 @@ class InstanceRecord:
     # found again by its exec process [pid, start time] once the kernel runs.
     oci: bool = False  # no `instance list` shows it
     oci_process: list[int] | None = None
+    warm: bool = False  # kept running without kernels, for the next kernel of its stack
 
     def to_json(self) -> dict:
         """The state file: CondaTainer's fields, ours under ``jupyter_condatainer``."""
@@ -91,6 +92,7 @@ class InstanceRecord:
                 "created": self.created,
                 **({"slurm_job": self.slurm_job} if self.slurm_job else {}),
                 **({"oci": True, "oci_process": self.oci_process} if self.oci else {}),
+                **({"warm": True} if self.warm else {}),
             },
         }
 
@@ -115,6 +117,7 @@ class InstanceRecord:
             slurm_job=str(ours.get("slurm_job", "")),
             oci=bool(ours.get("oci", False)),
             oci_process=ours.get("oci_process"),
+            warm=bool(ours.get("warm", False)),
         )
 
 

@@ -38,12 +38,14 @@ def activate_conda_envs() -> None:
         sys.path[:] = [p for p in sys.path if not p.startswith(user_site)]
 
 
-def main() -> None:
-    """Become ipykernel: the env's own packages first, then this package and a supplied ipykernel, the magic loaded."""
+def prepare() -> None:
+    """The env's own packages first, then this package and a supplied ipykernel; the conda envs
+    activated. Shared by a kernel started by exec and the fork server (``zygote``)."""
     # Python put this script's directory first on sys.path; it must not shadow anything.
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)
-    sys.path.append(LIB_DIR)
+    if LIB_DIR not in sys.path:
+        sys.path.append(LIB_DIR)
     activate_conda_envs()
     from kernel_provider.incontainer.constants import SUPPLY_DIR
 
@@ -56,8 +58,18 @@ def main() -> None:
             )
             sys.exit(NO_IPYKERNEL_EXIT)
         sys.path.append(supplied)
-    sys.argv = ["ipykernel_launcher", *sys.argv[1:], MAGIC_EXTENSION]
+
+
+def run_kernel(args: list[str]) -> None:
+    """Become ipykernel with the kernel's arguments (``-f CONNECTION_FILE`` …), the magic loaded."""
+    sys.argv = ["ipykernel_launcher", *args, MAGIC_EXTENSION]
     runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+
+
+def main() -> None:
+    """Become ipykernel: the env's own packages first, then this package and a supplied ipykernel, the magic loaded."""
+    prepare()
+    run_kernel(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@
   tcp), jupyter_client's connection file and argv (LocalProvisioner), then the stack's
   instance: started (binding the connection file's directory), or joined when
   ``share_instance``. A restart keeps the instance.
+- ``launch_kernel``: a fork of the instance's fork server (:mod:`kernel_provider.host.zygote`),
+  or, when there is none or it refuses (the reason is logged), ``apptainer exec`` of the argv.
 - ``send_signal``: SIGINT goes to the kernel's own host PID (signalling the ``apptainer``
   process would kill the kernel); other signals to the process group.
-- ``cleanup``: a shutdown releases the instance; it stops with its last kernel.
+- ``cleanup``: a shutdown releases the instance: it stays warm for the next kernel of its
+  stack (``warm_timeout``, ``warm_limit``) or stops in the background.
 
 The instance logic both launchers share is in :mod:`kernel_provider.kernel.provisioner_base`.
 """
@@ -16,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Enum
+from traitlets import Bool, Enum, Float, Int
 
 from kernel_provider.host import oci
+from kernel_provider.host.instances import WarmPolicy
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.runtime import runtime_dir
+from kernel_provider.host.zygote import ForkedKernel, ZygoteError, fork_problem
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
 from kernel_provider.kernel import oci_mode
@@ -74,6 +80,24 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         help="""ZMQ transport. 'ipc' (default): sockets in the user-only runtime directory, so no
         kernel port is open to other users of a shared login node. 'tcp': localhost ports.""",
     )
+    fork_server = Bool(
+        True,
+        config=True,
+        help="""Start kernels as forks of a fork server in the instance, which has ipykernel imported
+        already (about twice as fast). False: every kernel is an 'apptainer exec' of its argv.""",
+    )
+    warm_timeout = Float(
+        600.0,
+        config=True,
+        help="""Seconds an instance stays running after its last kernel shut down, so that the next
+        kernel of the same stack starts as a fork at once. 0: it stops with its last kernel.""",
+    )
+    warm_limit = Int(
+        2,
+        config=True,
+        help="At most this many warm instances (stacks) at a time; the oldest stops first. 0: none.",
+    )
+    forked = False  # whether the running kernel is a fork of the fork server
 
     def _use_ipc(self) -> None:
         """Point the KernelManager at ipc sockets under the bound runtime directory."""
@@ -110,19 +134,64 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             return self._in_container(kwargs)
 
     async def _acquire_instance(self, kernel_cwd: str, notebook: str = "") -> None:
-        """Start the stack's instance, or join the running one when ``share_instance``; the first
-        kernel of this server cleans up after a crashed one. ``notebook`` names the kernel's user. In
-        OCI mode there is no instance to start (see :func:`kernel_provider.kernel.oci_mode.check`)."""
+        """Start the stack's instance, take a warm one, or join the running one when
+        ``share_instance``; the first kernel of this server cleans up after a crashed one.
+        ``notebook`` names the kernel's user. In OCI mode there is no instance to start (see
+        :func:`kernel_provider.kernel.oci_mode.check`)."""
         manager = self.manager
         self.progress.step("stack", f"reading the stack ({', '.join(self.overlays) or 'no overlays'})")
         await manager.sweep_orphans_once()
-        plan = await asyncio.to_thread(self._plan, kernel_cwd)
+        plan = await asyncio.to_thread(self._plan, self._visible_dir(kernel_cwd))
         transport = self.parent.transport if self.parent is not None else self.transport
         use_oci = oci_mode.check(await manager.runtime(), plan.flags, self.oci or manager.config.oci, transport)
         how = "starting or joining the shared instance" if self.share_instance and not use_oci else "starting instance"
         self.progress.step("instance", f"{how}, mounting {stack_label(plan)}")
         self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, notebook, oci=use_oci)
         self.placement = Placement(instance=self.instance.name)
+
+    def _visible_dir(self, kernel_cwd: str) -> str:
+        """What to bind for the kernel's cwd: the server's root directory when the cwd is under it,
+        so that one instance (warm, or shared) serves the notebooks of every directory below."""
+        root = getattr(getattr(self.parent, "parent", None), "root_dir", "")
+        if root and os.path.commonpath([os.path.abspath(root), os.path.abspath(kernel_cwd)]) == os.path.abspath(root):
+            return os.path.abspath(root)
+        return kernel_cwd
+
+    async def _start_kernel_process(self, cmd: list[str], kwargs: dict[str, Any], env_file: Path) -> Any:
+        """A fork of the instance's fork server; ``apptainer exec`` (the base class) when that
+        cannot be, with the reason in the log."""
+        self.forked = False
+        if self.fork_server and not self.instance.oci:  # OCI mode: no instance to hold a fork server
+            try:
+                forked, reason = await self._fork(cmd, kwargs)
+            except ZygoteError as err:
+                forked, reason = None, str(err)
+            if forked is not None:
+                self.forked = True
+                return forked
+            self.log.info("CondaTainer kernel %s starts by apptainer exec, not forked: %s", self.kernel_id, reason)
+        return await super()._start_kernel_process(cmd, kwargs, env_file)
+
+    async def _fork(self, cmd: list[str], kwargs: dict[str, Any]) -> tuple[ForkedKernel | None, str]:
+        """The forked kernel, or None and why not."""
+        instance = self.instance
+        first = instance.zygote is None and not instance.zygote_error
+        zygote = await self.manager.zygote(instance, cmd[0], wait=first)
+        if zygote is None:
+            return None, instance.zygote_error or "the instance's fork server is not running (a new one is starting)"
+        if self.kernel_spec and self.kernel_spec.env:
+            return None, "the kernelspec sets env, which the conda activation must see as the kernel starts"
+        common = dict(instance.fork_server_env())
+        extra = {k: v for k, v in self._kernel_env(kwargs.get("env", {})) if common.get(k) != v}
+        if problem := fork_problem(zygote.python, cmd, extra, LAUNCHER):
+            return None, problem
+        try:
+            forked = await zygote.fork(cmd[2:], extra, self.cwd)
+        except ZygoteError:
+            await self.manager.zygote(instance, cmd[0], wait=False, renew=True)  # for the next kernel
+            raise
+        self.pid = self.pgid = forked.pid
+        return forked, ""
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
         """The exec as a child of the server, in its own session (signals go to its group), its
@@ -142,6 +211,9 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         """``KernelManager.signal_kernel`` (and ``kill``/``terminate`` here): SIGINT to the
         kernel's own host PID, other signals to the exec's process group."""
         if not self.process or self.process.returncode is not None:
+            return
+        if isinstance(self.process, ForkedKernel):
+            self.process.send_signal(signum)
             return
         if self.instance is not None and self.instance.oci and signum in (signal.SIGTERM, signal.SIGKILL):
             # PID 1 of its namespace ignores SIGTERM: any stop is SIGKILL to the container's init.
@@ -175,4 +247,4 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         instance, self.instance = self.instance, None
         self.placement = Placement()
         if instance is not None:
-            await self.manager.release(instance, self.kernel_id)
+            await self.manager.release(instance, self.kernel_id, WarmPolicy(self.warm_timeout, self.warm_limit))

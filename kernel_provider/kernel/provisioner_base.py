@@ -13,7 +13,8 @@ Hooks, in the order ``KernelManager`` calls them (see jupyter_client's ``provisi
 - ``pre_launch`` (each launcher's own): get the stack's instance, make sure its Python can run
   ipykernel, write the connection file; returns the kernelspec's argv made for the container.
 - ``launch_kernel`` (here): ``apptainer exec --cleanenv --env-file … instance://NAME`` of that
-  argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn`.
+  argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn` (the local
+  launcher first asks the instance's fork server for a fork: :mod:`kernel_provider.host.zygote`).
 - ``send_signal`` (each launcher's own), ``poll``, ``wait``, ``kill``, ``terminate``.
 - ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it.
 
@@ -52,6 +53,7 @@ from kernel_provider.host.instances import Instance, InstanceManager
 from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.host.state import Owner, process_start_time
+from kernel_provider.host.zygote import ForkedKernel
 from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
 from kernel_provider.kernel import kernellog, persistence
@@ -149,7 +151,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
 
     instance: Instance | None = None  # the instance the kernel runs in, from the first start to the shutdown
     placement = Placement()
-    process: asyncio.subprocess.Process | None = None  # what launch_kernel started
+    process: asyncio.subprocess.Process | ForkedKernel | None = None  # what launch_kernel started
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
     _progress: LaunchProgress | None = None
@@ -228,8 +230,8 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Called by ``KernelManager.launch_kernel`` after ``pre_launch``, with its ``cmd`` and
-        kwargs (``env``, ``cwd``): execs ``cmd`` in the instance with the kernel's env file and
-        returns the kernel's connection info."""
+        kwargs (``env``, ``cwd``): starts ``cmd`` in the instance with the kernel's env file and
+        returns the kernel's connection info. The env file stays for the kernel's terminal."""
         async with self._undone_on_failure():
             self._apply_cull_timeout()
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
@@ -237,21 +239,27 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             kernel_env = command.render_env_file(self._kernel_env(kwargs.get("env", {})), oci=self.instance.oci)
             self._env_file = write_private(env_file, kernel_env)
-            apptainer = self.manager.apptainer
-            if self.instance.oci:  # no instance: the kernel is its own exec --oci container
-                argv = command.oneshot_exec_argv(apptainer, self.instance.plan, str(env_file), cmd, self.cwd, oci=True)
-            else:
-                argv = command.instance_exec_argv(apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd)
-            self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
             self.progress.step("kernel", f"starting the kernel in {self.instance.name}")
-            with kernellog.open_kernel_log(self.kernel_id, self.instance.name) as self.kernel_output:
-                self.process = await self._spawn(argv)
-            if self.instance.oci:
-                self.manager.note_oci_process(self.instance, self.process.pid)
+            self.process = await self._start_kernel_process(cmd, kwargs, env_file)
             self.progress.step("wait", "waiting for the kernel")
             info = await self._connection_info_once_started()
             await self._save_record()
             return info
+
+    async def _start_kernel_process(self, cmd: list[str], kwargs: dict[str, Any], env_file: Path) -> Any:
+        """The kernel's ``apptainer exec`` in the instance (in OCI mode: its own container), its
+        output into the kernel's log file."""
+        apptainer = self.manager.apptainer
+        if self.instance.oci:  # no instance: the kernel is its own exec --oci container
+            argv = command.oneshot_exec_argv(apptainer, self.instance.plan, str(env_file), cmd, self.cwd, oci=True)
+        else:
+            argv = command.instance_exec_argv(apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd)
+        self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
+        with kernellog.open_kernel_log(self.kernel_id, self.instance.name) as self.kernel_output:
+            process = await self._spawn(argv)
+        if self.instance.oci:
+            self.manager.note_oci_process(self.instance, process.pid)
+        return process
 
     def _apply_cull_timeout(self) -> None:
         """jupyter_server's culler reads a kernel's own timeout from its kernelspec's metadata

@@ -57,6 +57,7 @@ from kernel_provider.host.python import (
     parse_probe,
 )
 from kernel_provider.host.runtime import runtime_dir, write_private
+from kernel_provider.host.runtime_detect import flavour_for
 from kernel_provider.host.state import InstanceRecord, StateStore
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
@@ -91,12 +92,19 @@ RESERVED_OPTIONS = ("--job-name", "-J", "--output", "-o", "--error", "-e", "--pa
 # the server itself may run in, and would leak into our sbatch/srun as options.
 KEPT_SLURM_VARIABLES = ("SLURM_CONF", "SLURM_CLUSTERS")
 # What a step forwards into the container (``--cleanenv`` drops the rest): the job's
-# SLURM_* and the GPUs SLURM gave it, as Apptainer's APPTAINERENV_ variables.
+# SLURM_* and the GPUs SLURM gave it.
 FORWARD_PATTERN = "SLURM_[A-Za-z0-9_]+|CUDA_VISIBLE_DEVICES|ROCR_VISIBLE_DEVICES|HIP_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL"
-FORWARD_SCRIPT = (
-    f"for name in $(env | grep -oE '^({FORWARD_PATTERN})=' | tr -d =); do "
-    'export "APPTAINERENV_$name=$(printenv "$name")"; done; exec "$@"'
-)
+
+
+def forward_script(container_env_prefix: str = "APPTAINERENV_") -> str:
+    """sh that exports the step's :data:`FORWARD_PATTERN` variables under the runtime's prefix
+    (``APPTAINERENV_``, SingularityCE's ``SINGULARITYENV_``), then execs its arguments."""
+    return (
+        f"for name in $(env | grep -oE '^({FORWARD_PATTERN})=' | tr -d =); do "
+        f'export "{container_env_prefix}$name=$(printenv "$name")"; done; exec "$@"'
+    )
+
+
 NO_PROXY = "localhost,127.0.0.1"
 
 log = logging.getLogger(__name__)
@@ -165,9 +173,11 @@ def node_address_argv(node: str) -> list[str]:
     return ["sinfo", "-h", "-N", "-n", node, "-o", "%o"]
 
 
-def step_argv(job_id: str, node: str, step_name: str, argv: Sequence[str]) -> list[str]:
+def step_argv(
+    job_id: str, node: str, step_name: str, argv: Sequence[str], container_env_prefix: str = "APPTAINERENV_"
+) -> list[str]:
     """Run ``argv`` as a step of the job on its instance's node, with SLURM's variables
-    forwarded into the container (see :data:`FORWARD_SCRIPT`)."""
+    forwarded into the container (see :func:`forward_script`)."""
     return [
         "srun",
         f"--jobid={job_id}",
@@ -178,7 +188,7 @@ def step_argv(job_id: str, node: str, step_name: str, argv: Sequence[str]) -> li
         f"--job-name={step_name}",
         "/bin/sh",
         "-c",
-        FORWARD_SCRIPT,
+        forward_script(container_env_prefix),
         "jct-step",
         *argv,
     ]
@@ -658,7 +668,8 @@ class SlurmAllocation:
 
     def step(self, argv: Sequence[str], step_name: str = "") -> list[str]:
         """``srun`` argv that runs ``argv`` as a step of this job on its node."""
-        return step_argv(self.job_id, self.node, step_name or f"{self.name}-step", argv)
+        prefix = flavour_for(argv[0]).container_env_prefix if argv else "APPTAINERENV_"
+        return step_argv(self.job_id, self.node, step_name or f"{self.name}-step", argv, prefix)
 
     async def probe_python(self) -> PythonInfo:
         """Which ``python`` the stack's PATH gives on the node, and whether it has ipykernel."""

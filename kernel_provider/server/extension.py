@@ -132,6 +132,7 @@ class CondaTainerExtension(ExtensionApp):
         self.serverapp.event_logger.emit(schema_id=KERNEL_EVENT, data={"event": event, **notice.to_json()})
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        InstanceManager.for_config(self.condatainer).serve()  # stop_extension stops what it owns
         await self._adoption  # before the sweeps: they must find adopted kernels owned
         if not self.sweep_orphans:
             return
@@ -170,10 +171,12 @@ class CondaTainerExtension(ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Cancel every job as the server stops, and the starts of SLURM kernels whose job still
-        waits (their jobs are cancelled at once); what a job leaves, the next start's recovery removes."""
+        waits (their jobs are cancelled at once); what a job leaves, the next start's recovery removes.
+        Stop the warm instances and wait for the stops running in the background."""
         progress.uninstall()
         if self._emit_notice in notices.board.listeners:
             notices.board.listeners.remove(self._emit_notice)
         for kernel_id in slurm_provisioner.waiting_kernels():
             slurm_provisioner.cancel_start(kernel_id)
         await self.jobs.shutdown()
+        await InstanceManager.for_config(self.condatainer).close()

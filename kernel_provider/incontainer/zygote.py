@@ -1,0 +1,196 @@
+"""The fork server ("zygote") of an instance: kernels start as forks of a warm interpreter.
+
+Runs inside the container with the stack's Python, started once per instance by ``apptainer
+exec`` with the instance's environment (what a kernel started by exec gets, less the variables
+of each kernel). It prepares itself as :mod:`.launch` prepares a kernel (conda activation, the
+supplied ipykernel), imports what every kernel imports (ipykernel, IPython, zmq, tornado, the
+``%condatainer`` magic) without creating a zmq context, an event loop or a thread (none may
+exist across a ``fork``), then serves a unix socket in the user's runtime directory.
+
+One request per connection, one JSON line each way::
+
+    → {"args": ["-f", "/run/.../kernel-ID.json"], "env": {"JPY_SESSION_NAME": "..."}, "cwd": "/home/u"}
+    ← {"pid": 42}          from the forked kernel, its credentials attached (its host PID)
+    ← {"error": "..."}     refused: the host starts that kernel with ``apptainer exec`` instead
+
+The child starts a new session, takes the kernel's variables and working directory, reseeds
+``random`` (forks would otherwise share its state) and runs ipykernel. The server reaps its
+children on ``SIGCHLD``; the host watches a kernel by its host PID.
+
+A fork is what an exec would have been only while the env is as the server found it: once an
+install, a removal or a new activation script changed an env on PATH (its ``conda-meta``, its
+``activate.d``, the site-packages of what was preloaded), the server refuses and exits, and the
+host starts that kernel by exec and a new fork server for the next.
+
+Standard library only at import time (ipykernel is imported in :func:`main`, inside the container).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+
+PRELOAD = ("zmq", "tornado", "tornado.ioloop", "ipykernel.kernelapp", "IPython", "kernel_provider.incontainer.magic")
+MAX_REQUEST = 1 << 20
+
+
+def _reap(signum: int, frame: object) -> None:
+    """Collect every ended child (kernels), so none stays a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _read_request(conn: socket.socket) -> dict:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk or len(data) > MAX_REQUEST:
+            raise ValueError("incomplete request")
+        data += chunk
+    request = json.loads(data)
+    if not isinstance(request, dict):
+        raise ValueError("a request is a JSON object")
+    return request
+
+
+def fingerprint() -> list[list]:
+    """What a change of the envs would change: the stat of each conda env's ``conda-meta``,
+    ``conda-meta/state``, ``activate.d`` and its scripts, and of the directories the preloaded
+    packages came from."""
+    from kernel_provider.incontainer.activation import conda_prefixes
+
+    paths = []
+    for prefix in conda_prefixes(os.environ.get("PATH", "")):
+        activate_d = os.path.join(prefix, "etc", "conda", "activate.d")
+        paths += [os.path.join(prefix, "conda-meta"), os.path.join(prefix, "conda-meta", "state"), activate_d]
+        paths += sorted(glob.glob(os.path.join(activate_d, "*.sh")))
+    origins = {getattr(sys.modules.get(name), "__file__", None) for name in PRELOAD}
+    paths += sorted({os.path.dirname(os.path.dirname(origin)) for origin in origins if origin})
+    found: list[list] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append([path])
+            continue
+        found.append([path, st.st_ino, st.st_size, st.st_mtime_ns])
+    return found
+
+
+class Stale(Exception):
+    """The envs changed since the server started: its forks would not be what an exec gives."""
+
+
+def _check(request: dict, started_with: list[list]) -> tuple[list[str], dict[str, str], str]:
+    args, env, cwd = request.get("args"), request.get("env", {}), request.get("cwd", "")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValueError("args must be a list of strings")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("env must map strings to strings")
+    if not isinstance(cwd, str) or not os.path.isdir(cwd):
+        raise ValueError(f"the working directory {cwd!r} is not a directory in the container")
+    if threading.active_count() != 1:
+        raise RuntimeError("the fork server has a thread; a fork would copy it half-run")
+    if fingerprint() != started_with:
+        raise Stale("an env changed since the fork server started (packages or activation scripts)")
+    return args, env, cwd
+
+
+def _become_kernel(args: list[str], env: dict[str, str], cwd: str) -> None:
+    """In the forked child: the kernel's session, variables, directory and random state; then ipykernel."""
+    from kernel_provider.incontainer.launch import run_kernel
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    os.environ.update(env)
+    os.chdir(cwd)
+    if "PWD" in os.environ:
+        os.environ["PWD"] = cwd
+    random.seed()
+    run_kernel(args)
+
+
+def _serve_one(listener: socket.socket, conn: socket.socket, started_with: list[list]) -> bool:
+    """Fork a kernel, or refuse; False once the server is stale."""
+    try:
+        args, env, cwd = _check(_read_request(conn), started_with)
+    except (ValueError, RuntimeError, OSError, Stale) as err:
+        conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
+        return not isinstance(err, Stale)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() == 0:
+        code = 1
+        try:
+            _answer(conn)
+            conn.close()
+            listener.close()
+            _become_kernel(args, env, cwd)
+            code = 0
+        except SystemExit as end:
+            code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the kernel's own crash goes to its log, then it ends
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return True
+
+
+def _answer(conn: socket.socket) -> None:
+    """From the forked child: its PID, with its credentials attached, which the kernel translates
+    into the PID namespace of the host's reader (the PID inside the instance means nothing there)."""
+    pid = os.getpid()
+    credentials = struct.pack("3i", pid, os.getuid(), os.getgid())
+    conn.sendmsg(
+        [json.dumps({"pid": pid}).encode() + b"\n"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)]
+    )
+
+
+def main() -> None:
+    """Preload, listen on ``argv[1]`` (bound under a temporary name, then renamed: the host
+    takes the path's existence for readiness) and fork a kernel per request, until killed."""
+    from kernel_provider.incontainer.launch import prepare
+
+    path = sys.argv[1]
+    prepare()
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    started_with = fingerprint()
+    signal.signal(signal.SIGCHLD, _reap)
+    os.umask(0o077)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temporary = f"{path}.t"  # short: a socket's path has at most 107 bytes
+    if os.path.exists(temporary):
+        os.unlink(temporary)  # left by a fork server killed as it started
+    listener.bind(temporary)
+    listener.listen(16)
+    os.rename(temporary, path)
+    serving = True
+    while serving:
+        conn, _ = listener.accept()
+        with conn:
+            serving = _serve_one(listener, conn, started_with)
+    os.unlink(path)  # stale for good: the host starts a new server
+
+
+if __name__ == "__main__":
+    # Run as a script from LIB_DIR/kernel_provider/incontainer/, before the package is importable.
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    main()
