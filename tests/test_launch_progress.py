@@ -103,7 +103,7 @@ async def test_progress_events_in_order_and_a_failure_names_its_step(
     failed = launch_events[-1]
     assert failed["state"] == "failed" and failed["step"] == "instance", launch_events
     assert failed["message"].startswith("failed while starting the instance: "), failed
-    assert "instance start failed" in failed["error"]
+    assert "corrupt--1.0.sqf is damaged or not an image" in failed["error"]
     assert [e["step"] for e in launch_events] == ["stack", "instance", "instance"]
 
 

@@ -139,9 +139,10 @@ class Zygote:
         """The fork server still runs (its ``apptainer exec`` process has not ended)."""
         return self.process.returncode is None and os.path.exists(self.socket_path)
 
-    async def fork(self, args: list[str], env: dict[str, str], cwd: str) -> ForkedKernel:
-        """A kernel forked with these arguments, extra variables and working directory."""
-        request = json.dumps({"args": args, "env": env, "cwd": cwd}).encode() + b"\n"
+    async def fork(self, args: list[str], env: dict[str, str], cwd: str, log: str = "") -> ForkedKernel:
+        """A kernel forked with these arguments, extra variables and working directory; its output
+        appended to ``log`` (a file the container sees at the same path)."""
+        request = json.dumps({"args": args, "env": env, "cwd": cwd, "log": log}).encode() + b"\n"
         try:
             pid = await asyncio.to_thread(self._request, request)
         except (OSError, ValueError) as err:

@@ -94,8 +94,11 @@ class Stale(Exception):
     """The envs changed since the server started: its forks would not be what an exec gives."""
 
 
-def _check(request: dict, started_with: list[list]) -> tuple[list[str], dict[str, str], str]:
+def _check(request: dict, started_with: list[list]) -> tuple[list[str], dict[str, str], str, str]:
     args, env, cwd = request.get("args"), request.get("env", {}), request.get("cwd", "")
+    log = request.get("log", "")
+    if not isinstance(log, str):
+        raise ValueError("log must be a path")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise ValueError("args must be a list of strings")
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
@@ -106,15 +109,21 @@ def _check(request: dict, started_with: list[list]) -> tuple[list[str], dict[str
         raise RuntimeError("the fork server has a thread; a fork would copy it half-run")
     if fingerprint() != started_with:
         raise Stale("an env changed since the fork server started (packages or activation scripts)")
-    return args, env, cwd
+    return args, env, cwd, log
 
 
-def _become_kernel(args: list[str], env: dict[str, str], cwd: str) -> None:
-    """In the forked child: the kernel's session, variables, directory and random state; then ipykernel."""
+def _become_kernel(args: list[str], env: dict[str, str], cwd: str, log: str) -> None:
+    """In the forked child: the kernel's session, output file (``log``: the host's log of the
+    kernel, as an exec kernel's), variables, directory and random state; then ipykernel."""
     from kernel_provider.incontainer.launch import run_kernel
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     os.environ.update(env)
     os.chdir(cwd)
     if "PWD" in os.environ:
@@ -126,7 +135,7 @@ def _become_kernel(args: list[str], env: dict[str, str], cwd: str) -> None:
 def _serve_one(listener: socket.socket, conn: socket.socket, started_with: list[list]) -> bool:
     """Fork a kernel, or refuse; False once the server is stale."""
     try:
-        args, env, cwd = _check(_read_request(conn), started_with)
+        args, env, cwd, log = _check(_read_request(conn), started_with)
     except (ValueError, RuntimeError, OSError, Stale) as err:
         conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
         return not isinstance(err, Stale)
@@ -138,7 +147,7 @@ def _serve_one(listener: socket.socket, conn: socket.socket, started_with: list[
             _answer(conn)
             conn.close()
             listener.close()
-            _become_kernel(args, env, cwd)
+            _become_kernel(args, env, cwd, log)
             code = 0
         except SystemExit as end:
             code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)

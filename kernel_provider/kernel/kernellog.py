@@ -38,7 +38,7 @@ def kernel_log_path(kernel_id: str) -> Path:
 
 
 def open_kernel_log(kernel_id: str, instance: str) -> IO[bytes]:
-    """The kernel's output file, opened for the exec to append to (the caller closes its copy)."""
+    """The kernel's output file, opened for the exec (or the fork) to append to (the caller closes its copy)."""
     _instances[kernel_id] = instance
     fd = os.open(kernel_log_path(kernel_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     return os.fdopen(fd, "ab")

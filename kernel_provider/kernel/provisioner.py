@@ -32,7 +32,7 @@ from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.host.zygote import ForkedKernel, ZygoteError, fork_problem
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
-from kernel_provider.kernel import oci_mode
+from kernel_provider.kernel import kernellog, oci_mode
 from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement, stack_label
 
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
@@ -186,7 +186,9 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         if problem := fork_problem(zygote.python, cmd, extra, LAUNCHER):
             return None, problem
         try:
-            forked = await zygote.fork(cmd[2:], extra, self.cwd)
+            with kernellog.open_kernel_log(self.kernel_id, instance.name):  # made here, the fork appends
+                log = str(kernellog.kernel_log_path(self.kernel_id))
+            forked = await zygote.fork(cmd[2:], extra, self.cwd, log)
         except ZygoteError:
             await self.manager.zygote(instance, cmd[0], wait=False, renew=True)  # for the next kernel
             raise
