@@ -173,7 +173,7 @@ def test_bad_input_fails_fast_and_leaves_nothing(kernel_env, overlays, config, r
     assert reason in message and message.startswith("The kernel 'CondaTainer: bad' could not start: ")
     assert not os.path.exists(connection_file), "the connection file (it holds the kernel's key) is removed"
     assert elapsed < 10
-    assert running_instances() == before
+    assert running_instances() <= before, "no instance of its own left (a sweep may end earlier tests' orphans)"
     assert StateStore(CondaTainerConfig().instance_state_dir).ours() == []
 
 

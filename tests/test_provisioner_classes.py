@@ -21,7 +21,7 @@ PROVISIONERS = {
     "condatainer-provisioner": CondaTainerProvisioner,
     "condatainer-slurm-provisioner": CondaTainerSlurmProvisioner,
 }
-SHARED_OPTIONS = {"overlays", "base_image", "writable", "binds", "env", "apptainer_flags"}
+SHARED_OPTIONS = {"overlays", "base_image", "writable", "binds", "env", "apptainer_flags", "cull_idle_timeout"}
 
 
 def test_one_entry_point_per_launcher_and_kernelspecs_name_them():
@@ -40,8 +40,15 @@ def test_one_entry_point_per_launcher_and_kernelspecs_name_them():
 def test_each_provisioner_has_its_launchers_options_and_every_option_says_what_it_does():
     local = set(CondaTainerProvisioner.class_trait_names(config=True))
     slurm = set(CondaTainerSlurmProvisioner.class_trait_names(config=True))
-    assert local == SHARED_OPTIONS | {"share_instance", "transport", "oci"}
-    assert slurm == SHARED_OPTIONS | {"slurm_args", "slurm_connect_ip", "slurm_launch_timeout"}
+    assert local == SHARED_OPTIONS | {"share_instance", "transport", "oci", "fork_server", "warm_timeout", "warm_limit"}
+    slurm_own = {
+        "slurm_args",
+        "slurm_connect_ip",
+        "slurm_launch_timeout",
+        "slurm_walltime_poll",
+        "slurm_walltime_warnings",
+    }
+    assert slurm == SHARED_OPTIONS | slurm_own
     for cls in PROVISIONERS.values():
         assert all(trait.help for trait in cls.class_traits(config=True).values())
 
