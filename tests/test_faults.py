@@ -189,12 +189,12 @@ def test_an_env_too_big_for_the_free_space_is_refused_before_anything_is_written
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_fifty_instance_cycles_leave_nothing_behind(kernel_env):
+def test_twenty_instance_cycles_leave_nothing_behind(kernel_env):
     plan = make_plan("python/3.11", "hello/1.0")
     manager = InstanceManager(CondaTainerConfig())
 
     async def cycles():
-        for index in range(50):
+        for index in range(20):
             async with acquired(manager, plan, f"k{index}"):
                 pass
 
