@@ -114,14 +114,19 @@ def image_layout(tmp_path, monkeypatch, built_images):
     The read-only images are hard-linked (or copied) from the cache; the writable
     ``env.img`` is a fresh copy, so a test can write into it.
     """
-    images = tmp_path / "images"
+    populate_images(tmp_path / "images", built_images)
+    return point_condatainer_at(tmp_path, monkeypatch)
+
+
+def populate_images(images: Path, built_images: Path) -> None:
+    """A new image directory: the read-only images hard-linked (or copied) from the cache with
+    their sidecars, and a fresh ``env.img`` copy that a test may write into."""
     images.mkdir()
     for name in REQUIRED_IMAGES[:-1]:
         _link_or_symlink(built_images / name, images / name)
         if (built_images / f"{name}.env").exists():
             shutil.copy(built_images / f"{name}.env", images / f"{name}.env")
     sparse_copy(built_images / "testenv.img", images / "env.img")
-    return point_condatainer_at(tmp_path, monkeypatch)
 
 
 @pytest.fixture

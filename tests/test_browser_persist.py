@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 from conftest import wait_until
-from test_browser import KERNEL_LABEL, KERNEL_TIMEOUT_MS, browser_page, lab  # noqa: F401 - fixtures
+from test_browser import KERNEL_LABEL, KERNEL_TIMEOUT_MS, browser_page, lab, post  # noqa: F401 - fixtures
 
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
@@ -36,17 +36,6 @@ def persisting(user_layout):
     (user_layout / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
     KernelspecStore().write(custom_spec(["python/3.11"], label="soon-idle", extra_config={"cull_idle_timeout": 2}))
     return user_layout
-
-
-def post(lab, path: str, body: dict) -> dict:  # noqa: F811 - lab is the fixture's value here
-    request = urllib.request.Request(
-        lab.url + path,
-        method="POST",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"token {lab.token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())
 
 
 def delete(lab, path: str) -> None:  # noqa: F811 - lab is the fixture's value here

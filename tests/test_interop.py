@@ -40,12 +40,11 @@ from pathlib import Path
 import pytest
 from conftest import (
     DEBUGFS,
-    REQUIRED_IMAGES,
     USER_CACHE,
     Server,
-    _link_or_symlink,
     connect,
     free_port,
+    populate_images,
     sparse_copy,
     sync_specs,
     wait_until,
@@ -123,12 +122,7 @@ def world(tmp_path_factory, built_images, conda_channel):
     newest, v150 = find_cli()
     root = tmp_path_factory.mktemp("ix")
     images = root / "images"
-    images.mkdir()
-    for name in REQUIRED_IMAGES[:-1]:
-        _link_or_symlink(built_images / name, images / name)
-        if (built_images / f"{name}.env").exists():
-            shutil.copy(built_images / f"{name}.env", images / f"{name}.env")
-    sparse_copy(built_images / "testenv.img", images / "env.img")
+    populate_images(images, built_images)
     for sub in ("state", "runtime", "data", "config", "apptainer", "cli-home", "cli-root", "build-scripts"):
         (root / sub).mkdir()
     with pytest.MonkeyPatch.context() as patch:
