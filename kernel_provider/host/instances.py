@@ -132,6 +132,12 @@ class Instance:
             name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci, identity=image_identity(plan)
         )
 
+    def may_stay_warm(self) -> bool:
+        """Whether an idle instance may be kept for the next kernel. Not in OCI mode (no instance),
+        nor with a writable env: one container at a time may mount it, so a warm one would lock
+        the CondaTainer CLI and every other stack out of the env until it stops."""
+        return not self.oci and not (self.plan.writable and self.plan.env_image) and self.images_unchanged()
+
     def images_unchanged(self) -> bool:
         """Every image is still the file the instance mounted (none replaced or rewritten)."""
         return image_identity(self.plan) == self.identity
@@ -293,13 +299,7 @@ class InstanceManager:
                 self._save(instance)
                 return
             self.instances.pop(instance.name, None)
-            if (
-                self._serving
-                and not instance.oci
-                and warm.timeout > 0
-                and warm.limit > 0
-                and instance.images_unchanged()
-            ):
+            if self._serving and warm.timeout > 0 and warm.limit > 0 and instance.may_stay_warm():
                 self._keep_warm(instance, warm)
                 return
         if self._serving:

@@ -90,7 +90,9 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         600.0,
         config=True,
         help="""Seconds an instance stays running after its last kernel shut down, so that the next
-        kernel of the same stack starts as a fork at once. 0: it stops with its last kernel.""",
+        kernel of the same stack starts as a fork at once. 0: it stops with its last kernel.
+        Stacks that mount a writable env never stay warm: the env would stay locked against
+        other containers (the CondaTainer CLI's too).""",
     )
     warm_limit = Int(
         2,
