@@ -343,7 +343,7 @@ def test_condatainer_rm_is_refused_while_our_kernel_uses_an_image(world):
         assert out.stdout.strip() == "1 /ext3/env", out
     # The shutdown answers at once; the instance (a writable stack: never kept warm) stops behind it.
     for image in ("inuse--1.0.sqf", "inuse.img"):
-        wait_until(lambda: not held_by_anyone(str(images / image)), 60, f"the instance to let go of {image}")
+        wait_until(lambda path=str(images / image): not held_by_anyone(path), 60, f"the instance to let go of {image}")
     world.cli.run("-y", "rm", "inuse/1.0")
     world.cli.run("-y", "rm", "inuse")
     assert not (images / "inuse--1.0.sqf").exists() and not (images / "inuse.img").exists()
