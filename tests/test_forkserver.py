@@ -113,7 +113,7 @@ def test_forked_kernels(kernel_env):
 
             # a killed fork server: the next kernel starts by exec, a later one is a fork again
             os.kill(zygote_pid(instance), signal.SIGKILL)
-            await asyncio.wait_for(instance.zygote.process.wait(), 30)
+            await asyncio.wait_for(asyncio.to_thread(instance.zygote.process.wait), 30)
             async with Kernel(name, kernel_env) as fallback:
                 assert not fallback.forked
             await asyncio.wait_for(_until_zygote(instance), 120)

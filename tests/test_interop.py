@@ -182,6 +182,7 @@ class Kernel:
 
     def __init__(self, world: World, overlays: list[str], label: str, writable: bool = False):
         self.world = world
+        self.writable_image = world.images / f"{overlays[-1]}.img" if writable else None
         self.spec = custom_spec(overlays, label=label, writable=writable)
         KernelspecStore().write(self.spec)
 
@@ -215,6 +216,10 @@ class Kernel:
     def __exit__(self, *exc) -> None:
         self.client.stop_channels()
         self.world.server.request("DELETE", f"/api/kernels/{self.id}")
+        if self.writable_image:
+            # The shutdown answers at once; the instance (a writable stack: never kept warm) stops behind it.
+            path = str(self.writable_image)
+            wait_until(lambda: not held_by_anyone(path), 60, f"the instance to let go of {path}")
 
 
 # --- our kernels and server on what the CLI made ------------------------------------------------
@@ -341,9 +346,7 @@ def test_condatainer_rm_is_refused_while_our_kernel_uses_an_image(world):
         assert instance in world.v150.run("instance", "list").stdout
         out = world.v150.run("-q", "instance", "exec", instance, "sh", "-c", "echo $IN_CONDATAINER $CONDA_PREFIX")
         assert out.stdout.strip() == "1 /ext3/env", out
-    # The shutdown answers at once; the instance (a writable stack: never kept warm) stops behind it.
-    for image in ("inuse--1.0.sqf", "inuse.img"):
-        wait_until(lambda path=str(images / image): not held_by_anyone(path), 60, f"the instance to let go of {image}")
+    wait_until(lambda: not held_by_anyone(str(images / "inuse--1.0.sqf")), 60, "the instance to let go of inuse/1.0")
     world.cli.run("-y", "rm", "inuse/1.0")
     world.cli.run("-y", "rm", "inuse")
     assert not (images / "inuse--1.0.sqf").exists() and not (images / "inuse.img").exists()

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 from pathlib import Path
 
 from kernel_provider.host.process import apptainer_env
@@ -90,7 +91,7 @@ def fork_problem(python: str, cmd: list[str], extra_env: dict[str, str], launche
 class Zygote:
     """The fork server of one instance, from its start to its end."""
 
-    def __init__(self, python: str, process: asyncio.subprocess.Process, socket_path: str, env_file: str):
+    def __init__(self, python: str, process: subprocess.Popen, socket_path: str, env_file: str):
         self.python = python
         self.process = process
         self.socket_path = socket_path
@@ -116,8 +117,10 @@ class Zygote:
             raise ZygoteError(f"the runtime directory is too long for a unix socket ({socket_path})")
         env_file = str(write_private(Path(env_path), command.render_env_file(env)))
         argv = command.instance_exec_argv(apptainer, instance_name, env_file, [python, ZYGOTE_SCRIPT, socket_path], pwd)
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
+        # A plain Popen, not an asyncio one: the server may stop it from another event loop than the
+        # one that started it (jupyter_client's blocking managers, a test's asyncio.run).
+        process = await asyncio.to_thread(
+            subprocess.Popen, argv, stdin=subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
         )
         zygote = cls(python, process, socket_path, env_file)
         try:
@@ -131,13 +134,13 @@ class Zygote:
 
     async def _listening(self) -> None:
         while not os.path.exists(self.socket_path):  # noqa: ASYNC240 - a stat in the runtime directory
-            if self.process.returncode is not None:
+            if self.process.poll() is not None:
                 raise ZygoteError(f"the fork server exited with status {self.process.returncode} (see the log)")
             await asyncio.sleep(POLL_INTERVAL)
 
     def alive(self) -> bool:
         """The fork server still runs (its ``apptainer exec`` process has not ended)."""
-        return self.process.returncode is None and os.path.exists(self.socket_path)
+        return self.process.poll() is None and os.path.exists(self.socket_path)
 
     async def fork(self, args: list[str], env: dict[str, str], cwd: str, log: str = "") -> ForkedKernel:
         """A kernel forked with these arguments, extra variables and working directory; its output
@@ -168,12 +171,12 @@ class Zygote:
 
     async def close(self) -> None:
         """Stop the fork server (its kernels go on) and remove its socket and env file."""
-        if self.process.returncode is None:
+        if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        await self.process.wait()
+        await asyncio.to_thread(self.process.wait)
         for path in (self.socket_path, self.env_file):
             try:
                 os.unlink(path)
