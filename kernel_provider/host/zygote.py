@@ -118,9 +118,10 @@ class Zygote:
         env_file = str(write_private(Path(env_path), command.render_env_file(env)))
         argv = command.instance_exec_argv(apptainer, instance_name, env_file, [python, ZYGOTE_SCRIPT, socket_path], pwd)
         # A plain Popen, not an asyncio one: the server may stop it from another event loop than the
-        # one that started it (jupyter_client's blocking managers, a test's asyncio.run).
-        process = await asyncio.to_thread(
-            subprocess.Popen, argv, stdin=subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
+        # one that started it (jupyter_client's blocking managers, a test's asyncio.run). Not in a
+        # thread either: a cancelled start would lose the process it made. Popen is a vfork, ~1 ms.
+        process = subprocess.Popen(  # noqa: ASYNC220
+            argv, stdin=subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
         )
         zygote = cls(python, process, socket_path, env_file)
         try:
