@@ -54,6 +54,7 @@ from kernel_provider.kernel.slurm import (
     state_store,
     sweep_orphans_once,
 )
+from kernel_provider.kernel.slurm_queue import QueuePlace, pending_message
 from kernel_provider.kernel.walltime import WalltimeWatch, report_end
 from kernel_provider.model.plan import ContainerPlan
 
@@ -232,11 +233,10 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
             message=queued_message(self.allocation.job_id, job),
         )
 
-    def _job_changed(self, job_id: str, plan: ContainerPlan, job: JobState) -> None:
-        """The launch progress of a job that waits in the queue or starts its instance."""
+    def _job_changed(self, job_id: str, plan: ContainerPlan, job: JobState, place: QueuePlace | None) -> None:
+        """The launch progress of a job that waits in the queue (its place and why) or starts its instance."""
         if job.state == "PENDING":
-            why = f", {job.why}" if job.why else ""
-            self.progress.step("queue", f"queued as SLURM job {job_id} on {job.partition}{why}")
+            self.progress.step("queue", pending_message(job_id, job.partition, job.reason, place))
         elif job.state == "RUNNING":
             self.progress.step(
                 "instance", f"starting instance on {job.node} (job {job_id}), mounting {stack_label(plan)}"
