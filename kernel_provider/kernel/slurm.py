@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import Instance
@@ -59,6 +60,7 @@ from kernel_provider.host.python import (
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.host.runtime_detect import flavour_for
 from kernel_provider.host.state import InstanceRecord, StateStore
+from kernel_provider.kernel.kernellog import LogSource, instance_logs
 from kernel_provider.kernel.slurm_queue import HOPELESS_REASONS, QueuePlace, parse_queue, queue_argv, queue_place
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
@@ -684,12 +686,26 @@ class SlurmAllocation:
             self.python = parse_probe(result.stdout)
         return self.python
 
-    async def start_step(self, argv: Sequence[str], step_name: str) -> asyncio.subprocess.Process:
-        """Start a long-running step (the kernel); its output goes where the server's goes."""
+    async def start_step(
+        self, argv: Sequence[str], step_name: str, output: IO[bytes] | None = None
+    ) -> asyncio.subprocess.Process:
+        """Start a long-running step (the kernel); ``srun`` relays its stdout and stderr into
+        ``output`` (the kernel's log), else where the server's go."""
         full = self.step(argv, step_name)
         return await asyncio.create_subprocess_exec(
-            *full, stdin=asyncio.subprocess.DEVNULL, env=slurm_env(apptainer_env()), start_new_session=True
+            *full,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT if output else None,
+            env=slurm_env(apptainer_env()),
+            start_new_session=True,
         )
+
+    def log_sources(self) -> list[LogSource]:
+        """The job's output (the batch script's: its instance's start, in the runtime directory, gone
+        with the job) and, once the job runs, its instance's Apptainer log on the node."""
+        job = LogSource(f"SLURM job {self.job_id} output", self._path(".out"), transient=True)
+        return [job, *(instance_logs(self.name, self.node_host) if self.node_host else [])]
 
     async def signal_step(self, step_name: str, signal_name: str) -> bool:
         """Signal the running step of that name; False when there is none."""
