@@ -58,7 +58,7 @@ def test_pending_message_in_words():
         "queued as SLURM job 123 on debug (position 3), waiting for jobs of higher priority"
     )
     assert pending_message("123", "debug,gpu", "Resources", QueuePlace(1, "gpu")).startswith(
-        "queued as SLURM job 123 on debug,gpu (position 1 on gpu), next in line, waiting for resources"
+        "queued as SLURM job 123 on debug,gpu (position 1 on gpu), waiting for resources (CPUs"
     )
     assert pending_message("123", "debug", "None", None) == "queued as SLURM job 123 on debug"
     assert (

@@ -40,7 +40,7 @@ NOT_CONTENDING = HOPELESS_REASONS | {"BeginTime", "Dependency", "JobHeldUser", "
 # SLURM's pending reasons (``squeue %r``) for people; others are shown as SLURM names them.
 REASON_WORDS = {
     "Priority": "waiting for jobs of higher priority",
-    "Resources": "next in line, waiting for resources (CPUs, memory, GPUs) to free up",
+    "Resources": "waiting for resources (CPUs, memory, GPUs) to free up",
     "BeginTime": "waiting for its begin time",
     "Dependency": "waiting for the jobs it depends on",
     "JobHeldUser": "held by its owner (scontrol release releases it)",
