@@ -83,12 +83,8 @@ class QueueEntry:
 
 def parse_queue(stdout: str) -> list[QueueEntry]:
     """:func:`queue_argv`'s output, in its order."""
-    entries = []
-    for line in stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            entries.append(QueueEntry(*parts))
-    return entries
+    rows = (line.strip().split("|") for line in stdout.splitlines())
+    return [QueueEntry(*row) for row in rows if len(row) == 3]
 
 
 @dataclass(frozen=True)
