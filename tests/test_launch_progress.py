@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 
 import pytest
 from conftest import KERNEL, Server, free_port, wait_until
+from slurm_cluster import CPUS
 from test_slurm import add_slurm_spec, slurm_env  # noqa: F401 - slurm_env is a fixture
+from test_slurm_sessions import EventTap
 from tornado.httpclient import HTTPClientError
 
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
@@ -114,29 +117,87 @@ async def test_unknown_kernel_has_no_launch_record(api):
 
 
 @pytest.mark.usefixtures("slurm_env")
-def test_a_slurm_start_reports_its_job(user_layout, slurm_cluster):
-    """A SLURM kernel's start: submitted, (queued,) its instance on the job's node, then as locally."""
+def test_a_slurm_start_reports_its_place_in_the_queue_and_keeps_its_logs(user_layout, slurm_cluster):
+    """A SLURM kernel's start behind a job that holds the node and one that waits before it:
+    submitted, queued with its place as it changes, its instance on the job's node once the
+    holder goes, then as locally. Its log (the step's output, the job's) is served while it runs;
+    a start that fails on the node (a bind the node does not have) keeps a log that says why."""
     name = add_slurm_spec("progress", slurm_args=["--partition=debug"])
+    broken = add_slurm_spec("nobind", binds=["/no/such/dir"])
+
+    def hold(label: str) -> str:
+        argv = ["sbatch", "--parsable", f"--job-name=jct-test-{label}", "--output=/dev/null", f"--cpus-per-task={CPUS}"]
+        return slurm_cluster.run([*argv, "--wrap=sleep 300"]).stdout.strip()
+
+    def messages(kernel_id: str, step: str) -> list[str]:
+        return [e["message"] for e in tap.events if e["kernel_id"] == kernel_id and e["step"] == step]
+
+    holder = hold("holder")
+    wait_until(lambda: (holder, "jct-test-holder", "RUNNING") in slurm_cluster.jobs(), 30, "the holder to run")
+    ahead = hold("ahead")
     server = Server(user_layout, free_port())
+    started: dict = {}
     try:
         server.start()
-        kernel_id = server.request("POST", "/api/kernels", {"name": name})["id"]
+        tap = EventTap(server, LAUNCH_EVENT)
+        starter = threading.Thread(
+            target=lambda: started.update(server.request("POST", "/api/kernels", {"name": name})), daemon=True
+        )
+        starter.start()
+        second = wait_until(
+            lambda: [e for e in tap.events if "(position 2), waiting for " in e["message"]],
+            30,
+            "the kernel's job queued second",
+        )[0]
+        kernel_id = second["kernel_id"]
+        slurm_cluster.run(["scancel", ahead])
+        wait_until(lambda: [m for m in messages(kernel_id, "queue") if "(position 1)" in m], 30, "first in line")
+        slurm_cluster.run(["scancel", holder])
+        starter.join(120)
+        assert started["id"] == kernel_id
         events = wait_until(
             lambda: (
-                (got := server.request("GET", f"/condatainer/api/kernels/{kernel_id}/launch")["events"])
+                (got := [e for e in tap.events if e["kernel_id"] == kernel_id])
                 and got[-1]["state"] != "running"
                 and got
             ),
-            120,
+            60,
             "the SLURM kernel's start to end",
         )
+        recorded = server.request("GET", f"/condatainer/api/kernels/{kernel_id}/launch")["events"]
+        assert [e["message"] for e in recorded] == [e["message"] for e in events]
+        logs = wait_until(
+            lambda: (
+                (got := server.request("GET", f"/condatainer/api/kernels/{kernel_id}/logs")["logs"])
+                and "--existing" in got[0]["text"]
+                and got
+            ),
+            30,
+            "ipykernel's start message in the kernel's log",
+        )
+        server.request("DELETE", f"/api/kernels/{kernel_id}")
+
+        status, refusal = server.refused("POST", "/api/kernels", {"name": broken})
+        failed = wait_until(lambda: [e for e in tap.events if e["state"] == "failed"], 30, "the failure")[0]
+        failed_logs = server.request("GET", f"/condatainer/api/kernels/{failed['kernel_id']}/logs")["logs"]
+        tap.close()
     finally:
         server.stop()
+        slurm_cluster.run(["scancel", holder, ahead], check=False)
     steps = [e["step"] for e in events]
     print("SLURM launch:", [(e["step"], e["message"], e["elapsed"]) for e in events])
     assert steps[0] == "stack" and steps[-4:] == ["python", "kernel", "wait", "ready"], events
     assert events[1]["message"] == "submitting the kernel's SLURM job"
-    queued = [e["message"] for e in events if e["step"] == "queue"][1:]
-    assert all(m.startswith("queued as SLURM job ") and " on debug" in m for m in queued), queued
-    on_node = [e["message"] for e in events if e["step"] == "instance"]
+    queued = messages(kernel_id, "queue")[1:]
+    job_id = queued[0].split()[4]
+    assert queued[0].startswith(f"queued as SLURM job {job_id} on debug"), queued
+    assert len(queued) == len(set(queued)) and any("(position 1)" in m for m in queued), queued
+    on_node = messages(kernel_id, "instance")
     assert len(on_node) == 1 and "(job " in on_node[0] and "mounting ubuntu24/base_image + python/3.11" in on_node[0]
+    names = [log["name"] for log in logs]
+    assert names[:2] == ["kernel output", f"SLURM job {job_id} output"] and "instance stderr (apptainer)" in names
+
+    assert status == 500 and "could not start the container" in refusal["message"], refusal
+    assert failed["kernel_name"] == broken and failed["step"] in ("queue", "instance"), failed
+    job_output = next(log for log in failed_logs if log["name"].endswith(" output"))
+    assert "/no/such/dir" in job_output["text"], failed_logs

@@ -113,9 +113,11 @@ SERVER_CONFIG = {
 
 
 class EventTap:
-    """The server's event bus as JupyterLab hears it: our kernel events from ``/api/events/subscribe``."""
+    """The server's event bus as JupyterLab hears it: our events of one schema (the kernel events
+    unless told) from ``/api/events/subscribe``."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, schema_id: str = KERNEL_EVENT):
+        self.schema_id = schema_id
         self.events: list[dict] = []
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -134,7 +136,7 @@ class EventTap:
         self._ready.set()
         while (message := await self._socket.read_message()) is not None:
             event = json.loads(message)
-            if event.get("schema_id") == KERNEL_EVENT:
+            if event.get("schema_id") == self.schema_id:
                 self.events.append(event)
 
     def of(self, kernel_id: str, event: str) -> list[dict]:

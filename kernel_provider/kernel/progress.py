@@ -46,6 +46,7 @@ class LaunchProgress:
         self.kernel_name = kernel_name
         self.log = log
         self.current = ""  # the step running now: the one a failure names
+        self._message = ""  # what it said last
         self.finished = False
         self.has_failed = False
         self._started = time.monotonic()
@@ -60,8 +61,11 @@ class LaunchProgress:
         return time.monotonic() - self._started
 
     def step(self, step: str, message: str) -> None:
-        """A new step begins (a name of the schema's ``step`` enum, and what it does in words)."""
-        self.current = step
+        """A new step begins (a name of the schema's ``step`` enum, and what it does in words), or
+        the running one says something new (a queued job's place); the same words again are no event."""
+        if (step, message) == (self.current, self._message):
+            return
+        self.current, self._message = step, message
         self._emit(step, "running", message)
 
     def ready(self) -> None:

@@ -188,7 +188,7 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         if problem := fork_problem(zygote.python, cmd, extra, LAUNCHER):
             return None, problem
         try:
-            with kernellog.open_kernel_log(self.kernel_id, instance.name):  # made here, the fork appends
+            with kernellog.open_kernel_log(self.kernel_id):  # made here, the fork appends
                 log = str(kernellog.kernel_log_path(self.kernel_id))
             forked = await zygote.fork(cmd[2:], extra, self.cwd, log)
         except ZygoteError:

@@ -240,6 +240,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             kernel_env = command.render_env_file(self._kernel_env(kwargs.get("env", {})), oci=self.instance.oci)
             self._env_file = write_private(env_file, kernel_env)
             self.progress.step("kernel", f"starting the kernel in {self.instance.name}")
+            kernellog.track(self.kernel_id, self.log_sources())
             self.process = await self._start_kernel_process(cmd, kwargs, env_file)
             self.progress.step("wait", "waiting for the kernel")
             info = await self._connection_info_once_started()
@@ -255,11 +256,15 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         else:
             argv = command.instance_exec_argv(apptainer, self.instance.name, str(env_file), cmd, pwd=self.cwd)
         self.log.debug("CondaTainer kernel %s: %s", self.kernel_id, argv)
-        with kernellog.open_kernel_log(self.kernel_id, self.instance.name) as self.kernel_output:
+        with kernellog.open_kernel_log(self.kernel_id) as self.kernel_output:
             process = await self._spawn(argv)
         if self.instance.oci:
             self.manager.note_oci_process(self.instance, process.pid)
         return process
+
+    def log_sources(self) -> list[kernellog.LogSource]:
+        """The kernel's logs besides its output (``GET …/kernels/ID/logs``): its instance's Apptainer log."""
+        return kernellog.instance_logs(self.instance.name)
 
     def _apply_cull_timeout(self) -> None:
         """jupyter_server's culler reads a kernel's own timeout from its kernelspec's metadata
@@ -456,6 +461,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         if not record.process_alive() or not await self._resume():
             return False
         self.process = persistence.AdoptedProcess(record)
+        kernellog.track(self.kernel_id, self.log_sources())  # its output file is where its first server put it
         await self._save_record()
         return True
 

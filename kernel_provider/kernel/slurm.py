@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import Instance
@@ -59,11 +60,14 @@ from kernel_provider.host.python import (
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.host.runtime_detect import flavour_for
 from kernel_provider.host.state import InstanceRecord, StateStore
+from kernel_provider.kernel.kernellog import LogSource, instance_logs
+from kernel_provider.kernel.slurm_queue import HOPELESS_REASONS, QueuePlace, parse_queue, queue_argv, queue_place
 from kernel_provider.model import command
 from kernel_provider.model.plan import ContainerPlan
 
 JOB_PREFIX = "jcts-"
 POLL_INTERVAL = 0.2
+QUEUE_POLL = 2.0  # seconds between looks at a pending job's place in its partition's queue
 COMMAND_TIMEOUT = 60.0
 STEP_TIMEOUT = 120.0
 RELEASE_TIMEOUT = 30.0
@@ -71,20 +75,6 @@ DEFAULT_LAUNCH_TIMEOUT = 300.0
 LAUNCH_TIMEOUT_VARIABLE = "KERNEL_LAUNCH_TIMEOUT"  # the gateway clients' convention
 CONNECT_TO_NODE = "node"
 
-# Pending reasons that no amount of waiting resolves: fail at once with the reason.
-HOPELESS_REASONS = frozenset(
-    {
-        "PartitionConfig",
-        "PartitionTimeLimit",
-        "PartitionNodeLimit",
-        "BadConstraints",
-        "InvalidAccount",
-        "InvalidQOS",
-        "AccountNotAllowed",
-        "QOSNotAllowed",
-        "DependencyNeverSatisfied",
-    }
-)
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "RESIZING", "REQUEUED"})
 # sbatch options we set ourselves; a kernelspec must not change them.
 RESERVED_OPTIONS = ("--job-name", "-J", "--output", "-o", "--error", "-e", "--parsable", "--wrap", "--array", "-a")
@@ -305,11 +295,6 @@ class JobState:
         """When its time limit ends it (epoch seconds); None without a limit."""
         return parse_slurm_time(self.end)
 
-    @property
-    def why(self) -> str:
-        """The reason it waits, or empty when SLURM gives none worth showing."""
-        return self.reason if _meaningful(self.reason) else ""
-
 
 def parse_job_state(stdout: str) -> JobState | None:
     """``squeue -o %T|%P|%r|%N|%S|%e`` output; None when the job is not in the queue."""
@@ -477,6 +462,13 @@ async def job_state(job_id: str) -> JobState | None:
     return parse_job_state(result.stdout)
 
 
+async def place_in_queue(job_id: str, partitions: str) -> QueuePlace | None:
+    """A pending job's place in its partitions' queue (:mod:`~kernel_provider.kernel.slurm_queue`);
+    None when squeue does not list it (it left the queue, or squeue failed: the position is a hint)."""
+    result = await run_slurm(queue_argv(partitions))
+    return queue_place(parse_queue(result.stdout), job_id) if result.returncode == 0 else None
+
+
 async def stop_job(job_id: str, graceful: bool) -> None:
     """End a job and wait until it has left the queue.
 
@@ -571,27 +563,36 @@ class SlurmAllocation:
         timeout: float,
         on_queued: Callable[[JobState], None] | None = None,
         cancelled: asyncio.Event | None = None,
-        on_change: Callable[[JobState], None] | None = None,
+        on_change: Callable[[JobState, QueuePlace | None], None] | None = None,
     ) -> JobState:
         """Wait until the job runs and its instance is up; fail with SLURM's reason.
 
         While the job waits, logs "queued as job N on partition P (reason), expected to start
         at T" and calls ``on_queued`` whenever the reason or the expected start changes;
-        ``on_change`` (the kernel's launch progress) whenever anything SLURM says of it changes. A
+        ``on_change`` (the kernel's launch progress) whenever anything SLURM says of it, or its
+        place in the queue, changes. The place is looked up every :data:`QUEUE_POLL` seconds while
+        the job is pending (a busy partition's queue is long; a person reads it every few seconds). A
         pending reason in :data:`HOPELESS_REASONS` fails at once; anything else fails after
         ``timeout``; ``cancelled`` set (the kernel is shut down while it waits) fails within
         one poll, and the caller's clean-up cancels the job. Returns the running job's state.
         """
         deadline = time.monotonic() + timeout
         announced: tuple[str, str, str] | None = None
-        seen: JobState | None = None
+        seen: tuple[JobState, QueuePlace | None] | None = None
+        place: QueuePlace | None = None
+        next_place = time.monotonic()
         while True:
             if cancelled is not None and cancelled.is_set():
                 raise StartCancelledError(f"the start was cancelled while job {self.job_id} waited; it is cancelled")
             job = await job_state(self.job_id)
-            if on_change is not None and job is not None and job != seen:
-                seen = job
-                on_change(job)
+            if job is not None and job.state != "PENDING":
+                place = None
+            elif job is not None and on_change is not None and time.monotonic() >= next_place:
+                next_place = time.monotonic() + QUEUE_POLL
+                place = await place_in_queue(self.job_id, job.partition)
+            if on_change is not None and job is not None and (job, place) != seen:
+                seen = (job, place)
+                on_change(job, place)
             status = self._read_status()
             if status.get("state") == "failed":
                 raise SlurmError(f"job {self.job_id} could not start the container:\n{self._output_tail()}")
@@ -685,12 +686,26 @@ class SlurmAllocation:
             self.python = parse_probe(result.stdout)
         return self.python
 
-    async def start_step(self, argv: Sequence[str], step_name: str) -> asyncio.subprocess.Process:
-        """Start a long-running step (the kernel); its output goes where the server's goes."""
+    async def start_step(
+        self, argv: Sequence[str], step_name: str, output: IO[bytes] | None = None
+    ) -> asyncio.subprocess.Process:
+        """Start a long-running step (the kernel); ``srun`` relays its stdout and stderr into
+        ``output`` (the kernel's log), else where the server's go."""
         full = self.step(argv, step_name)
         return await asyncio.create_subprocess_exec(
-            *full, stdin=asyncio.subprocess.DEVNULL, env=slurm_env(apptainer_env()), start_new_session=True
+            *full,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT if output else None,
+            env=slurm_env(apptainer_env()),
+            start_new_session=True,
         )
+
+    def log_sources(self) -> list[LogSource]:
+        """The job's output (the batch script's: its instance's start, in the runtime directory, gone
+        with the job) and, once the job runs, its instance's Apptainer log on the node."""
+        job = LogSource(f"SLURM job {self.job_id} output", self._path(".out"), transient=True)
+        return [job, *(instance_logs(self.name, self.node_host) if self.node_host else [])]
 
     async def signal_step(self, step_name: str, signal_name: str) -> bool:
         """Signal the running step of that name; False when there is none."""

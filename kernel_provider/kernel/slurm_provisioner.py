@@ -13,8 +13,11 @@ kernel is a job step in it (:mod:`kernel_provider.kernel.slurm` says why, and ru
   message).
 - ``cleanup``: a restart keeps the job; a shutdown cancels it.
 
-While the job waits, the start reports SLURM's reason and expected start; a shutdown then
-(:func:`cancel_start`) cancels the job at once. While it runs, a
+The kernel's log (:mod:`~kernel_provider.kernel.kernellog`) holds the step's output, the job's
+output and the instance's Apptainer log on the node, for a running kernel and a failed start.
+
+While the job waits, the start reports SLURM's reason, expected start and place in the
+queue; a shutdown then (:func:`cancel_start`) cancels the job at once. While it runs, a
 :class:`~kernel_provider.kernel.walltime.WalltimeWatch` counts down its time limit.
 """
 
@@ -38,7 +41,7 @@ from traitlets import Float, List, Unicode
 from kernel_provider.host import instanceinfo
 from kernel_provider.host.instances import Instance
 from kernel_provider.host.runtime import write_private
-from kernel_provider.kernel import notices
+from kernel_provider.kernel import kernellog, notices
 from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement, stack_label
 from kernel_provider.kernel.slurm import (
     CONNECT_TO_NODE,
@@ -54,6 +57,7 @@ from kernel_provider.kernel.slurm import (
     state_store,
     sweep_orphans_once,
 )
+from kernel_provider.kernel.slurm_queue import QueuePlace, pending_message
 from kernel_provider.kernel.walltime import WalltimeWatch, report_end
 from kernel_provider.model.plan import ContainerPlan
 
@@ -178,6 +182,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         self.allocation = SlurmAllocation.for_kernel(plan, self.kernel_id, store, manager.apptainer, self.log)
         self.progress.step("queue", "submitting the kernel's SLURM job")
         job_id = await self.allocation.submit(self.slurm_args)
+        kernellog.track(self.kernel_id, self.log_sources())
         self.placement = Placement(instance=self.allocation.name, slurm_job=job_id)
         self.log.info("CondaTainer kernel %s: submitted job %s (%s)", self.kernel_id, job_id, self.allocation.name)
         cancelled = _waiting[self.kernel_id] = asyncio.Event()
@@ -192,6 +197,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
             raise
         finally:
             _waiting.pop(self.kernel_id, None)
+        kernellog.track(self.kernel_id, self.log_sources())  # now with the instance's log on the node
         await instanceinfo.write(self.instance, manager.config, await manager.apptainer_version())  # for the magic
         self.log.info("CondaTainer kernel %s: job %s running on %s", self.kernel_id, job_id, self.allocation.node)
         self._watch = WalltimeWatch(
@@ -232,15 +238,18 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
             message=queued_message(self.allocation.job_id, job),
         )
 
-    def _job_changed(self, job_id: str, plan: ContainerPlan, job: JobState) -> None:
-        """The launch progress of a job that waits in the queue or starts its instance."""
+    def _job_changed(self, job_id: str, plan: ContainerPlan, job: JobState, place: QueuePlace | None) -> None:
+        """The launch progress of a job that waits in the queue (its place and why) or starts its instance."""
         if job.state == "PENDING":
-            why = f", {job.why}" if job.why else ""
-            self.progress.step("queue", f"queued as SLURM job {job_id} on {job.partition}{why}")
+            self.progress.step("queue", pending_message(job_id, job.partition, job.reason, place))
         elif job.state == "RUNNING":
             self.progress.step(
                 "instance", f"starting instance on {job.node} (job {job_id}), mounting {stack_label(plan)}"
             )
+
+    def log_sources(self) -> list[kernellog.LogSource]:
+        """The job's output and its instance's Apptainer log on the node (:mod:`~kernel_provider.kernel.kernellog`)."""
+        return self.allocation.log_sources()
 
     def shell_argv(self) -> list[str]:
         """Not offered yet: the instance is on a compute node, and a terminal there would be a job step."""
@@ -294,8 +303,8 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         return [*proxy_env(self.allocation.proxy), *super()._kernel_env(launch_env)]
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
-        """The exec as a step of the kernel's job."""
-        return await self.allocation.start_step(exec_argv, self.step_name)
+        """The exec as a step of the kernel's job, its output into the kernel's log file."""
+        return await self.allocation.start_step(exec_argv, self.step_name, self.kernel_output)
 
     async def _connection_info_once_started(self) -> KernelConnectionInfo:
         """The connection info with the ports the kernel bound (a first start waits for them)."""
@@ -317,7 +326,7 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
             if process.returncode is not None:
                 raise SlurmError(
                     f"the kernel step in job {self.allocation.job_id} exited ({process.returncode}) "
-                    "before it listened; see the server log for its output"
+                    "before it listened; see the kernel's log (the CondaTainer panel shows it)"
                 )
             await asyncio.sleep(0.1)
         raise SlurmError(f"the kernel in job {self.allocation.job_id} did not listen within {STEP_TIMEOUT:g} s")
