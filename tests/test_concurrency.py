@@ -167,7 +167,8 @@ def test_an_interrupted_command_is_stopped_with_all_it_started(script, stopped_b
 
     def interrupt() -> None:
         interrupted_at.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
+        # To the main thread, where the kernel's cell runs (a process-wide kill may land in this thread).
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     timer = threading.Timer(1.0, interrupt)
     timer.start()
