@@ -4,12 +4,14 @@ kernel's own instance with the kernel's environment, and ends when the kernel st
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
 from conftest import env_kernel, run_cell, wait_until
 
 pytestmark = pytest.mark.integration
+ECHOES = itertools.count()
 
 
 @pytest.fixture
@@ -47,3 +49,109 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
     await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
     listed = json.loads((await jp_fetch("api", "terminals")).body)
     assert model["name"] not in [t["name"] for t in listed]
+
+
+def printed(term, command: str) -> str:
+    """What ``echo command`` printed in the terminal (between markers of its own)."""
+    marker = f"-END{next(ECHOES)}"
+    out = typed(term, f"echo TERM-{command} {marker}", marker)
+    return out.split("TERM-")[-1].split(f" {marker}")[0].strip()
+
+
+def terminal_of(serverapp, model: dict):
+    return serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
+
+
+def stack_env_files(runtime) -> list:
+    return sorted((runtime / "condatainer").glob("terminal-*.env"))
+
+
+async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
+    channel_env, api, jp_fetch, jp_serverapp, kernel_env
+):
+    """ "Open terminal" on an env row: the stack of the env's kernel, the env read-only; refused while
+    that kernel has the env mounted read-write."""
+    async with env_kernel(api, jp_serverapp, "tenv", ["zlib", "demo-tool"]) as (kernel_id, client):
+        kernel_side, error = await run_cell(
+            client,
+            "import shutil, os; print(shutil.which('python'), shutil.which('demo-tool'), os.environ['CONDA_PREFIX'])",
+        )
+        assert error is None, error
+        status, refused = await api("POST", "overlays", "tenv", "terminal")
+        assert status == 409 and "open read-write by" in refused["message"], refused
+    from kernel_provider.host.locks import is_locked, locked_files
+
+    env_img = next((kernel_env / "images").glob("tenv*.img"))
+    await asyncio.to_thread(
+        wait_until,
+        lambda: not is_locked(str(env_img), locked_files()),
+        60,
+        "the kernel's instance to let go of the env",
+    )
+    status, model = await api("POST", "overlays", "tenv", "terminal")
+    assert status == 201, model
+    assert "tenv is mounted read-only" in model["banner"], model
+    term = terminal_of(jp_serverapp, model)
+    shown = await asyncio.to_thread(
+        wait_until, lambda: "\n" in (out := "".join(term.read_buffer)) and out, 60, "the terminal's first line"
+    )
+    assert shown.splitlines()[0] == model["banner"], shown
+    terminal_side = await asyncio.to_thread(printed, term, "$(which python) $(which demo-tool) $CONDA_PREFIX")
+    assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
+    writes = await asyncio.to_thread(printed, term, "$(touch /ext3/env/x 2>/dev/null && echo wrote || echo read-only)")
+    assert writes == "read-only"
+    assert len(stack_env_files(kernel_env / "runtime")) == 1
+
+    await jp_fetch("api", "terminals", model["name"], method="DELETE")
+    listed = jp_serverapp.web_app.settings["terminal_manager"].terminals
+    await asyncio.to_thread(wait_until, lambda: model["name"] not in listed, 30, "the terminal to close")
+    status, model = await api("POST", "overlays", "hello/1.0", "terminal")  # the next one removes the ended one's file
+    assert status == 201, model
+    assert len(stack_env_files(kernel_env / "runtime")) == 1
+
+
+async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(api, jp_serverapp, kernel_env):
+    """An overlay without Python and without a kernel: the terminal's stack is the one "Make kernel…"
+    then makes (python/3.11 first), with the overlay's .env sidecar variables."""
+    status, model = await api("POST", "overlays", "hello/1.0", "terminal")
+    assert status == 201, model
+    assert "read-only" not in model["banner"], model
+    terminal_side = await asyncio.to_thread(
+        printed, terminal_of(jp_serverapp, model), "$(which python) $HELLO_GREETING $PYTHONNOUSERSITE"
+    )
+
+    status, made = await api("POST", "kernelspecs", body={"overlays": ["hello/1.0"]})
+    assert status == 201 and made["overlays"] == ["python/3.11", "hello/1.0"], made
+    manager = jp_serverapp.kernel_manager
+    kernel_id = await manager.start_kernel(kernel_name=made["kernelspec"])
+    client = manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=120)
+        kernel_side, error = await run_cell(
+            client,
+            "import shutil, os; print(shutil.which('python'), os.environ['HELLO_GREETING'], "
+            "os.environ['PYTHONNOUSERSITE'])",
+        )
+        assert error is None, error
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(kernel_id)
+    assert terminal_side == kernel_side.strip() == "/cnt/python/3.11/bin/python hi from /cnt/hello/1.0 1"
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "message"),
+    [
+        ("../../etc/passwd", 400, "invalid"),
+        ("a;b", 400, "invalid"),
+        ("$(reboot)", 400, "invalid"),
+        ("nosuch", 404, "not found"),
+        ("ubuntu24/base_image", 400, "base image"),
+    ],
+)
+async def test_a_bad_overlay_name_gets_no_terminal(api, jp_fetch, kernel_env, name, status, message):
+    answer, body = await api("POST", "overlays", name, "terminal")
+    assert answer == status and message in body["message"], body
+    assert json.loads((await jp_fetch("api", "terminals")).body) == []
+    assert stack_env_files(kernel_env / "runtime") == []
