@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import itertools
 import json
 import os
 import queue
@@ -557,6 +558,29 @@ async def env_kernel(api, serverapp, name: str, packages: list[str]):
     finally:
         client.stop_channels()
         await manager.shutdown_kernel(kernel_id)
+
+
+def terminal_of(serverapp, model: dict):
+    """The terminado terminal of a terminal model the server answered with."""
+    return serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
+
+
+def typed(term, text: str, marker: str, timeout: float = 60) -> str:
+    """Type a line into a terminado terminal; what it printed once ``marker`` appeared."""
+    term.ptyproc.write(text + "\r")
+    return wait_until(
+        lambda: (out := "".join(term.read_buffer)).count(marker) >= 2 and out, timeout, f"{marker!r} in the terminal"
+    )
+
+
+_ECHOES = itertools.count()
+
+
+def printed(term, command: str) -> str:
+    """What ``echo command`` printed in a terminado terminal (between markers of its own)."""
+    marker = f"-END{next(_ECHOES)}"
+    out = typed(term, f"echo TERM-{command} {marker}", marker)
+    return out.split("TERM-")[-1].split(f" {marker}")[0].strip()
 
 
 async def reply_to(client, msg_id: str, timeout: float = 120) -> dict:

@@ -4,27 +4,17 @@ kernel's own instance with the kernel's environment, and ends when the kernel st
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 
 import pytest
-from conftest import env_kernel, run_cell, wait_until
+from conftest import env_kernel, printed, run_cell, terminal_of, wait_until
 
 pytestmark = pytest.mark.integration
-ECHOES = itertools.count()
 
 
 @pytest.fixture
 def jp_server_config(kernel_env):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True, "jupyter_server_terminals": True}}}
-
-
-def typed(term, text: str, marker: str, timeout: float = 60) -> str:
-    """Type a line into a terminado terminal; what it printed once ``marker`` appeared."""
-    term.ptyproc.write(text + "\r")
-    return wait_until(
-        lambda: (out := "".join(term.read_buffer)).count(marker) >= 2 and out, timeout, f"{marker!r} in the terminal"
-    )
 
 
 async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch, jp_serverapp, kernel_env):
@@ -36,11 +26,8 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
         assert error is None, error
         status, model = await api("POST", "kernels", kernel_id, "terminal")
         assert status == 201, model
-        term = jp_serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
-        out = await asyncio.to_thread(
-            typed, term, "echo TERM-$(which python) $(which demo-tool) $CONDA_PREFIX -END", "-END"
-        )
-        terminal_side = out.split("TERM-")[-1].split(" -END")[0].strip()
+        term = terminal_of(jp_serverapp, model)
+        terminal_side = await asyncio.to_thread(printed, term, "$(which python) $(which demo-tool) $CONDA_PREFIX")
         print("terminal:", terminal_side)
         assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
         listed = json.loads((await jp_fetch("api", "terminals")).body)
@@ -49,17 +36,6 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
     await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
     listed = json.loads((await jp_fetch("api", "terminals")).body)
     assert model["name"] not in [t["name"] for t in listed]
-
-
-def printed(term, command: str) -> str:
-    """What ``echo command`` printed in the terminal (between markers of its own)."""
-    marker = f"-END{next(ECHOES)}"
-    out = typed(term, f"echo TERM-{command} {marker}", marker)
-    return out.split("TERM-")[-1].split(f" {marker}")[0].strip()
-
-
-def terminal_of(serverapp, model: dict):
-    return serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
 
 
 def stack_env_files(runtime) -> list:
