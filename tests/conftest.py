@@ -548,8 +548,15 @@ async def env_kernel(api, serverapp, name: str, packages: list[str]):
     assert job["state"] == "succeeded", job
     spec = custom_spec(["python/3.11", name], label=name, writable=True)
     KernelspecStore().write(spec)
+    async with server_kernel(serverapp, spec.name) as started:
+        yield started
+
+
+@asynccontextmanager
+async def server_kernel(serverapp, kernel_name: str):
+    """A kernel of that kernelspec in the test's server, ready: ``(kernel id, client)``; shut down afterwards."""
     manager = serverapp.kernel_manager
-    kernel_id = await manager.start_kernel(kernel_name=spec.name)
+    kernel_id = await manager.start_kernel(kernel_name=kernel_name)
     client = manager.get_kernel(kernel_id).client()
     client.start_channels()
     try:

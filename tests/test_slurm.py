@@ -26,6 +26,7 @@ from conftest import (
     processes_mentioning,
     reply_to,
     running_instances,
+    server_kernel,
     sync_specs,
     terminal_of,
     wait_until,
@@ -358,15 +359,9 @@ def jp_server_config(slurm_env):
 
 @pytest.mark.integration
 async def test_terminal_in_a_slurm_kernel_is_a_step_of_its_job(slurm_cluster, api, jp_fetch, jp_serverapp):
-    """ "Open terminal" on a SLURM kernel: a shell in the kernel's instance on its node, as a step of
+    """A SLURM kernel's terminal ("Open terminal"): a shell in the kernel's instance on its node, as a step of
     its job (same node, python and job), which ends when the kernel shuts down."""
-    name = add_slurm_spec("terminal")
-    manager = jp_serverapp.kernel_manager
-    kernel_id = await manager.start_kernel(kernel_name=name)
-    client = manager.get_kernel(kernel_id).client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=120)
+    async with server_kernel(jp_serverapp, add_slurm_spec("terminal")) as (kernel_id, client):
         kernel_side, error = await execute(
             client,
             "import os, shutil, socket; print(socket.gethostname(), shutil.which('python'), "
@@ -384,9 +379,6 @@ async def test_terminal_in_a_slurm_kernel_is_a_step_of_its_job(slurm_cluster, ap
         job_id = kernel_side.split()[2]
         steps = slurm_cluster.run(slurm.steps_argv(job_id)).stdout
         assert "-terminal" in steps, steps
-    finally:
-        client.stop_channels()
-        await manager.shutdown_kernel(kernel_id)
     await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
     listed = json.loads((await jp_fetch("api", "terminals")).body)
     assert model["name"] not in [t["name"] for t in listed]

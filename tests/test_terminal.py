@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import env_kernel, printed, run_cell, terminal_of, wait_until
+from conftest import env_kernel, printed, run_cell, server_kernel, terminal_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def stack_env_files(runtime) -> list:
 async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
     channel_env, api, jp_fetch, jp_serverapp, kernel_env
 ):
-    """ "Open terminal" on an env row: the stack of the env's kernel, the env read-only; refused while
+    """Terminal on an env row of the panel: the stack of the env's kernel, the env read-only; refused while
     that kernel has the env mounted read-write."""
     async with env_kernel(api, jp_serverapp, "tenv", ["zlib", "demo-tool"]) as (kernel_id, client):
         kernel_side, error = await run_cell(
@@ -98,21 +98,13 @@ async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_
 
     status, made = await api("POST", "kernelspecs", body={"overlays": ["hello/1.0"]})
     assert status == 201 and made["overlays"] == ["python/3.11", "hello/1.0"], made
-    manager = jp_serverapp.kernel_manager
-    kernel_id = await manager.start_kernel(kernel_name=made["kernelspec"])
-    client = manager.get_kernel(kernel_id).client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=120)
+    async with server_kernel(jp_serverapp, made["kernelspec"]) as (_, client):
         kernel_side, error = await run_cell(
             client,
             "import shutil, os; print(shutil.which('python'), os.environ['HELLO_GREETING'], "
             "os.environ['PYTHONNOUSERSITE'])",
         )
         assert error is None, error
-    finally:
-        client.stop_channels()
-        await manager.shutdown_kernel(kernel_id)
     assert terminal_side == kernel_side.strip() == "/cnt/python/3.11/bin/python hi from /cnt/hello/1.0 1"
 
 
