@@ -64,8 +64,10 @@ def banner(stack: Sequence[str], env: Overlay | None) -> str:
 
 
 def shell_argv(apptainer: str, plan: ContainerPlan, env_file: str, cwd: str, first_line: str, oci: bool) -> list[str]:
-    """The one-shot container that runs ``shell.py`` (banner, activation, then the shell) in ``cwd``."""
-    return command.oneshot_exec_argv(apptainer, plan, env_file, [CONTAINER_PYTHON, SHELL, first_line], cwd, oci=oci)
+    """The one-shot container that runs ``shell.py`` (banner, activation, then the shell) in ``cwd``;
+    the runtime's INFO lines would come before the banner."""
+    shell = [CONTAINER_PYTHON, SHELL, first_line]
+    return command.oneshot_exec_argv(apptainer, plan, env_file, shell, cwd, oci=oci, quiet=True)
 
 
 def stack_request(operations: EnvOperations, overlay: Overlay, cwd: str) -> tuple[list[str], StackRequest]:
