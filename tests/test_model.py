@@ -421,7 +421,9 @@ def test_a_stack_terminal_is_a_quiet_oneshot_of_the_shell_with_the_env_read_only
 
     p = plan(catalog, "env.img", cwd=str(images))
     argv = shell_argv("apptainer", p, "/e", "/root", "first line", oci=False)
-    assert argv[:3] == ["apptainer", "--quiet", "exec"]
+    base, env = str(images / "ubuntu24--base_image.sif"), str(images / "env.img")
+    locks = ["flock", "--shared", "--nonblock"]
+    assert argv[:11] == [*locks, base, *locks, env, "apptainer", "--quiet", "exec"]
     assert f"{images / 'env.img'}:ro" in argv
     assert argv[-8:] == [
         "--env-file",

@@ -76,6 +76,11 @@ async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
     assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
     writes = await asyncio.to_thread(printed, term, "$(touch /ext3/env/x 2>/dev/null && echo wrote || echo read-only)")
     assert writes == "read-only"
+    # While the terminal is open, the env's kernel cannot have it read-write, and says why.
+    started = await jp_fetch(
+        "api", "kernels", method="POST", body=json.dumps({"name": "condatainer-tenv"}), raise_error=False
+    )
+    assert started.code == 500 and "tenv.img is in use" in started.body.decode(), started.body
     assert len(stack_env_files(kernel_env / "runtime")) == 1
 
     await jp_fetch("api", "terminals", model["name"], method="DELETE")
@@ -92,6 +97,10 @@ async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_
     status, model = await api("POST", "overlays", "hello/1.0", "terminal")
     assert status == 201, model
     assert "read-only" not in model["banner"], model
+    # The terminal holds its images as a kernel does: the overlay cannot be deleted under it.
+    await asyncio.to_thread(printed, terminal_of(jp_serverapp, model), "up")
+    status, refused = await api("DELETE", "overlays", "hello/1.0")
+    assert status == 409 and "cannot be deleted" in refused["message"], refused
     terminal_side = await asyncio.to_thread(
         printed, terminal_of(jp_serverapp, model), "$(which python) $HELLO_GREETING $PYTHONNOUSERSITE"
     )

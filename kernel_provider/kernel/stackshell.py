@@ -63,11 +63,21 @@ def banner(stack: Sequence[str], env: Overlay | None) -> str:
     )
 
 
+def under_shared_locks(paths: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """``argv`` holding CondaTainer's shared ``flock`` on each image while it runs, as a kernel's
+    instance does: ``condatainer rm``, our delete and a kernel that wants the env read-write then
+    see the terminal's images in use. ``--nonblock``: an image being removed fails the start."""
+    for path in reversed(paths):
+        argv = ["flock", "--shared", "--nonblock", path, *argv]
+    return list(argv)
+
+
 def shell_argv(apptainer: str, plan: ContainerPlan, env_file: str, cwd: str, first_line: str, oci: bool) -> list[str]:
-    """The one-shot container that runs ``shell.py`` (banner, activation, then the shell) in ``cwd``;
-    the runtime's INFO lines would come before the banner."""
+    """The one-shot container that runs ``shell.py`` (banner, activation, then the shell) in ``cwd``,
+    under the images' shared locks; quiet, or the runtime's INFO lines would come before the banner."""
     shell = [CONTAINER_PYTHON, SHELL, first_line]
-    return command.oneshot_exec_argv(apptainer, plan, env_file, shell, cwd, oci=oci, quiet=True)
+    container = command.oneshot_exec_argv(apptainer, plan, env_file, shell, cwd, oci=oci, quiet=True)
+    return under_shared_locks([plan.base_image.path, *(o.path for o in plan.overlays)], container)
 
 
 def stack_request(operations: EnvOperations, overlay: Overlay, cwd: str) -> tuple[list[str], StackRequest]:
@@ -115,4 +125,5 @@ async def open_stack_shell(operations: EnvOperations, name: str, cwd: str) -> St
         runtime_dir() / f"terminal-{secrets.token_hex(6)}.env", command.render_env_file(plan.env, oci=oci)
     )
     first_line = banner(stack, overlay if overlay.kind == "img" else None)
-    return StackShell(shell_argv(runtime.binary, plan, str(env_file), cwd, first_line, oci), env_file, first_line)
+    argv = shell_argv(runtime.binary, plan, str(env_file), cwd, first_line, oci)
+    return StackShell(argv, env_file, first_line)

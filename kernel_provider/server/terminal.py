@@ -119,7 +119,7 @@ class StackTerminalHandler(BaseHandler):
         with http_errors():
             shell = await open_stack_shell(self.operations, name, cwd)
         try:
-            model = terminals.create(shell_command=shell.argv, extra_env=apptainer_env(shell.argv[0]), cwd=cwd)
+            model = terminals.create(shell_command=shell.argv, extra_env=apptainer_env(), cwd=cwd)
         except OSError:  # the terminal could not start its process
             shell.env_file.unlink(missing_ok=True)
             raise
