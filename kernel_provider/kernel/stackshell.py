@@ -16,7 +16,8 @@ It is a one-shot ``apptainer exec`` that lives as long as the shell. An env is m
 for as long as a forgotten terminal stays open, and the notebook's own packages could change
 under it. Even read-only, Apptainer lets no container mount the env read-write while the
 terminal has it (and refuses the terminal while another container writes to it), so the
-terminal's first line says so, and a busy env is refused up front with who holds it.
+terminal's first line says so, and a busy env is refused up front with who holds it. Like a
+kernel's instance, the terminal holds CondaTainer's shared ``flock`` on its images while it runs.
 """
 
 from __future__ import annotations
