@@ -12,12 +12,14 @@ variables, the env's conda activation), so its container is the one a kernel on 
   kernel's launcher does.
 
 It is a one-shot ``apptainer exec`` that lives as long as the shell. An env is mounted
-**read-only**, never read-write: a read-write mount would keep every kernel and install out of it
-for as long as a forgotten terminal stays open, and the notebook's own packages could change
-under it. Even read-only, Apptainer lets no container mount the env read-write while the
-terminal has it (and refuses the terminal while another container writes to it), so the
-terminal's first line says so, and a busy env is refused up front with who holds it. Like a
-kernel's instance, the terminal holds CondaTainer's shared ``flock`` on its images while it runs.
+**read-only**, never read-write: packages change through the panel, the magic or the env's own
+kernel, which take the env's lock and record each revision; a shell writing to the env would
+change it under its notebooks, unlocked and unrecorded. Even read-only, Apptainer lets no
+container mount the env read-write while the terminal has it (measured: "can't open … for
+writing, currently in use by another process"), and refuses the terminal while another container
+writes to it. So the terminal's first line says what it holds, and a busy env is refused up front
+with who holds it. Like a kernel's instance, the terminal holds CondaTainer's shared ``flock`` on
+its images while it runs.
 """
 
 from __future__ import annotations
