@@ -572,22 +572,18 @@ def terminal_of(serverapp, model: dict):
     return serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
 
 
-def typed(term, text: str, marker: str, timeout: float = 60) -> str:
-    """Type a line into a terminado terminal; what it printed once ``marker`` appeared."""
-    term.ptyproc.write(text + "\r")
-    return wait_until(
-        lambda: (out := "".join(term.read_buffer)).count(marker) >= 2 and out, timeout, f"{marker!r} in the terminal"
-    )
-
-
 _ECHOES = itertools.count()
 
 
-def printed(term, command: str) -> str:
-    """What ``echo command`` printed in a terminado terminal (between markers of its own)."""
-    marker = f"-END{next(_ECHOES)}"
-    out = typed(term, f"echo TERM-{command} {marker}", marker)
-    return out.split("TERM-")[-1].split(f" {marker}")[0].strip()
+def printed(term, command: str, timeout: float = 60) -> str:
+    """What ``echo command`` printed in a terminado terminal.
+
+    The typed line is quoted so that its echo never reads like its output: a terminal may echo
+    it twice (``srun --pty``: the local pty before srun takes it over, then the remote one)."""
+    marker = f"END{next(_ECHOES)}"
+    term.ptyproc.write(f"echo TE''RM- {command} -{marker[:1]}''{marker[1:]}\r")
+    out = wait_until(lambda: f"-{marker}" in (out := "".join(term.read_buffer)) and out, timeout, marker)
+    return out.split(f"-{marker}")[0].rsplit("TERM- ", 1)[-1].strip()
 
 
 async def reply_to(client, msg_id: str, timeout: float = 120) -> dict:
