@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import itertools
 import json
 import os
 import queue
@@ -547,8 +548,15 @@ async def env_kernel(api, serverapp, name: str, packages: list[str]):
     assert job["state"] == "succeeded", job
     spec = custom_spec(["python/3.11", name], label=name, writable=True)
     KernelspecStore().write(spec)
+    async with server_kernel(serverapp, spec.name) as started:
+        yield started
+
+
+@asynccontextmanager
+async def server_kernel(serverapp, kernel_name: str):
+    """A kernel of that kernelspec in the test's server, ready: ``(kernel id, client)``; shut down afterwards."""
     manager = serverapp.kernel_manager
-    kernel_id = await manager.start_kernel(kernel_name=spec.name)
+    kernel_id = await manager.start_kernel(kernel_name=kernel_name)
     client = manager.get_kernel(kernel_id).client()
     client.start_channels()
     try:
@@ -557,6 +565,25 @@ async def env_kernel(api, serverapp, name: str, packages: list[str]):
     finally:
         client.stop_channels()
         await manager.shutdown_kernel(kernel_id)
+
+
+def terminal_of(serverapp, model: dict):
+    """The terminado terminal of a terminal model the server answered with."""
+    return serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
+
+
+_ECHOES = itertools.count()
+
+
+def printed(term, command: str, timeout: float = 60) -> str:
+    """What ``echo command`` printed in a terminado terminal.
+
+    The typed line is quoted so that its echo never reads like its output: a terminal may echo
+    it twice (``srun --pty``: the local pty before srun takes it over, then the remote one)."""
+    marker = f"END{next(_ECHOES)}"
+    term.ptyproc.write(f"echo TE''RM- {command} -{marker[:1]}''{marker[1:]}\r")
+    out = wait_until(lambda: f"-{marker}" in (out := "".join(term.read_buffer)) and out, timeout, marker)
+    return out.split(f"-{marker}")[0].rsplit("TERM- ", 1)[-1].strip()
 
 
 async def reply_to(client, msg_id: str, timeout: float = 120) -> dict:

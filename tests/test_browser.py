@@ -587,3 +587,17 @@ def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
     assert "could not start: the env env.img" in text and "the notebook first.ipynb" in text, text
     shot("15-env-in-use-start")
     close_dialogs()
+    # Terminal on that env's row is refused while the notebook has it read-write, saying who and what to do.
+    env.get_by_test_id("jp-condatainer-overlay-terminal").click()
+    refused = env.get_by_test_id("jp-condatainer-error")
+    expect(refused).to_contain_text(
+        "env is open read-write by the notebook first.ipynb; open the terminal from that kernel"
+    )
+    refused.scroll_into_view_if_needed()
+    shot("16-env-terminal-refused")
+    # On an overlay without a kernel, it opens a terminal in the stack a kernel on it would run.
+    hello = panel.locator('[data-testid="jp-condatainer-overlay-row"][data-overlay-name="hello/1.0"]')
+    hello.get_by_test_id("jp-condatainer-overlay-terminal").click()
+    expect(page.locator(".jp-Terminal:visible .xterm-screen")).to_be_visible()
+    page.wait_for_timeout(1000)  # xterm.js draws on a canvas: the banner and prompt are in the screenshot
+    shot("17-overlay-terminal")

@@ -415,6 +415,28 @@ def test_oneshot_exec_argv(catalog, images):
     assert argv[-4:] == [str(images / "ubuntu24--base_image.sif"), "mm-install", "-y", "numpy"]
 
 
+def test_a_stack_terminal_is_a_quiet_oneshot_of_the_shell_with_the_env_read_only(catalog, images):
+    from kernel_provider.incontainer.constants import SHELL
+    from kernel_provider.kernel.stackshell import shell_argv
+
+    p = plan(catalog, "env.img", cwd=str(images))
+    argv = shell_argv("apptainer", p, "/e", "/root", "first line", oci=False)
+    base, env = str(images / "ubuntu24--base_image.sif"), str(images / "env.img")
+    locks = ["flock", "--shared", "--nonblock"]
+    assert argv[:11] == [*locks, base, *locks, env, "apptainer", "--quiet", "exec"]
+    assert f"{images / 'env.img'}:ro" in argv
+    assert argv[-8:] == [
+        "--env-file",
+        "/e",
+        "--pwd",
+        "/root",
+        str(images / "ubuntu24--base_image.sif"),
+        "python",
+        SHELL,
+        "first line",
+    ]
+
+
 def test_stop_and_list_argv():
     assert command.instance_stop_argv("a", "n") == ["a", "instance", "stop", "n"]
     assert command.instance_stop_argv("a", "n", force=True) == ["a", "instance", "stop", "--force", "n"]

@@ -22,10 +22,13 @@ from conftest import (
     KERNEL,
     Server,
     free_port,
+    printed,
     processes_mentioning,
     reply_to,
     running_instances,
+    server_kernel,
     sync_specs,
+    terminal_of,
     wait_until,
 )
 from conftest import run_cell as execute
@@ -86,6 +89,8 @@ def test_step_squeue_and_scancel_argv():
         "instance://jcts-abc",
         "true",
     ]
+    terminal = slurm.step_argv("12", "cn1", "jcts-abc-terminal", ["apptainer", "exec"], pty=True)
+    assert terminal[:4] == ["srun", "--jobid=12", "--overlap", "--pty"], terminal
     singularity_step = slurm.step_argv("12", "cn1", "s", ["singularity", "exec"], "SINGULARITYENV_")
     assert 'export "SINGULARITYENV_$name=' in singularity_step[9]
     assert slurm.my_jobs_argv() == ["squeue", "--me", "-h", "-o", "%i|%j|%T|%N|%e"]
@@ -132,6 +137,18 @@ def test_client_env_drops_an_outer_jobs_variables():
         {"SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "4", "SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"}
     )
     assert env == {"SLURM_CONF": "/c", "SBATCH_ACCOUNT": "a", "HOME": "/h"}
+    # A terminal's srun gets the server's whole environment: the outer job's variables are unset in its argv.
+    outer = {"SLURM_JOB_ID": "5", "SLURM_CONF": "/c", "HOME": "/h", "SLURM_NTASKS": "2"}
+    assert slurm.without_outer_job(["srun", "x"], outer) == [
+        "env",
+        "-u",
+        "SLURM_JOB_ID",
+        "-u",
+        "SLURM_NTASKS",
+        "srun",
+        "x",
+    ]
+    assert slurm.without_outer_job(["srun", "x"], {"SLURM_CONF": "/c"}) == ["srun", "x"]
 
 
 def test_parsers():
@@ -332,6 +349,40 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
         server.stop()
         proxy.close()
     print("\nSLURM kernel timings (s):", {k: round(v, 2) for k, v in timings.items()})
+
+
+@pytest.fixture
+def jp_server_config(slurm_env):
+    """The in-process server of the terminal test: terminals on, the cluster's variables set before it starts."""
+    return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True, "jupyter_server_terminals": True}}}
+
+
+@pytest.mark.integration
+async def test_terminal_in_a_slurm_kernel_is_a_step_of_its_job(slurm_cluster, api, jp_fetch, jp_serverapp):
+    """A SLURM kernel's terminal ("Open terminal"): a shell in the kernel's instance on its node, as a step of
+    its job (same node, python and job), which ends when the kernel shuts down."""
+    async with server_kernel(jp_serverapp, add_slurm_spec("terminal")) as (kernel_id, client):
+        kernel_side, error = await execute(
+            client,
+            "import os, shutil, socket; print(socket.gethostname(), shutil.which('python'), "
+            "os.environ['SLURM_JOB_ID'], os.environ['IN_CONDATAINER'])",
+        )
+        assert error is None, error
+        status, model = await api("POST", "kernels", kernel_id, "terminal")
+        assert status == 201, model
+        term = terminal_of(jp_serverapp, model)
+        terminal_side = await asyncio.to_thread(
+            printed, term, "$(hostname) $(which python) $SLURM_JOB_ID $IN_CONDATAINER"
+        )
+        print("terminal:", terminal_side)
+        assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
+        job_id = kernel_side.split()[2]
+        steps = slurm_cluster.run(slurm.steps_argv(job_id)).stdout
+        assert "-terminal" in steps, steps
+    await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
+    listed = json.loads((await jp_fetch("api", "terminals")).body)
+    assert model["name"] not in [t["name"] for t in listed]
+    assert job_id not in slurm_cluster.job_ids()
 
 
 @pytest.mark.integration

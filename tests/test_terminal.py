@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import env_kernel, run_cell, wait_until
+from conftest import env_kernel, printed, run_cell, server_kernel, terminal_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -15,14 +15,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def jp_server_config(kernel_env):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True, "jupyter_server_terminals": True}}}
-
-
-def typed(term, text: str, marker: str, timeout: float = 60) -> str:
-    """Type a line into a terminado terminal; what it printed once ``marker`` appeared."""
-    term.ptyproc.write(text + "\r")
-    return wait_until(
-        lambda: (out := "".join(term.read_buffer)).count(marker) >= 2 and out, timeout, f"{marker!r} in the terminal"
-    )
 
 
 async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch, jp_serverapp, kernel_env):
@@ -34,11 +26,8 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
         assert error is None, error
         status, model = await api("POST", "kernels", kernel_id, "terminal")
         assert status == 201, model
-        term = jp_serverapp.web_app.settings["terminal_manager"].get_terminal(model["name"])
-        out = await asyncio.to_thread(
-            typed, term, "echo TERM-$(which python) $(which demo-tool) $CONDA_PREFIX -END", "-END"
-        )
-        terminal_side = out.split("TERM-")[-1].split(" -END")[0].strip()
+        term = terminal_of(jp_serverapp, model)
+        terminal_side = await asyncio.to_thread(printed, term, "$(which python) $(which demo-tool) $CONDA_PREFIX")
         print("terminal:", terminal_side)
         assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
         listed = json.loads((await jp_fetch("api", "terminals")).body)
@@ -47,3 +36,99 @@ async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch
     await asyncio.to_thread(wait_until, lambda: not term.ptyproc.isalive(), 30, "the shell to end with the kernel")
     listed = json.loads((await jp_fetch("api", "terminals")).body)
     assert model["name"] not in [t["name"] for t in listed]
+
+
+def stack_env_files(runtime) -> list:
+    return sorted((runtime / "condatainer").glob("terminal-*.env"))
+
+
+async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
+    channel_env, api, jp_fetch, jp_serverapp, kernel_env
+):
+    """Terminal on an env row of the panel: the stack of the env's kernel, the env read-only; refused while
+    that kernel has the env mounted read-write."""
+    async with env_kernel(api, jp_serverapp, "tenv", ["zlib", "demo-tool"]) as (kernel_id, client):
+        kernel_side, error = await run_cell(
+            client,
+            "import shutil, os; print(shutil.which('python'), shutil.which('demo-tool'), os.environ['CONDA_PREFIX'])",
+        )
+        assert error is None, error
+        status, refused = await api("POST", "overlays", "tenv", "terminal")
+        assert status == 409 and "open read-write by" in refused["message"], refused
+    from kernel_provider.host.locks import is_locked, locked_files
+
+    env_img = next((kernel_env / "images").glob("tenv*.img"))
+    await asyncio.to_thread(
+        wait_until,
+        lambda: not is_locked(str(env_img), locked_files()),
+        60,
+        "the kernel's instance to let go of the env",
+    )
+    status, model = await api("POST", "overlays", "tenv", "terminal")
+    assert status == 201, model
+    assert "tenv is mounted read-only" in model["banner"], model
+    term = terminal_of(jp_serverapp, model)
+    shown = await asyncio.to_thread(
+        wait_until, lambda: "\n" in (out := "".join(term.read_buffer)) and out, 60, "the terminal's first line"
+    )
+    assert shown.splitlines()[0] == model["banner"], shown
+    terminal_side = await asyncio.to_thread(printed, term, "$(which python) $(which demo-tool) $CONDA_PREFIX")
+    assert terminal_side == kernel_side.strip(), (terminal_side, kernel_side)
+    writes = await asyncio.to_thread(printed, term, "$(touch /ext3/env/x 2>/dev/null && echo wrote || echo read-only)")
+    assert writes == "read-only"
+    # While the terminal is open, the env's kernel cannot have it read-write, and says why.
+    started = await jp_fetch(
+        "api", "kernels", method="POST", body=json.dumps({"name": "condatainer-tenv"}), raise_error=False
+    )
+    assert started.code == 500 and "tenv.img is in use" in started.body.decode(), started.body
+    assert len(stack_env_files(kernel_env / "runtime")) == 1
+
+    await jp_fetch("api", "terminals", model["name"], method="DELETE")
+    listed = jp_serverapp.web_app.settings["terminal_manager"].terminals
+    await asyncio.to_thread(wait_until, lambda: model["name"] not in listed, 30, "the terminal to close")
+    status, model = await api("POST", "overlays", "hello/1.0", "terminal")  # the next one removes the ended one's file
+    assert status == 201, model
+    assert len(stack_env_files(kernel_env / "runtime")) == 1
+
+
+async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(api, jp_serverapp, kernel_env):
+    """An overlay without Python and without a kernel: the terminal's stack is the one "Make kernel…"
+    then makes (python/3.11 first), with the overlay's .env sidecar variables."""
+    status, model = await api("POST", "overlays", "hello/1.0", "terminal")
+    assert status == 201, model
+    assert "read-only" not in model["banner"], model
+    # The terminal holds its images as a kernel does: the overlay cannot be deleted under it.
+    await asyncio.to_thread(printed, terminal_of(jp_serverapp, model), "up")
+    status, refused = await api("DELETE", "overlays", "hello/1.0")
+    assert status == 409 and "cannot be deleted" in refused["message"], refused
+    terminal_side = await asyncio.to_thread(
+        printed, terminal_of(jp_serverapp, model), "$(which python) $HELLO_GREETING $PYTHONNOUSERSITE"
+    )
+
+    status, made = await api("POST", "kernelspecs", body={"overlays": ["hello/1.0"]})
+    assert status == 201 and made["overlays"] == ["python/3.11", "hello/1.0"], made
+    async with server_kernel(jp_serverapp, made["kernelspec"]) as (_, client):
+        kernel_side, error = await run_cell(
+            client,
+            "import shutil, os; print(shutil.which('python'), os.environ['HELLO_GREETING'], "
+            "os.environ['PYTHONNOUSERSITE'])",
+        )
+        assert error is None, error
+    assert terminal_side == kernel_side.strip() == "/cnt/python/3.11/bin/python hi from /cnt/hello/1.0 1"
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "message"),
+    [
+        ("../../etc/passwd", 400, "invalid"),
+        ("a;b", 400, "invalid"),
+        ("$(reboot)", 400, "invalid"),
+        ("nosuch", 404, "not found"),
+        ("ubuntu24/base_image", 400, "base image"),
+    ],
+)
+async def test_a_bad_overlay_name_gets_no_terminal(api, jp_fetch, kernel_env, name, status, message):
+    answer, body = await api("POST", "overlays", name, "terminal")
+    assert answer == status and message in body["message"], body
+    assert json.loads((await jp_fetch("api", "terminals")).body) == []
+    assert stack_env_files(kernel_env / "runtime") == []

@@ -43,6 +43,7 @@ from kernel_provider.incontainer.constants import ENV_PREFIX
 from kernel_provider.incontainer.envlock import EnvBusyError, EnvLock, env_lock_path, lock_dir
 from kernel_provider.kernel.kernelspecs import (
     KernelspecStore,
+    StackSpec,
     custom_spec,
     installed_kernel_names,
 )
@@ -207,7 +208,7 @@ class EnvOperations:
         catalog = self.catalog()
         locked = locked_files()
         ours = {o.path for i in self.instances.instances.values() for o in (i.plan.base_image, *i.plan.overlays)}
-        kernels = self._kernels_by_overlay(catalog)
+        kernels = self.kernels_by_overlay(catalog)
         probe = ImageProbe()
         users = holders(self.instances.store, [o.path for o in catalog.by_name.values()])
         rows, seen = [], set()
@@ -235,22 +236,22 @@ class EnvOperations:
                     kernelspec=kernels[overlay.path][0] if overlay.path in kernels else None,
                     writable=overlay.kind == "img" and os.access(overlay.path, os.W_OK),
                     in_use_by=users.get(overlay.path, ANOTHER_PROGRAM) if in_use else "",
-                    kernel_stack=kernels[overlay.path][1] if overlay.path in kernels else [],
+                    kernel_stack=list(kernels[overlay.path][1].overlays) if overlay.path in kernels else [],
                     warnings=list(meta.warnings),
                 )
             )
         return rows
 
-    def _kernels_by_overlay(self, catalog: Catalog) -> dict[str, tuple[str, list[str]]]:
-        """Image path → the kernelspec whose last overlay is that image, and its whole stack."""
-        found: dict[str, tuple[str, list[str]]] = {}
+    def kernels_by_overlay(self, catalog: Catalog) -> dict[str, tuple[str, StackSpec]]:
+        """Image path → the kernelspec whose last overlay is that image, and its stack."""
+        found: dict[str, tuple[str, StackSpec]] = {}
         for kernel, spec in KernelspecStore().read_all().items():
             if not spec.overlays:
                 continue
             last = spec.overlays[-1]
             overlay = catalog.by_name.get(last) or (Overlay.from_path(last) if os.path.isabs(last) else None)
             if overlay is not None:
-                found.setdefault(overlay.path, (kernel, list(spec.overlays)))
+                found.setdefault(overlay.path, (kernel, spec))
         return found
 
     def env_meta(self, overlay: Overlay, destination: str | None = None) -> history.EnvMeta:

@@ -4,3 +4,4 @@ ENV_PREFIX = "/ext3/env"  # CondaTainer's conda env in a writable .img overlay
 LIB_DIR = "/opt/jupyter-condatainer/lib"  # this package is bound read-only at LIB_DIR/kernel_provider
 SUPPLY_DIR = "/opt/jupyter-condatainer/ipykernel"  # host-built ipykernel, one cp3XY directory per Python
 LAUNCHER = f"{LIB_DIR}/kernel_provider/incontainer/launch.py"
+SHELL = f"{LIB_DIR}/kernel_provider/incontainer/shell.py"  # "Open terminal": the stack's envs activated, then a shell

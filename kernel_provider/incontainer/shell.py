@@ -1,11 +1,15 @@
 """A shell in a kernel's container with the kernel's environment: what "Open terminal" runs.
 
 Started by the server in the kernel's own instance, with the kernel's env file (the stack's
-variables, the kernelspec's), as ``python shell.py`` with the kernel's Python. The stack's conda
+variables, the kernelspec's), as ``python shell.py`` with the kernel's Python; or, for a
+terminal on an overlay or env without a kernel, in a container of the stack a kernel on it
+would run (:mod:`kernel_provider.kernel.stackshell`). The stack's conda
 envs are activated exactly as the kernel's launcher does it (:mod:`.activation`), then this
 process becomes the shell. The shell reads no start-up files (``--norc``/``--noprofile``): a
 ``~/.bashrc`` that sets ``PATH`` or runs ``conda activate`` would give the terminal another
-``python`` than the notebook's. Standard library only.
+``python`` than the notebook's. An argument, if any, is printed first: what the terminal is
+(a terminal on an overlay without a kernel says which stack, and that its env is read-only).
+Standard library only.
 """
 
 import os
@@ -17,7 +21,9 @@ SHELLS = ("/bin/bash", "/bin/sh")
 
 
 def main() -> None:
-    """Activate the stack's envs, then become an interactive shell."""
+    """Print the banner (the first argument, if any), activate the stack's envs, then become an interactive shell."""
+    if len(sys.argv) > 1:
+        print(sys.argv[1], flush=True)
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)
     sys.path.append(LIB_DIR)

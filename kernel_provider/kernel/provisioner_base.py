@@ -34,7 +34,7 @@ import sys
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,7 +54,7 @@ from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.host.state import Owner, process_start_time
 from kernel_provider.host.zygote import ForkedKernel
-from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SUPPLY_DIR
+from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SHELL, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
 from kernel_provider.kernel import kernellog, persistence
 from kernel_provider.kernel.progress import LaunchProgress
@@ -104,6 +104,25 @@ def launcher_argv(argv: list[str]) -> list[str]:
         if argv[index] == "-m" and argv[index + 1] == IPYKERNEL_MODULE:
             return [*argv[:index], LAUNCHER, *argv[index + 2 :]]
     return argv
+
+
+def kernel_request(config: CondaTainerConfig, stack: StackRequest) -> StackRequest:
+    """The container of a kernel on ``stack``: the kernel's variables before the stack's own,
+    our package, the supplied ipykernel, the runtime directory and the env locks bound in.
+
+    One function for every container that must give what a kernel gets (its instance, a
+    terminal on an overlay without a kernel: :mod:`kernel_provider.kernel.stackshell`)."""
+    host_binds = [
+        f"{supply.package_dir()}:{LIB_DIR}/kernel_provider:ro",
+        f"{supply.supply_root()}:{SUPPLY_DIR}:ro",
+        str(runtime_dir()),
+        private_lock_dir(config.state_dir),  # the %condatainer magic takes the same env lock as the server
+    ]
+    return replace(
+        stack,
+        env={**KERNEL_ENV, **config.container_env, **stack.env},
+        binds=[*host_binds, *stack.binds],
+    )
 
 
 @dataclass(frozen=True)
@@ -179,24 +198,20 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         return self._progress
 
     def _plan(self, kernel_cwd: str) -> ContainerPlan:
-        """The stack's container: our package, the supplied ipykernel, the runtime directory,
-        the env locks and the connection file's directory bound in. Blocking (probes images):
-        call it in a thread."""
+        """The stack's container (:func:`kernel_request`) with the connection file's directory
+        bound in. Blocking (probes images): call it in a thread."""
         config = self.manager.config
         connection_dir = os.path.dirname(os.path.abspath(self.parent.connection_file)) if self.parent else ""
-        host_binds = [
-            f"{supply.package_dir()}:{LIB_DIR}/kernel_provider:ro",
-            f"{supply.supply_root()}:{SUPPLY_DIR}:ro",
-            str(runtime_dir()),
-            private_lock_dir(config.state_dir),  # the %condatainer magic takes the same env lock as the server
-        ]
-        request = StackRequest(
-            overlays=self.overlays,
-            base_image=self.base_image,
-            writable=self.writable,
-            env={**KERNEL_ENV, **config.container_env, **self.env},
-            binds=[*host_binds, *([connection_dir] if connection_dir else []), kernel_cwd, *self.binds],
-            flags=self.apptainer_flags,
+        request = kernel_request(
+            config,
+            StackRequest(
+                overlays=self.overlays,
+                base_image=self.base_image,
+                writable=self.writable,
+                env=self.env,
+                binds=[*([connection_dir] if connection_dir else []), kernel_cwd, *self.binds],
+                flags=self.apptainer_flags,
+            ),
         )
         return plan_for_host(request, config)
 
@@ -320,7 +335,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             raise ValueError("the kernel is not running; start it, then open its terminal")
         if self.instance.oci:
             raise ValueError("an OCI-mode kernel has no instance to open a terminal in; use a native-mode kernel")
-        shell = [self.container_python, f"{LIB_DIR}/kernel_provider/incontainer/shell.py"]
+        shell = [self.container_python, SHELL]
         return command.instance_exec_argv(
             self.manager.apptainer, self.instance.name, str(self._env_file), shell, self.cwd or ""
         )

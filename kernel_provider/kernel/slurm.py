@@ -164,14 +164,21 @@ def node_address_argv(node: str) -> list[str]:
 
 
 def step_argv(
-    job_id: str, node: str, step_name: str, argv: Sequence[str], container_env_prefix: str = "APPTAINERENV_"
+    job_id: str,
+    node: str,
+    step_name: str,
+    argv: Sequence[str],
+    container_env_prefix: str = "APPTAINERENV_",
+    pty: bool = False,
 ) -> list[str]:
     """Run ``argv`` as a step of the job on its instance's node, with SLURM's variables
-    forwarded into the container (see :func:`forward_script`)."""
+    forwarded into the container (see :func:`forward_script`); ``pty``: on a terminal of its
+    own there (``srun --pty``), for an interactive shell."""
     return [
         "srun",
         f"--jobid={job_id}",
         "--overlap",
+        *(["--pty"] if pty else []),
         "--nodes=1",
         "--ntasks=1",
         f"--nodelist={node}",
@@ -262,6 +269,13 @@ def slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
     """Environment for sbatch/srun/squeue/scancel (and so for the job): the server's,
     without the SLURM_* of a job the server may itself run in."""
     return {key: value for key, value in environ.items() if not key.startswith("SLURM_") or key in KEPT_SLURM_VARIABLES}
+
+
+def without_outer_job(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """``argv`` under ``env -u`` for each variable :func:`slurm_env` drops: for a SLURM client
+    started by something that passes it the server's whole environment (a terminal)."""
+    dropped = sorted(set(environ) - set(slurm_env(environ)))
+    return ["env", *[arg for key in dropped for arg in ("-u", key)], *argv] if dropped else list(argv)
 
 
 def parse_slurm_time(text: str) -> float | None:
@@ -667,10 +681,10 @@ class SlurmAllocation:
         """The job as squeue sees it now (ended jobs for a while too); None once it is gone."""
         return await job_state(self.job_id) if self.job_id else None
 
-    def step(self, argv: Sequence[str], step_name: str = "") -> list[str]:
-        """``srun`` argv that runs ``argv`` as a step of this job on its node."""
+    def step(self, argv: Sequence[str], step_name: str = "", pty: bool = False) -> list[str]:
+        """``srun`` argv that runs ``argv`` as a step of this job on its node (``pty``: on a terminal)."""
         prefix = flavour_for(argv[0]).container_env_prefix if argv else "APPTAINERENV_"
-        return step_argv(self.job_id, self.node, step_name or f"{self.name}-step", argv, prefix)
+        return step_argv(self.job_id, self.node, step_name or f"{self.name}-step", argv, prefix, pty)
 
     async def probe_python(self) -> PythonInfo:
         """Which ``python`` the stack's PATH gives on the node, and whether it has ipykernel."""

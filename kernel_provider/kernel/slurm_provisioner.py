@@ -56,6 +56,7 @@ from kernel_provider.kernel.slurm import (
     queued_message,
     state_store,
     sweep_orphans_once,
+    without_outer_job,
 )
 from kernel_provider.kernel.slurm_queue import QueuePlace, pending_message
 from kernel_provider.kernel.walltime import WalltimeWatch, report_end
@@ -252,8 +253,12 @@ class CondaTainerSlurmProvisioner(CondaTainerProvisionerBase):
         return self.allocation.log_sources()
 
     def shell_argv(self) -> list[str]:
-        """Not offered yet: the instance is on a compute node, and a terminal there would be a job step."""
-        raise ValueError("terminals in SLURM kernels' containers are not offered yet; use the notebook (!cmd)")
+        """The base class's shell in the kernel's instance, as a step of the kernel's job on its node
+        with a terminal there (``srun --pty``): the kernel's environment, its node, and an end with
+        the job when the kernel shuts down. :class:`ValueError` when the kernel is not running."""
+        shell = super().shell_argv()
+        step = self.allocation.step(shell, f"{self.allocation.name}-terminal", pty=True)
+        return without_outer_job(step, os.environ)
 
     async def connect_ip(self) -> str:
         """Where the kernel listens: ``slurm_connect_ip``, or the node's address for ``node``."""

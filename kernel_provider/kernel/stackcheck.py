@@ -56,6 +56,19 @@ def _has_python(config: CondaTainerConfig, catalog: Catalog, overlays: list[Over
     return base is not None and base_has_python(config.require_apptainer(), base)
 
 
+def with_python(config: CondaTainerConfig, catalog: Catalog, specs: Sequence[str]) -> tuple[list[str], str]:
+    """The stack a kernel of ``specs`` mounts, and a note when it differs: the newest python
+    overlay goes first when none of them (nor the base image) has Python; :class:`StackProblem`
+    when there is no python overlay to add. Blocking: call it in a thread."""
+    overlays = [resolve(spec, catalog) for spec in specs]
+    if _has_python(config, catalog, overlays, ""):
+        return list(specs), ""
+    pythons = catalog.versions_of("python")
+    if not pythons:
+        raise StackProblem(no_python_message(", ".join(o.name for o in overlays)))
+    return [pythons[-1].name, *specs], f"The kernel also mounts {pythons[-1].name}: the stack had no Python of its own."
+
+
 @dataclass(frozen=True)
 class MadeKernel:
     """What "Make kernel…" made: the kernelspec, its name in the Launcher, its whole stack."""
@@ -75,15 +88,8 @@ def make_kernel(config: CondaTainerConfig, catalog: Catalog, specs: Sequence[str
     """
     if not specs:
         raise StackProblem("choose at least one overlay or env")
-    overlays = [resolve(spec, catalog) for spec in specs]
-    stack, note = list(specs), ""
-    if not _has_python(config, catalog, overlays, ""):
-        pythons = catalog.versions_of("python")
-        if not pythons:
-            raise StackProblem(no_python_message(", ".join(o.name for o in overlays)))
-        stack.insert(0, pythons[-1].name)
-        note = f"The kernel also mounts {pythons[-1].name}: the stack had no Python of its own."
-    writable = overlays[-1].kind == "img"
+    stack, note = with_python(config, catalog, specs)
+    writable = resolve(specs[-1], catalog).kind == "img"
     spec = custom_spec(stack, label=label or " + ".join(specs), writable=writable, share=writable)
     if spec.name in installed_kernel_names():
         raise FileExistsError(f"a kernel named {spec.name} exists already; choose another name")

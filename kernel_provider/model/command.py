@@ -61,14 +61,23 @@ def instance_exec_argv(apptainer: str, name: str, env_file: str, command: Sequen
 
 
 def oneshot_exec_argv(
-    apptainer: str, plan: ContainerPlan, env_file: str, command: Sequence[str], pwd: str = "", oci: bool = False
+    apptainer: str,
+    plan: ContainerPlan,
+    env_file: str,
+    command: Sequence[str],
+    pwd: str = "",
+    oci: bool = False,
+    quiet: bool = False,
 ) -> list[str]:
     """Run ``command`` in a fresh container that lives only as long as it does.
 
     ``oci``: SingularityCE's OCI mode (``exec --oci``), which has no instances: a kernel in
-    that mode is such a container of its own, and so is every env change.
+    that mode is such a container of its own, and so is every env change. ``quiet``: without
+    the runtime's INFO lines (an ordinary user's mount notes), for output a person reads first
+    (a terminal); warnings and errors still show.
     """
-    argv = [apptainer, "exec", *_mount_args(plan, oci), "--cleanenv", "--env-file", env_file]
+    argv = [apptainer, *(["--quiet"] if quiet else []), "exec", *_mount_args(plan, oci), "--cleanenv"]
+    argv += ["--env-file", env_file]
     if pwd:
         argv += ["--pwd", pwd]
     return [*argv, plan.base_image.path, *command]

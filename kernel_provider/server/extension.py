@@ -68,7 +68,7 @@ class CondaTainerExtension(ExtensionApp):
         config = self.condatainer
         self.serverapp.event_logger.register_event_schema(JOB_SCHEMA)
         progress.install(self.serverapp.event_logger)
-        kernel_terminals = terminal.KernelTerminals(self.serverapp.web_app.settings)
+        kernel_terminals = terminal.Terminals(self.serverapp.web_app.settings)
         kernel_terminals.install(self.serverapp.event_logger)
         self.serverapp.event_logger.register_event_schema(KERNEL_SCHEMA)
         notices.board.listeners.append(self._emit_notice)
@@ -172,11 +172,13 @@ class CondaTainerExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         """Cancel every job as the server stops, and the starts of SLURM kernels whose job still
         waits (their jobs are cancelled at once); what a job leaves, the next start's recovery removes.
-        Stop the warm instances and wait for the stops running in the background."""
+        Remove the env files of stack terminals; stop the warm instances and wait for the stops
+        running in the background."""
         progress.uninstall()
         if self._emit_notice in notices.board.listeners:
             notices.board.listeners.remove(self._emit_notice)
         for kernel_id in slurm_provisioner.waiting_kernels():
             slurm_provisioner.cancel_start(kernel_id)
         await self.jobs.shutdown()
+        self.settings["condatainer_terminals"].forget_ended(everything=True)
         await InstanceManager.for_config(self.condatainer).close()

@@ -24,6 +24,7 @@ import { noticesPlugin } from './noticesplugin';
 // eslint-disable-next-line jupyter/prefer-lazy-imports
 import { CondaTainerModel } from './model';
 import type { IPanelActions } from './sections/common';
+import { openStackTerminal } from './terminal';
 import { CommandIDs, PANEL_ID, PLUGIN_ID, TRANSLATION_DOMAIN } from './tokens';
 // eslint-disable-next-line jupyter/prefer-lazy-imports
 import { CondaTainerPanel } from './widget';
@@ -90,7 +91,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const actions: IPanelActions = {
       openNotebook: kernelName =>
         commands.execute(CommandIDs.openNotebook, { kernelName }),
-      newEnv: () => commands.execute(CommandIDs.newEnv)
+      newEnv: () => commands.execute(CommandIDs.newEnv),
+      openTerminal: overlay => openStackTerminal(app, { overlay })
     };
     const panel = new CondaTainerPanel({
       model,

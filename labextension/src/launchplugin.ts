@@ -14,7 +14,7 @@ import { LaunchStatus } from './launchview';
 import {
   kernelIdOf,
   OPEN_KERNEL_TERMINAL,
-  openKernelTerminal
+  openStackTerminal
 } from './terminal';
 import { TRANSLATION_DOMAIN } from './tokens';
 
@@ -37,7 +37,7 @@ export const launchPlugin: JupyterFrontEndPlugin<LaunchStore> = {
   ): LaunchStore => {
     const trans = (translator ?? nullTranslator).load(TRANSLATION_DOMAIN);
     const store = new LaunchStore();
-    store.openTerminal = kernelId => openKernelTerminal(app, kernelId);
+    store.openTerminal = kernelId => openStackTerminal(app, { kernelId });
     app.commands.addCommand(OPEN_KERNEL_TERMINAL, {
       label: trans.__('Open Terminal in the Kernel Container'),
       caption: trans.__(
@@ -49,7 +49,7 @@ export const launchPlugin: JupyterFrontEndPlugin<LaunchStore> = {
           (args.kernelId as string | undefined) ??
           kernelIdOf(app.shell.currentWidget);
         if (kernelId) {
-          await openKernelTerminal(app, kernelId);
+          await openStackTerminal(app, { kernelId });
         }
       },
       describedBy: {

@@ -31,6 +31,7 @@ export namespace ActionKeys {
   export const listPackages = 'list-packages';
   export const deleteOverlay = (name: string) => `delete:${name}`;
   export const openNotebook = (name: string) => `open:${name}`;
+  export const openTerminal = (name: string) => `terminal:${name}`;
   export const install = (name: string) => `install:${name}`;
   export const remove = (name: string, pkg: string) => `remove:${name}:${pkg}`;
   export const cancel = (id: string) => `cancel:${id}`;

@@ -66,3 +66,24 @@ export function filterPackages(
   const needle = filter.trim().toLowerCase();
   return packages.filter(pkg => pkg.name.toLowerCase().includes(needle));
 }
+
+/** Whose stack a terminal runs in: a running kernel's, or an overlay's or env's. */
+export type TerminalTarget = { kernelId: string } | { overlay: string };
+
+/**
+ * The API path that creates a terminal in a stack: in a running kernel's
+ * container, or in the stack a kernel on an overlay or env would run.
+ */
+export function terminalPath(target: TerminalTarget): string {
+  return 'kernelId' in target
+    ? `kernels/${encodeURIComponent(target.kernelId)}/terminal`
+    : `overlays/${encodeURIComponent(target.overlay)}/terminal`;
+}
+
+/**
+ * Whether a row offers "Terminal": overlays and envs have a stack of their
+ * own; a base image is under every stack.
+ */
+export function offersTerminal(overlay: IOverlay): boolean {
+  return overlay.kind !== 'sif';
+}

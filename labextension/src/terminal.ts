@@ -1,22 +1,25 @@
 import type { JupyterFrontEnd } from '@jupyterlab/application';
 import type { Widget } from '@lumino/widgets';
 
+import { terminalPath } from './overlays';
+import type { TerminalTarget } from './overlays';
 import { requestAPI } from './request';
 
 /** The command that opens a terminal in a kernel's container. */
 export const OPEN_KERNEL_TERMINAL = 'condatainer:open-kernel-terminal';
 
 /**
- * Open a JupyterLab terminal whose shell runs in a CondaTainer kernel's
- * container: the server creates it with the kernel's shell, then it opens
- * like any terminal (`terminal:open` with its name).
+ * Open a JupyterLab terminal whose shell runs in a CondaTainer stack: a
+ * running kernel's container, or the stack a kernel on an overlay or env
+ * would run (no kernel). The server creates it with that shell, then it
+ * opens like any terminal (`terminal:open` with its name).
  */
-export async function openKernelTerminal(
+export async function openStackTerminal(
   app: JupyterFrontEnd,
-  kernelId: string
+  target: TerminalTarget
 ): Promise<void> {
   const model = await requestAPI<{ name: string }>(
-    `kernels/${encodeURIComponent(kernelId)}/terminal`,
+    terminalPath(target),
     app.serviceManager.serverSettings,
     { method: 'POST' }
   );

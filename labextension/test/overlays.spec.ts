@@ -3,7 +3,9 @@ import {
   findWritable,
   groupByKind,
   kernelsDiffer,
-  sortByName
+  offersTerminal,
+  sortByName,
+  terminalPath
 } from '../src/overlays';
 import { makeOverlay, makePackage } from './factories';
 
@@ -103,5 +105,28 @@ describe('filterPackages', () => {
 
   it('keeps none when nothing matches', () => {
     expect(names('torch')).toEqual([]);
+  });
+});
+
+describe('terminalPath', () => {
+  it('creates an overlay terminal under its encoded name', () => {
+    expect(terminalPath({ overlay: 'python/3.11' })).toBe(
+      'overlays/python%2F3.11/terminal'
+    );
+  });
+
+  it('creates a kernel terminal under the kernel id', () => {
+    expect(terminalPath({ kernelId: 'abc-123' })).toBe(
+      'kernels/abc-123/terminal'
+    );
+  });
+});
+
+describe('offersTerminal', () => {
+  it('offers a terminal on overlays and envs, not on base images', () => {
+    const kinds = (['sif', 'sqf', 'img'] as const).filter(kind =>
+      offersTerminal(makeOverlay({ kind }))
+    );
+    expect(kinds).toEqual(['sqf', 'img']);
   });
 });

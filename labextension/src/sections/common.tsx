@@ -136,4 +136,9 @@ export interface IPanelActions {
   openNotebook(kernelName: string): Promise<void>;
   /** Ask for the settings of a new writable env and start creating it. */
   newEnv(): Promise<void>;
+  /**
+   * Open a terminal in the stack a kernel on this overlay or env runs,
+   * without a kernel (an env read-only).
+   */
+  openTerminal(overlayName: string): Promise<void>;
 }

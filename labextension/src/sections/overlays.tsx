@@ -11,7 +11,7 @@ import * as React from 'react';
 import { formatBytes } from '../format';
 import { ActionKeys } from '../model';
 import type { CondaTainerModel } from '../model';
-import { groupByKind } from '../overlays';
+import { groupByKind, offersTerminal } from '../overlays';
 import type { IMadeKernel, IOverlay, OverlayKind } from '../tokens';
 import { ActionError, Badge, ModelSection, SectionHelp } from './common';
 import type { IPanelActions } from './common';
@@ -234,9 +234,19 @@ function OverlayRow(props: {
   const { overlay, model, trans, actions } = props;
   const selected = model.selected === overlay.name;
   const openKey = ActionKeys.openNotebook(overlay.name);
+  const terminalKey = ActionKeys.openTerminal(overlay.name);
   const deleteKey = ActionKeys.deleteOverlay(overlay.name);
   const makeKey = ActionKeys.makeKernel(overlay.name);
   const notes = Object.entries(overlay.notes ?? {});
+
+  const openTerminal = async () => {
+    model.clearError(terminalKey);
+    try {
+      await actions.openTerminal(overlay.name);
+    } catch (error) {
+      model.setError(terminalKey, error);
+    }
+  };
 
   const openNotebook = async () => {
     model.clearError(openKey);
@@ -375,6 +385,28 @@ function OverlayRow(props: {
             {trans.__('Open notebook')}
           </Button>
         )}
+        {offersTerminal(overlay) && (
+          <Button
+            data-testid="jp-condatainer-overlay-terminal"
+            onClick={() => void openTerminal()}
+            title={
+              overlay.kind === 'img'
+                ? trans.__(
+                    'A shell in the stack a kernel on %1 runs, without a kernel. %1 is mounted read-only: no kernel or install can mount it read-write until you exit the shell.',
+                    overlay.name
+                  )
+                : trans.__(
+                    'A shell in the stack a kernel on %1 runs, without a kernel',
+                    overlay.name
+                  )
+            }
+            aria-label={trans.__('Open a terminal on %1', overlay.name)}
+            minimal
+            small
+          >
+            {trans.__('Terminal')}
+          </Button>
+        )}
         {!overlay.kernelspec && overlay.kind !== 'sif' && (
           <Button
             data-testid="jp-condatainer-make-kernel"
@@ -422,6 +454,7 @@ function OverlayRow(props: {
         )}
       </div>
       <ActionError model={model} actionKey={openKey} trans={trans} />
+      <ActionError model={model} actionKey={terminalKey} trans={trans} />
       <ActionError model={model} actionKey={makeKey} trans={trans} />
       <ActionError model={model} actionKey={deleteKey} trans={trans} />
     </li>
