@@ -356,7 +356,11 @@ def test_our_delete_is_refused_while_condatainer_exec_holds_an_image(world):
     images = world.images
     sparse_copy(images / "env.img", images / "held.img")
     shutil.copy(images / "hello--1.0.sqf", images / "held--1.0.sqf")
-    process = world.cli.start("-q", "exec", "-o", "held/1.0", "-o", "held", "sleep", "600")
+    # The command ends by itself once told to, as a user's command would: a killed CLI leaves
+    # Apptainer's FUSE mounts (and their lock on held.img) behind for a while.
+    release = world.root / "release-held"
+    wait_for_release = f"while [ ! -e {release} ]; do sleep 0.2; done"
+    process = world.cli.start("-q", "exec", "-o", "held/1.0", "-o", "held", "sh", "-c", wait_for_release)
     try:
         wait_until(lambda: held_by_anyone(str(images / "held.img")), 60, "condatainer exec to mount held.img")
         rows = world.overlays()
@@ -365,8 +369,12 @@ def test_our_delete_is_refused_while_condatainer_exec_holds_an_image(world):
             status, answer = world.server.refused("DELETE", f"/condatainer/api/overlays/{name}")
             assert status == 409 and "in use" in answer["message"], answer
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        release.touch()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
     wait_until(lambda: not held_by_anyone(str(images / "held.img")), 60, "the CLI's container to end")
     for name in ("held/1.0", "held"):
         world.server.request("DELETE", f"/condatainer/api/overlays/{name}")
