@@ -9,9 +9,10 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
-import time
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ from kernel_provider.host import supply
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
-from kernel_provider.incontainer import magic, proctree
+from kernel_provider.incontainer import proctree
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,10 +147,25 @@ def test_configs_that_differ_in_anything_get_their_own_manager(tmp_path, monkeyp
 
 GRACE = 1.5  # seconds each of SIGINT and SIGTERM get here before the next signal
 
-
-@pytest.fixture
-def quick_stops(monkeypatch):
-    monkeypatch.setattr(magic, "STOP_STEPS", ((signal.SIGINT, GRACE), (signal.SIGTERM, GRACE), (signal.SIGKILL, 5.0)))
+# A cell running run_streaming in an interpreter of its own, as in a kernel: the test process's
+# own state (threads, signal masks, children that earlier tests left) must not decide the result.
+INTERRUPTED_CELL = f"""
+import json, os, signal, sys, threading, time
+from kernel_provider.incontainer import magic, proctree
+magic.STOP_STEPS = ((signal.SIGINT, {GRACE}), (signal.SIGTERM, {GRACE}), (signal.SIGKILL, 5.0))
+interrupted_at = []
+def interrupt():
+    interrupted_at.append(time.monotonic())
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Timer(1.0, interrupt).start()
+try:
+    magic.run_streaming(["sh", "-c", sys.argv[1]])
+    ended = None
+except magic.CommandInterrupted as interrupted:
+    ended = interrupted.ended
+print(json.dumps({{"ended": ended, "took": time.monotonic() - interrupted_at[0],
+                  "left": proctree.descendants(os.getpid())}}))
+"""
 
 
 @pytest.mark.parametrize(
@@ -161,26 +177,21 @@ def quick_stops(monkeypatch):
         ("trap '' INT TERM; sleep 60 & echo $!; wait", signal.SIGKILL),
     ],
 )
-def test_an_interrupted_command_is_stopped_with_all_it_started(script, stopped_by, quick_stops, capsys):
+def test_an_interrupted_command_is_stopped_with_all_it_started(script, stopped_by):
     """A real SIGINT interrupts run_streaming; it signals the command's tree until none of it is left."""
-    interrupted_at = []
-
-    def interrupt() -> None:
-        interrupted_at.append(time.monotonic())
-        # To the main thread, where the kernel's cell runs (a process-wide kill may land in this thread).
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-    timer = threading.Timer(1.0, interrupt)
-    timer.start()
-    try:
-        with pytest.raises(magic.CommandInterrupted) as raised:
-            magic.run_streaming(["sh", "-c", script])
-    finally:
-        timer.cancel()
-    stopping_took = time.monotonic() - interrupted_at[0]
-    assert raised.value.ended
-    started = int(capsys.readouterr().out.split()[0])
+    package_root = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cell = subprocess.run(
+        python_argv(INTERRUPTED_CELL, script),
+        env={**os.environ, **package_root},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = cell.stdout.splitlines()
+    assert cell.returncode == 0 and lines, cell.stderr
+    started, result = int(lines[0]), json.loads(lines[-1])
+    assert result["ended"] is True, cell.stdout
     assert not proctree.is_running(started)
-    assert proctree.descendants(os.getpid()) == []
+    assert result["left"] == []
     signal_times = {signal.SIGINT: 0, signal.SIGTERM: GRACE, signal.SIGKILL: 2 * GRACE}
-    assert signal_times[stopped_by] <= stopping_took < signal_times[stopped_by] + GRACE
+    assert signal_times[stopped_by] <= result["took"] < signal_times[stopped_by] + GRACE
