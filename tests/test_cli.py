@@ -122,7 +122,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         ([], "give a command: use one of kernelspecs, instances, env, info (each with --help)"),
         (
             ["env"],
-            "give a command: use one of create, install, remove, delete, history, export, rollback, freeze",
+            "give a command: use one of create, install, remove, resize, delete, history, export, rollback, freeze",
         ),
         (["kernelspecs", "add"], "usage: jupyter condatainer kernelspecs add NAME --overlay python/3.11"),
         (["kernelspecs", "add", "a", "b", "--overlay", "x"], "unexpected argument 'b'; usage: jupyter condatainer"),
@@ -139,6 +139,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         (["env", "history"], "usage: jupyter condatainer env history NAME [--json]"),
         (["env", "delete", "a", "b"], "unexpected argument 'b'; usage: jupyter condatainer env delete NAME"),
         (["env", "install", "bio"], "usage: jupyter condatainer env install NAME SPEC [SPEC …] [--channel C]"),
+        (["env", "resize", "bio"], "give the new size in MiB: jupyter condatainer env resize NAME --size MB"),
         (["instances", "stop"], "give instance names, --orphans or --warm"),
     ],
     ids=[
@@ -158,6 +159,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         "history-no-name",
         "delete-extra",
         "install-no-spec",
+        "resize-no-size",
         "stop-nothing",
     ],
 )
