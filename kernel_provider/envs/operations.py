@@ -430,11 +430,19 @@ class EnvOperations:
         cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
         cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
         before: dict[str, str] = {}
+        planned: dict = {}
+        if verb != "remove":  # a removal frees space; an install or update must fit first
+            from kernel_provider.envs.preview import check_room, recheck_room  # preview plans with these operations
 
-        async def note_versions() -> None:  # under the env lock, just before the change
+            report.step(0.05, "checking that the change fits in the env (the solver's dry run)")
+            planned = await check_room(self, overlay, verb, specs, channels)
+
+        async def prepare() -> None:  # under the env lock, just before the change
+            if planned:
+                await recheck_room(self, overlay, verb, planned)
             before.update((await asyncio.to_thread(self.env_meta, overlay)).versions())
 
-        await self.run_change(report, verb, overlay, cmd, channels, prepare=note_versions)
+        await self.run_change(report, verb, overlay, cmd, channels, prepare=prepare)
         done = f"{verb} {' '.join(specs)}: done"
         try:
             after = (await asyncio.to_thread(self.env_meta, overlay)).versions()
@@ -692,7 +700,7 @@ class Recovery:
 
 
 class DiskSpaceError(OSError):
-    """An operation would not fit in the image directory's free space."""
+    """An operation would not fit in the free space it needs (the image directory's, or an env's)."""
 
 
 MB = 1024 * 1024
