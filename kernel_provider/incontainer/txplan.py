@@ -105,11 +105,17 @@ def space_needed(plan: dict) -> int:
     return plan["download_bytes"] * SPACE_PER_DOWNLOADED_BYTE + plan["download_count"] * SPACE_PER_PACKAGE
 
 
+SIZE_STEP_MIB = 64  # the smallest env
+
+
 def suggested_size_mib(total_bytes: int, free_bytes: int, needed_bytes: int) -> int:
     """A size to grow an env to so the change fits with room to spare: double, or more when the
-    change needs more than that (whole MiB)."""
+    change needs more than that. Rounded up to a multiple of 64 MiB, so it reads the same whether
+    the size came from the superblock or from ``statfs`` (which leaves out the filesystem's own
+    few percent)."""
     wanted = max(2 * total_bytes, total_bytes + 2 * (needed_bytes - free_bytes))
-    return -(-wanted // (1024 * 1024))
+    step = SIZE_STEP_MIB * 1024 * 1024
+    return -(-wanted // step) * SIZE_STEP_MIB
 
 
 def space_refusal(
