@@ -150,7 +150,9 @@ async def check_room(
     sparse, so the bigger size costs no disk until it is used, and the grow is made on a copy.
     Installing anyway into a nearly full env is not safe: in a kernel's instance the change is made
     in place, and micromamba running out of space halfway through linking leaves an env that is
-    neither as before nor finished.
+    neither as before nor finished. (The estimate can also be too low, for text-heavy packages: such
+    a change starts and fails late, as every change did before this check: on a copy the env stays
+    as it was; in a kernel's instance it can still fill the env.)
     """
     if operations.mounted_by(overlay) is None and await asyncio.to_thread(held_by_anyone, overlay.path):
         who = await asyncio.to_thread(operations.holder, overlay.path)  # the change would be refused too
