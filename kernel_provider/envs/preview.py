@@ -26,6 +26,7 @@ from kernel_provider.host.process import output_tail, run
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import txplan
 from kernel_provider.incontainer.constants import ENV_PREFIX
+from kernel_provider.incontainer.diagnosis import diagnose
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.model import command
 from kernel_provider.model.overlays import Overlay
@@ -82,11 +83,10 @@ async def preview(
             result = await run(argv, PREVIEW_TIMEOUT)
         finally:
             env_file.unlink(missing_ok=True)
-    if result.returncode != 0:
-        raise PreviewError(
-            f"the solver could not plan '{verb} {' '.join(specs)}' on {overlay.name}; nothing was changed:\n"
-            + output_tail(result.stderr.splitlines())
-        )
+    if result.returncode != 0:  # the solver's words, under what they mean when that is known
+        found = diagnose(result.stderr)
+        first = f"the solver could not plan '{verb} {' '.join(specs)}' on {overlay.name}; nothing was changed"
+        raise PreviewError(f"{found.line if found else first}\n{output_tail(result.stderr.splitlines())}")
     plan = txplan.parse_transaction(result.stdout)
     try:
         space = await env_space(operations, overlay)

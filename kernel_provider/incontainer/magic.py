@@ -168,16 +168,26 @@ def _env_lock(path: str | None):
 
 
 def _plan(verb: str, args: list[str]) -> dict:
-    """The solver's plan for the change (``mm-VERB --dry-run --json``, :mod:`.txplan`); nothing changes."""
-    result = subprocess.run(
-        [f"mm-{verb}", "-y", "--dry-run", "--json", *args], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+    """The solver's plan for the change (``mm-VERB --dry-run --json``, :mod:`.txplan`); nothing changes.
+    When it cannot be made, the solver's words go into the cell and the error says what they mean."""
+    try:
+        returncode, out, err = run_quietly([f"mm-{verb}", "-y", "--dry-run", "--json", *args])
+    except CommandInterrupted:
         raise CondaTainerError(
-            f"mm-{verb} could not plan this change (exit {result.returncode}); nothing changed:\n{tail}"
-        )
-    return txplan.parse_transaction(result.stdout)
+            f"%condatainer {verb} was interrupted and mm-{verb} was stopped while it planned the change "
+            "(a dry run); nothing was changed."
+        ) from None
+    if returncode != 0:
+        print(err, end="", flush=True)
+        raise CondaTainerError(_failure_line(f"mm-{verb} --dry-run", returncode, err))
+    return txplan.parse_transaction(out)
+
+
+def _failure_line(command: str, returncode: int, output: str) -> str:
+    """What a failed ``mm-*`` means, in one line (its own lines are in the cell's output already)."""
+    found = diagnose(output)
+    first = found.line if found else f"{command} failed (exit {returncode}), see its output above"
+    return first if "nothing was changed" in first else f"{first}; the env is unchanged"
 
 
 def _room_refusal(verb: str, plan: dict, info: dict) -> str:
@@ -287,6 +297,17 @@ def stop_command(process: subprocess.Popen) -> bool:
     return False
 
 
+@contextmanager
+def _stopped_when_interrupted(process: subprocess.Popen, argv: list[str]):
+    """An interrupt of the cell while ``process`` runs stops it (:func:`stop_command`) and raises
+    :class:`CommandInterrupted`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: stopping {history.command_label(argv)} (interrupt again to stop it harder)…", flush=True)
+        raise CommandInterrupted(stop_command(process)) from None
+
+
 def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
     """Run a command, printing its output into the cell as it comes; an interrupt of the
     cell stops the command (:func:`stop_command`) before it raises :class:`CommandInterrupted`."""
@@ -295,15 +316,22 @@ def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
     lines = []
     assert process.stdout is not None
     try:
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            print(line, end="", flush=True)
-        return process.wait(), lines
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: stopping {history.command_label(argv)} (interrupt again to stop it harder)…", flush=True)
-        raise CommandInterrupted(stop_command(process)) from None
+        with _stopped_when_interrupted(process, argv):
+            for line in process.stdout:
+                lines.append(line.rstrip())
+                print(line, end="", flush=True)
+            return process.wait(), lines
     finally:
         process.stdout.close()
+
+
+def run_quietly(argv: list[str]) -> tuple[int, str, str]:
+    """Run a command, keeping its output: (exit code, stdout, stderr); an interrupt stops it as
+    :func:`run_streaming`'s does."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with process, _stopped_when_interrupted(process, argv):
+        out, err = process.communicate()
+    return process.returncode, out, err
 
 
 @magics_class
@@ -401,10 +429,7 @@ class CondaTainerMagics(Magics):
         except CommandInterrupted as interrupt:
             raise CondaTainerError(_interrupted_message(verb, interrupt.ended)) from None
         if returncode != 0:
-            # The tool's lines are in the cell's output already: say once what they mean.
-            found = diagnose("\n".join(lines))
-            first = found.line if found else f"mm-{verb} failed (exit {returncode}), see its output above"
-            raise CondaTainerError(first if "nothing was changed" in first else f"{first}; the env is unchanged")
+            raise CondaTainerError(_failure_line(f"mm-{verb}", returncode, "\n".join(lines)))
         _refresh_import_paths()
         self._restart_note(before, _conda_meta())
 
