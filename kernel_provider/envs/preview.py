@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 
 from kernel_provider.envs.disk import DiskError, FsUsage, read_usage
-from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, channel_binds
+from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, channel_binds, channel_env
 from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.locks import held_by_anyone, in_use_message
 from kernel_provider.host.process import output_tail, run
@@ -70,7 +70,8 @@ async def preview(
             overlays=[overlay.path],
             writable=False,
             # The wrappers act on CNT_CONDA_PREFIX, which CondaTainer sets for writable mounts only.
-            env={**operations.config.container_env, "CNT_CONDA_PREFIX": ENV_PREFIX},
+            # As the change itself would: a typed local conda-forge channel stands in for the alias.
+            env={**channel_env(channels, operations.config.container_env), "CNT_CONDA_PREFIX": ENV_PREFIX},
             binds=channel_binds(channels),
             flags=["--writable-tmpfs"],
         )
