@@ -15,7 +15,8 @@ import os
 import pwd
 import shutil
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -54,7 +55,7 @@ from kernel_provider.model.overlays import (
     OverlayNotFoundError,
     scan,
 )
-from kernel_provider.model.plan import StackRequest
+from kernel_provider.model.plan import ContainerPlan, StackRequest
 from kernel_provider.model.validation import (
     check_new_name,
     validate_channels,
@@ -584,20 +585,26 @@ class EnvOperations:
             env=channel_env(channels, self.config.container_env),
             binds=[*channel_binds(channels), *binds],
         )
-        plan = await asyncio.to_thread(plan_for_host, request, self.config)
-        check_fakeroot(plan)
-        runtime = await self.instances.runtime()
-        oci = runtime.oci_mode(option=self.config.oci)  # SingularityCE's OCI mode: exec --oci
-        env_file = write_private(
-            runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env, oci=oci)
-        )
-        try:
-            argv = command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci)
+        async with self.oneshot(request, cmd) as (argv, plan):
+            check_fakeroot(plan)
             rc, lines = await run_logged(argv, report.log, die_with_parent=True)
-        finally:
-            env_file.unlink(missing_ok=True)
         if rc != 0 and check:
             raise RuntimeError(failure(what, lines) + fakeroot_hint(plan))
+
+    @asynccontextmanager
+    async def oneshot(self, request: StackRequest, cmd: list[str]) -> AsyncIterator[tuple[list[str], ContainerPlan]]:
+        """The argv of a one-shot container of ``request`` running ``cmd``, and its plan; in
+        SingularityCE's OCI mode (``exec --oci``) when that is in use. Its env file is removed after."""
+        plan = await asyncio.to_thread(plan_for_host, request, self.config)
+        runtime = await self.instances.runtime()
+        oci = runtime.oci_mode(option=self.config.oci)
+        env_file = write_private(
+            runtime_dir() / f"oneshot-{os.getpid()}-{id(request)}.env", command.render_env_file(plan.env, oci=oci)
+        )
+        try:
+            yield command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci), plan
+        finally:
+            env_file.unlink(missing_ok=True)
 
     # -- recovery ------------------------------------------------------------------------
 

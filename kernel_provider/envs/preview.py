@@ -20,10 +20,8 @@ from collections.abc import Sequence
 
 from kernel_provider.envs.disk import DiskError, FsUsage, read_usage
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, channel_binds, channel_env
-from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.locks import held_by_anyone, in_use_message
 from kernel_provider.host.process import output_tail, run
-from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import txplan
 from kernel_provider.incontainer.constants import ENV_PREFIX
 from kernel_provider.incontainer.diagnosis import diagnose
@@ -75,15 +73,8 @@ async def preview(
             binds=channel_binds(channels),
             flags=["--writable-tmpfs"],
         )
-        plan = await asyncio.to_thread(plan_for_host, request, operations.config)
-        env_file = write_private(
-            runtime_dir() / f"preview-{os.getpid()}-{id(request)}.env", command.render_env_file(plan.env)
-        )
-        try:
-            argv = command.oneshot_exec_argv(operations.config.require_apptainer(), plan, str(env_file), cmd)
+        async with operations.oneshot(request, cmd) as (argv, _):
             result = await run(argv, PREVIEW_TIMEOUT)
-        finally:
-            env_file.unlink(missing_ok=True)
     if result.returncode != 0:  # the solver's words, under what they mean when that is known
         found = diagnose(result.stderr)
         first = f"the solver could not plan '{verb} {' '.join(specs)}' on {overlay.name}; nothing was changed"
