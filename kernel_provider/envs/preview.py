@@ -134,7 +134,8 @@ async def check_room(
 ) -> dict:
     """Refuse an install or update that would not fit in the env, before anything is copied or
     changed: :class:`EnvSpaceError` whose first line says so and what to do. Returns the plan, for
-    :func:`recheck_room` under the env's lock. Needs no lock itself (the dry run changes nothing).
+    :func:`recheck_room` under the env's lock (empty when there is none to check). Needs no lock
+    itself (the dry run changes nothing).
 
     There is no "install anyway". The estimate can be wrong in the refusing direction (a change
     whose packages do not compress needs up to a third less than estimated), but only for an env
@@ -146,9 +147,12 @@ async def check_room(
     a change starts and fails late, as every change did before this check: on a copy the env stays
     as it was; in a kernel's instance it can still fill the env.)
     """
-    if operations.mounted_by(overlay) is None and await asyncio.to_thread(held_by_anyone, overlay.path):
-        who = await asyncio.to_thread(operations.holder, overlay.path)  # the change would be refused too
-        raise EnvBusyError(in_use_message(overlay.name, who))
+    # Where the change itself would be refused for the env being in use, that is the answer.
+    instance = operations.mounted_by(overlay)
+    if instance is not None and instance.oci:
+        return {}  # an OCI kernel has no instance to plan in; the change says why it cannot run
+    if instance is None and await asyncio.to_thread(held_by_anyone, overlay.path):
+        raise EnvBusyError(in_use_message(overlay.name, await asyncio.to_thread(operations.holder, overlay.path)))
     planned = await preview(operations, overlay.name, verb, specs, channels)
     if planned["space_warning"]:
         raise EnvSpaceError(planned["space_warning"])
