@@ -9,7 +9,7 @@ import os
 import re
 
 import pytest
-from conftest import env_kernel, exec_on_env, run_cell, wait_job
+from conftest import env_kernel, exec_on_env, held_writable, run_cell, wait_job
 
 from kernel_provider.incontainer import txplan
 from kernel_provider.incontainer.constants import ENV_PREFIX
@@ -48,6 +48,10 @@ async def test_rest_refuses_an_install_that_would_not_fit_then_grown_it_fits(cha
     image = images / "tight.img"
     fill = f"dd if=/dev/zero of={ENV_PREFIX}/filler bs=64k 2>/dev/null; truncate -s -48K {ENV_PREFIX}/filler"
     exec_on_env(image, images / "ubuntu24--base_image.sif", ["sh", "-c", fill])
+    with held_writable(image, images / "ubuntu24--base_image.sif", "jct-room-holder"):
+        _, data = await api("POST", "overlays", "tight", "packages", body=INSTALL)
+        job = await wait_job(api, data["job"]["id"])
+        assert job["state"] == "failed" and job["message"].startswith("tight is in use by"), job
     before, (_, history) = image_state(image), await api("GET", "overlays", "tight", "history")
 
     status, preview = await api("POST", "overlays", "tight", "packages", body={**INSTALL, "dry_run": True})
