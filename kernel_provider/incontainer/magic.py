@@ -39,9 +39,10 @@ USAGE = """Manage the packages of this kernel's CondaTainer env.
   %condatainer install SPEC… [-c CH] [--dry-run]
   %condatainer update SPEC…  [-c CH] [--dry-run]
   %condatainer remove SPEC…  [--dry-run]
-                                        change the env now; with --dry-run only show the
-                                        solver's plan (added, removed, up/downgraded,
-                                        download size) and change nothing
+                                        change the env now (an install or update that would
+                                        not fit in the env is refused first); with --dry-run
+                                        only show the solver's plan (added, removed,
+                                        up/downgraded, download size) and change nothing
   %condatainer apply                    make the change the last --dry-run showed (refused
                                         when the env changed since)
   %condatainer overlays                 images available in the image directories
