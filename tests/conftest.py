@@ -240,6 +240,7 @@ def exec_on_env(image: Path, base_image: Path, argv: list[str]) -> str:
         text=True,
         env=apptainer_env(),
         check=True,
+        timeout=120,
     )
     return result.stdout
 

@@ -40,14 +40,32 @@ def refusal_pattern(env: str, name: str, size_mib: int, in_use: bool) -> str:
     )
 
 
+FILL = f"""
+import os
+
+
+def fill(leave):
+    \"""Fill the env until {{leave}} bytes are left. In steps, each synced, so that statfs is exact
+    (FUSE mounts count written data late) and the file system never runs full (that stalls FUSE).\"""
+    fd = os.open("{ENV_PREFIX}/filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    while True:
+        stat = os.statvfs("{ENV_PREFIX}")
+        gap = stat.f_bavail * stat.f_frsize - leave
+        if gap < 16 * 1024:
+            break
+        os.write(fd, bytes(gap // 2))
+        os.fsync(fd)
+    os.close(fd)
+"""
+
+
 @pytest.mark.integration
 async def test_rest_refuses_an_install_that_would_not_fit_then_grown_it_fits(channel_env, api, kernel_env):
     _, data = await api("POST", "overlays", body={"name": "tight", "size_mb": 64, "packages": ["zlib"]})
     assert (await wait_job(api, data["job"]["id"]))["state"] == "succeeded"
     images = kernel_env / "images"
     image = images / "tight.img"
-    fill = f"dd if=/dev/zero of={ENV_PREFIX}/filler bs=64k 2>/dev/null; truncate -s -48K {ENV_PREFIX}/filler"
-    exec_on_env(image, images / "ubuntu24--base_image.sif", ["sh", "-c", fill])
+    exec_on_env(image, images / "ubuntu24--base_image.sif", ["python3", "-c", f"{FILL}\nfill({48 * KiB})"])
     with held_writable(image, images / "ubuntu24--base_image.sif", "jct-room-holder"):
         _, data = await api("POST", "overlays", "tight", "packages", body=INSTALL)
         job = await wait_job(api, data["job"]["id"])
@@ -77,26 +95,13 @@ async def test_rest_refuses_an_install_that_would_not_fit_then_grown_it_fits(cha
     assert "demo-tool" in {p["name"] for p in listed["packages"]}
 
 
-FILL = """
-import os
-fd = os.open("{prefix}/filler", os.O_WRONLY | os.O_CREAT, 0o644)
-try:
-    while True:
-        os.write(fd, bytes(1 << 16))
-except OSError:
-    pass
-os.ftruncate(fd, max(os.fstat(fd).st_size - {leave}, 0))
-os.close(fd)
-"""
-
-
 @pytest.mark.integration
 async def test_the_magic_and_rest_refuse_in_a_kernels_instance(channel_env, api, kernel_env, jp_serverapp):
     """With the env mounted by a kernel: the magic refuses (also the --dry-run's apply), the REST
     install too (its free space read in the kernel's instance), the env's packages and history
     unchanged; with room made, the magic's install goes through."""
     async with env_kernel(api, jp_serverapp, "tightk", ["zlib"]) as (_, client):
-        _, error = await run_cell(client, FILL.format(prefix=ENV_PREFIX, leave=96 * KiB))
+        _, error = await run_cell(client, f"{FILL}\nfill({64 * KiB})")
         assert error is None, error
         history, _ = await run_cell(client, "%condatainer history --json")
         _, refused = await run_cell(client, "%condatainer install demo-tool")
