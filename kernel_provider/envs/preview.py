@@ -143,7 +143,8 @@ async def check_room(
     sparse, so the bigger size costs no disk until it is used, and the grow is made on a copy.
     Installing anyway into a nearly full env is not safe: in a kernel's instance the change is made
     in place, and micromamba running out of space halfway through linking leaves an env that is
-    neither as before nor finished. (The estimate can also be too low, for text-heavy packages: such
+    neither as before nor finished; an ordinary user's (FUSE) mount was even seen to hang, not
+    fail, when a write filled the env. (The estimate can also be too low, for text-heavy packages: such
     a change starts and fails late, as every change did before this check: on a copy the env stays
     as it was; in a kernel's instance it can still fill the env.)
     """
