@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 
 import pytest
 from conftest import env_kernel, exec_on_env, held_writable, run_cell, wait_job
@@ -167,3 +168,16 @@ def test_an_env_in_use_is_told_to_free_itself_first():
         plan(MiB, 1), verb="update", env="x.img", name="x", total_bytes=MiB, free_bytes=0, in_use=True
     )
     assert "this update needs about" in message and "Shut down the kernels using it, grow it" in message
+
+
+def test_the_free_space_a_change_can_count_on_leaves_out_roots_reserve(tmp_path):
+    from kernel_provider.envs.disk import read_usage
+    from kernel_provider.host.debugfs import find_sbin_tool
+
+    image = tmp_path / "env.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 * MiB)
+    subprocess.run([find_sbin_tool("mke2fs") or "mke2fs", "-q", "-F", "-t", "ext3", "-m", "5", str(image)], check=True)
+    usage = read_usage(str(image))
+    assert usage.total == 8 * MiB and 0 < usage.available < usage.free
+    assert usage.free - usage.available == usage.reserved == pytest.approx(0.05 * usage.total, rel=0.02)
