@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 from kernel_provider.envs.disk import DiskError, FsUsage, read_usage
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations, channel_binds, channel_env
+from kernel_provider.host.containers import check_fakeroot
 from kernel_provider.host.locks import held_by_anyone, in_use_message
+from kernel_provider.host.probes import ImageProbe
 from kernel_provider.host.process import output_tail, run
 from kernel_provider.incontainer import txplan
 from kernel_provider.incontainer.constants import ENV_PREFIX
@@ -28,7 +30,7 @@ from kernel_provider.incontainer.diagnosis import diagnose
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.model import command
 from kernel_provider.model.overlays import Overlay
-from kernel_provider.model.plan import StackRequest
+from kernel_provider.model.plan import StackRequest, needs_fakeroot
 
 PREVIEW_TIMEOUT = 300.0  # a solve against a large channel can take minutes
 VERBS = ("install", "update", "remove")
@@ -64,16 +66,21 @@ async def preview(
         argv = command.instance_exec_argv(operations.instances.apptainer, instance.name, str(instance.env_file), cmd)
         result = await run(argv, PREVIEW_TIMEOUT)
     else:
+        # The wrappers refuse an env they cannot write, so the dry run writes (into the tmpfs) as the
+        # change would: a foreign-owned env through --fakeroot, as CondaTainer mounts it writable.
+        writes_as_owner = await asyncio.to_thread(needs_fakeroot, overlay, True, ImageProbe(), os.getuid())
         request = StackRequest(
             overlays=[overlay.path],
             writable=False,
+            fakeroot=writes_as_owner is not None,
             # The wrappers act on CNT_CONDA_PREFIX, which CondaTainer sets for writable mounts only.
             # As the change itself would: a typed local conda-forge channel stands in for the alias.
             env={**channel_env(channels, operations.config.container_env), "CNT_CONDA_PREFIX": ENV_PREFIX},
             binds=channel_binds(channels),
             flags=["--writable-tmpfs"],
         )
-        async with operations.oneshot(request, cmd) as (argv, _):
+        async with operations.oneshot(request, cmd) as (argv, container):
+            check_fakeroot(container)
             result = await run(argv, PREVIEW_TIMEOUT)
     if result.returncode != 0:  # the solver's words, under what they mean when that is known
         found = diagnose(result.stderr)
