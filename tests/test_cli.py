@@ -260,6 +260,9 @@ def test_env_commands_and_a_stack_without_python_on_real_images(image_layout, co
     assert any("libdemo >=3" in line for line in detail)
     removed = run("env", "remove", "cli", "demo-tool", timeout=300)
     assert removed.returncode == 0, removed.stderr + removed.stdout
+    grown = run("env", "resize", "cli", "--size", "512", timeout=300)
+    assert grown.returncode == 0 and "cli grown to 512 MiB" in grown.stdout, grown.stderr + grown.stdout
+    assert (image_layout / "images" / "cli.img").stat().st_size == 512 * 1024 * 1024
     deleted = run("env", "delete", "cli")
     assert deleted.returncode == 0 and deleted.stdout == "deleted cli\n", deleted.stderr
     assert not (image_layout / "images" / "cli.img").exists()
