@@ -119,8 +119,9 @@ async def test_the_magic_and_rest_refuse_in_a_kernels_instance(channel_env, api,
     print("magic:", refused["evalue"] if refused else refused)
     pattern = refusal_pattern("tightk.img", "tightk", 256, in_use=True)
     assert refused["ename"] == "CondaTainerError" and re.fullmatch(pattern, refused["evalue"].splitlines()[0])
-    assert applied["ename"] == "CondaTainerError" and applied["evalue"] == refused["evalue"]
-    assert "Warning: " + refused["evalue"].splitlines()[0] in shown
+    # The numbers may move a little between the dry runs (the solver's cache is in the env).
+    assert applied["ename"] == "CondaTainerError" and re.fullmatch(pattern, applied["evalue"].splitlines()[0])
+    assert re.search(f"Warning: {pattern}", shown), shown
     assert job["state"] == "failed" and re.fullmatch(pattern, job["message"]), job
     assert "no packages matching" in listed and history_after == history, "the refused install changed the env"
     assert installed is None, installed
