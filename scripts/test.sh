@@ -15,7 +15,7 @@
 # server-crash, unprivileged/fakeroot, magic and REST API installs, mm-*
 # wrappers, env lifecycle, fault, crash-matrix, error-message, CondaTainer-CLI interop and fork-server
 # modules — the matrix's create and install rows, $JCT_CRASH_OPERATIONS — and the kernel
-# terminal, disk/resize and install-preview modules). The modules that act as other
+# terminal, disk/resize, install-preview and install-room modules). The modules that act as other
 # users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
 # root pass only and switch to the ordinary users with runuser; so does the
 # tmpfs disk-full tests (mount needs root). SLURM and browser tests run
@@ -94,7 +94,8 @@ if (( ! has_paths )); then
         tests/test_provisioner.py tests/test_unprivileged.py tests/test_magic.py tests/test_server_api.py \
         tests/test_mm_wrappers.py tests/test_lifecycle.py tests/test_faults.py tests/test_crash_matrix.py \
         tests/test_interop.py tests/test_diagnosis.py tests/test_terminal.py tests/test_disk.py \
-        tests/test_preview.py tests/test_persist_kernels.py::test_a_local_kernel_survives_a_sigkilled_server \
+        tests/test_preview.py tests/test_room.py \
+        tests/test_persist_kernels.py::test_a_local_kernel_survives_a_sigkilled_server \
         tests/test_forkserver.py}"
     user_args+=("${default_tests[@]}")
 fi

@@ -224,6 +224,28 @@ def held_writable(image: Path, base_image: Path, name: str):
         subprocess.run(["apptainer", "instance", "stop", name], capture_output=True, env=apptainer_env())
 
 
+def exec_on_env(image: Path, base_image: Path, argv: list[str]) -> str:
+    """Run ``argv`` in a one-shot container that mounts ``image`` read-write (with ``--fakeroot``
+    for an ordinary user, as CondaTainer does): its stdout."""
+    result = subprocess.run(
+        [
+            "apptainer",
+            "exec",
+            *(["--fakeroot"] if os.getuid() else []),
+            "--overlay",
+            f"{image}:rw",
+            str(base_image),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        env=apptainer_env(),
+        check=True,
+        timeout=120,
+    )
+    return result.stdout
+
+
 def running_instances() -> set[str]:
     """This user's running instance names, straight from the runtime in use (:func:`runtime_bin`)."""
     binary = runtime_bin()

@@ -122,7 +122,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         ([], "give a command: use one of kernelspecs, instances, env, info (each with --help)"),
         (
             ["env"],
-            "give a command: use one of create, install, remove, delete, history, export, rollback, freeze",
+            "give a command: use one of create, install, remove, resize, delete, history, export, rollback, freeze",
         ),
         (["kernelspecs", "add"], "usage: jupyter condatainer kernelspecs add NAME --overlay python/3.11"),
         (["kernelspecs", "add", "a", "b", "--overlay", "x"], "unexpected argument 'b'; usage: jupyter condatainer"),
@@ -139,6 +139,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         (["env", "history"], "usage: jupyter condatainer env history NAME [--json]"),
         (["env", "delete", "a", "b"], "unexpected argument 'b'; usage: jupyter condatainer env delete NAME"),
         (["env", "install", "bio"], "usage: jupyter condatainer env install NAME SPEC [SPEC …] [--channel C]"),
+        (["env", "resize", "bio"], "give the new size in MiB: jupyter condatainer env resize NAME --size MB"),
         (["instances", "stop"], "give instance names, --orphans or --warm"),
     ],
     ids=[
@@ -158,6 +159,7 @@ def test_generate_config_writes_the_file_the_commands_read(run, tmp_path):
         "history-no-name",
         "delete-extra",
         "install-no-spec",
+        "resize-no-size",
         "stop-nothing",
     ],
 )
@@ -258,6 +260,9 @@ def test_env_commands_and_a_stack_without_python_on_real_images(image_layout, co
     assert any("libdemo >=3" in line for line in detail)
     removed = run("env", "remove", "cli", "demo-tool", timeout=300)
     assert removed.returncode == 0, removed.stderr + removed.stdout
+    grown = run("env", "resize", "cli", "--size", "512", timeout=300)
+    assert grown.returncode == 0 and "cli grown to 512 MiB" in grown.stdout, grown.stderr + grown.stdout
+    assert (image_layout / "images" / "cli.img").stat().st_size == 512 * 1024 * 1024
     deleted = run("env", "delete", "cli")
     assert deleted.returncode == 0 and deleted.stdout == "deleted cli\n", deleted.stderr
     assert not (image_layout / "images" / "cli.img").exists()

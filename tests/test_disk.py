@@ -4,12 +4,9 @@ an env (refused while mounted; on a copy, then renamed) until ``df`` inside the 
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
-from conftest import held_writable, wait_job
-
-from kernel_provider.host.process import apptainer_env
+from conftest import exec_on_env, held_writable, wait_job
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -22,24 +19,8 @@ def jp_server_config(image_layout):
 
 def container_df_kib(layout, image) -> int:
     """Size of the env's filesystem as ``df`` in a container that mounts it sees it (KiB)."""
-    result = subprocess.run(
-        [
-            "apptainer",
-            "exec",
-            *(["--fakeroot"] if os.getuid() else []),
-            "--overlay",
-            f"{image}:rw",
-            str(layout / "images" / "ubuntu24--base_image.sif"),
-            "df",
-            "-k",
-            "/",
-        ],
-        capture_output=True,
-        text=True,
-        env=apptainer_env(),
-        check=True,
-    )
-    return int(result.stdout.splitlines()[-1].split()[1])
+    out = exec_on_env(image, layout / "images" / "ubuntu24--base_image.sif", ["df", "-k", "/"])
+    return int(out.splitlines()[-1].split()[1])
 
 
 async def test_disk_use_and_growing_an_env(api, image_layout):

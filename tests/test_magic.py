@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -189,10 +191,13 @@ def test_magic_waits_for_a_server_operation_on_the_same_env(env_kernel, kernel_e
 
 
 class HangingChannel:
-    """A channel URL whose server takes connections and never answers: a download that hangs
-    until :meth:`hang_up` closes them (and stops listening), when it fails."""
+    """A channel URL whose server gives the test channel's index (so the solver, and the dry run an
+    install starts with, can plan) but takes package downloads and never answers them: a download
+    that hangs until :meth:`hang_up` closes them (and stops listening), when it fails.
+    ``connected`` is set once a download has started."""
 
-    def __init__(self):
+    def __init__(self, index: Path):
+        self.index = index  # SUBDIR/repodata.json of the packages it offers
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.settimeout(0.2)
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hanging"
@@ -203,10 +208,38 @@ class HangingChannel:
     def _accept(self) -> None:
         while not self._closing.is_set():
             try:
-                self._held.append(self.server.accept()[0])
-                self.connected.set()
+                connection = self.server.accept()[0]
             except TimeoutError:
                 continue
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        """One request: ``SUBDIR/repodata.json`` answered, a package held, anything else 404."""
+        request = b""
+        connection.settimeout(10)
+        try:
+            while b"\r\n\r\n" not in request:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    raise OSError("closed before a whole request")
+                request += chunk
+        except OSError:
+            connection.close()
+            return
+        method, path = request.decode("latin-1").split(" ")[:2]
+        if path.endswith((".conda", ".tar.bz2")):
+            self._held.append(connection)
+            self.connected.set()
+            return
+        subdir, _, file = path.rpartition("/")
+        index = self.index / os.path.basename(subdir) / "repodata.json"
+        if file == "repodata.json" and index.is_file():
+            body = index.read_bytes()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        else:
+            body, head = b"", "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+        with connection:
+            connection.sendall(f"{head}Connection: close\r\n\r\n".encode() + (body if method == "GET" else b""))
 
     def hang_up(self) -> None:
         self._closing.set()
@@ -216,9 +249,9 @@ class HangingChannel:
 
 
 @pytest.fixture
-def hanging_channel():
-    """A :class:`HangingChannel`, hung up at the end of the test."""
-    channel = HangingChannel()
+def hanging_channel(conda_channel):
+    """A :class:`HangingChannel` offering the test channel's packages, hung up at the end of the test."""
+    channel = HangingChannel(conda_channel.root / "conda-forge")
     yield channel
     if not channel._closing.is_set():
         channel.hang_up()
@@ -234,7 +267,7 @@ def test_interrupting_an_install_stops_mm_and_frees_the_env_lock(env_kernel, ker
     async def scenario():
         async with Kernel(env_kernel) as kernel:
             msg_id = kernel.client.execute(f"%condatainer install demopkg -c {url}")
-            assert await asyncio.to_thread(connected.wait, 120), "mm-install never fetched from the channel"
+            assert await asyncio.to_thread(connected.wait, 120), "mm-install never started a download from the channel"
             await kernel.km.interrupt_kernel()
             reply = await reply_to(kernel.client, msg_id)
             left_running = processes_mentioning(url)
@@ -262,7 +295,7 @@ def test_an_orphaned_kernel_is_stopped_only_after_its_env_change_ends(env_kernel
         kernel = server.request("POST", "/api/kernels", {"name": env_kernel})
         client = connect(kernel_env, kernel["id"])
         client.execute(f"%condatainer install demopkg -c {hanging_channel.url}")
-        assert hanging_channel.connected.wait(120), "mm-install never fetched from the channel"
+        assert hanging_channel.connected.wait(120), "mm-install never started a download from the channel"
         client.stop_channels()
         (instance,) = [r.name for r in StateStore(CondaTainerConfig().instance_state_dir).ours()]
         server.kill()

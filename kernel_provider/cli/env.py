@@ -2,6 +2,7 @@
 
     jupyter condatainer env create NAME [PACKAGE …] [--channel C] [--size MB] [--kernel]
     jupyter condatainer env install|remove NAME SPEC … [--channel C]
+    jupyter condatainer env resize NAME --size MB
     jupyter condatainer env delete NAME
     jupyter condatainer env history NAME [--json]
     jupyter condatainer env export NAME [--format yml|lock] [--revision N] [--output FILE]
@@ -244,6 +245,28 @@ jupyter condatainer env remove bio numpy
     usage = "env remove NAME PACKAGE [PACKAGE …]"
 
 
+class ResizeApp(_EnvCommand):
+    description = """Grow an env's .img to SIZE MiB, as condatainer overlay resize and the panel's "Grow…" do.
+
+Checked, extended and checked again on a copy that replaces the env only when every step worked.
+Refused while any container (a kernel, a CondaTainer shell) has the env mounted."""
+    examples = """
+jupyter condatainer env resize bio --size 4096
+"""
+    size = Int(0, config=True, help="The env's new size in MiB (bigger than now; the file is sparse).")
+    aliases = {"size": "ResizeApp.size"}
+    arguments = (1, 1)
+    usage = "env resize NAME --size MB"
+
+    def main(self) -> None:
+        from kernel_provider.envs import disk
+
+        (name,) = self.extra_args
+        if self.size <= 0:
+            self.fail(f"give the new size in MiB: {self.usage_line()}")
+        print(self.run(disk.grow, self.operations(), PrintReporter(), name, self.size))
+
+
 class DeleteApp(_EnvCommand):
     description = """Delete an env (or overlay) and its sidecar, and the kernels made for it.
 
@@ -270,6 +293,7 @@ are refused while another container (a kernel, a CondaTainer shell) has the env 
     examples = """
 jupyter condatainer env create bio numpy --kernel
 jupyter condatainer env install bio pandas
+jupyter condatainer env resize bio --size 4096
 jupyter condatainer env history bio
 jupyter condatainer env export bio --format lock
 jupyter condatainer env rollback bio 2
@@ -279,6 +303,7 @@ jupyter condatainer env freeze bio --to bio-frozen/1.0
         create=CreateApp,
         install=InstallApp,
         remove=RemoveApp,
+        resize=ResizeApp,
         delete=DeleteApp,
         history=HistoryApp,
         export=ExportApp,

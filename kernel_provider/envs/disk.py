@@ -42,11 +42,17 @@ class FsUsage:
 
     total: int
     free: int
+    reserved: int = 0  # of the free blocks, those kept for root (mke2fs -m; CondaTainer's 3 %)
 
     @property
     def used(self) -> int:
         """Bytes in use (the superblock's blocks minus its free blocks)."""
         return self.total - self.free
+
+    @property
+    def available(self) -> int:
+        """Bytes a change can count on: the free ones but root's reserve (``df``'s "Avail")."""
+        return max(self.free - self.reserved, 0)
 
 
 def read_usage(image: str) -> FsUsage:
@@ -56,9 +62,9 @@ def read_usage(image: str) -> FsUsage:
         block = handle.read(1024)
     if len(block) < 1024 or struct.unpack_from("<H", block, 56)[0] != EXT_MAGIC:
         raise DiskError(f"{os.path.basename(image)} holds no ext3 filesystem; is it an env overlay?")
-    blocks_lo, _, free_lo = struct.unpack_from("<III", block, 4)
+    blocks_lo, reserved_lo, free_lo = struct.unpack_from("<III", block, 4)
     block_size = 1024 << struct.unpack_from("<I", block, 24)[0]
-    return FsUsage(total=blocks_lo * block_size, free=free_lo * block_size)
+    return FsUsage(total=blocks_lo * block_size, free=free_lo * block_size, reserved=reserved_lo * block_size)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import os
 import pwd
 import shutil
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -55,7 +56,7 @@ from kernel_provider.model.overlays import (
     OverlayNotFoundError,
     scan,
 )
-from kernel_provider.model.plan import StackRequest
+from kernel_provider.model.plan import ContainerPlan, StackRequest
 from kernel_provider.model.validation import (
     check_new_name,
     validate_channels,
@@ -431,11 +432,19 @@ class EnvOperations:
         cmd = [f"mm-{verb}", "-y", *[a for c in channels for a in ("-c", c)], *specs]
         cmd = history.recorded(cmd, f"{verb} {' '.join(specs)}", current_user(), self.via)
         before: dict[str, str] = {}
+        planned: dict = {}
+        if verb != "remove":  # a removal frees space; an install or update must fit first
+            from kernel_provider.envs.preview import check_room, recheck_room  # preview plans with these operations
 
-        async def note_versions() -> None:  # under the env lock, just before the change
+            report.step(0.05, "checking that the change fits in the env (the solver's dry run)")
+            planned = await check_room(self, overlay, verb, specs, channels)
+
+        async def prepare() -> None:  # under the env lock, just before the change
+            if planned:
+                await recheck_room(self, overlay, verb, planned)
             before.update((await asyncio.to_thread(self.env_meta, overlay)).versions())
 
-        await self.run_change(report, verb, overlay, cmd, channels, prepare=note_versions)
+        await self.run_change(report, verb, overlay, cmd, channels, prepare=prepare)
         done = f"{verb} {' '.join(specs)}: done"
         try:
             after = (await asyncio.to_thread(self.env_meta, overlay)).versions()
@@ -577,20 +586,26 @@ class EnvOperations:
             env=channel_env(channels, self.config.container_env),
             binds=[*channel_binds(channels), *binds],
         )
-        plan = await asyncio.to_thread(plan_for_host, request, self.config)
-        check_fakeroot(plan)
-        runtime = await self.instances.runtime()
-        oci = runtime.oci_mode(option=self.config.oci)  # SingularityCE's OCI mode: exec --oci
-        env_file = write_private(
-            runtime_dir() / f"oneshot-{os.getpid()}-{id(report)}.env", command.render_env_file(plan.env, oci=oci)
-        )
-        try:
-            argv = command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci)
+        async with self.oneshot(request, cmd) as (argv, plan):
+            check_fakeroot(plan)
             rc, lines = await run_logged(argv, report.log, die_with_parent=True)
-        finally:
-            env_file.unlink(missing_ok=True)
         if rc != 0 and check:
             raise RuntimeError(failure(what, lines) + fakeroot_hint(plan))
+
+    @asynccontextmanager
+    async def oneshot(self, request: StackRequest, cmd: list[str]) -> AsyncIterator[tuple[list[str], ContainerPlan]]:
+        """The argv of a one-shot container of ``request`` running ``cmd``, and its plan; in
+        SingularityCE's OCI mode (``exec --oci``) when that is in use. Its env file is removed after."""
+        plan = await asyncio.to_thread(plan_for_host, request, self.config)
+        runtime = await self.instances.runtime()
+        oci = runtime.oci_mode(option=self.config.oci)
+        env_file = write_private(
+            runtime_dir() / f"oneshot-{os.getpid()}-{id(request)}.env", command.render_env_file(plan.env, oci=oci)
+        )
+        try:
+            yield command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci), plan
+        finally:
+            env_file.unlink(missing_ok=True)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -693,7 +708,7 @@ class Recovery:
 
 
 class DiskSpaceError(OSError):
-    """An operation would not fit in the image directory's free space."""
+    """An operation would not fit in the free space it needs (the image directory's, or an env's)."""
 
 
 MB = 1024 * 1024

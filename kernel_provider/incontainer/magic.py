@@ -39,9 +39,10 @@ USAGE = """Manage the packages of this kernel's CondaTainer env.
   %condatainer install SPEC… [-c CH] [--dry-run]
   %condatainer update SPEC…  [-c CH] [--dry-run]
   %condatainer remove SPEC…  [--dry-run]
-                                        change the env now; with --dry-run only show the
-                                        solver's plan (added, removed, up/downgraded,
-                                        download size) and change nothing
+                                        change the env now (an install or update that would
+                                        not fit in the env is refused first); with --dry-run
+                                        only show the solver's plan (added, removed,
+                                        up/downgraded, download size) and change nothing
   %condatainer apply                    make the change the last --dry-run showed (refused
                                         when the env changed since)
   %condatainer overlays                 images available in the image directories
@@ -167,6 +168,49 @@ def _env_lock(path: str | None):
         lock.release()
 
 
+def _plan(verb: str, args: list[str]) -> dict:
+    """The solver's plan for the change (``mm-VERB --dry-run --json``, :mod:`.txplan`); nothing changes.
+    When it cannot be made, the solver's words go into the cell and the error says what they mean."""
+    try:
+        returncode, out, err = run_quietly([f"mm-{verb}", "-y", "--dry-run", "--json", *args])
+    except CommandInterrupted:
+        raise CondaTainerError(
+            f"%condatainer {verb} was interrupted and mm-{verb} was stopped while it planned the change "
+            "(a dry run); nothing was changed."
+        ) from None
+    if returncode != 0:
+        print(err, end="", flush=True)
+        raise CondaTainerError(_failure_line(f"mm-{verb} --dry-run", returncode, err))
+    return txplan.parse_transaction(out)
+
+
+def _failure_line(command: str, returncode: int, output: str) -> str:
+    """What a failed ``mm-*`` means, in one line (its own lines are in the cell's output already)."""
+    found = diagnose(output)
+    first = found.line if found else f"{command} failed (exit {returncode}), see its output above"
+    return first if "nothing was changed" in first else f"{first}; the env is unchanged"
+
+
+def _room_refusal(verb: str, plan: dict, info: dict) -> str:
+    """Why the planned change would not fit in this kernel's env, and what to do; "" when it fits.
+
+    The env's free space as ``statfs`` inside the container sees it (exact while mounted, unlike
+    its superblock). The kernel has the env mounted, so growing it means shutting the kernel down.
+    """
+    stat = os.statvfs(ENV_PREFIX)
+    image = info.get("writable_env") or ""
+    name = next((o["name"] for o in info.get("overlays", []) if o.get("path") == image), "ENV")
+    return txplan.space_refusal(
+        plan,
+        verb=verb,
+        env=os.path.basename(image) or "this env",
+        name=name,
+        total_bytes=stat.f_blocks * stat.f_frsize,
+        free_bytes=stat.f_bavail * stat.f_frsize,
+        in_use=True,
+    )
+
+
 def _interrupted_message(verb: str, ended: bool) -> str:
     if not ended:
         return (
@@ -254,6 +298,17 @@ def stop_command(process: subprocess.Popen) -> bool:
     return False
 
 
+@contextmanager
+def _stopped_when_interrupted(process: subprocess.Popen, argv: list[str]):
+    """An interrupt of the cell while ``process`` runs stops it (:func:`stop_command`) and raises
+    :class:`CommandInterrupted`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: stopping {history.command_label(argv)} (interrupt again to stop it harder)…", flush=True)
+        raise CommandInterrupted(stop_command(process)) from None
+
+
 def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
     """Run a command, printing its output into the cell as it comes; an interrupt of the
     cell stops the command (:func:`stop_command`) before it raises :class:`CommandInterrupted`."""
@@ -262,15 +317,22 @@ def run_streaming(argv: list[str]) -> tuple[int, list[str]]:
     lines = []
     assert process.stdout is not None
     try:
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            print(line, end="", flush=True)
-        return process.wait(), lines
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: stopping {history.command_label(argv)} (interrupt again to stop it harder)…", flush=True)
-        raise CommandInterrupted(stop_command(process)) from None
+        with _stopped_when_interrupted(process, argv):
+            for line in process.stdout:
+                lines.append(line.rstrip())
+                print(line, end="", flush=True)
+            return process.wait(), lines
     finally:
         process.stdout.close()
+
+
+def run_quietly(argv: list[str]) -> tuple[int, str, str]:
+    """Run a command, keeping its output: (exit code, stdout, stderr); an interrupt stops it as
+    :func:`run_streaming`'s does."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with process, _stopped_when_interrupted(process, argv):
+        out, err = process.communicate()
+    return process.returncode, out, err
 
 
 @magics_class
@@ -341,9 +403,11 @@ class CondaTainerMagics(Magics):
                 f"{record.get('name', ''):<28} {record.get('version', ''):<14} {record.get('build', ''):<20} {channel}"
             )
 
-    _pending: tuple[str, list[str], tuple[int, int]] | None = None  # the last --dry-run: what apply does
+    _pending: tuple[str, list[str], tuple[int, int], dict] | None = None  # the last --dry-run: what apply does
 
-    def _change(self, verb: str, args: list[str]) -> None:
+    def _change(self, verb: str, args: list[str], plan: dict | None = None) -> None:
+        """Make the change; an install or update is first planned (``plan``: already, by the
+        ``--dry-run`` that ``apply`` makes) and refused when it would not fit in the env."""
         info = _info()
         if not os.environ.get("CNT_CONDA_PREFIX"):
             raise CondaTainerError(_no_writable_env_message(info))
@@ -354,40 +418,33 @@ class CondaTainerMagics(Magics):
             self._preview(verb, [a for a in args if a != "--dry-run"])
             return
         self._pending = None
+        if plan is None and verb != "remove" and "--help" not in args:  # a removal frees space
+            plan = _plan(verb, args)  # before the lock: the solve takes a while and changes nothing
         before = _conda_meta()
         try:
             with _env_lock(info.get("env_lock")):
+                refusal = _room_refusal(verb, plan, info) if plan is not None else ""
+                if refusal:  # the space read under the lock: another change may have taken it meanwhile
+                    raise CondaTainerError(refusal)
                 returncode, lines = run_streaming(_recorded([f"mm-{verb}", "-y", *args], f"{verb} {' '.join(specs)}"))
         except CommandInterrupted as interrupt:
             raise CondaTainerError(_interrupted_message(verb, interrupt.ended)) from None
         if returncode != 0:
-            # The tool's lines are in the cell's output already: say once what they mean.
-            found = diagnose("\n".join(lines))
-            first = found.line if found else f"mm-{verb} failed (exit {returncode}), see its output above"
-            raise CondaTainerError(first if "nothing was changed" in first else f"{first}; the env is unchanged")
+            raise CondaTainerError(_failure_line(f"mm-{verb}", returncode, "\n".join(lines)))
         _refresh_import_paths()
         self._restart_note(before, _conda_meta())
 
     def _preview(self, verb: str, args: list[str]) -> None:
         """Show the solver's plan for the change (``mm-VERB --dry-run --json``); nothing changes."""
-        result = subprocess.run(
-            [f"mm-{verb}", "-y", "--dry-run", "--json", *args], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            tail = "\n".join(result.stderr.strip().splitlines()[-10:])
-            raise CondaTainerError(
-                f"mm-{verb} could not plan this change (exit {result.returncode}); nothing changed:\n{tail}"
-            )
-        plan = txplan.parse_transaction(result.stdout)
+        plan = _plan(verb, args)
         print("\n".join(txplan.format_plan(plan)))
-        stat = os.statvfs(ENV_PREFIX)
-        warning = txplan.space_warning(plan, stat.f_bavail * stat.f_frsize)
+        warning = _room_refusal(verb, plan, _info())
         if warning:
             print(f"Warning: {warning}")
         if txplan.is_empty(plan):
             self._pending = None
             return
-        self._pending = (verb, args, _history_stamp())
+        self._pending = (verb, args, _history_stamp(), plan)
         print(f"Nothing changed yet. Apply it with: %condatainer apply   (or %condatainer {verb} {shlex.join(args)})")
 
     def _apply(self, verb: str, args: list[str]) -> None:
@@ -396,13 +453,13 @@ class CondaTainerMagics(Magics):
             raise CondaTainerError(
                 "nothing to apply: preview a change first, e.g. %condatainer install numpy --dry-run"
             )
-        pending_verb, pending_args, stamp = self._pending
+        pending_verb, pending_args, stamp, plan = self._pending
         if stamp != _history_stamp():
             self._pending = None
             raise CondaTainerError(
                 "the env changed since the preview, so its plan may no longer hold; preview the change again"
             )
-        self._change(pending_verb, pending_args)
+        self._change(pending_verb, pending_args, plan)
 
     @staticmethod
     def _restart_note(before: dict[str, dict], after: dict[str, dict]) -> None:

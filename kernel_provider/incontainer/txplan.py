@@ -88,19 +88,57 @@ def is_empty(plan: dict) -> bool:
     return not any(plan[k] for k in ("added", "removed", "upgraded", "downgraded", "changed"))
 
 
-# Conda packages unpack to about twice their download, and the download stays in the env's package
-# cache until it is cleaned: a change needs about three times what it downloads.
+# What a change needs in the env, estimated: repodata gives each package's download size but not its
+# unpacked size. micromamba keeps the download in the env's package cache (``/ext3/env/pkgs``, until
+# ``mm-clean``), unpacks it there and hard-links the unpacked files into the env, so a change takes
+# its download plus the unpacked size. Conda archives unpack to about twice their download: about as
+# much for data that was compressed already, five times and more for text (headers, Python sources).
+# So three times the download is close for most changes; it is up to a third too high for packages
+# that do not compress, and can be half the truth for text-heavy ones. Every package also takes a few
+# blocks however small it is (``info/``, its ``conda-meta`` record, each file's last block).
 SPACE_PER_DOWNLOADED_BYTE = 3
+SPACE_PER_PACKAGE = 64 * 1024
 
 
-def space_warning(plan: dict, free_bytes: int) -> str:
-    """Empty when the change fits in ``free_bytes``; else what it needs, what there is, what to do."""
-    needed = plan["download_bytes"] * SPACE_PER_DOWNLOADED_BYTE
+def space_needed(plan: dict) -> int:
+    """Bytes the change is estimated to take in the env (see :data:`SPACE_PER_DOWNLOADED_BYTE`)."""
+    return plan["download_bytes"] * SPACE_PER_DOWNLOADED_BYTE + plan["download_count"] * SPACE_PER_PACKAGE
+
+
+SIZE_STEP_MIB = 64  # the smallest env
+
+
+def suggested_size_mib(total_bytes: int, free_bytes: int, needed_bytes: int) -> int:
+    """A size to grow an env to so the change fits with room to spare: double, or more when the
+    change needs more than that. Rounded up to a multiple of 64 MiB, so it reads the same whether
+    the size came from the superblock or from ``statfs`` (which leaves out the filesystem's own
+    few percent)."""
+    wanted = max(2 * total_bytes, total_bytes + 2 * (needed_bytes - free_bytes))
+    step = SIZE_STEP_MIB * 1024 * 1024
+    return -(-wanted // step) * SIZE_STEP_MIB
+
+
+def space_refusal(
+    plan: dict, *, verb: str, env: str, name: str, total_bytes: int, free_bytes: int, in_use: bool
+) -> str:
+    """Empty when the change fits in the env's ``free_bytes``; else a refusal whose first line says
+    what would happen and what to do, and whose second says how rough the estimate is.
+
+    ``env`` is the env's file (``demo.img``), ``name`` its catalog name (for the resize command);
+    ``in_use``: a kernel has the env mounted, and an env in use cannot grow.
+    """
+    needed = space_needed(plan)
     if needed <= free_bytes:
         return ""
+    size = suggested_size_mib(total_bytes, free_bytes, needed)
+    grow = f"the CondaTainer panel's Disk section: Grow…, or jupyter condatainer env resize {name} --size {size}"
+    advice = f"Shut down the kernels using it, grow it ({grow})" if in_use else f"Grow it ({grow})"
     return (
-        f"This change needs about {_bytes(needed)} and the env has {_bytes(free_bytes)} free: it would not fit. "
-        "Grow the env first (the CondaTainer panel's Disk section, or condatainer overlay resize)."
+        f"{env} has {_bytes(free_bytes)} free; this {verb} needs about {_bytes(needed)}. {advice} and try again.\n"
+        f"Nothing was changed. The need is estimated from the download ({_bytes(plan['download_bytes'])}, "
+        f"{plan['download_count']} packages): {SPACE_PER_DOWNLOADED_BYTE} times it for the package cache and "
+        f"the unpacked files, plus {SPACE_PER_PACKAGE // 1024} KiB a package. Packages unpack to between about "
+        "one and five times their download, so the real need can be a third lower or twice as high."
     )
 
 

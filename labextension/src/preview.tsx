@@ -5,6 +5,7 @@ import * as React from 'react';
 
 import { formatBytes } from './format';
 import { requestAPI } from './request';
+import { ErrorText } from './sections/common';
 
 /** A package as the solver's plan lists it. */
 export interface IPlanPackage {
@@ -36,7 +37,10 @@ export interface IChangePlan {
   changed: IPlanChange[];
   download_bytes: number;
   download_count: number;
-  /** Set when the change would not fit in the env's free space. */
+  /**
+   * Set when the change would not fit in the env's free space: the refusal
+   * the server would give if it were applied (first line: what to do).
+   */
   space_warning?: string;
 }
 
@@ -117,9 +121,9 @@ function PlanView(props: {
         </tbody>
       </table>
       {plan.space_warning && (
-        <p className="jp-condatainer-error-text" role="alert">
-          {plan.space_warning}
-        </p>
+        <div role="alert">
+          <ErrorText message={plan.space_warning} />
+        </div>
       )}
       <p>
         {plan.download_count > 0
@@ -137,7 +141,9 @@ function PlanView(props: {
 /**
  * Show the solver's plan for a change and ask whether to apply it. Resolves
  * true to go ahead; false when the user cancels or the plan is empty (after
- * saying so). A plan that cannot be made rejects with the solver's message.
+ * saying so). A change that would not fit is shown with why and no Apply: the
+ * server would refuse it. A plan that cannot be made rejects with the
+ * solver's message.
  */
 export async function confirmWithPreview(
   settings: ServerConnection.ISettings,
@@ -152,6 +158,14 @@ export async function confirmWithPreview(
       title: trans.__('Nothing to change in %1', env),
       body: trans.__('Every requested package is installed already.'),
       buttons: [Dialog.okButton({ label: trans.__('OK') })]
+    });
+    return false;
+  }
+  if (plan.space_warning) {
+    await showDialog({
+      title: trans.__('%1 %2 would not fit in %3', verb, specs.join(' '), env),
+      body: <PlanView plan={plan} trans={trans} />,
+      buttons: [Dialog.cancelButton({ label: trans.__('Close') })]
     });
     return false;
   }
