@@ -148,10 +148,11 @@ def test_configs_that_differ_in_anything_get_their_own_manager(tmp_path, monkeyp
 GRACE = 1.5  # seconds each of SIGINT and SIGTERM get here before the next signal
 
 # A cell running run_streaming in an interpreter of its own, as in a kernel: the test process's
-# own state (threads, signal masks, children that earlier tests left) must not decide the result.
+# own state (a SIGINT ignored by a background start, children earlier tests left) must not count.
 INTERRUPTED_CELL = f"""
 import json, os, signal, sys, threading, time
 from kernel_provider.incontainer import magic, proctree
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as ipykernel has it, even under nohup
 magic.STOP_STEPS = ((signal.SIGINT, {GRACE}), (signal.SIGTERM, {GRACE}), (signal.SIGKILL, 5.0))
 interrupted_at = []
 def interrupt():
