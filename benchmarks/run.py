@@ -1426,6 +1426,9 @@ BENCHMARKS = [
     "phases",
 ]
 
+# What runs only on instances: SingularityCE's OCI mode has none.
+NEEDS_INSTANCES = ("warm", "shared")
+
 
 def pick(only: list[str] | None) -> list[str]:
     if not only:
@@ -1453,6 +1456,9 @@ async def run_all(args, root: Path, report: Report, kernels: Kernels) -> None:
         for name in pick(args.only):
             number = BENCHMARKS.index(name) + 1
             print(f"\n== {number}. {name}", flush=True)
+            if RUNTIMES[args.runtime][1] and name in NEEDS_INSTANCES:
+                print("  not measured: OCI mode has no instances (no fork server, nothing warm or shared)", flush=True)
+                continue
             t0 = time.perf_counter()
             load_before = os.getloadavg()[0]
             try:
