@@ -1,9 +1,10 @@
 """jupyter_kernel_test, the conformance suite kernel authors run, on ``CondaTainer: python/3.11``.
 
 The kernel is started as any Jupyter client starts it (``start_new_kernel`` with our kernelspec,
-so through our provisioner, in an Apptainer instance). Every test of the suite runs: each feature
-it would skip when not configured (completion, inspection, history, is_complete, pager, display
-data, clear_output, errors, stdout/stderr) is configured with IPython's answers.
+so through our provisioner, in an Apptainer instance). Every test of the suite runs but the
+optional IOPub welcome message (JEP 65, off in the suite by default): each feature it would skip
+when not configured (completion, inspection, history, is_complete, pager, display data,
+clear_output, errors, stdout/stderr) is configured with IPython's answers.
 """
 
 from __future__ import annotations
