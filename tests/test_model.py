@@ -416,11 +416,12 @@ def test_oneshot_exec_argv(catalog, images):
 
 
 def test_a_stack_terminal_is_a_quiet_oneshot_of_the_shell_with_the_env_read_only(catalog, images):
+    from kernel_provider.envs.operations import OneShot
     from kernel_provider.incontainer.constants import SHELL
     from kernel_provider.kernel.stackshell import shell_argv
 
     p = plan(catalog, "env.img", cwd=str(images))
-    argv = shell_argv("apptainer", p, "/e", "/root", "first line", oci=False)
+    argv = shell_argv(OneShot("apptainer", p, Path("/e"), oci=False), "/root", "first line")
     base, env = str(images / "ubuntu24--base_image.sif"), str(images / "env.img")
     locks = ["flock", "--shared", "--nonblock"]
     assert argv[:11] == [*locks, base, *locks, env, "apptainer", "--quiet", "exec"]

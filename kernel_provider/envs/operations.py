@@ -592,20 +592,25 @@ class EnvOperations:
         if rc != 0 and check:
             raise RuntimeError(failure(what, lines) + fakeroot_hint(plan))
 
-    @asynccontextmanager
-    async def oneshot(self, request: StackRequest, cmd: list[str]) -> AsyncIterator[tuple[list[str], ContainerPlan]]:
-        """The argv of a one-shot container of ``request`` running ``cmd``, and its plan; in
-        SingularityCE's OCI mode (``exec --oci``) when that is in use. Its env file is removed after."""
+    async def prepare_oneshot(self, request: StackRequest, env_file_name: str) -> OneShot:
+        """A one-shot container of ``request``, planned, in SingularityCE's OCI mode when that is
+        in use, with its env file written as ``env_file_name`` in the runtime directory (the
+        caller removes it: a terminal's outlives this call)."""
         plan = await asyncio.to_thread(plan_for_host, request, self.config)
         runtime = await self.instances.runtime()
         oci = runtime.oci_mode(option=self.config.oci)
-        env_file = write_private(
-            runtime_dir() / f"oneshot-{os.getpid()}-{id(request)}.env", command.render_env_file(plan.env, oci=oci)
-        )
+        env_file = write_private(runtime_dir() / env_file_name, command.render_env_file(plan.env, oci=oci))
+        return OneShot(runtime.binary, plan, env_file, oci)
+
+    @asynccontextmanager
+    async def oneshot(self, request: StackRequest, cmd: list[str]) -> AsyncIterator[tuple[list[str], ContainerPlan]]:
+        """The argv of a one-shot container of ``request`` running ``cmd``, and its plan
+        (:meth:`prepare_oneshot`). Its env file is removed after."""
+        container = await self.prepare_oneshot(request, f"oneshot-{os.getpid()}-{id(request)}.env")
         try:
-            yield command.oneshot_exec_argv(runtime.binary, plan, str(env_file), cmd, oci=oci), plan
+            yield container.argv(cmd), container.plan
         finally:
-            env_file.unlink(missing_ok=True)
+            container.env_file.unlink(missing_ok=True)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -705,6 +710,22 @@ class Recovery:
 
     outcomes: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OneShot:
+    """A one-shot container, ready to run commands in (:meth:`EnvOperations.prepare_oneshot`)."""
+
+    binary: str
+    plan: ContainerPlan
+    env_file: Path
+    oci: bool
+
+    def argv(self, cmd: Sequence[str], pwd: str = "", quiet: bool = False) -> list[str]:
+        """``cmd`` in this container (:func:`~kernel_provider.model.command.oneshot_exec_argv`)."""
+        return command.oneshot_exec_argv(
+            self.binary, self.plan, str(self.env_file), cmd, pwd, oci=self.oci, quiet=quiet
+        )
 
 
 class DiskSpaceError(OSError):

@@ -30,17 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel_provider.envs.operations import EnvOperations
-from kernel_provider.host.containers import plan_for_host
+from kernel_provider.envs.operations import EnvOperations, OneShot
 from kernel_provider.host.locks import is_locked, locked_files
-from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer.constants import SHELL
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.kernel.provisioner_base import kernel_request
 from kernel_provider.kernel.stackcheck import with_python
-from kernel_provider.model import command
 from kernel_provider.model.overlays import Overlay, OverlayError
-from kernel_provider.model.plan import ContainerPlan, StackRequest
+from kernel_provider.model.plan import StackRequest
 
 CONTAINER_PYTHON = "python"  # what runs shell.py: the kernelspecs' argv[0], the stack's PATH python
 
@@ -75,12 +72,12 @@ def under_shared_locks(paths: Sequence[str], argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
-def shell_argv(apptainer: str, plan: ContainerPlan, env_file: str, cwd: str, first_line: str, oci: bool) -> list[str]:
+def shell_argv(container: OneShot, cwd: str, first_line: str) -> list[str]:
     """The one-shot container that runs ``shell.py`` (banner, activation, then the shell) in ``cwd``,
     under the images' shared locks; quiet, or the runtime's INFO lines would come before the banner."""
-    shell = [CONTAINER_PYTHON, SHELL, first_line]
-    container = command.oneshot_exec_argv(apptainer, plan, env_file, shell, cwd, oci=oci, quiet=True)
-    return under_shared_locks([plan.base_image.path, *(o.path for o in plan.overlays)], container)
+    argv = container.argv([CONTAINER_PYTHON, SHELL, first_line], cwd, quiet=True)
+    plan = container.plan
+    return under_shared_locks([plan.base_image.path, *(o.path for o in plan.overlays)], argv)
 
 
 def stack_request(operations: EnvOperations, overlay: Overlay, cwd: str) -> tuple[list[str], StackRequest]:
@@ -121,12 +118,6 @@ async def open_stack_shell(operations: EnvOperations, name: str, cwd: str) -> St
     overlay = await asyncio.to_thread(operations.find, name)
     await asyncio.to_thread(refuse_if_written, operations, overlay)
     stack, request = await asyncio.to_thread(stack_request, operations, overlay, cwd)
-    plan = await asyncio.to_thread(plan_for_host, request, operations.config)
-    runtime = await operations.instances.runtime()
-    oci = runtime.oci_mode(option=operations.config.oci)
-    env_file = write_private(
-        runtime_dir() / f"terminal-{secrets.token_hex(6)}.env", command.render_env_file(plan.env, oci=oci)
-    )
+    container = await operations.prepare_oneshot(request, f"terminal-{secrets.token_hex(6)}.env")
     first_line = banner(stack, overlay if overlay.kind == "img" else None)
-    argv = shell_argv(runtime.binary, plan, str(env_file), cwd, first_line, oci)
-    return StackShell(argv, env_file, first_line)
+    return StackShell(shell_argv(container, cwd, first_line), container.env_file, first_line)
