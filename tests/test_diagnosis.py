@@ -91,7 +91,8 @@ def test_an_env_in_use_names_the_notebook_holding_it_at_kernel_start_and_delete(
 
     from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
-    KernelspecStore().write(custom_spec(["python/3.11", "env"], label="env rw", writable=True))
+    # Kernels that do not share an instance: the second one must wait for the first.
+    KernelspecStore().write(custom_spec(["python/3.11", "env"], label="env rw", writable=True, share=False))
     server = Server(kernel_env, free_port())
 
     def session(path: str) -> dict:

@@ -30,6 +30,7 @@ from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.state import StateStore
 from kernel_provider.host.zygote import ZYGOTE_SCRIPT
 from kernel_provider.incontainer.constants import LAUNCHER
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +85,9 @@ def test_server_killed_during_a_running_cell_and_during_instance_start(kernel_en
             lambda: client.get_iopub_msg(timeout=10)["content"].get("execution_state") == "busy", 60, "the cell to run"
         )
         client.stop_channels()
-        # Another kernel's instance is still starting when the server dies.
-        starting = server.request_in_background("POST", "/api/kernels", {"name": KERNEL})
+        # Another kernel's instance (another stack: the first one's is shared) is still starting when the server dies.
+        KernelspecStore().write(custom_spec(["hello/1.0", "python/3.11"], label="other"))
+        starting = server.request_in_background("POST", "/api/kernels", {"name": "condatainer-other"})
         wait_until(
             lambda: len(StateStore(CondaTainerConfig().instance_state_dir).ours()) >= 2,
             30,

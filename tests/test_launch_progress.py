@@ -64,7 +64,7 @@ async def test_progress_events_in_order_and_a_failure_names_its_step(
         status, recorded = await api("GET", "kernels", kernel_id, "launch")
         assert status == 200 and recorded["events"] == ours
         logged = [r.getMessage() for r in caplog.records if kernel_id in r.getMessage()]
-        assert any("starting instance, mounting" in line for line in logged), logged
+        assert any("starting or joining the shared instance, mounting" in line for line in logged), logged
 
         status, logs = await api("GET", "kernels", kernel_id, "logs")
         names = [log["name"] for log in logs["logs"]]

@@ -21,6 +21,7 @@ from conftest import KERNEL, Server, connect, free_port, running_instances, wait
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.kernel import persistence
+from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
 KERNEL_MANAGER = "kernel_provider.server.kernelmanager.CondaTainerKernelManager"
 
@@ -70,7 +71,9 @@ def test_a_local_kernel_survives_a_sigkilled_server(kernel_env):
             {"path": "n.ipynb", "name": "n.ipynb", "type": "notebook", "kernel": {"name": kernel_name}},
         )
         kernel_id = session["kernel"]["id"]
-        doomed = server.request("POST", "/api/kernels", {"name": kernel_name})["id"]
+        # In an instance of its own (another stack: kernels of one stack share theirs).
+        KernelspecStore().write(custom_spec(["hello/1.0", "python/3.11"], label="doomed"))
+        doomed = server.request("POST", "/api/kernels", {"name": "condatainer-doomed"})["id"]
         assert output_of(layout, kernel_id, "x = 42; print(x)").strip() == "42"
 
         server.kill()

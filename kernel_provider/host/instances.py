@@ -194,6 +194,7 @@ class InstanceManager:
         self.warm: dict[str, tuple[Instance, asyncio.Task]] = {}  # name → idle instance, its watch
         self._serving = False  # in a server, which stops what it owns at its exit (serve, close)
         self._background: set[asyncio.Task] = set()  # stops nobody waits for
+        self._stopping: dict[str, tuple[Instance, asyncio.Future]] = {}  # name → instance, done when stopped
 
     @classmethod
     def for_config(cls, config: CondaTainerConfig) -> InstanceManager:
@@ -352,7 +353,8 @@ class InstanceManager:
 
     async def stop_warm(self, name: str | None = None, image: str | None = None) -> list[str]:
         """Stop warm instances (one by ``name``, those mounting ``image``, or all) and wait for it:
-        before our own change of an image, and at the server's exit."""
+        before our own change of an image, and at the server's exit. With ``image``, also wait for
+        the stops already under way of instances that mount it (a kernel shut down just before)."""
         chosen = [
             self.warm.pop(n)
             for n, (i, _) in list(self.warm.items())
@@ -360,7 +362,8 @@ class InstanceManager:
         ]
         for _, watch in chosen:
             watch.cancel()
-        await asyncio.gather(*(self._stop_instance(i) for i, _ in chosen))
+        stopping = [done for i, done in list(self._stopping.values()) if image is not None and i.mounts(image)]
+        await asyncio.gather(*(self._stop_instance(i) for i, _ in chosen), *stopping)
         return [i.name for i, _ in chosen]
 
     def warm_mounting(self, image: str) -> bool:
@@ -389,6 +392,15 @@ class InstanceManager:
 
     async def _stop_instance(self, instance: Instance) -> None:
         """Stop an instance we hold, its fork server with it; then let its images go."""
+        done = asyncio.get_running_loop().create_future()
+        self._stopping[instance.name] = (instance, done)
+        try:
+            await self._stop_and_release(instance)
+        finally:
+            self._stopping.pop(instance.name, None)
+            done.set_result(None)
+
+    async def _stop_and_release(self, instance: Instance) -> None:
         if instance.oci:
             try:
                 await self._stop(instance.name)
