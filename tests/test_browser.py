@@ -12,7 +12,7 @@ to it, as a site's local conda mirror would.
 Screenshots go to ``$JCT_SCREENSHOTS`` (default ``artifacts/screenshots`` in the repo, which
 CI keeps): ``01-panel``, ``02-create-progress``, ``03a-install-preview``, ``03-packages``,
 ``04-notebook``, ``04a-kernel-starts``, ``04b-kernel-logs``, ``04d-kernel-terminal``, ``04c-disk``,
-``06-stack-differs``, ``05-dark``.
+``06-stack-differs``, ``05-dark``; ``07-stack-remedies``, ``07a-kernel-switched``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,16 +135,29 @@ class Lab:
             self.process.wait()
 
 
-@pytest.fixture
-def lab(user_layout, conda_channel):
-    """A running ``jupyter lab`` in the isolated layout, the test channel wired in."""
+def quiet_profile() -> None:
+    """No "get notified about news?" toast (and no request to the news feed) in a fresh profile."""
     config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])
-    # No "get notified about news?" toast (and no request to the news feed) in a fresh profile.
     settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
+
+
+def this_checkouts_panel() -> None:
+    """This checkout's panel build first in JUPYTER_PATH, before the one installed in the venv."""
+    built = REPO / "kernel_provider" / "labextension"
+    assert (built / "package.json").is_file(), f"{built} missing: run scripts/build-labextension.sh"
+    extensions = Path(os.environ["JUPYTER_PATH"]) / "labextensions"
+    extensions.mkdir(parents=True)
+    (extensions / EXTENSION).symlink_to(built)
+
+
+@pytest.fixture
+def lab(user_layout, conda_channel):
+    """A running ``jupyter lab`` in the isolated layout, the test channel wired in."""
+    quiet_profile()
     root = user_layout / "notebooks"
     root.mkdir()
     env = {**os.environ, **conda_channel.env}  # a site conda mirror, as CondaTainerConfig.container_env reads it
@@ -391,7 +405,8 @@ def walk_through(page, shots: Path, root: Path) -> None:
     differences = page.get_by_test_id("jp-condatainer-stack-differences")
     expect(differences).to_contain_text(f"moved on from revision {stack['env']['revision']}", timeout=KERNEL_TIMEOUT_MS)
     shot("06-stack-differs")
-    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(page.get_by_test_id("jp-condatainer-stack-remedies")).to_contain_text("Roll back the env to revision")
+    page.locator(".jp-Dialog .jp-mod-reject").click()  # "Keep as it is" (test_stack_dialog_* applies one)
 
     # The dark theme, from the Settings menu: the panel follows the theme's variables.
     page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
@@ -402,6 +417,72 @@ def walk_through(page, shots: Path, root: Path) -> None:
         "getComputedStyle(document.querySelector('#jp-condatainer-panel')).backgroundColor !== 'rgb(255, 255, 255)'"
     )
     shot("05-dark")
+
+
+# --- a notebook run headless, opened after its stack changed -------------------------------------
+
+
+@pytest.fixture
+def remedy_lab(user_layout):
+    """``jupyter lab`` (this checkout's panel) with a notebook that ``nbconvert --execute`` ran on
+    python/3.11 + hello/1.0, whose hello/1.0 then changed; another kernelspec has the recorded
+    images (the old hello kept under another name)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+    quiet_profile()
+    this_checkouts_panel()
+    images, root = user_layout / "images", user_layout / "notebooks"
+    root.mkdir()
+    used = custom_spec(["python/3.11", "hello/1.0"], label="used")
+    KernelspecStore().write(used)
+    nb = new_notebook(cells=[new_code_cell("6 * 7")])
+    nb.metadata["kernelspec"] = {"name": used.name, "display_name": used.display_name, "language": "python"}
+    nbformat.write(nb, root / "ran.ipynb")
+    convert = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace"]
+    subprocess.run([*convert, str(root / "ran.ipynb")], check=True, capture_output=True, timeout=300)
+    shutil.copy2(images / "hello--1.0.sqf", images / "hellokept--1.0.sqf")
+    KernelspecStore().write(custom_spec(["python/3.11", "hellokept/1.0"], label="kept"))
+    hello = images / "hello--1.0.sqf"  # a link to the cache's image: replaced, never written
+    content = hello.read_bytes()
+    hello.unlink()
+    hello.write_bytes(content + bytes(4096))  # padded: another size, still a SquashFS that mounts
+    server = Lab(root, user_layout / "lab.log", dict(os.environ))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_stack_dialog_switches_a_headless_notebook_to_the_kernel_with_its_images(remedy_lab, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    lab = remedy_lab
+    shots = screenshot_dir(tmp_path)
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        try:
+            page.goto(f"{lab.url}/lab/tree/ran.ipynb?reset&token={lab.token}")
+            dialog = page.locator(".jp-Dialog", has_text="This notebook ran on another stack")
+            differences = dialog.get_by_test_id("jp-condatainer-stack-differences")
+            expect(differences).to_contain_text("hello/1.0 was rebuilt", timeout=KERNEL_TIMEOUT_MS)
+            expect(dialog.get_by_test_id("jp-condatainer-stack-remedies")).to_contain_text("CondaTainer: kept")
+            page.screenshot(path=str(shots / "07-stack-remedies.png"), animations="disabled")
+            dialog.get_by_role("button", name="Switch to kernel CondaTainer: kept").click()
+            status = page.locator("#jp-main-statusbar").get_by_text("CondaTainer: kept | Idle")
+            expect(status).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+            page.screenshot(path=str(shots / "07a-kernel-switched.png"), animations="disabled")
+        except BaseException:
+            page.screenshot(path=str(shots / "stack-remedies-failure.png"))
+            print(f"jupyter lab log:\n{lab.log_tail()}")
+            raise
+        finally:
+            browser.close()
 
 
 # --- what a user meets off the happy path ------------------------------------------------------
@@ -415,17 +496,8 @@ def failing_lab(user_layout, conda_channel):
     (first in JUPYTER_PATH), a corrupt overlay, a kernel of the writable env and a broken kernel."""
     from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
-    config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])
-    settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    built = REPO / "kernel_provider" / "labextension"
-    assert (built / "package.json").is_file(), f"{built} missing: run scripts/build-labextension.sh"
-    extensions = Path(os.environ["JUPYTER_PATH"]) / "labextensions"
-    extensions.mkdir(parents=True)
-    (extensions / EXTENSION).symlink_to(built)
+    quiet_profile()
+    this_checkouts_panel()
     images = user_layout / "images"
     (images / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)
     (images / "corrupt--1.0.sqf.env").write_text("1BAD=x\n")  # a sidecar line the kernel will skip
