@@ -10,7 +10,7 @@ import os
 import shutil
 
 import pytest
-from conftest import env_kernel, run_cell, run_job, server_kernel
+from conftest import env_kernel, reply_to, run_cell, run_job, server_kernel
 
 from kernel_provider.envs.remedies import env_remedies, frozen_overlay, same_stack
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
@@ -76,9 +76,11 @@ async def remedies_for(api, recorded: dict, kernel: str = "") -> list[dict]:
 @pytest.mark.integration
 async def test_env_moved_on_freeze_then_switch_or_roll_back(channel_env, api, kernel_env, jp_serverapp):
     notebook_kernel = custom_spec(["python/3.11", "rm"], label="rm", writable=True).name  # env_kernel's
-    async with env_kernel(api, jp_serverapp, "rm", ["zlib"]) as (kernel_id, _):
+    async with env_kernel(api, jp_serverapp, "rm", ["zlib"]) as (kernel_id, client):
         _, recorded = await api("GET", "kernels", kernel_id, "stack")
+        info = await reply_to(client, client.kernel_info())
     assert recorded["env"] == {"name": "rm", "revision": 0}
+    assert info["content"]["language_info"]["condatainer"] == recorded, "the kernel reads its env's revision too"
     assert await remedies_for(api, recorded, notebook_kernel) == [], "nothing differs: nothing to do"
     await run_job(api, "overlays", "rm", "packages", body={"specs": ["demo-tool"]})
 

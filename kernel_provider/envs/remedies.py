@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kernel_provider.envs import freeze, stackrecord
 from kernel_provider.envs.operations import EnvOperations
+from kernel_provider.host import stackimages
 from kernel_provider.host.probes import ImageProbe
 from kernel_provider.kernel.kernelspecs import KernelspecStore, StackSpec, kernel_name
 from kernel_provider.model.overlays import Catalog, Overlay, OverlayError, resolve
@@ -174,7 +175,7 @@ def _matches(operations: EnvOperations, catalog: Catalog, spec: StackSpec, recor
         overlays = order_overlays([resolve(name, catalog) for name in spec.overlays])
         if base is None or len(overlays) != len(recorded.get("overlays") or []):
             return False  # not the recorded stack, known before any image is read
-        candidate = {"version": stackrecord.RECORD_VERSION, **stackrecord.images(base, overlays)}
+        candidate = {"version": stackimages.RECORD_VERSION, **stackimages.images(base, overlays)}
     except (OSError, OverlayError):
         return False
     if _images(candidate) != _images(recorded):

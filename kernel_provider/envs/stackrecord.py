@@ -1,53 +1,26 @@
-"""The stack a notebook ran on, as a record for its metadata, and what differs from it now.
+"""The stack a notebook ran on: its record with the env's revision, and what differs from it now.
 
-A record names the base image and every overlay in mount order, each with a cheap content
-identity: size, mtime and a hash of the file's first 64 KiB (a SquashFS superblock and its
-first tables, a SIF's header with its build id), so a rebuilt image with the same name is told
-apart without reading gigabytes. The writable env is recorded by its history revision (its
-bytes change on every mount); :func:`compare` says when it moved on and how to get back.
+The record (:mod:`kernel_provider.host.stackimages`) names the base image and every overlay in
+mount order, each with a cheap content identity; the writable env by its history revision
+(its bytes change on every mount). :func:`compare` says what differs now, an env that moved on
+included, and how to get back.
 
 Every CondaTainer kernel carries the record of its stack in its ``kernel_info_reply``
-(``language_info.condatainer``): the provisioner computes it as the kernel starts and
-:mod:`kernel_provider.incontainer.stackinfo` puts it there, so whatever client runs the notebook
-(JupyterLab, nbclient, nbconvert, papermill) saves it with the notebook's ``language_info``.
+(``language_info.condatainer``): the provisioner makes it as the kernel starts, the kernel adds
+its env's revision and puts it there (:mod:`kernel_provider.incontainer.stackinfo`), so whatever
+client runs the notebook (JupyterLab, nbclient, nbconvert, papermill) saves it with the
+notebook's ``language_info``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Sequence
-
 from kernel_provider.envs.envmeta import EnvUnreadableError
 from kernel_provider.envs.operations import EnvOperations
+from kernel_provider.host.stackimages import RECORD_VERSION, identity, plan_record
 from kernel_provider.incontainer.constants import STACK_RECORD_KEY
 from kernel_provider.incontainer.history import Revision
 from kernel_provider.model.overlays import Overlay
 from kernel_provider.model.plan import ContainerPlan
-
-RECORD_VERSION = 1
-HEAD_BYTES = 64 * 1024
-
-
-def identity(path: str) -> dict:
-    """Size, mtime and the hash of the first 64 KiB of an image. Blocking (reads the file's head)."""
-    stat = os.stat(path)
-    with open(path, "rb") as handle:
-        head = hashlib.sha256(handle.read(HEAD_BYTES)).hexdigest()[:16]
-    return {"size": stat.st_size, "mtime": int(stat.st_mtime), "head": head}
-
-
-def _image(overlay: Overlay) -> dict:
-    entry = {"name": overlay.name, "kind": overlay.kind}
-    if overlay.kind != "img":
-        entry["identity"] = identity(overlay.path)
-    return entry
-
-
-def images(base_image: Overlay, overlays: Sequence[Overlay]) -> dict:
-    """The images of a stack in mount order, each with its identity (an env by its name only).
-    Blocking (reads each image's head)."""
-    return {"base_image": _image(base_image), "overlays": [_image(o) for o in overlays]}
 
 
 def env_revisions(operations: EnvOperations, env: Overlay) -> list[Revision]:
@@ -60,12 +33,12 @@ def env_revisions(operations: EnvOperations, env: Overlay) -> list[Revision]:
 
 
 def record(operations: EnvOperations, plan: ContainerPlan) -> dict:
-    """The record of a kernel's stack (its instance's plan). Blocking: call it in a thread."""
-    data: dict = {"version": RECORD_VERSION, **images(plan.base_image, plan.overlays), "writable": plan.writable}
-    env = plan.env_image
-    if env is not None:
-        revisions = env_revisions(operations, env)
-        data["env"] = {"name": env.name, "revision": revisions[-1].number if revisions else None}
+    """The record of a kernel's stack (its instance's plan) with its env's revision, read as the
+    server reads envs. Blocking: call it in a thread."""
+    data = plan_record(plan)
+    if plan.env_image is not None:
+        revisions = env_revisions(operations, plan.env_image)
+        data["env"]["revision"] = revisions[-1].number if revisions else None
     return data
 
 

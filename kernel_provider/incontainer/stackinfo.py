@@ -1,11 +1,13 @@
 """The kernel's stack record in its ``kernel_info_reply`` (``language_info.condatainer``).
 
-The provisioner computes the record (:mod:`kernel_provider.envs.stackrecord`) as the kernel
-starts, writes it to a file in the runtime directory and names that file in
+The provisioner makes the record of the stack's images (:mod:`kernel_provider.host.stackimages`)
+as the kernel starts, writes it to a file in the runtime directory and names that file in
 ``$CONDATAINER_STACK_RECORD``. Loaded as an IPython extension by the launcher (a kernel started by
-exec and one forked by the fork server alike), this module reads it into the kernel's
-``language_info``: every client saves that into the notebook's metadata, so a notebook run
-headless (nbclient, nbconvert, papermill) records its stack as one run in JupyterLab does.
+exec and one forked by the fork server alike), this module adds the env's revision, read from the
+env as this kernel mounts it (its ``conda-meta/history``: no other view of a mounted env is as
+fresh, nor as cheap), and puts the record into the kernel's ``language_info``. Every client saves
+that into the notebook's metadata, so a notebook run headless (nbclient, nbconvert, papermill)
+records its stack as one run in JupyterLab does.
 
 Standard library only: it runs inside the container with the stack's Python.
 """
@@ -16,7 +18,8 @@ import json
 import os
 import sys
 
-from kernel_provider.incontainer.constants import STACK_RECORD_KEY, STACK_RECORD_VAR
+from kernel_provider.incontainer.constants import ENV_PREFIX, STACK_RECORD_KEY, STACK_RECORD_VAR
+from kernel_provider.incontainer.history import build_revisions
 
 
 def read_record(path: str) -> dict | None:
@@ -30,6 +33,19 @@ def read_record(path: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def with_env_revision(record: dict, prefix: str = ENV_PREFIX) -> dict:
+    """The record with its env's latest history revision (None when the env has no history)."""
+    env = record.get("env")
+    if not isinstance(env, dict):
+        return record
+    try:
+        with open(os.path.join(prefix, "conda-meta", "history"), encoding="utf-8") as handle:
+            revisions = build_revisions(handle.read())
+    except OSError:
+        revisions = []
+    return {**record, "env": {**env, "revision": revisions[-1].number if revisions else None}}
+
+
 def load_ipython_extension(ipython) -> None:
     """IPython's hook for ``--ext=kernel_provider.incontainer.stackinfo``, which the launcher passes.
 
@@ -41,4 +57,4 @@ def load_ipython_extension(ipython) -> None:
         return
     record = read_record(path)
     if record is not None:
-        kernel.language_info = {**kernel.language_info, STACK_RECORD_KEY: record}
+        kernel.language_info = {**kernel.language_info, STACK_RECORD_KEY: with_env_revision(record)}

@@ -132,8 +132,6 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             if self.instance is None:
                 notebook = kwargs.get("env", {}).get("JPY_SESSION_NAME", "")
                 await self._acquire_instance(str(kwargs.get("cwd") or os.getcwd()), notebook)
-            if self._stack_record is None:  # a restart, or a stack with an env: read through the instance
-                self._begin_stack_record(self.instance.plan)
             await self._ensure_ipykernel(self.manager.probe_python(self.instance))
             return self._in_container(kwargs)
 
@@ -149,8 +147,7 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         transport = self.parent.transport if self.parent is not None else self.transport
         use_oci = oci_mode.check(await manager.runtime(), plan.flags, self.oci or manager.config.oci, transport)
         how = "starting or joining the shared instance" if self.share_instance and not use_oci else "starting instance"
-        if plan.env_image is None:  # only images to read: their record is made while the instance starts
-            self._begin_stack_record(plan)
+        self._begin_stack_record(plan)  # made while the instance starts
         self.progress.step("instance", f"{how}, mounting {stack_label(plan)}")
         self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, notebook, oci=use_oci)
         self.placement = Placement(instance=self.instance.name)

@@ -15,8 +15,8 @@ Hooks, in the order ``KernelManager`` calls them (see jupyter_client's ``provisi
 - ``launch_kernel`` (here): ``apptainer exec --cleanenv --env-file … instance://NAME`` of that
   argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn` (the local
   launcher first asks the instance's fork server for a fork: :mod:`kernel_provider.host.zygote`).
-  The kernel gets its stack record (:mod:`kernel_provider.envs.stackrecord`) for its
-  ``kernel_info_reply``; the local launcher computes it while the instance starts.
+  The kernel gets the record of its stack's images (:mod:`kernel_provider.host.stackimages`) for
+  its ``kernel_info_reply``; the local launcher makes it while the instance starts.
 - ``send_signal`` (each launcher's own), ``poll``, ``wait``, ``kill``, ``terminate``.
 - ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it.
 
@@ -49,10 +49,7 @@ from jupyter_client.session import Session
 from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode
 
-from kernel_provider.envs import stackrecord
-from kernel_provider.envs.envmeta import EnvUnreadableError
-from kernel_provider.envs.operations import EnvOperations
-from kernel_provider.host import instanceinfo, supply
+from kernel_provider.host import instanceinfo, stackimages, supply
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.instances import Instance, InstanceManager
@@ -179,7 +176,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     process: asyncio.subprocess.Process | ForkedKernel | None = None  # what launch_kernel started
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
-    _stack_record: asyncio.Future | None = None  # the stack record, computed in a thread as the kernel starts
+    _stack_record: asyncio.Future | None = None  # the stack record, made in a thread as the kernel starts
     _record_file: Path | None = None  # the record handed to the kernel (incontainer.stackinfo)
     _progress: LaunchProgress | None = None
     kernel_output: IO[bytes] | None = None  # where _spawn sends the exec's output (kernellog)
@@ -254,21 +251,20 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         return [*self.instance.plan.env, *spec_env, *forwarded, *info, *record]
 
     def _begin_stack_record(self, plan: ContainerPlan) -> None:
-        """Start computing the kernel's stack record in a thread (it reads each image's head and
-        the env's history): the start goes on meanwhile and ``launch_kernel`` waits for it."""
-        operations = EnvOperations(self.manager.config, self.manager)
-        self._stack_record = asyncio.ensure_future(asyncio.to_thread(stackrecord.record, operations, plan))
+        """Start making the kernel's stack record in a thread (it reads each image's head): the
+        start goes on meanwhile and ``launch_kernel`` waits for it."""
+        self._stack_record = asyncio.ensure_future(asyncio.to_thread(stackimages.plan_record, plan))
 
     async def _write_stack_record(self) -> Path | None:
-        """The kernel's stack record as a file in the runtime directory for the kernel to read
-        (:mod:`kernel_provider.incontainer.stackinfo`). A record that cannot be made is logged and
-        left out: the kernel starts anyway, its notebook then records no stack."""
-        if self._stack_record is None:  # a launcher that did not start it early (SLURM)
+        """The kernel's stack record as a file in the runtime directory for the kernel, which adds
+        its env's revision (:mod:`kernel_provider.incontainer.stackinfo`). A record that cannot be
+        made is logged and left out: the kernel starts anyway, its notebook then records no stack."""
+        if self._stack_record is None:  # a restart, or a launcher that did not start it early (SLURM)
             self._begin_stack_record(self.instance.plan)
         pending, self._stack_record = self._stack_record, None
         try:
             record = await pending
-        except (OSError, EnvUnreadableError, ValueError) as err:
+        except OSError as err:
             self.log.warning("CondaTainer kernel %s: no stack record for its notebook: %s", self.kernel_id, err)
             return None
         path = runtime_dir() / f"kernel-{self.kernel_id}.stack.json"
