@@ -33,7 +33,7 @@ def identity(path: str) -> dict:
 
 
 def _image(overlay: Overlay) -> dict:
-    entry = {"name": overlay.name, "kind": overlay.kind}
+    entry: dict = {"name": overlay.name, "kind": overlay.kind}
     if overlay.kind != "img":
         entry["identity"] = identity(overlay.path)
     return entry
