@@ -55,8 +55,6 @@ export interface IRemedyTarget {
   changeKernel(name: string): Promise<void>;
   /** Restart the notebook's kernel, if it runs: the env it mounts changed. */
   restartKernel(): Promise<void>;
-  /** Ask before a shared remedy; false: leave everything as it is. */
-  confirm(remedy: IRemedy): Promise<boolean>;
   /** Wait between looks at a running job. */
   sleep(ms: number): Promise<void>;
 }
@@ -79,19 +77,18 @@ export async function jobDone(job: IJob, target: IRemedyTarget): Promise<IJob> {
 
 /**
  * Apply a remedy: switch the notebook's kernel; or freeze the recorded env
- * revision (the freeze registers a kernel) and switch to that kernel; or,
- * once confirmed, roll the env back and restart the kernel.
- *
- * @returns false when the user did not confirm (nothing was done).
+ * revision (the freeze registers a kernel) and switch to that kernel; or roll
+ * the env back and restart the kernel. A `shared` remedy (the rollback)
+ * changes the env for everyone: the caller asks the user first.
  */
 export async function applyRemedy(
   remedy: IRemedy,
   target: IRemedyTarget
-): Promise<boolean> {
+): Promise<void> {
   switch (remedy.action) {
     case 'switch_kernel':
       await target.changeKernel(remedy.kernel);
-      return true;
+      return;
     case 'freeze': {
       const job = await target.freeze(remedy.env, {
         name: remedy.name,
@@ -102,15 +99,13 @@ export async function applyRemedy(
       await jobDone(job, target);
       await target.refreshKernelspecs();
       await target.changeKernel(remedy.kernel);
-      return true;
+      return;
     }
     case 'rollback': {
-      if (remedy.revision === null || !(await target.confirm(remedy))) {
-        return false;
-      }
-      await jobDone(await target.rollback(remedy.env, remedy.revision), target);
+      const revision = remedy.revision ?? 0; // the server always names it
+      await jobDone(await target.rollback(remedy.env, revision), target);
       await target.restartKernel();
-      return true;
+      return;
     }
   }
 }

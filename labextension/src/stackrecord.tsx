@@ -191,33 +191,56 @@ export const stackRecordPlugin: JupyterFrontEndPlugin<void> = {
         ? remedies.find(remedy => remedy.label === result.button.label)
         : undefined;
       if (chosen) {
-        apply(notebook, chosen);
+        await apply(notebook, chosen);
       }
     }
 
-    /** Apply a remedy, its progress and outcome as a notification. */
-    function apply(notebook: INotebookLike, remedy: IRemedy): void {
-      Notification.promise(applyRemedy(remedy, remedyTarget(notebook)), {
-        pending: {
-          message: trans.__('%1…', remedy.label),
-          options: { autoClose: false }
-        },
-        success: {
-          message: done =>
-            done
-              ? trans.__('Done: %1', remedy.label)
-              : trans.__('Left as it is: %1', remedy.label),
-          options: { autoClose: 5000 }
-        },
-        error: {
-          message: error =>
-            trans.__(
-              '%1 did not work: %2',
-              remedy.label,
-              errorMessage(error, trans)
-            )
+    /**
+     * Apply a remedy, once confirmed when it changes the env for everyone;
+     * its progress and outcome as a notification.
+     */
+    async function apply(
+      notebook: INotebookLike,
+      remedy: IRemedy
+    ): Promise<void> {
+      if (remedy.shared && !(await confirmShared(remedy))) {
+        return;
+      }
+      const applied = applyRemedy(remedy, remedyTarget(notebook));
+      Notification.promise(
+        applied.then(() => null),
+        {
+          pending: {
+            message: trans.__('%1…', remedy.label),
+            options: { autoClose: false }
+          },
+          success: {
+            message: () => trans.__('Done: %1', remedy.label),
+            options: { autoClose: 5000 }
+          },
+          error: {
+            message: error =>
+              trans.__(
+                '%1 did not work: %2',
+                remedy.label,
+                errorMessage(error, trans)
+              )
+          }
         }
+      );
+    }
+
+    async function confirmShared(remedy: IRemedy): Promise<boolean> {
+      const answer = await showDialog({
+        title: trans.__('Roll back %1 for everyone?', remedy.env),
+        body: remedy.description,
+        buttons: [
+          Dialog.cancelButton(),
+          Dialog.warnButton({ label: trans.__('Roll back') })
+        ],
+        defaultButton: 0 // Enter keeps the env as it is
       });
+      return answer.button.accept;
     }
 
     function remedyTarget(notebook: INotebookLike): IRemedyTarget {
@@ -232,17 +255,6 @@ export const stackRecordPlugin: JupyterFrontEndPlugin<void> = {
         },
         restartKernel: async () => {
           await session.session?.kernel?.restart();
-        },
-        confirm: async remedy => {
-          const answer = await showDialog({
-            title: trans.__('Roll back %1 for everyone?', remedy.env),
-            body: remedy.description,
-            buttons: [
-              Dialog.cancelButton(),
-              Dialog.warnButton({ label: trans.__('Roll back') })
-            ]
-          });
-          return answer.button.accept;
         },
         sleep: ms => new Promise(resolve => setTimeout(resolve, ms))
       };

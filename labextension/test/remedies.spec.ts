@@ -20,10 +20,10 @@ function makeRemedy(fields: Partial<IRemedy>): IRemedy {
 }
 
 /** A target that records every call; jobs run once, then end as `ends`. */
-function fakeTarget(
-  ends: Partial<IJob> = { state: 'succeeded' },
-  confirmed = true
-): { target: IRemedyTarget; calls: string[] } {
+function fakeTarget(ends: Partial<IJob> = { state: 'succeeded' }): {
+  target: IRemedyTarget;
+  calls: string[];
+} {
   const calls: string[] = [];
   const job = (kind: string, target: string) =>
     makeJob({ id: 'j1', kind, target, state: 'running' });
@@ -48,10 +48,6 @@ function fakeTarget(
     },
     restartKernel: async () => {
       calls.push('restart');
-    },
-    confirm: async (remedy: IRemedy) => {
-      calls.push(`confirm ${remedy.env}`);
-      return confirmed;
     },
     sleep: async () => undefined
   };
@@ -81,7 +77,7 @@ describe('applyRemedy', () => {
   it('switches the kernel', async () => {
     const { target, calls } = fakeTarget();
     const remedy = makeRemedy({ kernel: 'condatainer-kept' });
-    expect(await applyRemedy(remedy, target)).toBe(true);
+    await applyRemedy(remedy, target);
     expect(calls).toEqual(['kernel condatainer-kept']);
   });
 
@@ -95,7 +91,7 @@ describe('applyRemedy', () => {
       version: '1.0',
       kernel: 'condatainer-bio-rev2-1.0-frozen'
     });
-    expect(await applyRemedy(remedy, target)).toBe(true);
+    await applyRemedy(remedy, target);
     expect(calls).toEqual([
       'freeze bio {"name":"bio-rev2","version":"1.0","revision":2,"register_kernel":true}',
       'job j1',
@@ -104,24 +100,16 @@ describe('applyRemedy', () => {
     ]);
   });
 
-  it('rolls back only once confirmed, then restarts the kernel', async () => {
+  it('rolls back, waits for the job, then restarts the kernel', async () => {
     const remedy = makeRemedy({
       action: 'rollback',
       env: 'bio',
       revision: 2,
       shared: true
     });
-    const declined = fakeTarget({ state: 'succeeded' }, false);
-    expect(await applyRemedy(remedy, declined.target)).toBe(false);
-    expect(declined.calls).toEqual(['confirm bio']);
     const { target, calls } = fakeTarget();
-    expect(await applyRemedy(remedy, target)).toBe(true);
-    expect(calls).toEqual([
-      'confirm bio',
-      'rollback bio 2',
-      'job j1',
-      'restart'
-    ]);
+    await applyRemedy(remedy, target);
+    expect(calls).toEqual(['rollback bio 2', 'job j1', 'restart']);
   });
 
   it('says why a job failed and switches no kernel', async () => {
