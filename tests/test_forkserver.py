@@ -20,7 +20,6 @@ from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.state import StateStore
-from kernel_provider.incontainer.proctree import descendants
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
 pytestmark = pytest.mark.integration
@@ -68,14 +67,6 @@ def shared_spec(label: str = "fork", **config) -> str:
     return spec.name
 
 
-def zygote_pid(instance) -> int:
-    """The host PID of the fork server's Python (below its ``apptainer exec``)."""
-    for pid in descendants(instance.zygote.process.pid):
-        if b"zygote.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    raise AssertionError("no fork server process")
-
-
 def test_forked_kernels(kernel_env):
     """Two forks differ in random state and PID; each is a session leader with exactly the exec
     path's environment; a fork that exits is noticed and restarts as a fork; a killed fork server
@@ -112,8 +103,9 @@ def test_forked_kernels(kernel_env):
                 assert await first.km.is_alive()
 
             # a killed fork server: the next kernel starts by exec, a later one is a fork again
-            os.kill(zygote_pid(instance), signal.SIGKILL)
-            await asyncio.wait_for(asyncio.to_thread(instance.zygote.process.wait), 30)
+            assert b"zygote.py" in Path(f"/proc/{instance.zygote.pid}/cmdline").read_bytes()
+            os.kill(instance.zygote.pid, signal.SIGKILL)
+            await asyncio.wait_for(_until_zygote(instance, alive=False), 30)
             async with Kernel(name, kernel_env) as fallback:
                 assert not fallback.forked
             await asyncio.wait_for(_until_zygote(instance), 120)
@@ -135,8 +127,8 @@ async def _until_dead(km: AsyncKernelManager) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _until_zygote(instance) -> None:
-    while not (instance.zygote and instance.zygote.alive()):
+async def _until_zygote(instance, alive: bool = True) -> None:
+    while bool(instance.zygote and instance.zygote.alive()) != alive:
         await asyncio.sleep(0.1)
 
 

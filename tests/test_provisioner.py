@@ -193,8 +193,10 @@ def test_server_crash_orphans_are_cleaned_on_next_start(container_runtime, kerne
         server.start()
         kernels = [server.request("POST", "/api/kernels", {"name": KERNEL}) for _ in range(2)]
         assert all(k["name"] == KERNEL for k in kernels)
-        ours = {r.name for r in StateStore(CondaTainerConfig().instance_state_dir).ours()}
-        assert len(ours) == 2 and ours <= running_instances()
+        records = StateStore(CondaTainerConfig().instance_state_dir).ours()
+        ours = {r.name for r in records}
+        assert len(ours) == 1 and ours <= running_instances(), "kernels of one stack share its instance"
+        assert sorted(records[0].kernels) == sorted(k["id"] for k in kernels)
 
         server.kill()
         assert ours <= running_instances(), "instances outlive a SIGKILLed server"

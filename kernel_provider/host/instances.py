@@ -15,6 +15,7 @@ else (a bare KernelManager: nbclient, papermill) the shutdown waits for the stop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -86,6 +87,12 @@ def image_identity(plan: ContainerPlan) -> list[list]:
     return identity
 
 
+def instance_env(name: str, plan: ContainerPlan) -> list[tuple[str, str]]:
+    """What every process of an instance gets (its start script, its fork server, each kernel):
+    the stack's variables and where the magic finds the instance's description."""
+    return [*plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(name)))]
+
+
 @dataclass(frozen=True)
 class WarmPolicy:
     """How long and how many instances stay warm after their last kernel (0: none)."""
@@ -127,7 +134,8 @@ class Instance:
         locks = SharedLocks(
             [plan.base_image.path] + [o.path for o in plan.overlays if o.kind in ("sqf", "img")]
         ).acquire()
-        env_file = write_private(runtime_dir() / f"{name}.env", command.render_env_file(plan.env, oci=oci))
+        env = command.render_env_file(instance_env(name, plan), oci=oci)
+        env_file = write_private(runtime_dir() / f"{name}.env", env)
         return cls(
             name, plan, stack_key(plan), env_file, locks, shared, set(kernels), oci=oci, identity=image_identity(plan)
         )
@@ -143,9 +151,8 @@ class Instance:
         return image_identity(self.plan) == self.identity
 
     def fork_server_env(self) -> list[tuple[str, str]]:
-        """What every kernel of this instance gets (its fork server too): the stack's variables
-        and where the magic finds the instance's description."""
-        return [*self.plan.env, ("CONDATAINER_INFO", str(instanceinfo.path(self.name)))]
+        """What every kernel of this instance gets (its fork server too)."""
+        return instance_env(self.name, self.plan)
 
     def mounts(self, path: str) -> bool:
         """The instance has this image mounted."""
@@ -229,7 +236,13 @@ class InstanceManager:
         return runtime.version_line or runtime.label
 
     async def acquire(
-        self, plan: ContainerPlan, kernel_id: str, share: bool, notebook: str = "", oci: bool = False
+        self,
+        plan: ContainerPlan,
+        kernel_id: str,
+        share: bool,
+        notebook: str = "",
+        oci: bool = False,
+        fork_python: str = "",
     ) -> Instance:
         """An instance for ``plan``: a running shared one with the same stack, or a new one.
         ``notebook``: the kernel's notebook, recorded so that "in use" can name it.
@@ -237,14 +250,17 @@ class InstanceManager:
         Starts of different stacks run concurrently; kernels that share a stack wait for
         the one start of it. ``oci``: SingularityCE's OCI mode, which has no instances: the
         kernel's own container takes the instance's place, so it is never shared.
+        ``fork_python``: a new instance starts its fork server with this Python as it starts.
         """
         key = stack_key(plan)
         if oci:
             instance = await self._start(plan, key, False, oci=True)
         else:
-            instance = self._take_warm(key, share) or await (
-                self._shared(plan, key) if share else self._start(plan, key, share)
-            )
+            instance = self._take_warm(key, share)
+            if instance is None and share:
+                instance = await self._shared(plan, key, fork_python)
+            elif instance is None:
+                instance = await self._start(plan, key, False, fork_python=fork_python)
         instance.kernels.add(kernel_id)
         if notebook:
             instance.notebooks[kernel_id] = notebook
@@ -266,7 +282,7 @@ class InstanceManager:
             self._in_background(self._stop_instance(instance))
         return None
 
-    async def _shared(self, plan: ContainerPlan, key: str) -> Instance:
+    async def _shared(self, plan: ContainerPlan, key: str, fork_python: str) -> Instance:
         """The running shared instance of this stack, or the one start of it that all its kernels await."""
         async with self._lock:
             running = next((i for i in self.instances.values() if i.shared and i.key == key), None)
@@ -274,7 +290,8 @@ class InstanceManager:
                 return running
             starting = self._starting.get(key)
             if starting is None:
-                starting = self._starting[key] = asyncio.ensure_future(self._start(plan, key, True))
+                start = self._start(plan, key, True, fork_python=fork_python)
+                starting = self._starting[key] = asyncio.ensure_future(start)
                 starting.add_done_callback(lambda _: self._starting.pop(key, None))
         return await asyncio.shield(starting)
 
@@ -400,20 +417,27 @@ class InstanceManager:
             return None
         return await asyncio.shield(instance.zygote_start)
 
-    async def _start_zygote(self, instance: Instance, python: str) -> Zygote | None:
+    async def _start_zygote(self, instance: Instance, python: str, starting: bool = False) -> Zygote | None:
+        """A new fork server: the one the instance's start script runs (``starting``), one a server
+        before this one started (an adopted instance), or one started by exec."""
         old, instance.zygote = instance.zygote, None
         try:
             if old is not None:
                 await old.close()
-            instance.zygote = await Zygote.start(
-                self.apptainer, instance.name, instance.fork_server_env(), python, str(runtime_dir())
-            )
+            instance.zygote = await self._new_zygote(instance, python, starting)
             instance.zygote_error = ""
         except (ZygoteError, OSError) as err:
             instance.zygote_error = str(err)
         finally:
             instance.zygote_start = None
         return instance.zygote
+
+    async def _new_zygote(self, instance: Instance, python: str, starting: bool) -> Zygote:
+        if starting:
+            return await Zygote.attach(instance.name, python, wait=True)
+        with contextlib.suppress(ZygoteError):
+            return await Zygote.attach(instance.name, python, wait=False)
+        return await Zygote.start(self.apptainer, instance.name, instance.fork_server_env(), python, str(runtime_dir()))
 
     def _check_env_image(self, plan: ContainerPlan, oci: bool = False) -> None:
         env_image = plan.env_image
@@ -431,7 +455,9 @@ class InstanceManager:
                 )
             )
 
-    async def _start(self, plan: ContainerPlan, key: str, share: bool, oci: bool = False) -> Instance:
+    async def _start(
+        self, plan: ContainerPlan, key: str, share: bool, oci: bool = False, fork_python: str = ""
+    ) -> Instance:
         apptainer = self.apptainer
         check_fakeroot(plan)
         self._check_env_image(plan, oci)
@@ -444,7 +470,9 @@ class InstanceManager:
             await instanceinfo.write(instance, self.config, await self.apptainer_version())
             return instance
         try:
-            start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file))
+            # The fork server as the instance's start script: it imports while the start finishes.
+            script = str(Zygote.write_start_script(name, fork_python)) if fork_python else ""
+            start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file), script)
             result = await run(start, START_TIMEOUT)
             if result.returncode != 0:
                 stack = f"{plan.base_image.name} + {', '.join(o.name for o in plan.overlays) or 'no overlays'}"
@@ -460,6 +488,9 @@ class InstanceManager:
             instance.locks.release()
             raise
         self.instances[name] = instance
+        if fork_python:
+            task = asyncio.get_running_loop().create_task(self._start_zygote(instance, fork_python, starting=True))
+            instance.zygote_start = task
         await instanceinfo.write(instance, self.config, await self.apptainer_version())
         return instance
 

@@ -17,10 +17,10 @@ def runtime_dir() -> Path:
     return path
 
 
-def write_private(path: Path, text: str) -> Path:
+def write_private(path: Path, text: str, mode: int = 0o600) -> Path:
     """Write a user-only file atomically (env files can hold secrets)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)

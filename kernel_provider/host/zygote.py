@@ -1,6 +1,8 @@
 """The host's side of an instance's fork server (:mod:`kernel_provider.incontainer.zygote`).
 
-:class:`Zygote` starts the fork server with ``apptainer exec`` and asks it for kernels;
+:class:`Zygote` is the fork server: the instance's own start script (its imports run while
+``apptainer instance start`` finishes), or, for a new one in a running instance, an ``apptainer
+exec``; it asks the fork server for kernels.
 :class:`ForkedKernel` is such a kernel, watched by its host PID. It is not our child (its
 parent is the fork server, in the instance's own PID namespace), so there is no process to
 wait for: liveness is ``/proc/PID/stat`` (PID and start time, so a reused PID is not it), and
@@ -11,13 +13,16 @@ translates into our PID namespace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from kernel_provider.host.process import apptainer_env
@@ -32,6 +37,7 @@ READY_TIMEOUT = 60.0  # a fresh SquashFS mount, imports included, on a loaded ma
 REQUEST_TIMEOUT = 15.0
 POLL_INTERVAL = 0.02  # seconds between looks at a starting fork server or an ending kernel
 SOCKET_PATH_LIMIT = 105  # sun_path: 107 bytes, less the '.t' of the temporary name the server binds first
+EXEC_VIEW = {"COMMAND": "exec", "BIND": ""}  # APPTAINER_*/SINGULARITY_* in an exec into an instance
 # A value the env file would expand inside the container: only the exec path gives it exactly.
 EXPANDED = ("$", "`", "\\")
 
@@ -89,20 +95,52 @@ def fork_problem(python: str, cmd: list[str], extra_env: dict[str, str], launche
 
 
 class Zygote:
-    """The fork server of one instance, from its start to its end."""
+    """The fork server of one instance, from its start to its end: its host PID (from its answer to
+    a hello), and the ``apptainer exec`` process that runs it unless it is the instance's start script."""
 
-    def __init__(self, python: str, process: subprocess.Popen, socket_path: str, env_file: str):
+    def __init__(self, python: str, socket_path: str, process: subprocess.Popen | None = None):
         self.python = python
-        self.process = process
         self.socket_path = socket_path
-        self.env_file = env_file
+        self.process = process
+        self.env_file = ""  # the exec's env file
+        self.pid = 0
+        self._start_time: int | None = None
 
     @staticmethod
-    def files(directory: Path, instance_name: str) -> tuple[Path, Path]:
-        """The fork server's socket (a short name: a socket's path has at most 107 bytes) and env
-        file in the runtime directory."""
+    def files(directory: Path, instance_name: str) -> tuple[Path, Path, Path, Path]:
+        """The fork server's socket (a short name: a socket's path has at most 107 bytes), the exit
+        status its start script leaves, its env file (when started by exec) and the start script,
+        in the runtime directory."""
         short = hashlib.sha256(instance_name.encode()).hexdigest()[:10]
-        return directory / f"z-{short}", directory / f"{instance_name}.zygote.env"
+        return (
+            directory / f"z-{short}",
+            directory / f"z-{short}.exit",
+            directory / f"{instance_name}.zygote.env",
+            directory / f"{instance_name}.start",
+        )
+
+    @classmethod
+    def write_start_script(cls, instance_name: str, python: str) -> Path:
+        """The instance's start script (bound over ``/.singularity.d/startscript``): the fork
+        server, with the instance's environment, then its exit status where :meth:`attach` looks."""
+        socket_path, exit_path, _, script = cls._paths(instance_name)
+        # The runtime's variables that say "start" and list the instance's binds say what an exec
+        # into the instance sees, so that a fork's environment is an exec kernel's.
+        as_exec = [
+            f'[ -z "${{{prefix}_{name}+set}}" ] || export {prefix}_{name}={shlex.quote(value)}\n'
+            for prefix in ("APPTAINER", "SINGULARITY")
+            for name, value in EXEC_VIEW.items()
+        ]
+        server = shlex.join([python, ZYGOTE_SCRIPT, socket_path])
+        text = f"#!/bin/sh\n{''.join(as_exec)}{server}\necho $? > {shlex.quote(exit_path)}\n"
+        return write_private(script, text, mode=0o700)
+
+    @classmethod
+    def _paths(cls, instance_name: str) -> tuple[str, str, Path, Path]:
+        socket_path, exit_path, env_path, script = cls.files(runtime_dir(), instance_name)
+        if len(str(socket_path).encode()) > SOCKET_PATH_LIMIT:
+            raise ZygoteError(f"the runtime directory is too long for a unix socket ({socket_path})")
+        return str(socket_path), str(exit_path), env_path, script
 
     @classmethod
     async def start(
@@ -112,10 +150,8 @@ class Zygote:
 
         Its output goes where the kernels' output goes (the server's log): each kernel inherits it.
         """
-        socket_path, env_path = (str(path) for path in cls.files(runtime_dir(), instance_name))
-        if len(socket_path.encode()) > SOCKET_PATH_LIMIT:
-            raise ZygoteError(f"the runtime directory is too long for a unix socket ({socket_path})")
-        env_file = str(write_private(Path(env_path), command.render_env_file(env)))
+        socket_path, _, env_path, _ = cls._paths(instance_name)
+        env_file = str(write_private(env_path, command.render_env_file(env)))
         argv = command.instance_exec_argv(apptainer, instance_name, env_file, [python, ZYGOTE_SCRIPT, socket_path], pwd)
         # A plain Popen, not an asyncio one: the server may stop it from another event loop than the
         # one that started it (jupyter_client's blocking managers, a test's asyncio.run). Not in a
@@ -123,9 +159,10 @@ class Zygote:
         process = subprocess.Popen(  # noqa: ASYNC220
             argv, stdin=subprocess.DEVNULL, env=apptainer_env(), start_new_session=True
         )
-        zygote = cls(python, process, socket_path, env_file)
+        zygote = cls(python, socket_path, process)
+        zygote.env_file = env_file
         try:
-            await asyncio.wait_for(zygote._listening(), READY_TIMEOUT)
+            await asyncio.wait_for(zygote._listening(zygote._exec_ended), READY_TIMEOUT)
         except BaseException as err:
             await zygote.close()
             if isinstance(err, asyncio.TimeoutError):
@@ -133,15 +170,59 @@ class Zygote:
             raise
         return zygote
 
-    async def _listening(self) -> None:
+    @classmethod
+    async def attach(cls, instance_name: str, python: str, wait: bool) -> Zygote:
+        """The fork server that runs as the instance's start script (:meth:`write_start_script`),
+        or that a server before this one started: waited for when ``wait``, else it must listen now."""
+        socket_path, exit_path, _, _ = cls._paths(instance_name)
+        zygote = cls(python, socket_path)
+
+        def ended() -> str:
+            try:
+                status = Path(exit_path).read_text().strip()
+            except OSError:
+                return ""
+            return f"the fork server exited with status {status} (see the instance's log)"
+
+        if wait:
+            try:
+                await asyncio.wait_for(zygote._listening(ended), READY_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise ZygoteError(f"the fork server did not listen within {READY_TIMEOUT:.0f} s") from None
+        else:
+            await zygote._hello()
+        return zygote
+
+    def _exec_ended(self) -> str:
+        if self.process is not None and self.process.poll() is not None:
+            return f"the fork server exited with status {self.process.returncode} (see the log)"
+        return ""
+
+    async def _listening(self, ended: Callable[[], str]) -> None:
+        """Until the server answers a hello on its socket (whose path it creates when it listens)."""
         while not os.path.exists(self.socket_path):  # noqa: ASYNC240 - a stat in the runtime directory
-            if self.process.poll() is not None:
-                raise ZygoteError(f"the fork server exited with status {self.process.returncode} (see the log)")
+            if reason := ended():
+                raise ZygoteError(reason)
             await asyncio.sleep(POLL_INTERVAL)
+        await self._hello()
+
+    async def _hello(self) -> None:
+        """Learn the server's host PID, by which :meth:`alive` and :meth:`close` know it."""
+        try:
+            self.pid = await asyncio.to_thread(self._request, b'{"hello": true}\n')
+        except (OSError, ValueError) as err:
+            raise ZygoteError(f"the fork server did not answer: {err}") from err
+        self._start_time = process_start_time(self.pid)
 
     def alive(self) -> bool:
-        """The fork server still runs (its ``apptainer exec`` process has not ended)."""
-        return self.process.poll() is None and os.path.exists(self.socket_path)
+        """The fork server still runs (the process that said hello, still listening)."""
+        return (
+            self._exec_ended() == ""
+            and self._start_time is not None
+            and process_start_time(self.pid) == self._start_time
+            and is_running(self.pid)
+            and os.path.exists(self.socket_path)
+        )
 
     async def fork(self, args: list[str], env: dict[str, str], cwd: str, log: str = "") -> ForkedKernel:
         """A kernel forked with these arguments, extra variables and working directory; its output
@@ -154,7 +235,7 @@ class Zygote:
         return ForkedKernel(pid)
 
     def _request(self, request: bytes) -> int:
-        """One request, blocking (run in a thread): the forked kernel's host PID."""
+        """One request, blocking (run in a thread): the host PID of the process that answered."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(REQUEST_TIMEOUT)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -168,18 +249,19 @@ class Zygote:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid, _, _ = struct.unpack("3i", payload[: struct.calcsize("3i")])
                 return pid
-        raise ZygoteError("the fork server's answer did not say which process the kernel is")
+        raise ZygoteError("the fork server's answer did not say which process it is")
 
     async def close(self) -> None:
         """Stop the fork server (its kernels go on) and remove its socket and env file."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        await asyncio.to_thread(self.process.wait)
+        if self.process is not None:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.process.wait)
+        elif self._start_time is not None and process_start_time(self.pid) == self._start_time:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         for path in (self.socket_path, self.env_file):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)

@@ -13,6 +13,11 @@ One request per connection, one JSON line each way::
     → {"args": ["-f", "/run/.../kernel-ID.json"], "env": {"JPY_SESSION_NAME": "..."}, "cwd": "/home/u"}
     ← {"pid": 42}          from the forked kernel, its credentials attached (its host PID)
     ← {"error": "..."}     refused: the host starts that kernel with ``apptainer exec`` instead
+    → {"hello": true}
+    ← {"pid": 7}           from the server itself, its credentials attached: the host's handle on it
+
+It is started by ``apptainer exec`` in a running instance, or as the instance's own start script,
+so that its imports overlap the end of ``apptainer instance start``.
 
 The child starts a new session, takes the kernel's variables and working directory, reseeds
 ``random`` (forks would otherwise share its state) and runs ipykernel. The server reaps its
@@ -28,6 +33,7 @@ Standard library only at import time (ipykernel is imported in :func:`main`, ins
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -48,6 +54,23 @@ PRELOAD = (
     "kernel_provider.incontainer.magic",
     "kernel_provider.incontainer.stackinfo",
 )
+# What IPKernelApp.initialize imports besides (about two thirds of a fork's start: the debugger's
+# pydevd above all). Optional: another ipykernel or an env without debugpy imports less.
+PRELOAD_IF_PRESENT = (
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",
+    "debugpy.server.api",
+    "IPython.core.completerlib",
+    "IPython.core.debugger",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "tornado.platform.asyncio",
+    "faulthandler",
+    "sqlite3",
+    "pdb",
+    "pydoc",
+)
 MAX_REQUEST = 1 << 20
 
 
@@ -63,9 +86,12 @@ def _reap(signum: int, frame: object) -> None:
 
 
 def _read_request(conn: socket.socket) -> dict:
+    """One JSON request; ``{}`` when the host closed the connection without sending one."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(65536)
+        if not chunk and not data:
+            return {}
         if not chunk or len(data) > MAX_REQUEST:
             raise ValueError("incomplete request")
         data += chunk
@@ -142,11 +168,20 @@ def _become_kernel(args: list[str], env: dict[str, str], cwd: str, log: str) -> 
 
 
 def _serve_one(listener: socket.socket, conn: socket.socket, started_with: list[list]) -> bool:
-    """Fork a kernel, or refuse; False once the server is stale."""
+    """Fork a kernel, answer a hello, or refuse; False once the server is stale."""
     try:
-        args, env, cwd, log = _check(_read_request(conn), started_with)
+        request = _read_request(conn)
+        if not request:
+            return True
+        if request.get("hello"):
+            _answer(conn)
+            return True
+        args, env, cwd, log = _check(request, started_with)
     except (ValueError, RuntimeError, OSError, Stale) as err:
-        conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
+        try:
+            conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
+        except OSError:
+            pass  # the host is gone: nobody to tell
         return not isinstance(err, Stale)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -170,8 +205,9 @@ def _serve_one(listener: socket.socket, conn: socket.socket, started_with: list[
 
 
 def _answer(conn: socket.socket) -> None:
-    """From the forked child: its PID, with its credentials attached, which the kernel translates
-    into the PID namespace of the host's reader (the PID inside the instance means nothing there)."""
+    """Our PID (the forked child's, or the server's to a hello), with its credentials attached,
+    which the kernel translates into the PID namespace of the host's reader (the PID inside the
+    instance means nothing there)."""
     pid = os.getpid()
     credentials = struct.pack("3i", pid, os.getuid(), os.getgid())
     conn.sendmsg(
@@ -190,7 +226,16 @@ def main() -> None:
 
     for module in PRELOAD:
         importlib.import_module(module)
+    for module in PRELOAD_IF_PRESENT:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     started_with = fingerprint()
+    # What exists now is shared by every fork: out of the collector's reach, so that no collection
+    # in a kernel writes to (and copies) the pages of objects they all share.
+    gc.collect()
+    gc.freeze()
     signal.signal(signal.SIGCHLD, _reap)
     os.umask(0o077)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -198,7 +243,7 @@ def main() -> None:
     if os.path.exists(temporary):
         os.unlink(temporary)  # left by a fork server killed as it started
     listener.bind(temporary)
-    listener.listen(16)
+    listener.listen(64)  # kernels started at once wait in the backlog
     os.rename(temporary, path)
     serving = True
     while serving:

@@ -58,7 +58,7 @@ class StackSpec:
     overlays: tuple[str, ...]
     base_image: str = ""
     writable: bool = False
-    share_instance: bool = False
+    share_instance: bool | None = None  # None: the provisioner's default (shared)
     slurm: bool = False  # the kernel runs in a SLURM job (SLURM_PROVISIONER)
     origin: str = "auto"  # "auto": from the image directories; "custom": added by a user
     extra_config: dict = field(default_factory=dict)
@@ -90,8 +90,8 @@ class StackSpec:
             config["base_image"] = self.base_image
         if self.writable:
             config["writable"] = True
-        if self.share_instance:
-            config["share_instance"] = True
+        if self.share_instance is not None:
+            config["share_instance"] = self.share_instance
         return config
 
     def to_kernel_json(self) -> dict:
@@ -131,7 +131,7 @@ class StackSpec:
             overlays=tuple(config.get("overlays", [])),
             base_image=config.get("base_image", ""),
             writable=bool(config.get("writable", False)),
-            share_instance=bool(config.get("share_instance", False)),
+            share_instance=None if "share_instance" not in config else bool(config["share_instance"]),
             slurm=provisioner.get("provisioner_name") == SLURM_PROVISIONER or legacy_launcher == "slurm",
             origin=meta.get("origin", "auto"),
             extra_config={k: v for k, v in config.items() if k not in known},
@@ -263,7 +263,7 @@ def custom_spec(
     label: str = "",
     base_image: str = "",
     writable: bool = False,
-    share: bool = False,
+    share: bool | None = None,
     slurm: bool = False,
     extra_config: dict | None = None,
 ) -> StackSpec:

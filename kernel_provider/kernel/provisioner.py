@@ -33,7 +33,13 @@ from kernel_provider.host.zygote import ForkedKernel, ZygoteError, fork_problem
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
 from kernel_provider.kernel import kernellog, oci_mode
-from kernel_provider.kernel.provisioner_base import IPYKERNEL_MODULE, CondaTainerProvisionerBase, Placement, stack_label
+from kernel_provider.kernel.provisioner_base import (
+    IPYKERNEL_MODULE,
+    CondaTainerProvisionerBase,
+    Placement,
+    launcher_argv,
+    stack_label,
+)
 
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
 
@@ -60,9 +66,11 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
     """
 
     share_instance = Bool(
-        False,
+        True,
         config=True,
-        help="Kernels with the same stack share one instance (each its own exec); it stops with its last kernel.",
+        help="""Kernels with the same stack share one instance and its fork server, so each next
+        kernel is a fork that shares the preloaded modules' memory; the instance stays until its
+        last kernel ends. False: an instance per kernel (a writable env then takes one kernel at a time).""",
     )
     oci = Bool(
         False,
@@ -149,8 +157,19 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         how = "starting or joining the shared instance" if self.share_instance and not use_oci else "starting instance"
         self._begin_stack_record(plan)  # made while the instance starts
         self.progress.step("instance", f"{how}, mounting {stack_label(plan)}")
-        self.instance = await manager.acquire(plan, self.kernel_id, self.share_instance, notebook, oci=use_oci)
+        self.instance = await manager.acquire(
+            plan, self.kernel_id, self.share_instance, notebook, oci=use_oci, fork_python=self._fork_python()
+        )
         self.placement = Placement(instance=self.instance.name)
+
+    def _fork_python(self) -> str:
+        """The Python a new instance's fork server runs (the kernelspec's), or '' when this
+        kernel will not be a fork (no fork server, a kernelspec that sets env or runs no ipykernel)."""
+        spec = self.kernel_spec
+        if not self.fork_server or spec is None or spec.env:
+            return ""
+        argv = launcher_argv(list(spec.argv))
+        return argv[0] if len(argv) > 1 and argv[1] == LAUNCHER else ""
 
     def _visible_dir(self, kernel_cwd: str) -> str:
         """What to bind for the kernel's cwd: the server's root directory when the cwd is under it,

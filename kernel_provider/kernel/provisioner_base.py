@@ -70,6 +70,7 @@ KERNEL_ENV = {"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"}
 NEVER_CULL = 10**9  # seconds (31 years): jupyter_server's culler has no "never" per kernel
 IPYKERNEL_MODULE = "ipykernel_launcher"
 READY_TIMEOUT = 120.0  # how long the launch progress waits for a started kernel's first reply
+SHUTDOWN_WATCH = 1.0  # seconds a shutdown request watches the kernel end before KernelManager takes over
 
 
 class KernelStartError(web.HTTPError):
@@ -436,6 +437,15 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         returncode = await self.process.wait()
         self.process = None
         return returncode
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """Called by ``KernelManager`` right after it sent the kernel a ``shutdown_request``: wait
+        (at most ``SHUTDOWN_WATCH`` seconds) for the kernel to end. KernelManager looks only every
+        0.1 s, a pause longer than a forked kernel's whole exit, in every restart and shutdown."""
+        await super().shutdown_requested(restart=restart)
+        if self.process is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.process.wait(), SHUTDOWN_WATCH)
 
     async def kill(self, restart: bool = False) -> None:
         """``KernelManager.kill_kernel`` (also before a restart): SIGKILL through ``send_signal``."""

@@ -37,13 +37,21 @@ def _mount_args(plan: ContainerPlan, oci: bool = False) -> list[str]:
     return args
 
 
-def instance_start_argv(apptainer: str, plan: ContainerPlan, name: str, env_file: str) -> list[str]:
-    """``apptainer instance start`` with the plan's binds, overlays and flags."""
+START_SCRIPT = "/.singularity.d/startscript"  # what an instance runs as it starts (the image's %startscript)
+
+
+def instance_start_argv(
+    apptainer: str, plan: ContainerPlan, name: str, env_file: str, start_script: str = ""
+) -> list[str]:
+    """``apptainer instance start`` with the plan's binds, overlays and flags; ``start_script``: a
+    host file the instance runs in place of the image's own start script."""
+    replaced = ["--bind", f"{start_script}:{START_SCRIPT}:ro"] if start_script else []
     return [
         apptainer,
         "instance",
         "start",
         *_mount_args(plan),
+        *replaced,
         "--cleanenv",
         "--env-file",
         env_file,
