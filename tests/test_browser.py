@@ -578,7 +578,8 @@ def failing_lab(user_layout, conda_channel):
     (images / "corrupt--1.0.sqf.env").write_text("1BAD=x\n")  # a sidecar line the kernel will skip
     store = KernelspecStore()
     store.write(custom_spec(["python/3.11", "corrupt/1.0"], label="corrupt"))
-    store.write(custom_spec(["python/3.11", "env"], label="env rw", writable=True))
+    # Not shared (the default since kernels of a stack share its instance): a second kernel is refused.
+    store.write(custom_spec(["python/3.11", "env"], label="env rw", writable=True, share=False))
     store.write(custom_spec(["python/3.11", "gone/1.0"], label="gone"))
     root = user_layout / "notebooks"
     root.mkdir()
