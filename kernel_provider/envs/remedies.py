@@ -123,8 +123,9 @@ def kernel_remedy(kernel: str, spec: StackSpec) -> Remedy:
 
 
 def remedies(operations: EnvOperations, recorded: dict, current_kernel: str = "") -> list[Remedy]:
-    """The remedies for a recorded stack, the env's first (empty: none, or nothing differs).
-    ``current_kernel``: the notebook's kernelspec, never offered. Blocking: call it in a thread."""
+    """The remedies for a recorded stack, the env's first (empty: none). The client asks once
+    :func:`~kernel_provider.envs.stackrecord.compare` found a difference. ``current_kernel``: the
+    notebook's kernelspec, never offered. Blocking: call it in a thread."""
     recorded = stackrecord.check(recorded)
     catalog = operations.catalog()
     specs = KernelspecStore().read_all()
@@ -142,6 +143,8 @@ def remedies(operations: EnvOperations, recorded: dict, current_kernel: str = ""
 
 
 def _env_remedies(operations: EnvOperations, catalog: Catalog, recorded: dict, specs: dict) -> list[Remedy]:
+    """:func:`env_remedies` for the recorded env, once its history says it moved on; a freeze only
+    when its overlay would be new, the kernel of an earlier freeze when that overlay holds the revision."""
     env = recorded.get("env") or {}
     overlay, revision = catalog.by_name.get(env.get("name", "")), env.get("revision")
     if overlay is None or overlay.kind != "img" or not isinstance(revision, int):
