@@ -144,8 +144,12 @@ async def test_executed_notebooks_record_their_stack(api, kernel_env, jp_servera
         assert jp_serverapp.kernel_manager.get_kernel(kernel_id).provisioner.forked
         status, route = await api("GET", "kernels", kernel_id, "stack")
         info = await reply_to(client, client.kernel_info())
+        await jp_serverapp.kernel_manager.restart_kernel(kernel_id)
+        await client.wait_for_ready(timeout=120)
+        restarted = await reply_to(client, client.kernel_info())
     assert status == 200, route
     assert info["content"]["language_info"]["condatainer"] == route
+    assert restarted["content"]["language_info"]["condatainer"] == route, "a restart hands the record on"
     recorded = converted.metadata.language_info["condatainer"]
     print("recorded:", recorded)
     assert [o["name"] for o in recorded["overlays"]] == ["python/3.11", "hello/1.0"]
