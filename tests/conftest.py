@@ -559,6 +559,15 @@ async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
+async def run_job(api, *path, body) -> dict:
+    """POST a request that answers with a job (202), wait for it; the job, which must have succeeded."""
+    status, data = await api("POST", *path, body=body)
+    assert status == 202, (status, data)
+    job = await wait_job(api, data["job"]["id"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
 @asynccontextmanager
 async def env_kernel(api, serverapp, name: str, packages: list[str]):
     """A new writable env made through the REST API, and a kernel on ``python/3.11`` + it in that

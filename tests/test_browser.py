@@ -12,7 +12,8 @@ to it, as a site's local conda mirror would.
 Screenshots go to ``$JCT_SCREENSHOTS`` (default ``artifacts/screenshots`` in the repo, which
 CI keeps): ``01-panel``, ``02-create-progress``, ``03a-install-preview``, ``03-packages``,
 ``04-notebook``, ``04a-kernel-starts``, ``04b-kernel-logs``, ``04d-kernel-terminal``, ``04c-disk``,
-``06-stack-differs``, ``05-dark``.
+``06-stack-differs``, ``05-dark``; ``07-stack-remedies``, ``07a-kernel-switched``,
+``08-env-remedies``, ``08a-rollback-confirm``, ``08b-frozen-kernel``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,11 +121,35 @@ class Lab:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"null")
 
+    def post(self, path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            self.url + path,
+            method="POST",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read() or b"null")
+
+    def run_job(self, path: str, body: dict) -> dict:
+        """POST a request that answers with a job and wait for its end; the job, which must have succeeded."""
+        job_id = self.post(path, body)["job"]["id"]
+        job = poll(lambda: (j := self.get(f"/condatainer/api/jobs/{job_id}"))["state"] in FINAL_STATES and j, 180)
+        assert job and job["state"] == "succeeded", job
+        return job
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -134,25 +162,34 @@ class Lab:
             self.process.wait()
 
 
-@pytest.fixture
-def lab(user_layout, conda_channel):
-    """A running ``jupyter lab`` in the isolated layout, the test channel wired in."""
+def quiet_profile() -> None:
+    """No "get notified about news?" toast (and no request to the news feed) in a fresh profile."""
     config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])
-    # No "get notified about news?" toast (and no request to the news feed) in a fresh profile.
     settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
+
+
+def this_checkouts_panel() -> None:
+    """This checkout's panel build first in JUPYTER_PATH, before the one installed in the venv."""
+    built = REPO / "kernel_provider" / "labextension"
+    assert (built / "package.json").is_file(), f"{built} missing: run scripts/build-labextension.sh"
+    extensions = Path(os.environ["JUPYTER_PATH"]) / "labextensions"
+    extensions.mkdir(parents=True)
+    (extensions / EXTENSION).symlink_to(built)
+
+
+@pytest.fixture
+def lab(user_layout, conda_channel):
+    """A running ``jupyter lab`` in the isolated layout, the test channel wired in."""
+    quiet_profile()
     root = user_layout / "notebooks"
     root.mkdir()
     env = {**os.environ, **conda_channel.env}  # a site conda mirror, as CondaTainerConfig.container_env reads it
-    server = Lab(root, user_layout / "lab.log", env)
-    server.start()
-    try:
+    with Lab(root, user_layout / "lab.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -391,7 +428,8 @@ def walk_through(page, shots: Path, root: Path) -> None:
     differences = page.get_by_test_id("jp-condatainer-stack-differences")
     expect(differences).to_contain_text(f"moved on from revision {stack['env']['revision']}", timeout=KERNEL_TIMEOUT_MS)
     shot("06-stack-differs")
-    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(page.get_by_test_id("jp-condatainer-stack-remedies")).to_contain_text("Roll back the env to revision")
+    page.locator(".jp-Dialog .jp-mod-reject").click()  # "Keep as it is" (test_stack_dialog_* applies one)
 
     # The dark theme, from the Settings menu: the panel follows the theme's variables.
     page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
@@ -402,6 +440,124 @@ def walk_through(page, shots: Path, root: Path) -> None:
         "getComputedStyle(document.querySelector('#jp-condatainer-panel')).backgroundColor !== 'rgb(255, 255, 255)'"
     )
     shot("05-dark")
+
+
+# --- notebooks run headless, opened after their stack changed -----------------------------------
+
+
+@contextmanager
+def browsing(lab: Lab, shots: Path, failure_shot: str) -> Iterator:
+    """A Chromium page for ``lab``; on a failure, a screenshot (``failure_shot``) and the server's log."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        try:
+            yield page
+        except BaseException:
+            page.screenshot(path=str(shots / f"{failure_shot}.png"))
+            print(f"jupyter lab log:\n{lab.log_tail()}")
+            raise
+        finally:
+            browser.close()
+
+
+def executed_notebook(root: Path, spec) -> str:
+    """A notebook that ``nbconvert --execute`` ran on the kernelspec ``spec``, as a batch run leaves
+    it (its stack record in ``language_info``); its path below the server's root."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("6 * 7")])
+    nb.metadata["kernelspec"] = {"name": spec.name, "display_name": spec.display_name, "language": "python"}
+    nbformat.write(nb, root / "ran.ipynb")
+    convert = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace"]
+    subprocess.run([*convert, str(root / "ran.ipynb")], check=True, capture_output=True, timeout=300)
+    return "ran.ipynb"
+
+
+@pytest.fixture
+def headless_lab(user_layout, conda_channel):
+    """``jupyter lab`` with this checkout's panel and the test channel, its root still empty."""
+    quiet_profile()
+    this_checkouts_panel()
+    root = user_layout / "notebooks"
+    root.mkdir()
+    with Lab(root, user_layout / "lab.log", {**os.environ, **conda_channel.env}) as server:
+        yield server
+
+
+def test_stack_dialog_switches_a_headless_notebook_to_the_kernel_with_its_images(headless_lab, user_layout, tmp_path):
+    """A notebook nbconvert ran on python/3.11 + hello/1.0, whose hello/1.0 then changed; another
+    kernelspec has the recorded images (the old hello kept under another name)."""
+    from playwright.sync_api import expect
+
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+    lab, images, shots = headless_lab, user_layout / "images", screenshot_dir(tmp_path)
+    used = custom_spec(["python/3.11", "hello/1.0"], label="used")
+    KernelspecStore().write(used)
+    notebook = executed_notebook(lab.root, used)
+    shutil.copy2(images / "hello--1.0.sqf", images / "hellokept--1.0.sqf")
+    KernelspecStore().write(custom_spec(["python/3.11", "hellokept/1.0"], label="kept"))
+    hello = images / "hello--1.0.sqf"  # a link to the cache's image: replaced, never written
+    content = hello.read_bytes()
+    hello.unlink()
+    hello.write_bytes(content + bytes(4096))  # padded: other content, still a SquashFS that mounts
+
+    with browsing(lab, shots, "stack-remedies-failure") as page:
+        page.goto(f"{lab.url}/lab/tree/{notebook}?reset&token={lab.token}")
+        dialog = page.locator(".jp-Dialog", has_text="This notebook ran on another stack")
+        differences = dialog.get_by_test_id("jp-condatainer-stack-differences")
+        expect(differences).to_contain_text("hello/1.0 was rebuilt", timeout=KERNEL_TIMEOUT_MS)
+        expect(dialog.get_by_test_id("jp-condatainer-stack-remedies")).to_contain_text("CondaTainer: kept")
+        page.screenshot(path=str(shots / "07-stack-remedies.png"), animations="disabled")
+        dialog.get_by_role("button", name="Switch to kernel CondaTainer: kept").click()
+        status = page.locator("#jp-main-statusbar").get_by_text("CondaTainer: kept | Idle")
+        expect(status).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+        page.screenshot(path=str(shots / "07a-kernel-switched.png"), animations="disabled")
+
+
+def test_stack_dialog_freezes_the_recorded_env_revision_and_switches_to_it(headless_lab, tmp_path):
+    """A notebook nbconvert ran on an env at revision 0; the env moved on. A rollback asks first and
+    says it changes the env for everyone; a freeze of revision 0 needs no confirmation and ends on
+    the kernel it registers."""
+    from playwright.sync_api import expect
+
+    from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+
+    lab, shots = headless_lab, screenshot_dir(tmp_path)
+    lab.run_job("/condatainer/api/overlays", {"name": "hd", "size_mb": 128, "packages": ["zlib"]})
+    # Shared: the page opened again starts a kernel of its own next to the first one's, on one mount.
+    spec = custom_spec(["python/3.11", "hd"], label="hd", writable=True, share=True)
+    KernelspecStore().write(spec)
+    notebook = executed_notebook(lab.root, spec)
+    lab.run_job("/condatainer/api/overlays/hd/packages", {"specs": ["demo-tool"]})
+
+    with browsing(lab, shots, "env-remedies-failure") as page:
+        url = f"{lab.url}/lab/tree/{notebook}?reset&token={lab.token}"
+        page.goto(url)
+        dialog = page.locator(".jp-Dialog", has_text="This notebook ran on another stack")
+        differences = dialog.get_by_test_id("jp-condatainer-stack-differences")
+        expect(differences).to_contain_text("the env hd moved on from revision 0 to 1", timeout=KERNEL_TIMEOUT_MS)
+        page.screenshot(path=str(shots / "08-env-remedies.png"), animations="disabled")
+        dialog.get_by_role("button", name="Roll back the env to revision 0").click()
+        confirm = page.locator(".jp-Dialog", has_text="Roll back hd for everyone?")
+        expect(confirm).to_contain_text("This changes hd for everyone")
+        page.screenshot(path=str(shots / "08a-rollback-confirm.png"), animations="disabled")
+        confirm.locator(".jp-mod-reject").click()  # declined: nothing runs (the history below)
+        expect(confirm).to_have_count(0)
+
+        page.goto(url)  # opened again: asked again
+        freeze = "Freeze revision 0 into an overlay and switch to a kernel on it"
+        dialog.get_by_role("button", name=freeze).click(timeout=KERNEL_TIMEOUT_MS)
+        status = page.locator("#jp-main-statusbar").get_by_text("CondaTainer: hd-rev0/1.0 (frozen) | Idle")
+        expect(status).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        page.screenshot(path=str(shots / "08b-frozen-kernel.png"), animations="disabled")
+    history = lab.get("/condatainer/api/overlays/hd/history")["revisions"]
+    assert len(history) == 2, "the env is as it was: no rollback ran"
 
 
 # --- what a user meets off the happy path ------------------------------------------------------
@@ -415,66 +571,31 @@ def failing_lab(user_layout, conda_channel):
     (first in JUPYTER_PATH), a corrupt overlay, a kernel of the writable env and a broken kernel."""
     from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
-    config_dir = Path(os.environ["JUPYTER_CONFIG_DIR"])
-    settings = config_dir / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    built = REPO / "kernel_provider" / "labextension"
-    assert (built / "package.json").is_file(), f"{built} missing: run scripts/build-labextension.sh"
-    extensions = Path(os.environ["JUPYTER_PATH"]) / "labextensions"
-    extensions.mkdir(parents=True)
-    (extensions / EXTENSION).symlink_to(built)
+    quiet_profile()
+    this_checkouts_panel()
     images = user_layout / "images"
     (images / "corrupt--1.0.sqf").write_bytes(b"this is not squashfs" * 100)
     (images / "corrupt--1.0.sqf.env").write_text("1BAD=x\n")  # a sidecar line the kernel will skip
     store = KernelspecStore()
     store.write(custom_spec(["python/3.11", "corrupt/1.0"], label="corrupt"))
+    # Not shared (the default since kernels of a stack share its instance): a second kernel is refused.
     store.write(custom_spec(["python/3.11", "env"], label="env rw", writable=True, share=False))
     store.write(custom_spec(["python/3.11", "gone/1.0"], label="gone"))
     root = user_layout / "notebooks"
     root.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("MAMBA_CHANNEL_ALIAS", "CONDA_CHANNEL_ALIAS")}
-    server = Lab(root, user_layout / "lab.log", {**env, "MAMBA_CHANNEL_ALIAS": UNREACHABLE_ALIAS})
-    server.start()
-    try:
+    with Lab(root, user_layout / "lab.log", {**env, "MAMBA_CHANNEL_ALIAS": UNREACHABLE_ALIAS}) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def post(lab: Lab, path: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        lab.url + path,
-        method="POST",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"token {lab.token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read() or b"null")
 
 
 def test_failure_walk_every_first_line_says_what_happened_and_what_to_do(
     failing_lab, conda_channel, tmp_path, user_layout
 ):
-    from playwright.sync_api import expect, sync_playwright
-
     lab = failing_lab
     shots = screenshot_dir(tmp_path)
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        try:
-            page.goto(f"{lab.url}/lab?reset&token={lab.token}")
-            failure_walk(page, lab, shots, conda_channel)
-        except BaseException:
-            page.screenshot(path=str(shots / "failure-walk-failure.png"))
-            print(f"jupyter lab log:\n{lab.log_tail()}")
-            raise
-        finally:
-            browser.close()
+    with browsing(lab, shots, "failure-walk-failure") as page:
+        page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+        failure_walk(page, lab, shots, conda_channel)
     lab.stop()
     assert lab.process.returncode == 0, lab.log_tail()
 
@@ -569,8 +690,7 @@ def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
 
     # The writable env open in one notebook: Delete says who holds it before any confirmation,
     # and a second kernel of it names that notebook.
-    post(
-        lab,
+    lab.post(
         "/api/sessions",
         {"path": "first.ipynb", "name": "first.ipynb", "type": "notebook", "kernel": {"name": "condatainer-env-rw"}},
     )

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QuietReport, held_writable, run_cell, wait_job
+from conftest import QuietReport, held_writable, run_cell, run_job, wait_job
 
 from kernel_provider.envs.envmeta import EnvUnreadableError, read_env_meta
 from kernel_provider.envs.operations import read_conda_meta
@@ -30,14 +30,6 @@ BASE_IMAGE = "ubuntu24--base_image.sif"
 @pytest.fixture
 def jp_server_config(image_layout, channel_env):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True}}}
-
-
-async def run_job(api, *path, body) -> dict:
-    status, data = await api("POST", *path, body=body)
-    assert status == 202, (status, data)
-    job = await wait_job(api, data["job"]["id"])
-    assert job["state"] == "succeeded", job
-    return job
 
 
 def names(items) -> set[str]:

@@ -243,7 +243,8 @@ def test_a_failed_start_says_why_leaves_nothing_and_the_server_still_stops(kerne
         session = {"path": "x.ipynb", "name": "x.ipynb", "type": "notebook", "kernel": {"name": "condatainer-corrupt"}}
         answers["session"] = server.refused("POST", "/api/sessions", session)  # how JupyterLab starts kernels
         assert [p.name for p in runtime.glob("kernel-*.json")] == [f"kernel-{good}.json"]
-        assert {p.name for p in (runtime / "condatainer").glob("kernel-*")} == {f"kernel-{good}.env"}
+        kept = {f"kernel-{good}.env", f"kernel-{good}.stack.json"}  # the good kernel's env file and stack record
+        assert {p.name for p in (runtime / "condatainer").glob("kernel-*")} == kept
         assert len(store.ours()) == 1
         server.process.terminate()
         started = time.monotonic()

@@ -78,7 +78,7 @@ def check_target(ops: EnvOperations, source: str, name: str, version: str) -> Fr
     if target.exists() or os.path.exists(f"{target}.env") or existing is not None:
         where = existing.path if existing is not None else str(target)
         raise FileExistsError(f"an overlay named {full} already exists ({where}); pick another name or version")
-    check_new_name(full, "sqf", catalog, installed_kernel_names(), f"{full} (frozen)")
+    check_new_name(full, "sqf", catalog, installed_kernel_names(), kernel_label(full))
     return FreezeTarget(overlay, full, target)
 
 
@@ -244,7 +244,13 @@ def _carry_activation(meta_dir: Path, app: Path, report: Reporter) -> None:
             report.log(f"carried over the env's variables: {', '.join(sorted(env_vars))}")
 
 
+def kernel_label(name: str) -> str:
+    """The label of the kernel a freeze registers for the overlay ``name`` (its kernelspec name follows from it)."""
+    return f"{name} (frozen)"
+
+
 def whatis(target: FreezeTarget, rev: Revision) -> str:
+    """The description (``#WHATIS``) of a frozen overlay: which env and revision it holds."""
     return f"conda env {target.source.name} revision {rev.number} ({rev.time}), frozen read-only"
 
 
@@ -305,9 +311,9 @@ def register_frozen_kernel(ops: EnvOperations, name: str, has_python: bool) -> s
         if not pythons:
             return None
         stack.insert(0, pythons[-1].name)
-    spec = custom_spec(stack, label=f"{name} (frozen)")
+    spec = custom_spec(stack, label=kernel_label(name))
     KernelspecStore().write(spec)
     return spec.name
 
 
-__all__ = ["FreezeTarget", "check_target", "freeze", "register_frozen_kernel"]
+__all__ = ["FreezeTarget", "check_target", "freeze", "kernel_label", "register_frozen_kernel", "whatis"]

@@ -97,7 +97,7 @@ class Lifecycle:
             rev = history.select(revisions, revision)
             text = history.render_explicit(overlay.name, rev, meta)
             current = revisions[-1]
-            if _package_set(current) == _package_set(rev) and current.requested == rev.requested:
+            if current.package_set() == rev.package_set() and current.requested == rev.requested:
                 raise Unchanged(f"{overlay.name} already holds the packages of revision {rev.number}")
             write_private(lock_file, text)
             binds.extend(history.local_channel_dirs(text))
@@ -113,12 +113,8 @@ class Lifecycle:
             lock_file.unlink(missing_ok=True)
         rev = target["revision"]
         after = await asyncio.to_thread(self.history, name)
-        if not after or _package_set(after[-1]) != _package_set(rev):
+        if not after or after[-1].package_set() != rev.package_set():
             raise RuntimeError(
                 f"the rollback of {overlay.name} ran, but its packages differ from revision {rev.number}"
             )
         return f"rolled back {overlay.name} to revision {rev.number} (now revision {after[-1].number})"
-
-
-def _package_set(revision: Revision) -> set[tuple[str, str, str]]:
-    return {history.package_key(d) for d in revision.packages.values()}

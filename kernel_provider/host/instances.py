@@ -256,12 +256,12 @@ class InstanceManager:
         key = stack_key(plan)
         if oci:
             instance = await self._start(plan, key, False, oci=True)
+        elif (warm := self._take_warm(key, share)) is not None:
+            instance = warm
+        elif share:
+            instance = await self._shared(plan, key, fork_python)
         else:
-            instance = self._take_warm(key, share)
-            if instance is None and share:
-                instance = await self._shared(plan, key, fork_python)
-            elif instance is None:
-                instance = await self._start(plan, key, False, fork_python=fork_python)
+            instance = await self._start(plan, key, False, fork_python=fork_python)
         instance.kernels.add(kernel_id)
         if notebook:
             instance.notebooks[kernel_id] = notebook

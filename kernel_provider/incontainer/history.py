@@ -162,6 +162,11 @@ class Revision:
         data["requested"] = list(self.requested.values())
         return data
 
+    def package_set(self) -> set[tuple[str, str, str]]:
+        """The packages it holds, each as its :func:`package_key`: two revisions with the same set are the
+        same env (a rollback makes a new revision that holds an old one's packages)."""
+        return {package_key(d) for d in self.packages.values()}
+
 
 class HistoryError(ValueError):
     """A revision that does not exist, or one that cannot be locked; the message says why."""

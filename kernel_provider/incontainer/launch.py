@@ -19,6 +19,7 @@ import sys
 LIB_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NO_IPYKERNEL_EXIT = 3
 MAGIC_EXTENSION = "--ext=kernel_provider.incontainer.magic"
+STACK_EXTENSION = "--ext=kernel_provider.incontainer.stackinfo"  # the stack record in kernel_info
 
 
 def activate_conda_envs() -> None:
@@ -61,8 +62,9 @@ def prepare() -> None:
 
 
 def run_kernel(args: list[str]) -> None:
-    """Become ipykernel with the kernel's arguments (``-f CONNECTION_FILE`` …), the magic loaded."""
-    sys.argv = ["ipykernel_launcher", *args, MAGIC_EXTENSION]
+    """Become ipykernel with the kernel's arguments (``-f CONNECTION_FILE`` …), the magic and the
+    stack record loaded. The one way into ipykernel of an exec'd kernel and a forked one alike."""
+    sys.argv = ["ipykernel_launcher", *args, MAGIC_EXTENSION, STACK_EXTENSION]
     runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
 
 

@@ -4,8 +4,9 @@ Runs inside the container with the stack's Python, started once per instance by 
 exec`` with the instance's environment (what a kernel started by exec gets, less the variables
 of each kernel). It prepares itself as :mod:`.launch` prepares a kernel (conda activation, the
 supplied ipykernel), imports what every kernel imports (ipykernel, IPython, zmq, tornado, the
-``%condatainer`` magic) without creating a zmq context, an event loop or a thread (none may
-exist across a ``fork``), then serves a unix socket in the user's runtime directory.
+``%condatainer`` magic and the stack record's extension) without creating a zmq context, an
+event loop or a thread (none may exist across a ``fork``), then serves a unix socket in the
+user's runtime directory.
 
 One request per connection, one JSON line each way::
 
@@ -44,7 +45,15 @@ import sys
 import threading
 import traceback
 
-PRELOAD = ("zmq", "tornado", "tornado.ioloop", "ipykernel.kernelapp", "IPython", "kernel_provider.incontainer.magic")
+PRELOAD = (
+    "zmq",
+    "tornado",
+    "tornado.ioloop",
+    "ipykernel.kernelapp",
+    "IPython",
+    "kernel_provider.incontainer.magic",
+    "kernel_provider.incontainer.stackinfo",
+)
 # What IPKernelApp.initialize imports besides (about two thirds of a fork's start: the debugger's
 # pydevd above all). Optional: another ipykernel or an env without debugpy imports less.
 PRELOAD_IF_PRESENT = (

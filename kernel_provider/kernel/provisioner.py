@@ -155,6 +155,7 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         transport = self.parent.transport if self.parent is not None else self.transport
         use_oci = oci_mode.check(await manager.runtime(), plan.flags, self.oci or manager.config.oci, transport)
         how = "starting or joining the shared instance" if self.share_instance and not use_oci else "starting instance"
+        self._begin_stack_record(plan)  # made while the instance starts
         self.progress.step("instance", f"{how}, mounting {stack_label(plan)}")
         self.instance = await manager.acquire(
             plan, self.kernel_id, self.share_instance, notebook, oci=use_oci, fork_python=self._fork_python()

@@ -15,6 +15,8 @@ Hooks, in the order ``KernelManager`` calls them (see jupyter_client's ``provisi
 - ``launch_kernel`` (here): ``apptainer exec --cleanenv --env-file … instance://NAME`` of that
   argv, started by the launcher's :meth:`~CondaTainerProvisionerBase._spawn` (the local
   launcher first asks the instance's fork server for a fork: :mod:`kernel_provider.host.zygote`).
+  The kernel gets the record of its stack's images (:mod:`kernel_provider.host.stackimages`) for
+  its ``kernel_info_reply``; the local launcher makes it while the instance starts.
 - ``send_signal`` (each launcher's own), ``poll``, ``wait``, ``kill``, ``terminate``.
 - ``cleanup(restart)``: a restart keeps the instance; a shutdown releases it.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -46,7 +49,7 @@ from jupyter_client.session import Session
 from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode
 
-from kernel_provider.host import instanceinfo, supply
+from kernel_provider.host import instanceinfo, stackimages, supply
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.containers import plan_for_host
 from kernel_provider.host.instances import Instance, InstanceManager
@@ -54,7 +57,7 @@ from kernel_provider.host.python import PythonInfo
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.host.state import Owner, process_start_time
 from kernel_provider.host.zygote import ForkedKernel
-from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SHELL, SUPPLY_DIR
+from kernel_provider.incontainer.constants import LAUNCHER, LIB_DIR, SHELL, STACK_RECORD_VAR, SUPPLY_DIR
 from kernel_provider.incontainer.envlock import private_lock_dir
 from kernel_provider.kernel import kernellog, persistence
 from kernel_provider.kernel.progress import LaunchProgress
@@ -174,6 +177,8 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
     process: asyncio.subprocess.Process | ForkedKernel | None = None  # what launch_kernel started
     cwd: str | None = None  # the kernel's working directory
     _env_file: Path | None = None
+    _stack_record: asyncio.Future | None = None  # the stack record, made in a thread as the kernel starts
+    _record_file: Path | None = None  # the record handed to the kernel (incontainer.stackinfo)
     _progress: LaunchProgress | None = None
     kernel_output: IO[bytes] | None = None  # where _spawn sends the exec's output (kernellog)
     container_python = "python3"  # the kernel's Python in the container (its argv[0])
@@ -238,11 +243,33 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
 
     def _kernel_env(self, launch_env: dict[str, str]) -> list[tuple[str, str]]:
         """The kernel's whole environment (``--cleanenv``): the stack's, the kernelspec's, the
-        server's session variables and where the magic finds the instance's description."""
+        server's session variables, where the magic finds the instance's description and where
+        the kernel finds its stack record."""
         forwarded = [(key, launch_env[key]) for key in FORWARDED_ENV if key in launch_env]
         spec_env = list((self.kernel_spec.env or {}).items()) if self.kernel_spec else []
         info = [("CONDATAINER_INFO", str(instanceinfo.path(self.instance.name)))]
-        return [*self.instance.plan.env, *spec_env, *forwarded, *info]
+        record = [(STACK_RECORD_VAR, str(self._record_file))] if self._record_file else []
+        return [*self.instance.plan.env, *spec_env, *forwarded, *info, *record]
+
+    def _begin_stack_record(self, plan: ContainerPlan) -> None:
+        """Start making the kernel's stack record in a thread (it reads each image's head): the
+        start goes on meanwhile and ``launch_kernel`` waits for it."""
+        self._stack_record = asyncio.ensure_future(asyncio.to_thread(stackimages.plan_record, plan))
+
+    async def _write_stack_record(self) -> Path | None:
+        """The kernel's stack record as a file in the runtime directory for the kernel, which adds
+        its env's revision (:mod:`kernel_provider.incontainer.stackinfo`). A record that cannot be
+        made is logged and left out: the kernel starts anyway, its notebook then records no stack."""
+        if self._stack_record is None:  # a restart, or a launcher that did not start it early (SLURM)
+            self._begin_stack_record(self.instance.plan)
+        pending, self._stack_record = self._stack_record, None
+        try:
+            record = await pending
+        except OSError as err:
+            self.log.warning("CondaTainer kernel %s: no stack record for its notebook: %s", self.kernel_id, err)
+            return None
+        path = runtime_dir() / f"kernel-{self.kernel_id}.stack.json"
+        return write_private(path, json.dumps(record))
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Called by ``KernelManager.launch_kernel`` after ``pre_launch``, with its ``cmd`` and
@@ -252,6 +279,7 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
             self._apply_cull_timeout()
             self.cwd = str(kwargs.get("cwd") or os.getcwd())
             self.container_python = cmd[0]
+            self._record_file = await self._write_stack_record()
             env_file = runtime_dir() / f"kernel-{self.kernel_id}.env"
             kernel_env = command.render_env_file(self._kernel_env(kwargs.get("env", {})), oci=self.instance.oci)
             self._env_file = write_private(env_file, kernel_env)
@@ -435,9 +463,13 @@ class CondaTainerProvisionerBase(KernelProvisionerBase):
         if self._ready_watch is not None:
             self._ready_watch.cancel()
             self._ready_watch = None
-        if self._env_file:
-            self._env_file.unlink(missing_ok=True)
-            self._env_file = None
+        if self._stack_record is not None:  # a start that failed before the kernel took its record
+            self._stack_record.cancel()
+            self._stack_record = None
+        for path in (self._env_file, self._record_file):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        self._env_file = self._record_file = None
         if not restart:
             kernellog.forget(self.kernel_id, keep=self._progress is not None and self._progress.has_failed)
             await asyncio.to_thread(persistence.remove, self.manager.config, self.kernel_id)
