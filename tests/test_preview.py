@@ -109,3 +109,16 @@ def test_the_plan_reads_micromamba_json():
     assert plan["download_bytes"] == 2048 and plan["download_count"] == 1
     assert format_plan(plan)[-1] == "Plan: 1 added, 1 upgraded, 1 downgraded, 1 removed; download 2.0 KiB (1 packages)."
     assert parse_transaction('{"success": true, "message": "All requested packages already installed"}')["added"] == []
+
+
+def test_one_dry_run_command_for_the_server_and_the_magic():
+    """The server's preview and the magic's ``--dry-run`` run the same builder's argv."""
+    from kernel_provider.envs.preview import dry_run_command
+    from kernel_provider.incontainer import txplan
+
+    magic = txplan.dry_run_command("install", ["-c", "file:///ch", "numpy>=2"])
+    assert magic == ["mm-install", "-y", "--dry-run", "--json", "-c", "file:///ch", "numpy>=2"]
+    assert dry_run_command("install", ["numpy>=2"], ["file:///ch"]) == magic
+    assert dry_run_command("remove", ["numpy"], ["file:///ch"]) == txplan.dry_run_command("remove", ["numpy"])
+    with pytest.raises(ValueError, match="cannot preview 'create'"):
+        txplan.dry_run_command("create", ["numpy"])

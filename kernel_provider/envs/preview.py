@@ -33,7 +33,6 @@ from kernel_provider.model.overlays import Overlay
 from kernel_provider.model.plan import StackRequest, needs_fakeroot
 
 PREVIEW_TIMEOUT = 300.0  # a solve against a large channel can take minutes
-VERBS = ("install", "update", "remove")
 
 
 class PreviewError(ValueError):
@@ -45,11 +44,9 @@ class EnvSpaceError(DiskSpaceError):
 
 
 def dry_run_command(verb: str, specs: Sequence[str], channels: Sequence[str]) -> list[str]:
-    """``mm-VERB -y --dry-run --json [-c CH]… SPEC…`` (``remove`` takes no channels)."""
-    if verb not in VERBS:
-        raise ValueError(f"cannot preview {verb!r}; only {', '.join(VERBS)}")
+    """:func:`txplan.dry_run_command` with ``[-c CH]… SPEC…`` (``remove`` takes no channels)."""
     channel_args = [] if verb == "remove" else [a for c in channels for a in ("-c", c)]
-    return [f"mm-{verb}", "-y", "--dry-run", "--json", *channel_args, *specs]
+    return txplan.dry_run_command(verb, [*channel_args, *specs])
 
 
 async def preview(

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+
+VERBS = ("install", "update", "remove")  # the changes that can be previewed
 
 
 class TransactionError(ValueError):
     """The solver's answer was not the JSON of a transaction."""
+
+
+def dry_run_command(verb: str, args: Sequence[str]) -> list[str]:
+    """``mm-VERB -y --dry-run --json ARGS…``: the solver's plan of a change, as JSON, changing nothing.
+
+    One builder for both previews, so the magic's ``--dry-run`` and the server's show the same
+    plan: the magic passes the words typed after the verb, the server its channels and specs.
+    """
+    if verb not in VERBS:
+        raise ValueError(f"cannot preview {verb!r}; only {', '.join(VERBS)}")
+    return [f"mm-{verb}", "-y", "--dry-run", "--json", *args]
 
 
 def _version_key(version: str) -> tuple:
