@@ -1,11 +1,12 @@
 """Preview a package change: the solver's plan for an install, update or remove, changing nothing.
 
-CondaTainer's wrappers take micromamba's ``--dry-run --json``; the answer is read by
-:mod:`kernel_provider.incontainer.txplan` (the magic reads it the same way). The dry run runs
-where the change would: in our kernel's instance when one has the env mounted writable, else in a
-one-shot container that mounts the env **read-only** under a throw-away tmpfs (the solver
-writes its repodata cache; none of it reaches the image). So a preview needs neither the
-env's lock nor a copy, and never waits for a running change.
+CondaTainer's wrappers take micromamba's ``--dry-run --json``; the command and the reading of
+its answer are :mod:`kernel_provider.incontainer.txplan`'s (the magic's ``--dry-run`` uses the
+same). The dry run runs where the change would: in our kernel's instance when one has the env
+mounted writable, else in a one-shot container that mounts the env **read-only** under a
+throw-away tmpfs (the wrappers refuse an env they cannot write). Either way the solver's
+repodata goes into a temporary package cache outside the env, so a preview changes nothing in
+it, needs neither the env's lock nor a copy, and never waits for a running change.
 
 The same plan stops an install or update that would not fit in the env before it starts
 (:func:`check_room`): without it the change would copy the env and fail late, or, in a kernel's
