@@ -7,7 +7,17 @@ import asyncio
 import json
 
 import pytest
-from conftest import env_kernel, printed, run_cell, server_kernel, terminal_of, wait_until
+from conftest import (
+    Server,
+    env_kernel,
+    free_port,
+    printed,
+    processes_mentioning,
+    run_cell,
+    server_kernel,
+    terminal_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +142,32 @@ async def test_a_bad_overlay_name_gets_no_terminal(api, jp_fetch, kernel_env, na
     assert answer == status and message in body["message"], body
     assert json.loads((await jp_fetch("api", "terminals")).body) == []
     assert stack_env_files(kernel_env / "runtime") == []
+
+
+def test_a_crashed_servers_terminal_env_file_goes_at_the_next_start(kernel_env):
+    """A server killed with a stack terminal open leaves the terminal's env file; the next server's
+    start removes it, and keeps those of servers that still run (here, on this host, the test's own
+    process; and one on another host, which is never ours to judge)."""
+    from kernel_provider.host.state import Owner
+    from kernel_provider.kernel.stackshell import env_file_name, env_file_owner
+
+    runtime = kernel_env / "runtime"
+    server = Server(kernel_env, free_port())
+    try:
+        server.start()
+        model = server.request("POST", "/condatainer/api/overlays/hello/1.0/terminal")
+        assert model["name"], model
+        killed = server.process.pid
+        server.kill()
+        left = stack_env_files(runtime)
+        wait_until(lambda: not processes_mentioning(left[0].name), 60, "the killed server's terminal to end")
+        assert [env_file_owner(path.name).pid for path in left] == [killed], left
+        live = runtime / "condatainer" / env_file_name(Owner.current())
+        elsewhere = runtime / "condatainer" / env_file_name(Owner(killed, 1, "another-host.example"))
+        for path in (live, elsewhere):
+            path.write_text("")
+        server.start()
+        wait_until(lambda: not left[0].exists(), 60, "the next server to remove the dead server's env file")
+        assert stack_env_files(runtime) == sorted([live, elsewhere])
+    finally:
+        server.stop()
