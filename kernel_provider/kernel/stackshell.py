@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel_provider.envs.operations import EnvOperations, OneShot
-from kernel_provider.host.locks import is_locked, locked_files
+from kernel_provider.host.locks import is_written
 from kernel_provider.host.state import Owner
 from kernel_provider.incontainer.constants import SHELL
 from kernel_provider.incontainer.envlock import EnvBusyError
@@ -109,7 +109,7 @@ def stack_request(operations: EnvOperations, overlay: Overlay, cwd: str) -> tupl
 def refuse_if_written(operations: EnvOperations, overlay: Overlay) -> None:
     """:class:`EnvBusyError` when a container has the env open read-write (a kernel, an install):
     Apptainer would refuse the read-only mount with a less helpful message."""
-    if overlay.kind == "img" and is_locked(overlay.path, locked_files(write_only=True)):
+    if overlay.kind == "img" and is_written(overlay.path):
         raise EnvBusyError(
             f"{overlay.name} is open read-write by {operations.holder(overlay.path)}; open the terminal from "
             "that kernel (Kernel starts → Terminal), or try again when it stops"
