@@ -8,6 +8,7 @@ import json
 
 import pytest
 from conftest import (
+    RUNTIMES_AND_OCI,
     Server,
     env_kernel,
     free_port,
@@ -101,12 +102,18 @@ async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
     assert len(stack_env_files(kernel_env / "runtime")) == 1
 
 
-async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(api, jp_serverapp, kernel_env):
+@pytest.mark.parametrize("container_runtime", RUNTIMES_AND_OCI, indirect=True)
+async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(
+    request, container_runtime, api, jp_serverapp, kernel_env
+):
     """An overlay without Python and without a kernel: the terminal's stack is the one "Make kernel…"
-    then makes (python/3.11 first), with the overlay's .env sidecar variables."""
+    then makes (python/3.11 first), with the overlay's .env sidecar variables; on each runtime, and
+    in SingularityCE's OCI mode, where the terminal and the kernel are containers of their own."""
     status, model = await api("POST", "overlays", "hello/1.0", "terminal")
     assert status == 201, model
     assert "read-only" not in model["banner"], model
+    argv = terminal_of(jp_serverapp, model).ptyproc.argv
+    assert container_runtime in argv and ("--oci" in argv) == request.node.callspec.id.endswith("-oci"), argv
     # The terminal holds its images as a kernel does: the overlay cannot be deleted under it.
     await asyncio.to_thread(printed, terminal_of(jp_serverapp, model), "up")
     status, refused = await api("DELETE", "overlays", "hello/1.0")
