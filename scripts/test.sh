@@ -15,10 +15,11 @@
 # server-crash, unprivileged/fakeroot, magic and REST API installs, mm-*
 # wrappers, env lifecycle, fault, crash-matrix, error-message, CondaTainer-CLI interop and fork-server
 # modules — the matrix's create and install rows, $JCT_CRASH_OPERATIONS — and the kernel
-# terminal, disk/resize, install-preview and install-room modules). The modules that act as other
+# terminal, disk/resize, install-preview and install-room modules, and a SLURM kernel's terminal on
+# the session's private cluster, which runs as that user). The modules that act as other
 # users themselves (tests/test_two_users.py, tests/test_binder.py) run in the
 # root pass only and switch to the ordinary users with runuser; so does the
-# tmpfs disk-full tests (mount needs root). SLURM and browser tests run
+# tmpfs disk-full tests (mount needs root). The other SLURM tests and the browser tests run
 # in the root pass. JCT_TEST_USER= (empty) skips the second pass. The gates
 # run first, whatever the arguments; the pytest passes run even when they
 # fail. Exits non-zero if the gates or either pass fail.
@@ -96,6 +97,7 @@ if (( ! has_paths )); then
         tests/test_interop.py tests/test_diagnosis.py tests/test_terminal.py tests/test_disk.py \
         tests/test_preview.py tests/test_room.py \
         tests/test_persist_kernels.py::test_a_local_kernel_survives_a_sigkilled_server \
+        tests/test_slurm.py::test_terminal_in_a_slurm_kernel_is_a_step_of_its_job \
         tests/test_forkserver.py}"
     user_args+=("${default_tests[@]}")
 fi

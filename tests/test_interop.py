@@ -29,6 +29,7 @@ CLI's containers with ``APPTAINER_BIND``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -352,22 +353,19 @@ def test_condatainer_rm_is_refused_while_our_kernel_uses_an_image(world):
     assert not (images / "inuse--1.0.sqf").exists() and not (images / "inuse.img").exists()
 
 
-def test_our_delete_is_refused_while_condatainer_exec_holds_an_image(world):
-    images = world.images
-    sparse_copy(images / "env.img", images / "held.img")
-    shutil.copy(images / "hello--1.0.sqf", images / "held--1.0.sqf")
-    # The command ends by itself once told to, as a user's command would: a killed CLI leaves
-    # Apptainer's FUSE mounts (and their lock on held.img) behind for a while.
-    release = world.root / "release-held"
+@contextlib.contextmanager
+def held_by_cli(world: World, env: str, *options: str):
+    """``condatainer exec [OPTIONS] … -o ENV`` running until the block ends, once it has ENV.img
+    mounted; the CLI's process. The command ends by itself once told to, as a user's command would:
+    a killed CLI leaves Apptainer's FUSE mounts (and their lock on the env) behind for a while."""
+    image = str(world.images / f"{env}.img")
+    release = world.root / f"release-{env}"
+    release.unlink(missing_ok=True)
     wait_for_release = f"while [ ! -e {release} ]; do sleep 0.2; done"
-    process = world.cli.start("-q", "exec", "-o", "held/1.0", "-o", "held", "sh", "-c", wait_for_release)
+    process = world.cli.start("-q", "exec", *options, "-o", env, "sh", "-c", wait_for_release)
     try:
-        wait_until(lambda: held_by_anyone(str(images / "held.img")), 60, "condatainer exec to mount held.img")
-        rows = world.overlays()
-        assert rows["held/1.0"]["in_use"] and rows["held"]["in_use"], rows
-        for name in ("held/1.0", "held"):
-            status, answer = world.server.refused("DELETE", f"/condatainer/api/overlays/{name}")
-            assert status == 409 and "in use" in answer["message"], answer
+        wait_until(lambda: held_by_anyone(image), 60, f"condatainer exec to mount {env}.img")
+        yield process
     finally:
         release.touch()
         try:
@@ -375,10 +373,52 @@ def test_our_delete_is_refused_while_condatainer_exec_holds_an_image(world):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             raise
-    wait_until(lambda: not held_by_anyone(str(images / "held.img")), 60, "the CLI's container to end")
+    wait_until(lambda: not held_by_anyone(image), 60, "the CLI's container to end")
+
+
+def test_our_delete_is_refused_while_condatainer_exec_holds_an_image(world):
+    images = world.images
+    sparse_copy(images / "env.img", images / "held.img")
+    shutil.copy(images / "hello--1.0.sqf", images / "held--1.0.sqf")
+    with held_by_cli(world, "held", "-o", "held/1.0"):
+        rows = world.overlays()
+        assert rows["held/1.0"]["in_use"] and rows["held"]["in_use"], rows
+        for name in ("held/1.0", "held"):
+            status, answer = world.server.refused("DELETE", f"/condatainer/api/overlays/{name}")
+            assert status == 409 and "in use" in answer["message"], answer
     for name in ("held/1.0", "held"):
         world.server.request("DELETE", f"/condatainer/api/overlays/{name}")
     assert not (images / "held--1.0.sqf").exists() and not (images / "held.img").exists()
+
+
+def test_an_env_condatainer_exec_holds_is_refused_up_front_naming_its_process(world):
+    """Apptainer's own lock on an env a container that is not ours has mounted (an OFD lock,
+    which flock does not see): a writable kernel, an install, a removal and a delete are refused
+    before anything starts, naming the CLI's process; read-only, a terminal may share the env, and
+    once the CLI writes to it, the terminal is refused as well."""
+    sparse_copy(world.images / "env.img", world.images / "busy.img")
+    spec = custom_spec(["python/3.11", "busy"], label="busy", writable=True)
+    KernelspecStore().write(spec)
+    refusals = {
+        "kernel": ("POST", "/api/kernels", {"name": spec.name}),
+        "install": ("POST", "/condatainer/api/overlays/busy/packages", {"specs": ["demo-tool"]}),
+        "remove": ("DELETE", "/condatainer/api/overlays/busy/packages", {"specs": ["zlib"]}),
+        "delete": ("DELETE", "/condatainer/api/overlays/busy", None),
+    }
+    with held_by_cli(world, "busy") as cli:
+        for what, request in refusals.items():
+            status, answer = world.server.refused(*request)
+            print(what, status, answer["message"])
+            assert status in (409, 500) and "is in use by another program: pid" in answer["message"], answer
+            assert f"pid {cli.pid} (" in answer["message"], answer
+        terminal = world.server.request("POST", "/condatainer/api/overlays/busy/terminal")
+        world.server.request("DELETE", f"/api/terminals/{terminal['name']}")
+    with held_by_cli(world, "busy", "-w") as cli:
+        status, answer = world.server.refused("POST", "/condatainer/api/overlays/busy/terminal")
+        assert status == 409 and "busy is open read-write by another program: pid" in answer["message"], answer
+        assert f"pid {cli.pid} (" in answer["message"], answer
+    assert world.overlays()["busy"]["in_use"] is False
+    world.server.request("DELETE", "/condatainer/api/overlays/busy")
 
 
 # --- the kernel's environment and condatainer exec's ------------------------------------------

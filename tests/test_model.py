@@ -671,3 +671,15 @@ def test_the_magic_tells_specs_from_option_values():
     assert _specs_of(["numpy", "-c", "conda-forge", "--dry-run"]) == ["numpy"]
     assert _specs_of(["-c", "file:///data/channel"]) == []
     assert _specs_of(["--channel", "x", "a", "b>=1"]) == ["a", "b>=1"]
+
+
+def test_a_terminals_env_file_names_the_server_that_opened_it():
+    from kernel_provider.host.state import Owner
+    from kernel_provider.kernel.stackshell import env_file_name, env_file_owner
+
+    owner = Owner(4242, 987654, "login-1.cluster-a.example")
+    name = env_file_name(owner)
+    assert name.startswith("terminal-4242-987654-") and name.endswith("-login-1.cluster-a.example.env")
+    assert env_file_owner(name) == owner
+    assert env_file_owner("terminal-0123456789ab.env") is None  # an older name: no owner to judge
+    assert env_file_owner("kernel-4242-987654-ab-host.env") is None

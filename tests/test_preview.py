@@ -3,8 +3,11 @@ magic (``--dry-run``, then ``%condatainer apply``), checked against what the cha
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
+import threading
 
 import pytest
 from conftest import env_kernel, run_cell, wait_job
@@ -54,6 +57,59 @@ async def test_preview_plan_equals_what_the_change_does(channel_env, api, kernel
     changed = {n: (before[n], after[n]) for n in before.keys() & after.keys() if before[n] != after[n]}
     assert changed == {p["name"]: (p["from"], p["to"]) for p in plan["upgraded"]}
     assert after["demo-tool"] == f"{plan['added'][0]['version']}-{plan['added'][0]['build']}"
+
+
+# Every file of the env (path, size, mtime) and the dry runs' temporary package caches, as the kernel sees them.
+ENV_LISTING = """
+import glob, json, os
+def entry(path):
+    stat = os.lstat(path)
+    return [os.path.relpath(path, "/ext3/env"), stat.st_size, stat.st_mtime_ns]
+files = [entry(os.path.join(d, n)) for d, dirs, names in os.walk("/ext3/env") for n in dirs + names]
+caches = glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "condatainer-dry-run.*"))
+print(json.dumps({"env": sorted([entry("/ext3/env"), *files]), "caches": sorted(caches)}))
+"""
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+        pass
+
+
+@pytest.fixture
+def http_channel_env(conda_channel, monkeypatch):
+    """The test channels served over HTTP under the channel alias: the solver keeps an HTTP
+    channel's repodata in its package cache (a ``file://`` channel's it reads in place)."""
+    handler = functools.partial(QuietHandler, directory=str(conda_channel.root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("MAMBA_CHANNEL_ALIAS", f"http://127.0.0.1:{server.server_port}")
+    yield
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+async def test_a_preview_changes_nothing_in_the_env(http_channel_env, api, kernel_env, jp_serverapp):
+    """Not even the solver's repodata cache in the env's pkgs/: the server's preview in the kernel's
+    instance (which has the env mounted writable) and the magic's --dry-run leave every file of the
+    env as it was, and no temporary package cache behind."""
+    async with env_kernel(api, jp_serverapp, "pc", ["zlib"]) as (_, client):
+        listed, error = await run_cell(client, ENV_LISTING)
+        assert error is None, error
+        before = json.loads(listed)
+        change = {"specs": ["demo-tool"], "dry_run": True}
+        status, answer = await api("POST", "overlays", "pc", "packages", body=change)
+        assert status == 200 and "demo-tool" in [p["name"] for p in answer["plan"]["added"]], answer
+        shown, error = await run_cell(client, "%condatainer install demo-tool --dry-run")
+        assert error is None and "+ demo-tool" in shown, (shown, error)
+        listed, error = await run_cell(client, ENV_LISTING)
+        assert error is None, error
+        after = json.loads(listed)
+    changed = set(map(tuple, after["env"])) ^ set(map(tuple, before["env"]))
+    assert not changed, f"a preview changed the env (entries before or after only): {sorted(changed)}"
+    assert after["caches"] == before["caches"], "a dry run left its temporary package cache"
 
 
 async def test_magic_dry_run_then_apply_and_the_recorded_stack(channel_env, api, kernel_env, jp_serverapp):
@@ -109,3 +165,17 @@ def test_the_plan_reads_micromamba_json():
     assert plan["download_bytes"] == 2048 and plan["download_count"] == 1
     assert format_plan(plan)[-1] == "Plan: 1 added, 1 upgraded, 1 downgraded, 1 removed; download 2.0 KiB (1 packages)."
     assert parse_transaction('{"success": true, "message": "All requested packages already installed"}')["added"] == []
+
+
+def test_one_dry_run_command_for_the_server_and_the_magic():
+    """The server's preview and the magic's ``--dry-run`` run the same builder's argv."""
+    from kernel_provider.envs.preview import dry_run_command
+    from kernel_provider.incontainer import txplan
+
+    magic = txplan.dry_run_command("install", ["-c", "file:///ch", "numpy>=2"])
+    wrapped = ["sh", "-c", txplan.DRY_RUN_SCRIPT, "sh"]
+    assert magic == [*wrapped, "mm-install", "-y", "--dry-run", "--json", "-c", "file:///ch", "numpy>=2"]
+    assert dry_run_command("install", ["numpy>=2"], ["file:///ch"]) == magic
+    assert dry_run_command("remove", ["numpy"], ["file:///ch"]) == txplan.dry_run_command("remove", ["numpy"])
+    with pytest.raises(ValueError, match="cannot preview 'create'"):
+        txplan.dry_run_command("create", ["numpy"])

@@ -7,7 +7,18 @@ import asyncio
 import json
 
 import pytest
-from conftest import env_kernel, printed, run_cell, server_kernel, terminal_of, wait_until
+from conftest import (
+    RUNTIMES_AND_OCI,
+    Server,
+    env_kernel,
+    free_port,
+    printed,
+    processes_mentioning,
+    run_cell,
+    server_kernel,
+    terminal_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +102,18 @@ async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
     assert len(stack_env_files(kernel_env / "runtime")) == 1
 
 
-async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(api, jp_serverapp, kernel_env):
+@pytest.mark.parametrize("container_runtime", RUNTIMES_AND_OCI, indirect=True)
+async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(
+    request, container_runtime, api, jp_serverapp, kernel_env
+):
     """An overlay without Python and without a kernel: the terminal's stack is the one "Make kernel…"
-    then makes (python/3.11 first), with the overlay's .env sidecar variables."""
+    then makes (python/3.11 first), with the overlay's .env sidecar variables; on each runtime, and
+    in SingularityCE's OCI mode, where the terminal and the kernel are containers of their own."""
     status, model = await api("POST", "overlays", "hello/1.0", "terminal")
     assert status == 201, model
     assert "read-only" not in model["banner"], model
+    argv = terminal_of(jp_serverapp, model).ptyproc.argv
+    assert container_runtime in argv and ("--oci" in argv) == request.node.callspec.id.endswith("-oci"), argv
     # The terminal holds its images as a kernel does: the overlay cannot be deleted under it.
     await asyncio.to_thread(printed, terminal_of(jp_serverapp, model), "up")
     status, refused = await api("DELETE", "overlays", "hello/1.0")
@@ -132,3 +149,32 @@ async def test_a_bad_overlay_name_gets_no_terminal(api, jp_fetch, kernel_env, na
     assert answer == status and message in body["message"], body
     assert json.loads((await jp_fetch("api", "terminals")).body) == []
     assert stack_env_files(kernel_env / "runtime") == []
+
+
+def test_a_crashed_servers_terminal_env_file_goes_at_the_next_start(kernel_env):
+    """A server killed with a stack terminal open leaves the terminal's env file; the next server's
+    start removes it, and keeps those of servers that still run (here, on this host, the test's own
+    process; and one on another host, which is never ours to judge)."""
+    from kernel_provider.host.state import Owner
+    from kernel_provider.kernel.stackshell import env_file_name, env_file_owner
+
+    runtime = kernel_env / "runtime"
+    server = Server(kernel_env, free_port())
+    try:
+        server.start()
+        model = server.request("POST", "/condatainer/api/overlays/hello/1.0/terminal")
+        assert model["name"], model
+        killed = server.process.pid
+        server.kill()
+        left = stack_env_files(runtime)
+        wait_until(lambda: not processes_mentioning(left[0].name), 60, "the killed server's terminal to end")
+        assert [env_file_owner(path.name).pid for path in left] == [killed], left
+        live = runtime / "condatainer" / env_file_name(Owner.current())
+        elsewhere = runtime / "condatainer" / env_file_name(Owner(killed, 1, "another-host.example"))
+        for path in (live, elsewhere):
+            path.write_text("")
+        server.start()
+        wait_until(lambda: not left[0].exists(), 60, "the next server to remove the dead server's env file")
+        assert stack_env_files(runtime) == sorted([live, elsewhere])
+    finally:
+        server.stop()

@@ -16,7 +16,6 @@ import os
 import secrets
 
 from kernel_provider.envs.operations import EnvOperations, Reporter, current_user
-from kernel_provider.host.locks import held_by_anyone, in_use_message
 from kernel_provider.host.runtime import runtime_dir, write_private
 from kernel_provider.incontainer import history
 from kernel_provider.incontainer.history import EnvMeta, Revision
@@ -69,17 +68,6 @@ class Lifecycle:
         return rev
 
     # -- rollback --------------------------------------------------------------------------
-
-    def busy_reason(self, name: str) -> str | None:
-        """Why a change cannot run now (another container has the env mounted), or None."""
-        overlay = self.ops.find_env(name)
-        if self.ops.mounted_by(overlay) is not None:
-            return None  # our kernel's instance: the change runs through it
-        if self.ops.instances.warm_mounting(overlay.path):
-            return None  # an idle instance of ours: it is stopped before the change
-        if held_by_anyone(overlay.path):
-            return in_use_message(overlay.name, self.ops.holder(overlay.path))
-        return None
 
     async def rollback(self, report: Reporter, name: str, revision: int | str) -> str:
         """Make the env hold exactly the packages of ``revision``; recorded as a new revision."""

@@ -195,6 +195,18 @@ class EnvOperations:
         """Who has the image at ``path`` open, in words (for "in use" refusals)."""
         return holder(self.instances.store, path)
 
+    def busy_reason(self, name: str) -> str | None:
+        """Why a change of the env cannot run now (another container has it mounted: a kernel of
+        another server, ``condatainer exec``), or None. Blocking (reads locks): call it in a thread."""
+        overlay = self.find_env(name)
+        if self.mounted_by(overlay) is not None:
+            return None  # our kernel's instance: the change runs through it
+        if self.instances.warm_mounting(overlay.path):
+            return None  # an idle instance of ours: it is stopped before the change
+        if held_by_anyone(overlay.path):
+            return in_use_message(overlay.name, self.holder(overlay.path))
+        return None
+
     def mounted_by(self, overlay: Overlay) -> Instance | None:
         """Our running instance that has this image mounted, if any."""
         return next(

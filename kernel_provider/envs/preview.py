@@ -1,11 +1,12 @@
 """Preview a package change: the solver's plan for an install, update or remove, changing nothing.
 
-CondaTainer's wrappers take micromamba's ``--dry-run --json``; the answer is read by
-:mod:`kernel_provider.incontainer.txplan` (the magic reads it the same way). The dry run runs
-where the change would: in our kernel's instance when one has the env mounted writable, else in a
-one-shot container that mounts the env **read-only** under a throw-away tmpfs (the solver
-writes its repodata cache; none of it reaches the image). So a preview needs neither the
-env's lock nor a copy, and never waits for a running change.
+CondaTainer's wrappers take micromamba's ``--dry-run --json``; the command and the reading of
+its answer are :mod:`kernel_provider.incontainer.txplan`'s (the magic's ``--dry-run`` uses the
+same). The dry run runs where the change would: in our kernel's instance when one has the env
+mounted writable, else in a one-shot container that mounts the env **read-only** under a
+throw-away tmpfs (the wrappers refuse an env they cannot write). Either way the solver's
+repodata goes into a temporary package cache outside the env, so a preview changes nothing in
+it, needs neither the env's lock nor a copy, and never waits for a running change.
 
 The same plan stops an install or update that would not fit in the env before it starts
 (:func:`check_room`): without it the change would copy the env and fail late, or, in a kernel's
@@ -33,7 +34,6 @@ from kernel_provider.model.overlays import Overlay
 from kernel_provider.model.plan import StackRequest, needs_fakeroot
 
 PREVIEW_TIMEOUT = 300.0  # a solve against a large channel can take minutes
-VERBS = ("install", "update", "remove")
 
 
 class PreviewError(ValueError):
@@ -45,11 +45,9 @@ class EnvSpaceError(DiskSpaceError):
 
 
 def dry_run_command(verb: str, specs: Sequence[str], channels: Sequence[str]) -> list[str]:
-    """``mm-VERB -y --dry-run --json [-c CH]… SPEC…`` (``remove`` takes no channels)."""
-    if verb not in VERBS:
-        raise ValueError(f"cannot preview {verb!r}; only {', '.join(VERBS)}")
+    """:func:`txplan.dry_run_command` with ``[-c CH]… SPEC…`` (``remove`` takes no channels)."""
     channel_args = [] if verb == "remove" else [a for c in channels for a in ("-c", c)]
-    return [f"mm-{verb}", "-y", "--dry-run", "--json", *channel_args, *specs]
+    return txplan.dry_run_command(verb, [*channel_args, *specs])
 
 
 async def preview(

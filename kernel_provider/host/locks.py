@@ -5,7 +5,9 @@ base ``.sif`` and every ``.sqf``; removing or rebuilding an image probes with an
 exclusive lock and refuses while anyone holds it. ``.img`` files are not flock'ed by
 CondaTainer (Apptainer locks them itself while mounted, with an OFD lock that ``flock``
 does not see), so our instances flock their ``.img`` as well: ``condatainer rm`` then
-refuses to delete an env a kernel has mounted (tests/test_interop.py).
+refuses to delete an env a kernel has mounted (tests/test_interop.py). To see a container
+that is not ours, the probes ask for Apptainer's lock too (``F_OFD_GETLK``: a read lock
+for a ``:ro`` mount, a write lock for ``:rw``).
 """
 
 from __future__ import annotations
@@ -48,13 +50,42 @@ def _try_flock(path: str, exclusive: bool) -> int:
     return fd
 
 
+FLOCK_STRUCT = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+
+
+def record_lock_conflicts(path: str, lock_type: int) -> bool:
+    """Whether another open file holds a record lock on ``path`` that ``lock_type`` (``F_RDLCK``,
+    ``F_WRLCK``) on the whole file would conflict with: Apptainer's OFD lock on a mounted ``.img``,
+    which ``flock`` does not see. Asks without taking anything (``F_OFD_GETLK``), so a file we
+    cannot write is probed too; False for one we cannot open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        probe = struct.pack(FLOCK_STRUCT, lock_type, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return struct.unpack(FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK
+
+
 def is_in_use(path: str) -> bool:
-    """The LOCK_EX probe CondaTainer runs before removing an image."""
+    """The LOCK_EX probe CondaTainer runs before removing an image, and the same question put to
+    Apptainer's lock: a container that is not ours (``apptainer exec --overlay env.img:ro``) has it."""
     try:
         os.close(_try_flock(path, exclusive=True))
     except ImageBusyError:
         return True
-    return False
+    return record_lock_conflicts(path, fcntl.F_WRLCK)
+
+
+def is_written(path: str) -> bool:
+    """Whether a container has the ``.img`` mounted read-write (Apptainer's write lock), so no
+    other may mount it even read-only; ``/proc/locks`` answers for a file we cannot open."""
+    return record_lock_conflicts(path, fcntl.F_RDLCK) or is_locked(path, locked_files(write_only=True))
 
 
 class SharedLocks:
@@ -141,7 +172,7 @@ class ImageWriteHold:
         """Take the lock without waiting; :class:`EnvBusyError` when a container has the image mounted."""
         fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(FLOCK_STRUCT, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):

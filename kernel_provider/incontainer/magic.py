@@ -172,7 +172,7 @@ def _plan(verb: str, args: list[str]) -> dict:
     """The solver's plan for the change (``mm-VERB --dry-run --json``, :mod:`.txplan`); nothing changes.
     When it cannot be made, the solver's words go into the cell and the error says what they mean."""
     try:
-        returncode, out, err = run_quietly([f"mm-{verb}", "-y", "--dry-run", "--json", *args])
+        returncode, out, err = run_quietly(txplan.dry_run_command(verb, args))
     except CommandInterrupted:
         raise CondaTainerError(
             f"%condatainer {verb} was interrupted and mm-{verb} was stopped while it planned the change "

@@ -9,10 +9,37 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+
+VERBS = ("install", "update", "remove")  # the changes that can be previewed
+
+# Runs as: sh -c DRY_RUN_SCRIPT sh mm-VERB ARGS…   (inside the container)
+# micromamba writes repodata into the first writable of its package caches ($CONDA_PKGS_DIRS),
+# by default the env's own pkgs/: a throw-away one goes first, the ones a change would use stay
+# behind it (looked in only, so the plan's download still leaves out what they hold).
+DRY_RUN_SCRIPT = r"""
+cache=$(mktemp -d "${TMPDIR:-/tmp}/condatainer-dry-run.XXXXXX") || exit 1
+trap 'rm -rf "$cache"' EXIT
+trap 'exit 130' INT TERM HUP
+CONDA_PKGS_DIRS="$cache,${CONDA_PKGS_DIRS:-${CNT_CONDA_PREFIX:-/ext3/env}/pkgs}" "$@"
+"""
 
 
 class TransactionError(ValueError):
     """The solver's answer was not the JSON of a transaction."""
+
+
+def dry_run_command(verb: str, args: Sequence[str]) -> list[str]:
+    """``mm-VERB -y --dry-run --json ARGS…``: the solver's plan of a change, as JSON, changing nothing.
+
+    One builder for both previews, so the magic's ``--dry-run`` and the server's show the same
+    plan: the magic passes the words typed after the verb, the server its channels and specs.
+    A preview must not change the env, not even the repodata cache in its ``pkgs/``, so the solver
+    gets a temporary package cache of its own (:data:`DRY_RUN_SCRIPT`), removed when it ends.
+    """
+    if verb not in VERBS:
+        raise ValueError(f"cannot preview {verb!r}; only {', '.join(VERBS)}")
+    return ["sh", "-c", DRY_RUN_SCRIPT, "sh", f"mm-{verb}", "-y", "--dry-run", "--json", *args]
 
 
 def _version_key(version: str) -> tuple:

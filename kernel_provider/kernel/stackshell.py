@@ -20,18 +20,25 @@ writing, currently in use by another process"), and refuses the terminal while a
 writes to it. So the terminal's first line says what it holds, and a busy env is refused up front
 with who holds it. Like a kernel's instance, the terminal holds CondaTainer's shared ``flock`` on
 its images while it runs.
+
+Its env file outlives the call that writes it (the terminal reads it as it starts, the server removes
+it when the terminal has gone), so a server that crashes leaves it behind. The file's name says which
+server opened it (:func:`env_file_name`), and the next server's sweep at start removes those whose
+server is gone (:func:`sweep_env_files`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernel_provider.envs.operations import EnvOperations, OneShot
-from kernel_provider.host.locks import is_locked, locked_files
+from kernel_provider.host.locks import is_written
+from kernel_provider.host.state import Owner
 from kernel_provider.incontainer.constants import SHELL
 from kernel_provider.incontainer.envlock import EnvBusyError
 from kernel_provider.kernel.provisioner_base import kernel_request
@@ -40,6 +47,7 @@ from kernel_provider.model.overlays import Overlay, OverlayError
 from kernel_provider.model.plan import StackRequest
 
 CONTAINER_PYTHON = "python"  # what runs shell.py: the kernelspecs' argv[0], the stack's PATH python
+ENV_FILE_NAME = re.compile(r"terminal-(\d+)-(\d+)-[0-9a-f]+-(.+)\.env")  # see env_file_name
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,36 @@ def stack_request(operations: EnvOperations, overlay: Overlay, cwd: str) -> tupl
 def refuse_if_written(operations: EnvOperations, overlay: Overlay) -> None:
     """:class:`EnvBusyError` when a container has the env open read-write (a kernel, an install):
     Apptainer would refuse the read-only mount with a less helpful message."""
-    if overlay.kind == "img" and is_locked(overlay.path, locked_files(write_only=True)):
+    if overlay.kind == "img" and is_written(overlay.path):
         raise EnvBusyError(
             f"{overlay.name} is open read-write by {operations.holder(overlay.path)}; open the terminal from "
             "that kernel (Kernel starts → Terminal), or try again when it stops"
         )
+
+
+def env_file_name(owner: Owner) -> str:
+    """``terminal-PID-START-RANDOM-HOST.env``: the terminal's env file, signed by the server that
+    opens it (its PID and start time, as instance state files are; the host, as the runtime
+    directory can be in a home shared between hosts)."""
+    return f"terminal-{owner.pid}-{owner.start_time}-{secrets.token_hex(6)}-{owner.host}.env"
+
+
+def env_file_owner(filename: str) -> Owner | None:
+    """The server that signed a terminal's env file (:func:`env_file_name`); None for any other name."""
+    match = ENV_FILE_NAME.fullmatch(filename)
+    return Owner(int(match.group(1)), int(match.group(2)), match.group(3)) if match else None
+
+
+def sweep_env_files(directory: Path) -> list[Path]:
+    """Remove the terminals' env files in ``directory`` whose server is gone (a crashed server's;
+    a live server's, this host's or another's, stay); returns those removed."""
+    removed = []
+    for path in sorted(directory.glob("terminal-*.env")):
+        owner = env_file_owner(path.name)
+        if owner is not None and not owner.is_alive():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 async def open_stack_shell(operations: EnvOperations, name: str, cwd: str) -> StackShell:
@@ -118,6 +151,6 @@ async def open_stack_shell(operations: EnvOperations, name: str, cwd: str) -> St
     overlay = await asyncio.to_thread(operations.find, name)
     await asyncio.to_thread(refuse_if_written, operations, overlay)
     stack, request = await asyncio.to_thread(stack_request, operations, overlay, cwd)
-    container = await operations.prepare_oneshot(request, f"terminal-{secrets.token_hex(6)}.env")
+    container = await operations.prepare_oneshot(request, env_file_name(Owner.current()))
     first_line = banner(stack, overlay if overlay.kind == "img" else None)
     return StackShell(shell_argv(container, cwd, first_line), container.env_file, first_line)

@@ -1,8 +1,9 @@
 """The jupyter_server extension: REST API for overlays and jobs, plus housekeeping.
 
 At start it syncs the kernelspecs with the image directories (so a user sees the
-stacks that exist), stops instances left behind by a crashed server and, where SLURM's
-clients are on PATH, cancels the SLURM kernel jobs such a server left. Job progress
+stacks that exist), stops instances left behind by a crashed server, removes the env
+files of its stack terminals and, where SLURM's clients are on PATH, cancels the SLURM
+kernel jobs such a server left. Job progress
 goes out on jupyter_server's event bus (schema ``JOB_EVENT``), and so do the steps of
 every CondaTainer kernel's start (:mod:`kernel_provider.server.progress`) and the kernels'
 notices: queue, time limit, culling (schema ``KERNEL_EVENT``, :mod:`kernel_provider.kernel.notices`).
@@ -22,7 +23,8 @@ from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
-from kernel_provider.kernel import notices, persistence, slurm, slurm_provisioner
+from kernel_provider.host.runtime import runtime_dir
+from kernel_provider.kernel import notices, persistence, slurm, slurm_provisioner, stackshell
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
 from kernel_provider.server import disk, progress, runtime_handler, stack, terminal
@@ -45,7 +47,10 @@ class CondaTainerExtension(ExtensionApp):
         True, config=True, help="Write/refresh our kernelspecs from the image directories when the server starts."
     )
     sweep_orphans = Bool(
-        True, config=True, help="Stop instances left by a crashed server (ours only) when the server starts."
+        True,
+        config=True,
+        help="Stop instances, and remove stack terminals' env files, left by a crashed server (ours only) "
+        "when the server starts.",
     )
     job_concurrency = Integer(
         config=True,
@@ -143,6 +148,8 @@ class CondaTainerExtension(ExtensionApp):
         for outcome in recovery.outcomes:
             self.log.warning("CondaTainer recovery: %s", outcome)
             self.jobs.record("recover", "", outcome)
+        for path in await asyncio.to_thread(stackshell.sweep_env_files, runtime_dir()):
+            self.log.info("CondaTainer: removed %s, the env file of a terminal whose server is gone", path)
         await self._sweep_slurm_jobs()
         try:
             swept = await InstanceManager.for_config(self.condatainer).sweep_orphans()

@@ -117,6 +117,13 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
         if job:
             raise web.HTTPError(409, job_running_message(name, job))
 
+    async def not_mounted(self, name: str) -> None:
+        """409 while a container that is not ours to run the change in has the env mounted, with who:
+        refused before a job starts (:meth:`EnvOperations.busy_reason`)."""
+        busy = await asyncio.to_thread(self.operations.busy_reason, name)
+        if busy:
+            raise web.HTTPError(409, busy)
+
     async def read(self, reader, *args):
         """Run a blocking reader of an env in a thread: bad input is 400, an env that cannot be
         read reliably now (another container has it open read-write) 409."""
@@ -194,7 +201,8 @@ class PackagesHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        """Install packages into the env (specs, channels): 202 and the job, 409 while another job runs on it."""
+        """Install packages into the env (specs, channels): 202 and the job, 409 while another job runs
+        on it or another container has it mounted."""
         await self._change(name, "install")
 
     @web.authenticated
@@ -206,7 +214,8 @@ class PackagesHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
-        """Remove packages from the env (specs): 202 and the job, 409 while another job runs on it."""
+        """Remove packages from the env (specs): 202 and the job, 409 while another job runs on it or
+        another container has it mounted."""
         await self._change(name, "remove")
 
     async def _change(self, name: str, verb: str) -> None:
@@ -221,7 +230,8 @@ class PackagesHandler(BaseHandler):
             if data.get("dry_run") is True:
                 self.finish({"plan": await preview(self.operations, name, verb, specs, channels)})
                 return
-        self.not_busy(name)
+        await self.not_mounted(name)
+        self.not_busy(name)  # then at once the job: no other request comes in between
         job = self.jobs.submit(verb, name, lambda report: self.operations.change(report, name, verb, specs, channels))
         self.accepted(job)
 
@@ -358,10 +368,8 @@ class RollbackHandler(_LifecycleHandler):
         if isinstance(revision, bool) or not isinstance(revision, int):
             raise web.HTTPError(400, "revision must be an integer (see GET …/history)")
         self.not_busy(name)
+        await self.not_mounted(name)
         lifecycle = self.lifecycle()
-        busy = await asyncio.to_thread(lifecycle.busy_reason, name)
-        if busy:
-            raise web.HTTPError(409, busy)
         await self.read(lifecycle.check_revision, name, revision)
         job = self.jobs.submit("rollback", name, lambda report: lifecycle.rollback(report, name, revision))
         self.accepted(job)

@@ -24,6 +24,8 @@ Behaviour kept from the real wrappers:
   ``mm-install``/``mm-update`` use the ``-c`` channels followed by the ``.condarc`` ones.
   Channel names resolve against ``$MAMBA_CHANNEL_ALIAS`` (also ``$CONDA_CHANNEL_ALIAS``), as in
   micromamba; the tests point it at a local directory holding ``conda-forge/`` and ``bioconda/``.
+- Package cache: ``$CNT_CONDA_PREFIX/pkgs`` (repodata in its ``cache/``), or micromamba's
+  ``$CONDA_PKGS_DIRS`` (comma-separated; the first is written, all are looked in).
 - Pins: every line of ``conda-meta/pinned`` (written by ``mm-pin``) constrains every solve.
 - Specs are conda match specs (``python=3.11``, ``libdemo >=2``). ``conda-meta/history`` gets
   micromamba's entries (``==> date <==``, ``# cmd:``, ``-``/``+`` dists, ``# update specs:``,
@@ -77,6 +79,14 @@ def env_prefix() -> Path:
             "overlay, e.g. condatainer e env.img, or exec -w -o env.img)"
         )
     return Path(value)
+
+
+def pkgs_dirs(prefix: Path) -> list[Path]:
+    """The package caches, as micromamba's ``pkgs_dirs``: ``$CONDA_PKGS_DIRS`` (comma-separated),
+    else ``PREFIX/pkgs`` (the wrappers' root prefix is the env). Repodata and downloads go into the
+    first (micromamba: the first writable one); a package found in any of them is not fetched."""
+    listed = [Path(entry) for entry in os.environ.get("CONDA_PKGS_DIRS", "").split(",") if entry.strip()]
+    return listed or [prefix / "pkgs"]
 
 
 def require_writable(prefix: Path) -> None:
@@ -326,9 +336,10 @@ async def solve(prefix: Path, channels: list[str], specs: list[str], locked: lis
         virtual = VirtualPackage.detect(VirtualPackageOverrides.from_env())
     except Exception:  # noqa: BLE001 - detection is best effort, like micromamba
         virtual = []
-    # Repodata is cached in PREFIX/pkgs/cache as micromamba does; a failed solve leaves no trace.
-    fresh = [d for d in (prefix / "pkgs", prefix / "pkgs" / "cache") if not d.exists()]
-    gateway = Gateway(cache_dir=prefix / "pkgs" / "cache")
+    # Repodata is cached in the package cache's cache/ as micromamba does; a failed solve leaves no trace.
+    pkgs = pkgs_dirs(prefix)[0]
+    fresh = [d for d in (pkgs, pkgs / "cache") if not d.exists()]
+    gateway = Gateway(cache_dir=pkgs / "cache")
     kwargs = dict(
         gateway=gateway, locked_packages=locked, virtual_packages=virtual, constraints=match_specs(read_pins(prefix))
     )
@@ -428,19 +439,21 @@ async def execute(plan: Plan, requested: list[str], args) -> None:
     from rattler import install
 
     prefix = plan.prefix
-    had_tag = (prefix / "CACHEDIR.TAG").exists()
+    cache = pkgs_dirs(prefix)[0]
+    tag = cache.parent / "CACHEDIR.TAG"
+    had_tag = tag.exists()
     prefix.mkdir(parents=True, exist_ok=True)
     await install(
         plan.records,
         target_prefix=prefix,
-        cache_dir=prefix / "pkgs",
+        cache_dir=cache,
         installed_packages=plan.installed,
         requested_specs=[m._match_spec for m in match_specs(requested)],
         show_progress=False,
         execute_link_scripts=False,
     )
-    if not had_tag:  # rattler tags the parent of its package cache, here the env itself
-        (prefix / "CACHEDIR.TAG").unlink(missing_ok=True)
+    if not had_tag:  # rattler tags the parent of its package cache, by default the env itself
+        tag.unlink(missing_ok=True)
 
 
 def plan_json(plan: Plan | None, dry_run: bool) -> dict:
@@ -461,12 +474,12 @@ def plan_json(plan: Plan | None, dry_run: bool) -> dict:
 
     if plan is None or plan.empty:
         return {"success": True, "dry_run": dry_run, "message": "All requested packages already installed"}
-    pkgs = plan.prefix / "pkgs"
-    fetch = [
-        r
-        for r in plan.link
-        if not (pkgs / r.file_name).exists() and not (pkgs / re.sub(r"(\.tar\.bz2|\.conda)$", "", r.file_name)).is_dir()
-    ]
+
+    def cached(record, pkgs: Path) -> bool:
+        unpacked = re.sub(r"(\.tar\.bz2|\.conda)$", "", record.file_name)
+        return (pkgs / record.file_name).exists() or (pkgs / unpacked).is_dir()
+
+    fetch = [r for r in plan.link if not any(cached(r, pkgs) for pkgs in pkgs_dirs(plan.prefix))]
     return {
         "success": True,
         "dry_run": dry_run,
@@ -592,8 +605,9 @@ async def explicit_records(prefix: Path, entries: list[tuple[str, str]], install
             channel, subdir, _ = _split_url(url)
             wanted.setdefault((channel, subdir), []).append(url)
     if wanted:
-        fresh = [d for d in (prefix / "pkgs", prefix / "pkgs" / "cache") if not d.exists()]
-        gateway = Gateway(cache_dir=prefix / "pkgs" / "cache")
+        pkgs = pkgs_dirs(prefix)[0]
+        fresh = [d for d in (pkgs, pkgs / "cache") if not d.exists()]
+        gateway = Gateway(cache_dir=pkgs / "cache")
         try:
             for (channel, subdir), urls in wanted.items():
                 names = sorted({_dist_of(_split_url(u)[2]).rsplit("-", 2)[0] for u in urls})
