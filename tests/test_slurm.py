@@ -108,7 +108,8 @@ def test_job_script_starts_reports_and_stops_the_instance():
     )
     assert script.startswith("#!/bin/bash\n")
     assert "if ! apptainer instance start --bind '/a b' base.sif jcts-x; then" in script
-    assert "stop_instance() { apptainer instance stop jcts-x >/dev/null 2>&1; exit 0; }" in script
+    stop = 'stop_instance() { kill "$holder" 2>/dev/null; apptainer instance stop jcts-x >/dev/null 2>&1; exit 0; }'
+    assert stop in script, "the sleep that holds the job ends with it"
     assert "trap stop_instance TERM INT HUP" in script
     assert 'report state=ready "host=$(hostname)" "proxy=$(find_proxy)" "addr=$(hostname -I' in script
     assert slurm.parse_status("state=ready\nhost=cn1\nproxy=10.0.0.1:3128\n") == {
@@ -287,6 +288,7 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
     """Start → job step in the container, with the job's variables and the proxy; execute,
     interrupt, restart in the same job, shutdown leaving no job, instance or state."""
     name = add_slurm_spec("lifecycle", slurm_args=["--partition=debug"])
+    holding_before = job_holders()
     proxy = FakeProxy(slurm_env / "xdg-data")
     server = Server(slurm_env, free_port())
     timings: dict[str, float] = {}
@@ -345,10 +347,27 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
         assert processes_mentioning(job_name) == []
         assert list((slurm_env / "runtime" / "condatainer").glob(f"{job_name}*")) == []
         assert list((slurm_env / "runtime" / "condatainer").glob("kernel-*.env")) == []
+        wait_until(lambda: job_holders() <= holding_before, 10, "the job script's sleep to end with the job")
     finally:
         server.stop()
         proxy.close()
     print("\nSLURM kernel timings (s):", {k: round(v, 2) for k, v in timings.items()})
+
+
+def job_holders() -> set[str]:
+    """PIDs of the ``sleep 3600`` that holds a kernel's job (see ``slurm.job_script``)."""
+    return {
+        entry.name
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _cmdline(entry) == b"sleep\x003600\x00"
+    }
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.fixture

@@ -225,13 +225,13 @@ def job_script(start_argv: Sequence[str], stop_argv: Sequence[str], status_file:
     The status file (``key=value`` lines, replaced atomically) tells the server that the
     instance is up and which proxy the node sees. A SIGTERM (``scancel``) stops the
     instance before the job ends: with ``proctrack/linuxproc`` its daemonised processes
-    would otherwise outlive the job.
+    would otherwise outlive the job (and so would the ``sleep`` that holds the job).
     """
     return f"""#!/bin/bash
 # jupyter-condatainer: holds a kernel's allocation and its Apptainer instance.
 status={shlex.quote(status_file)}
 report() {{ printf '%s\\n' "$@" >"$status.tmp" && mv -f "$status.tmp" "$status"; }}
-stop_instance() {{ {shlex.join(stop_argv)} >/dev/null 2>&1; exit 0; }}
+stop_instance() {{ kill "$holder" 2>/dev/null; {shlex.join(stop_argv)} >/dev/null 2>&1; exit 0; }}
 trap stop_instance TERM INT HUP
 {proxy_finder_script()}
 if ! {shlex.join(start_argv)}; then
@@ -239,7 +239,7 @@ if ! {shlex.join(start_argv)}; then
     exit 1
 fi
 report state=ready "host=$(hostname)" "proxy=$(find_proxy)" "addr=$(hostname -I 2>/dev/null | cut -d' ' -f1)"
-while :; do sleep 3600 & wait $!; done
+while :; do sleep 3600 & holder=$!; wait "$holder"; done
 """
 
 
