@@ -240,3 +240,35 @@ def test_warm_instances_across_a_server_kill_the_cli_and_the_server_exit(kernel_
         assert store.ours() == []
     finally:
         server.stop()
+
+
+def test_the_debugger_answers_in_a_forked_kernel(kernel_env):
+    """The fork server imports pydevd (ipykernel's debugger) before it forks: a forked kernel's
+    debugger still initializes, attaches and says it is started, cells run under it, and it detaches."""
+
+    async def scenario():
+        async with Kernel(shared_spec("debug"), kernel_env) as kernel:
+            assert kernel.forked
+            client = kernel.client
+
+            async def debug(command: str, arguments: dict | None = None) -> dict:
+                msg = client.session.msg(
+                    "debug_request", {"type": "request", "seq": 1, "command": command, "arguments": arguments or {}}
+                )
+                client.control_channel.send(msg)
+                while True:
+                    reply = await client.get_control_msg(timeout=30)
+                    if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                        return reply["content"]
+
+            initialized = await debug("initialize", {"clientID": "test", "adapterID": "python", "pathFormat": "path"})
+            assert initialized.get("success"), initialized
+            attached = await debug("attach")
+            assert attached.get("success"), attached
+            info = await debug("debugInfo")
+            assert info["success"] and info["body"]["isStarted"], info
+            out, error = await execute(client, "print(sum(range(10)))")
+            assert error is None and out.strip() == "45"
+            assert (await debug("disconnect", {"restart": False, "terminateDebuggee": False}))["success"]
+
+    asyncio.run(scenario())
