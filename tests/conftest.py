@@ -168,7 +168,15 @@ def user_layout(image_layout, monkeypatch):
         (image_layout / sub).mkdir()
         monkeypatch.setenv(variable, str(image_layout / sub))
     monkeypatch.setenv("JUPYTER_PATH", str(image_layout / "data"))
+    # A server restarted in a test would warm the stacks of its first life's kernels: only
+    # tests/test_prewarm.py wants that.
+    set_server_config(image_layout, {"CondaTainerExtension": {"prewarm_recent": 0}})
     return image_layout
+
+
+def set_server_config(layout: Path, config: dict) -> None:
+    """The ``jupyter_server_config.json`` of the servers a test starts in ``layout``."""
+    (layout / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
 
 
 @pytest.fixture

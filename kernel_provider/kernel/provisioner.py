@@ -32,7 +32,7 @@ from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.host.zygote import ForkedKernel, ZygoteError, fork_problem
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.incontainer.proctree import descendants
-from kernel_provider.kernel import kernellog, oci_mode
+from kernel_provider.kernel import kernellog, oci_mode, prewarm
 from kernel_provider.kernel.provisioner_base import (
     IPYKERNEL_MODULE,
     CondaTainerProvisionerBase,
@@ -160,6 +160,7 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
         self.instance = await manager.acquire(
             plan, self.kernel_id, self.share_instance, notebook, oci=use_oci, fork_python=self._fork_python()
         )
+        await asyncio.to_thread(prewarm.note, manager.config, getattr(self.parent, "kernel_name", "") or "")
         self.placement = Placement(instance=self.instance.name)
 
     def _fork_python(self) -> str:

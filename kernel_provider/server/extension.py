@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Integer, default
+from traitlets import Bool, Integer, List, Unicode, default
 
 from kernel_provider.envs.jobs import Job, JobRegistry
 from kernel_provider.envs.operations import EnvOperations
@@ -24,7 +24,7 @@ from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
 from kernel_provider.host.process import InstanceError
 from kernel_provider.host.runtime import runtime_dir
-from kernel_provider.kernel import notices, persistence, slurm, slurm_provisioner, stackshell
+from kernel_provider.kernel import notices, persistence, prewarm, slurm, slurm_provisioner, stackshell
 from kernel_provider.kernel.kernelspecs import KernelspecStore
 from kernel_provider.model.overlays import scan
 from kernel_provider.server import disk, progress, runtime_handler, stack, terminal
@@ -58,6 +58,22 @@ class CondaTainerExtension(ExtensionApp):
         help="""How many overlay jobs (create, install, remove, rollback, freeze) run at once; more
         wait as 'queued' in the order they came. Default: the number of CPUs.""",
     )
+
+    prewarm = List(
+        Unicode(),
+        config=True,
+        help="""Kernelspec names (e.g. 'condatainer-python-3.11') whose stacks start warm when the
+        server starts, so that the first notebook on them gets a fork of a running fork server.""",
+    )
+    prewarm_recent = Integer(
+        1,
+        config=True,
+        min=0,
+        help="""Also start warm the stacks of this many kernelspecs whose kernels started most
+        recently (recorded in the state directory). 0: only the 'prewarm' ones.""",
+    )
+
+    _prewarming: asyncio.Task | None = None
 
     @default("job_concurrency")
     def _default_job_concurrency(self) -> int:
@@ -139,8 +155,12 @@ class CondaTainerExtension(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         InstanceManager.for_config(self.condatainer).serve()  # stop_extension stops what it owns
         await self._adoption  # before the sweeps: they must find adopted kernels owned
-        if not self.sweep_orphans:
-            return
+        if self.sweep_orphans:
+            await self._sweep()
+        self._prewarming = asyncio.get_running_loop().create_task(self._prewarm())
+
+    async def _sweep(self) -> None:
+        """Clean up after a crashed server: unfinished env work, terminals' env files, SLURM jobs, instances."""
         operations: EnvOperations = self.settings["condatainer_operations"]
         recovery = await asyncio.to_thread(operations.recover)
         for path in recovery.removed:
@@ -158,6 +178,17 @@ class CondaTainerExtension(ExtensionApp):
             return
         if swept:
             self.log.info("CondaTainer: stopped %d orphaned instance(s): %s", len(swept), ", ".join(swept))
+
+    async def _prewarm(self) -> None:
+        """Start the chosen stacks warm (:mod:`kernel_provider.kernel.prewarm`), after the sweeps."""
+        latest = await asyncio.to_thread(prewarm.recent, self.condatainer)
+        names = prewarm.chosen(self.prewarm, latest, self.prewarm_recent)
+        if not names:
+            return
+        manager = self.serverapp.kernel_manager
+        warmed = await prewarm.prewarm(manager, names, self.serverapp.root_dir, self.log)
+        if warmed:
+            self.log.info("CondaTainer: started warm: %s", ", ".join(warmed))
 
     async def _adopt_kernels(self, manager: CondaTainerKernelManager) -> None:
         adopted = await manager.adopt_kernels()
@@ -186,6 +217,9 @@ class CondaTainerExtension(ExtensionApp):
             notices.board.listeners.remove(self._emit_notice)
         for kernel_id in slurm_provisioner.waiting_kernels():
             slurm_provisioner.cancel_start(kernel_id)
+        if self._prewarming is not None:
+            self._prewarming.cancel()
+            await asyncio.gather(self._prewarming, return_exceptions=True)
         await self.jobs.shutdown()
         self.settings["condatainer_terminals"].forget_ended(everything=True)
         await InstanceManager.for_config(self.condatainer).close()
