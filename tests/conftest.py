@@ -175,8 +175,13 @@ def user_layout(image_layout, monkeypatch):
 
 
 def set_server_config(layout: Path, config: dict) -> None:
-    """The ``jupyter_server_config.json`` of the servers a test starts in ``layout``."""
-    (layout / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
+    """Add to the ``jupyter_server_config.json`` of the servers a test starts in ``layout``
+    (section by section: what ``user_layout`` set stays unless a section says otherwise)."""
+    path = layout / "config" / "jupyter_server_config.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    for section, values in config.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    path.write_text(json.dumps(merged))
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import signal
 import urllib.request
 
 import pytest
-from conftest import wait_until
-from test_browser import KERNEL_LABEL, KERNEL_TIMEOUT_MS, browser_page, lab, post  # noqa: F401 - fixtures
+from conftest import set_server_config, wait_until
+from test_browser import KERNEL_LABEL, KERNEL_TIMEOUT_MS, browser_page, lab  # noqa: F401 - fixtures
 
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
@@ -33,7 +33,7 @@ def persisting(user_layout):
         "MappingKernelManager": {"cull_idle_timeout": 3600, "cull_interval": 1},
         "SessionManager": {"database_filepath": str(user_layout / "sessions.db")},
     }
-    (user_layout / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
+    set_server_config(user_layout, config)
     KernelspecStore().write(custom_spec(["python/3.11"], label="soon-idle", extra_config={"cull_idle_timeout": 2}))
     return user_layout
 
@@ -92,7 +92,7 @@ def test_an_open_notebook_keeps_its_kernel_across_a_killed_server(persisting, la
         expect(notebook.locator(".jp-OutputArea-output").nth(1)).to_have_text("42", timeout=KERNEL_TIMEOUT_MS)
 
         # A kernel culled for idleness: JupyterLab is told so (our notification, from the event bus).
-        post(lab, "/api/kernels", {"name": "condatainer-soon-idle"})
+        lab.post("/api/kernels", {"name": "condatainer-soon-idle"})
         toast = page.locator(".Toastify__toast", has_text="without activity (idle culling)")
         expect(toast).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
         assert page.errors == []

@@ -11,12 +11,11 @@ countdown included, is part of ``test_slurm_sessions.py`` (it shares that server
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 
 import pytest
-from conftest import KERNEL, Server, connect, free_port, running_instances, wait_until
+from conftest import KERNEL, Server, connect, free_port, running_instances, set_server_config, wait_until
 
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
@@ -32,7 +31,7 @@ def persisting_server(layout) -> Server:
         "CondaTainerKernelManager": {"persist_kernels": True},
         "SessionManager": {"database_filepath": str(layout / "sessions.db")},
     }
-    (layout / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
+    set_server_config(layout, config)
     return Server(layout, free_port())
 
 
