@@ -28,6 +28,15 @@ def jp_server_config(kernel_env):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True, "jupyter_server_terminals": True}}}
 
 
+@pytest.fixture(autouse=True)
+async def terminals_end(request):
+    """The in-process server's teardown leaves its terminals running, and a terminal on an image
+    holds its shared lock, which would block a later test's LOCK_EX on the same (hard-linked) file."""
+    yield
+    if "jp_serverapp" in request.fixturenames:
+        await request.getfixturevalue("jp_serverapp").web_app.settings["terminal_manager"].terminate_all()
+
+
 async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch, jp_serverapp, kernel_env):
     async with env_kernel(api, jp_serverapp, "tenv", ["zlib", "demo-tool"]) as (kernel_id, client):
         kernel_side, error = await run_cell(
@@ -132,6 +141,11 @@ async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_
         )
         assert error is None, error
     assert terminal_side == kernel_side.strip() == "/cnt/python/3.11/bin/python hi from /cnt/hello/1.0 1"
+    # Closed, it lets its images go (a shared lock left behind would block a later LOCK_EX on them).
+    env_file = argv[argv.index("--env-file") + 1]  # in the command line of each process of the terminal
+    await jp_serverapp.web_app.settings["terminal_manager"].terminate(model["name"], force=True)
+    ended = "the terminal's processes to end"
+    await asyncio.to_thread(wait_until, lambda: not processes_mentioning(env_file), 60, ended)
 
 
 @pytest.mark.parametrize(
