@@ -28,16 +28,20 @@ def jp_server_config(kernel_env):
     return {"ServerApp": {"jpserver_extensions": {"kernel_provider": True, "jupyter_server_terminals": True}}}
 
 
-@pytest.fixture(autouse=True)
-async def terminals_end(request):
-    """The in-process server's teardown leaves its terminals running, and a terminal on an image
-    holds its shared lock, which would block a later test's LOCK_EX on the same (hard-linked) file."""
+@pytest.fixture
+def terminals_end(jp_serverapp):
+    """Ends the server's terminals after the test: the in-process server's teardown leaves them
+    running, and a terminal on an image holds its shared lock, which would block a later test's
+    LOCK_EX on the same (hard-linked) file. Last among a test's fixtures, so that the server
+    starts after what configures it."""
     yield
-    if "jp_serverapp" in request.fixturenames:
-        await request.getfixturevalue("jp_serverapp").web_app.settings["terminal_manager"].terminate_all()
+    for term in list(jp_serverapp.web_app.settings["terminal_manager"].terminals.values()):
+        term.ptyproc.terminate(force=True)
 
 
-async def test_terminal_runs_in_the_kernels_container(channel_env, api, jp_fetch, jp_serverapp, kernel_env):
+async def test_terminal_runs_in_the_kernels_container(
+    channel_env, api, jp_fetch, jp_serverapp, kernel_env, terminals_end
+):
     async with env_kernel(api, jp_serverapp, "tenv", ["zlib", "demo-tool"]) as (kernel_id, client):
         kernel_side, error = await run_cell(
             client,
@@ -63,7 +67,7 @@ def stack_env_files(runtime) -> list:
 
 
 async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
-    channel_env, api, jp_fetch, jp_serverapp, kernel_env
+    channel_env, api, jp_fetch, jp_serverapp, kernel_env, terminals_end
 ):
     """Terminal on an env row of the panel: the stack of the env's kernel, the env read-only; refused while
     that kernel has the env mounted read-write."""
@@ -113,7 +117,7 @@ async def test_terminal_on_an_env_without_a_kernel_sees_what_its_kernel_sees(
 
 @pytest.mark.parametrize("container_runtime", RUNTIMES_AND_OCI, indirect=True)
 async def test_terminal_on_an_overlay_has_its_sidecar_and_the_python_its_kernel_gets(
-    request, container_runtime, api, jp_serverapp, kernel_env
+    request, container_runtime, api, jp_serverapp, kernel_env, terminals_end
 ):
     """An overlay without Python and without a kernel: the terminal's stack is the one "Make kernel…"
     then makes (python/3.11 first), with the overlay's .env sidecar variables; on each runtime, and
