@@ -355,19 +355,8 @@ def test_slurm_kernel_lifecycle_through_jupyter_server(slurm_env, slurm_cluster)
 
 
 def job_holders() -> set[str]:
-    """PIDs of the ``sleep 3600`` that holds a kernel's job (see ``slurm.job_script``)."""
-    return {
-        entry.name
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and _cmdline(entry) == b"sleep\x003600\x00"
-    }
-
-
-def _cmdline(entry: Path) -> bytes:
-    try:
-        return (entry / "cmdline").read_bytes()
-    except OSError:
-        return b""
+    """The ``sleep 3600`` processes that hold a kernel's job (see ``slurm.job_script``)."""
+    return {line for line in processes_mentioning("sleep 3600") if line.split(": ", 1)[1] == "sleep 3600 "}
 
 
 @pytest.fixture

@@ -162,11 +162,9 @@ class Zygote:
         zygote = cls(python, socket_path, process)
         zygote.env_file = env_file
         try:
-            await asyncio.wait_for(zygote._listening(zygote._exec_ended), READY_TIMEOUT)
-        except BaseException as err:
+            await zygote._listening(zygote._exec_ended)
+        except BaseException:
             await zygote.close()
-            if isinstance(err, asyncio.TimeoutError):
-                raise ZygoteError(f"the fork server did not listen within {READY_TIMEOUT:.0f} s") from None
             raise
         return zygote
 
@@ -184,13 +182,7 @@ class Zygote:
                 return ""
             return f"the fork server exited with status {status} (see the instance's log)"
 
-        if wait:
-            try:
-                await asyncio.wait_for(zygote._listening(ended), READY_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise ZygoteError(f"the fork server did not listen within {READY_TIMEOUT:.0f} s") from None
-        else:
-            await zygote._hello()
+        await (zygote._listening(ended) if wait else zygote._hello())
         return zygote
 
     def _exec_ended(self) -> str:
@@ -199,19 +191,21 @@ class Zygote:
         return ""
 
     async def _listening(self, ended: Callable[[], str]) -> None:
-        """Until the server answers a hello on its socket (whose path it creates when it listens)."""
+        """Until the server answers a hello on its socket (whose path it creates when it listens),
+        at most READY_TIMEOUT seconds; ``ended`` says why it never will, or ''."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
         while not os.path.exists(self.socket_path):  # noqa: ASYNC240 - a stat in the runtime directory
             if reason := ended():
                 raise ZygoteError(reason)
+            if loop.time() > deadline:
+                raise ZygoteError(f"the fork server did not listen within {READY_TIMEOUT:.0f} s")
             await asyncio.sleep(POLL_INTERVAL)
         await self._hello()
 
     async def _hello(self) -> None:
         """Learn the server's host PID, by which :meth:`alive` and :meth:`close` know it."""
-        try:
-            self.pid = await asyncio.to_thread(self._request, b'{"hello": true}\n')
-        except (OSError, ValueError) as err:
-            raise ZygoteError(f"the fork server did not answer: {err}") from err
+        self.pid = await self._ask({"hello": True})
         self._start_time = process_start_time(self.pid)
 
     def alive(self) -> bool:
@@ -227,12 +221,14 @@ class Zygote:
     async def fork(self, args: list[str], env: dict[str, str], cwd: str, log: str = "") -> ForkedKernel:
         """A kernel forked with these arguments, extra variables and working directory; its output
         appended to ``log`` (a file the container sees at the same path)."""
-        request = json.dumps({"args": args, "env": env, "cwd": cwd, "log": log}).encode() + b"\n"
+        return ForkedKernel(await self._ask({"args": args, "env": env, "cwd": cwd, "log": log}))
+
+    async def _ask(self, request: dict) -> int:
+        """One request, in a thread: the host PID of the process that answered."""
         try:
-            pid = await asyncio.to_thread(self._request, request)
+            return await asyncio.to_thread(self._request, json.dumps(request).encode() + b"\n")
         except (OSError, ValueError) as err:
             raise ZygoteError(f"the fork server did not answer: {err}") from err
-        return ForkedKernel(pid)
 
     def _request(self, request: bytes) -> int:
         """One request, blocking (run in a thread): the host PID of the process that answered."""

@@ -43,9 +43,10 @@ def recent(config: CondaTainerConfig) -> list[str]:
 def note(config: CondaTainerConfig, kernel_name: str) -> None:
     """Record a kernel start (blocking: a small file). Two servers writing at once lose one
     name at worst: the list only chooses what to warm."""
-    if not kernel_name:
-        return
-    names = [kernel_name, *(name for name in recent(config) if name != kernel_name)][:KEEP]
+    latest = recent(config)
+    if not kernel_name or latest[:1] == [kernel_name]:
+        return  # nothing to record, or already the latest: no write on every start of the same kernel
+    names = [kernel_name, *(name for name in latest if name != kernel_name)][:KEEP]
     path = _recent_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private(path, json.dumps(names))
