@@ -459,11 +459,13 @@ class InstanceManager:
                 if oci
                 else ", or use a kernel with share_instance so both notebooks use one instance"
             )
+            ours = holders(self.store, [env_image.path]).get(env_image.path)
+            what = f"Shut that kernel down{share}" if ours else "End that program first"
             raise ImageBusyError(
                 in_use_message(
                     f"The env {os.path.basename(env_image.path)}",
-                    holder(self.store, env_image.path),
-                    advice=f"a writable env can be mounted by one container at a time. Shut that kernel down{share}.",
+                    ours or holder(self.store, env_image.path),
+                    advice=f"a writable env can be mounted by one container at a time. {what}.",
                 )
             )
 
