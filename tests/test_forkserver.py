@@ -18,16 +18,18 @@ from jupyter_client.manager import AsyncKernelManager
 
 from kernel_provider.envs.operations import EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
-from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.instances import InstanceManager, read_ahead_list
+from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.host.state import StateStore
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+from kernel_provider.kernel.provisioner import channels_listening
 
 pytestmark = pytest.mark.integration
 
 FACTS = (
-    "import json, os, random, sys; "
+    "import gc, json, os, random, sys; "
     "print(json.dumps({'random': random.random(), 'pid': os.getpid(), 'env': dict(os.environ), "
-    "'path': sys.path, 'cwd': os.getcwd(), 'sid': os.getsid(0) == os.getpid()}))"
+    "'path': sys.path, 'cwd': os.getcwd(), 'sid': os.getsid(0) == os.getpid(), 'gc': gc.isenabled()}))"
 )
 
 
@@ -118,6 +120,7 @@ def test_forked_kernels(kernel_env):
     a, b, c = asyncio.run(scenario())
     assert a["random"] != b["random"] and a["pid"] != b["pid"]
     assert a["sid"] and b["sid"]
+    assert a["gc"] and b["gc"], "the fork server imports without the collector; its kernels collect"
     assert a["env"] == c["env"], _env_difference(a["env"], c["env"])
     assert a["path"] == c["path"] and a["cwd"] == c["cwd"] == str(kernel_env)
 
@@ -125,6 +128,11 @@ def test_forked_kernels(kernel_env):
 async def _until_dead(km: AsyncKernelManager) -> None:
     while await km.is_alive():
         await asyncio.sleep(0.1)
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.05)
 
 
 async def _until_zygote(instance, alive: bool = True) -> None:
@@ -270,5 +278,51 @@ def test_the_debugger_answers_in_a_forked_kernel(kernel_env):
             out, error = await execute(client, "print(sum(range(10)))")
             assert error is None and out.strip() == "45"
             assert (await debug("disconnect", {"restart": False, "terminateDebuggee": False}))["success"]
+
+    asyncio.run(scenario())
+
+
+def test_a_cold_start_reads_ahead_what_the_last_one_read_and_returns_a_listening_kernel(kernel_env):
+    """The fork server lists the files its imports read; the start script of the stack's next
+    instance reads them ahead, in the background: a FIFO put in the list is opened by that reader,
+    and the kernel starts while the reader waits on it. ``start_kernel`` returns once the kernel
+    listens on every channel, so no client waits ZMQ's reconnect interval."""
+    name = shared_spec("ahead", warm_timeout=0)  # every start is cold
+
+    async def start() -> AsyncKernelManager:
+        km = AsyncKernelManager(kernel_name=name)
+        await km.start_kernel(cwd=str(kernel_env))
+        assert channels_listening(km.get_connection_info())
+        assert km.provisioner.forked
+        return km
+
+    async def scenario():
+        km = await start()
+        instance = km.provisioner.instance
+        listed = read_ahead_list(instance.plan, instance.zygote.python)
+        await asyncio.wait_for(_until(listed.exists), 30)  # once the fork server is idle
+        files = listed.read_text().splitlines()
+        assert any(f.endswith("ipykernel/__pycache__/kernelapp.cpython-311.pyc") for f in files), files[:20]
+        await km.shutdown_kernel(now=True)
+
+        fifo = runtime_dir() / "read-ahead-probe"
+        os.mkfifo(fifo)
+        listed.write_text(f"{fifo}\n/no/such/file\n" + "\n".join(files) + "\n")
+        km = await start()
+        try:
+            client = km.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            out, _ = await execute(client, "print(6 * 7)")
+            assert out.strip() == "42"
+            client.stop_channels()
+            # the reader waits on the FIFO: opening it to write succeeds only while a reader has it open
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(writer)
+            # replaced by the new fork server's own list
+            await asyncio.wait_for(_until(lambda: str(fifo) not in listed.read_text().splitlines()), 30)
+        finally:
+            fifo.unlink()
+            await km.shutdown_kernel(now=True)
 
     asyncio.run(scenario())

@@ -1,19 +1,24 @@
 """The two provisioner classes without Apptainer or SLURM: entry points, options, persistence,
-and the SLURM kernel's connection file."""
+the SLURM kernel's connection file, when a kernel listens, and what a fork server read."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import json
+import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 import tomllib
 from jupyter_client.manager import KernelManager
 
+from kernel_provider.incontainer import zygote as zygote_module
+from kernel_provider.incontainer.zygote import files_read
 from kernel_provider.kernel.kernelspecs import custom_spec
-from kernel_provider.kernel.provisioner import CondaTainerProvisioner
+from kernel_provider.kernel.provisioner import CHANNELS, CondaTainerProvisioner, channels_listening, listening_ports
 from kernel_provider.kernel.provisioner_base import CondaTainerProvisionerBase, Placement
 from kernel_provider.kernel.slurm_provisioner import CondaTainerSlurmProvisioner
 
@@ -95,3 +100,36 @@ def test_slurm_connection_file_asks_for_ports_is_kept_by_a_restart_and_removed_a
     assert path.exists(), "not jupyter_client's to remove"
     asyncio.run(provisioner.cleanup(restart=False))
     assert not path.exists()
+
+
+def test_channels_listening_needs_every_channel_bound(tmp_path):
+    """ipc: each channel's socket file; tcp: each port in LISTEN state (real sockets)."""
+    ipc = {"transport": "ipc", "ip": str(tmp_path / "k"), **{name: i + 1 for i, name in enumerate(CHANNELS)}}
+    for port in range(1, 5):
+        (tmp_path / f"k-{port}").touch()
+    assert not channels_listening(ipc)
+    (tmp_path / "k-5").touch()
+    assert channels_listening(ipc)
+
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in CHANNELS]
+    try:
+        tcp = {"transport": "tcp", "ip": "127.0.0.1"}
+        tcp.update({name: s.getsockname()[1] for name, s in zip(CHANNELS, sockets)})
+        assert tcp["shell_port"] in listening_ports()
+        assert channels_listening(tcp)
+        sockets.pop().close()
+        assert not channels_listening(tcp)
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_files_read_lists_the_interpreter_and_each_modules_bytecode_in_order():
+    """What the fork server leaves for the next start to read ahead: regular files only, each once,
+    the mapped interpreter before the modules, a module's bytecode when it has some."""
+    files = files_read()
+    assert len(files) == len(set(files)) and all(os.path.isabs(f) and os.path.isfile(f) for f in files)
+    assert os.path.realpath(sys.executable) in files
+    spec = zygote_module.__spec__
+    mine = spec.cached if spec.cached and os.path.isfile(spec.cached) else spec.origin
+    assert files.index(os.path.realpath(sys.executable)) < files.index(mine)

@@ -87,6 +87,11 @@ def image_identity(plan: ContainerPlan) -> list[list]:
     return identity
 
 
+def read_ahead_list(plan: ContainerPlan, python: str) -> Path:
+    """Where the fork servers of this stack list the files they read (:meth:`Zygote.read_ahead_list`)."""
+    return Zygote.read_ahead_list(python, [image.path for image in (plan.base_image, *plan.overlays)])
+
+
 def instance_env(name: str, plan: ContainerPlan) -> list[tuple[str, str]]:
     """What every process of an instance gets (its start script, its fork server, each kernel):
     the stack's variables and where the magic finds the instance's description."""
@@ -449,7 +454,14 @@ class InstanceManager:
             return await Zygote.attach(instance.name, python, wait=True)
         with contextlib.suppress(ZygoteError):
             return await Zygote.attach(instance.name, python, wait=False)
-        return await Zygote.start(self.apptainer, instance.name, instance.fork_server_env(), python, str(runtime_dir()))
+        return await Zygote.start(
+            self.apptainer,
+            instance.name,
+            instance.fork_server_env(),
+            python,
+            str(runtime_dir()),
+            read_ahead_list(instance.plan, python),
+        )
 
     def _check_env_image(self, plan: ContainerPlan, oci: bool = False) -> None:
         env_image = plan.env_image
@@ -485,7 +497,9 @@ class InstanceManager:
             return instance
         try:
             # The fork server as the instance's start script: it imports while the start finishes.
-            script = str(Zygote.write_start_script(name, fork_python)) if fork_python else ""
+            script = ""
+            if fork_python:
+                script = str(Zygote.write_start_script(name, fork_python, read_ahead_list(plan, fork_python)))
             start = command.instance_start_argv(apptainer, plan, name, str(instance.env_file), script)
             result = await run(start, START_TIMEOUT)
             if result.returncode != 0:

@@ -35,7 +35,8 @@ from kernel_provider.model import command
 ZYGOTE_SCRIPT = f"{LIB_DIR}/kernel_provider/incontainer/zygote.py"
 READY_TIMEOUT = 60.0  # a fresh SquashFS mount, imports included, on a loaded machine
 REQUEST_TIMEOUT = 15.0
-POLL_INTERVAL = 0.02  # seconds between looks at a starting fork server or an ending kernel
+POLL_INTERVAL = 0.02  # seconds between looks at an ending kernel
+READY_POLL = 0.005  # between looks for a starting fork server's socket: the first kernel waits for it
 SOCKET_PATH_LIMIT = 105  # sun_path: 107 bytes, less the '.t' of the temporary name the server binds first
 EXEC_VIEW = {"COMMAND": "exec", "BIND": ""}  # APPTAINER_*/SINGULARITY_* in an exec into an instance
 # A value the env file would expand inside the container: only the exec path gives it exactly.
@@ -119,10 +120,22 @@ class Zygote:
             directory / f"{instance_name}.start",
         )
 
+    @staticmethod
+    def read_ahead_list(python: str, images: list[str]) -> Path:
+        """Where the fork servers of a stack (its Python and images) list the files their start
+        read, for the start script of its next instance to read ahead: in the runtime directory,
+        which every instance binds."""
+        key = hashlib.sha256("\0".join([python, *images]).encode()).hexdigest()[:10]
+        return runtime_dir() / f"read-ahead-{key}"
+
     @classmethod
-    def write_start_script(cls, instance_name: str, python: str) -> Path:
+    def write_start_script(cls, instance_name: str, python: str, read_ahead: Path) -> Path:
         """The instance's start script (bound over ``/.singularity.d/startscript``): the fork
-        server, with the instance's environment, then its exit status where :meth:`attach` looks."""
+        server, with the instance's environment, then its exit status where :meth:`attach` looks.
+
+        Meanwhile, in the background, ``cat`` reads the files the stack's last fork server read
+        (``read_ahead``), so that the server's imports find them in the page cache: a fresh mount
+        otherwise reads and decompresses each block as the imports reach it, one at a time."""
         socket_path, exit_path, _, script = cls._paths(instance_name)
         # The runtime's variables that say "start" and list the instance's binds say what an exec
         # into the instance sees, so that a fork's environment is an exec kernel's.
@@ -131,8 +144,10 @@ class Zygote:
             for prefix in ("APPTAINER", "SINGULARITY")
             for name, value in EXEC_VIEW.items()
         ]
-        server = shlex.join([python, ZYGOTE_SCRIPT, socket_path])
-        text = f"#!/bin/sh\n{''.join(as_exec)}{server}\necho $? > {shlex.quote(exit_path)}\n"
+        listed = shlex.quote(str(read_ahead))
+        reader = f"[ -r {listed} ] && xargs cat < {listed} > /dev/null 2>&1 &\n"
+        server = shlex.join([python, ZYGOTE_SCRIPT, socket_path, str(read_ahead)])
+        text = f"#!/bin/sh\n{reader}{''.join(as_exec)}{server}\necho $? > {shlex.quote(exit_path)}\n"
         return write_private(script, text, mode=0o700)
 
     @classmethod
@@ -144,7 +159,13 @@ class Zygote:
 
     @classmethod
     async def start(
-        cls, apptainer: str, instance_name: str, env: list[tuple[str, str]], python: str, pwd: str
+        cls,
+        apptainer: str,
+        instance_name: str,
+        env: list[tuple[str, str]],
+        python: str,
+        pwd: str,
+        read_ahead: Path,
     ) -> Zygote:
         """Start the fork server in a running instance and wait until it listens.
 
@@ -152,7 +173,8 @@ class Zygote:
         """
         socket_path, _, env_path, _ = cls._paths(instance_name)
         env_file = str(write_private(env_path, command.render_env_file(env)))
-        argv = command.instance_exec_argv(apptainer, instance_name, env_file, [python, ZYGOTE_SCRIPT, socket_path], pwd)
+        server = [python, ZYGOTE_SCRIPT, socket_path, str(read_ahead)]
+        argv = command.instance_exec_argv(apptainer, instance_name, env_file, server, pwd)
         # A plain Popen, not an asyncio one: the server may stop it from another event loop than the
         # one that started it (jupyter_client's blocking managers, a test's asyncio.run). Not in a
         # thread either: a cancelled start would lose the process it made. Popen is a vfork, ~1 ms.
@@ -200,7 +222,7 @@ class Zygote:
                 raise ZygoteError(reason)
             if loop.time() > deadline:
                 raise ZygoteError(f"the fork server did not listen within {READY_TIMEOUT:.0f} s")
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(READY_POLL)
         await self._hello()
 
     async def _hello(self) -> None:

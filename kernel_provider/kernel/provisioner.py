@@ -5,7 +5,8 @@
   instance: started (binding the connection file's directory), or joined when
   ``share_instance``. A restart keeps the instance.
 - ``launch_kernel``: a fork of the instance's fork server (:mod:`kernel_provider.host.zygote`),
-  or, when there is none or it refuses (the reason is logged), ``apptainer exec`` of the argv.
+  or, when there is none or it refuses (the reason is logged), ``apptainer exec`` of the argv;
+  it returns once the kernel listens on all its channels.
 - ``send_signal``: SIGINT goes to the kernel's own host PID (signalling the ``apptainer``
   process would kill the kernel); other signals to the process group.
 - ``cleanup``: a shutdown releases the instance: it stays warm for the next kernel of its
@@ -42,6 +43,36 @@ from kernel_provider.kernel.provisioner_base import (
 )
 
 IPC_PATH_LIMIT = 108  # sun_path of a unix socket, including the final NUL
+CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+LISTEN_TIMEOUT = 30.0  # then the clients' own retries take over
+LISTEN_POLL = 0.005
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
+def listening_ports(tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> set[int]:
+    """The local TCP ports in LISTEN state in this network namespace (the kernels' too: instances
+    share the host's network)."""
+    ports = set()
+    for table in tables:
+        try:
+            with open(table) as handle:
+                next(handle, None)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == TCP_LISTEN:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+def channels_listening(info: dict[str, Any]) -> bool:
+    """Whether a kernel has bound every channel of its connection info: for ipc, each channel's
+    socket file (``IP-PORT``); for tcp, each port in LISTEN state."""
+    ports = [info[name] for name in CHANNELS if info.get(name)]
+    if info.get("transport") == "ipc":
+        return all(os.path.exists(f"{info['ip']}-{port}") for port in ports)
+    return set(ports) <= listening_ports()
 
 
 def kernel_pid(exec_pid: int) -> int | None:
@@ -217,6 +248,20 @@ class CondaTainerProvisioner(CondaTainerProvisionerBase, LocalProvisioner):
             raise
         self.pid = self.pgid = forked.pid
         return forked, ""
+
+    async def _connection_info_once_started(self) -> dict[str, Any]:
+        """The connection info once the kernel listens on every channel, it ended, or
+        LISTEN_TIMEOUT passed. A client that connects earlier waits ZMQ's reconnect interval
+        (0.1 s): longer than a forked kernel's whole start, and the first client is the server's
+        own ``kernel_info``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LISTEN_TIMEOUT
+        info = self.connection_info
+        while self.process.returncode is None and loop.time() < deadline:
+            if await asyncio.to_thread(channels_listening, info):  # /proc/net/tcp is long on a busy host
+                break
+            await asyncio.sleep(LISTEN_POLL)
+        return info
 
     async def _spawn(self, exec_argv: list[str]) -> asyncio.subprocess.Process:
         """The exec as a child of the server, in its own session (signals go to its group), its
