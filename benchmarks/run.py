@@ -29,8 +29,9 @@ Benchmarks (``--only NAME``; numbers work too):
 
 1. ``cold``      Cold start of ``condatainer-bench-cold`` (python/3.11 with
                  ``warm_timeout: 0``; a new instance each time: plan, ``instance start``,
-                 python probe, fork server, fork of the kernel) vs a local ipykernel (the
-                 venv's ``python3`` kernelspec). Target: ≤ 2.0×.
+                 python probe, fork server, fork of the kernel; the start script reads
+                 ahead what the stack's last fork server read, as after any first start)
+                 vs a local ipykernel (the venv's ``python3`` kernelspec). Target: ≤ 2.0×.
 2. ``warm``      Start of ``condatainer-python-3.11`` while its stack's instance is warm
                  (the last kernel shut down; its fork server still runs): a fork. Target:
                  ≤ 0.6× a local start.

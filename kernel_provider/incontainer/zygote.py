@@ -19,8 +19,9 @@ One request per connection, one JSON line each way::
 It is started by ``apptainer exec`` in a running instance, or as the instance's own start script,
 so that its imports overlap the end of ``apptainer instance start``. Once its first kernels are
 forked, it lists the files it read (``argv[2]``): the start script of the stack's next instance
-reads them ahead, on the other core, while this server imports. A fresh mount's imports otherwise wait for each
-block of the images to be read and decompressed, which doubles their time.
+reads them ahead, on the other core, while that instance's server imports. A fresh mount's
+imports otherwise wait for each block of the images to be read and decompressed, which doubles
+their time.
 
 The child starts a new session, takes the kernel's variables and working directory, reseeds
 ``random`` (forks would otherwise share its state) and runs ipykernel. The server reaps its
