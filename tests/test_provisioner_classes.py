@@ -9,12 +9,15 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import tomllib
 from jupyter_client.manager import KernelManager
 
+from kernel_provider.host.runtime import runtime_dir
+from kernel_provider.host.zygote import READ_AHEAD_KEEP, Zygote
 from kernel_provider.incontainer import zygote as zygote_module
 from kernel_provider.incontainer.zygote import files_read
 from kernel_provider.kernel.kernelspecs import custom_spec
@@ -133,3 +136,20 @@ def test_files_read_lists_the_interpreter_and_each_modules_bytecode_in_order():
     spec = zygote_module.__spec__
     mine = spec.cached if spec.cached and os.path.isfile(spec.cached) else spec.origin
     assert files.index(os.path.realpath(sys.executable)) < files.index(mine)
+
+
+def test_read_ahead_lists_of_stacks_unused_for_a_month_are_swept(tmp_path, monkeypatch):
+    """An instance's start script touches its stack's list; the sweep removes lists untouched for
+    READ_AHEAD_KEEP and nothing else."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    directory = runtime_dir()
+    used = Zygote.read_ahead_list("/usr/bin/python3", ["/images/a.sif"])
+    unused = Zygote.read_ahead_list("/usr/bin/python3", ["/images/b.sif"])
+    other = directory / "kernel-x.env"
+    for path in (used, unused, other):
+        path.write_text("/usr/bin/python3\n")
+        os.utime(path, (0, time.time() - READ_AHEAD_KEEP - 60))
+    script = Zygote.write_start_script("jct-test", "/usr/bin/python3", used)
+    assert f"xargs cat < {used}" in script.read_text()
+    Zygote.sweep_read_ahead_lists(directory)
+    assert used.exists() and not unused.exists() and other.exists()

@@ -617,10 +617,12 @@ class InstanceManager:
         return [entry.get("instance", "") for entry in listing]
 
     async def sweep_orphans_once(self) -> None:
-        """Clean up after a crashed server the first time this process needs an instance."""
+        """Clean up after a crashed server the first time this process needs an instance, and
+        drop the read-ahead lists of stacks unused for a month."""
         if not self._swept:
             self._swept = True
             await self.sweep_orphans()
+            await asyncio.to_thread(Zygote.sweep_read_ahead_lists, runtime_dir())
 
     async def sweep_orphans(self) -> list[str]:
         """Stop our instances whose server is gone; never touch a live server's or the CLI's."""

@@ -22,6 +22,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,9 @@ READY_TIMEOUT = 60.0  # a fresh SquashFS mount, imports included, on a loaded ma
 REQUEST_TIMEOUT = 15.0
 POLL_INTERVAL = 0.02  # seconds between looks at an ending kernel
 READY_POLL = 0.005  # between looks for a starting fork server's socket: the first kernel waits for it
+READ_AHEAD_KEEP = 30 * 86400.0  # seconds a stack's read-ahead list outlives its last instance start
 SOCKET_PATH_LIMIT = 105  # sun_path: 107 bytes, less the '.t' of the temporary name the server binds first
+READ_AHEAD_PREFIX = "read-ahead-"
 EXEC_VIEW = {"COMMAND": "exec", "BIND": ""}  # APPTAINER_*/SINGULARITY_* in an exec into an instance
 # A value the env file would expand inside the container: only the exec path gives it exactly.
 EXPANDED = ("$", "`", "\\")
@@ -126,7 +129,17 @@ class Zygote:
         read, for the start script of its next instance to read ahead: in the runtime directory,
         which every instance binds."""
         key = hashlib.sha256("\0".join([python, *images]).encode()).hexdigest()[:10]
-        return runtime_dir() / f"read-ahead-{key}"
+        return runtime_dir() / f"{READ_AHEAD_PREFIX}{key}"
+
+    @staticmethod
+    def sweep_read_ahead_lists(directory: Path, keep: float = READ_AHEAD_KEEP) -> None:
+        """Remove the lists of stacks whose last instance started more than ``keep`` seconds ago
+        (a start touches its stack's list): deleted images and stacks no longer used."""
+        oldest = time.time() - keep
+        for listed in directory.glob(f"{READ_AHEAD_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if listed.stat().st_mtime < oldest:
+                    listed.unlink()
 
     @classmethod
     def write_start_script(cls, instance_name: str, python: str, read_ahead: Path) -> Path:
@@ -134,9 +147,12 @@ class Zygote:
         server, with the instance's environment, then its exit status where :meth:`attach` looks.
 
         Meanwhile, in the background, ``cat`` reads the files the stack's last fork server read
-        (``read_ahead``), so that the server's imports find them in the page cache: a fresh mount
-        otherwise reads and decompresses each block as the imports reach it, one at a time."""
+        (``read_ahead``, touched here: in use), so that the server's imports find them in the page
+        cache: a fresh mount otherwise reads and decompresses each block as the imports reach it,
+        one at a time."""
         socket_path, exit_path, _, script = cls._paths(instance_name)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(read_ahead)
         # The runtime's variables that say "start" and list the instance's binds say what an exec
         # into the instance sees, so that a fork's environment is an exec kernel's.
         as_exec = [
