@@ -27,8 +27,9 @@ from jupyter_client.manager import AsyncKernelManager
 from kernel_provider.envs.operations import DiskSpaceError, EnvOperations
 from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.instances import InstanceManager
+from kernel_provider.host.runtime import runtime_dir
 from kernel_provider.host.state import StateStore
-from kernel_provider.host.zygote import ZYGOTE_SCRIPT
+from kernel_provider.host.zygote import ZYGOTE_SCRIPT, Zygote
 from kernel_provider.incontainer.constants import LAUNCHER
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
 
@@ -54,11 +55,14 @@ def our_leftovers(layout: Path) -> dict:
     }
 
 
-def kernel_processes(kernel_id: str) -> list[str]:
+def kernel_processes(kernel_id: str, instance: str) -> list[str]:
     """Host PIDs of the server's kernel: started by exec, its command line names its connection
-    file; forked (the only kernel here), it is the child of its fork server and has its command line."""
+    file; forked (the only kernel of ``instance``), it is the child of that instance's fork server
+    and has its command line, which names the server's socket (another test's instance, still
+    stopping, has its own fork server and kernels)."""
     execd = [line.split(":")[0] for line in processes_mentioning(LAUNCHER) if kernel_id in line]
-    forked = {line.split(":")[0] for line in processes_mentioning(ZYGOTE_SCRIPT)}
+    socket_path = str(Zygote.files(runtime_dir(), instance)[0])
+    forked = {line.split(":")[0] for line in processes_mentioning(ZYGOTE_SCRIPT) if socket_path in line}
     return execd + [pid for pid in forked if parent_of(pid) in forked]
 
 
@@ -112,10 +116,10 @@ def test_kernel_killed_inside_the_instance_is_restarted_in_the_same_instance(ker
         records = StateStore(CondaTainerConfig().instance_state_dir).ours()
         assert len(records) == 1
         instance = records[0].name
-        victims = wait_until(lambda: kernel_processes(kernel["id"]), 60, "the kernel's process")
+        victims = wait_until(lambda: kernel_processes(kernel["id"], instance), 60, "the kernel's process")
         os.kill(int(victims[0]), signal.SIGKILL)
         # jupyter_server's restarter notices and starts the kernel again, in the same instance.
-        wait_until(lambda: set(kernel_processes(kernel["id"])) - set(victims), 60, "the restarted kernel")
+        wait_until(lambda: set(kernel_processes(kernel["id"], instance)) - set(victims), 60, "the restarted kernel")
         # (jupyter_server reports "starting" after an auto-restart until a client talks to it.)
         client = connect(kernel_env, kernel["id"])
         try:

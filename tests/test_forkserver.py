@@ -292,18 +292,24 @@ def test_a_cold_start_reads_ahead_what_the_last_one_read_and_returns_a_listening
     async def start() -> AsyncKernelManager:
         km = AsyncKernelManager(kernel_name=name)
         await km.start_kernel(cwd=str(kernel_env))
-        assert channels_listening(km.get_connection_info())
-        assert km.provisioner.forked
+        try:
+            assert channels_listening(km.get_connection_info())
+            assert km.provisioner.forked
+        except BaseException:
+            await km.shutdown_kernel(now=True)  # a failed test leaves no instance behind
+            raise
         return km
 
     async def scenario():
         km = await start()
-        instance = km.provisioner.instance
-        listed = read_ahead_list(instance.plan, instance.zygote.python)
-        await asyncio.wait_for(_until(listed.exists), 30)  # once the fork server is idle
-        files = listed.read_text().splitlines()
-        assert any(f.endswith("ipykernel/__pycache__/kernelapp.cpython-311.pyc") for f in files), files[:20]
-        await km.shutdown_kernel(now=True)
+        try:
+            instance = km.provisioner.instance
+            listed = read_ahead_list(instance.plan, instance.zygote.python)
+            await asyncio.wait_for(_until(listed.exists), 30)  # once the fork server is idle
+            files = listed.read_text().splitlines()
+            assert any(f.endswith("ipykernel/__pycache__/kernelapp.cpython-311.pyc") for f in files), files[:20]
+        finally:
+            await km.shutdown_kernel(now=True)
 
         fifo = runtime_dir() / "read-ahead-probe"
         os.mkfifo(fifo)
