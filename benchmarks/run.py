@@ -88,7 +88,9 @@ does), which then dominates every shutdown. Compare a run with and without it.
 Isolation, as ``tests/conftest.py``'s ``user_layout``: a temporary XDG_STATE_HOME,
 JUPYTER_RUNTIME_DIR, JUPYTER_DATA_DIR, JUPYTER_CONFIG_DIR and JUPYTER_PATH, an image
 directory of hard links to the cached images in CNT_EXTRA_IMAGE_DIRS, and
-XDG_CACHE_HOME=/var/cache/jupyter-condatainer/user-cache (the supplied-ipykernel cache).
+XDG_CACHE_HOME=/var/cache/jupyter-condatainer/user-cache (the supplied-ipykernel cache), or
+``JCT_USER_CACHE`` as in the tests' ordinary-user pass: run as that user (``runuser``), the
+kernels mount the images without root (FUSE), as on a cluster.
 Kernelspecs are written with ``KernelspecStore().sync(scan(...))``.
 
 Apptainer's instance registry is isolated too (``APPTAINER_CONFIGDIR`` in the temporary
@@ -423,7 +425,7 @@ def make_layout(root: Path, isolate_registry: bool, runtime: str = "apptainer") 
         (root / sub).mkdir()
         os.environ[variable] = str(root / sub)
     os.environ["JUPYTER_PATH"] = str(root / "data")
-    os.environ["XDG_CACHE_HOME"] = str(CACHE / "user-cache")
+    os.environ["XDG_CACHE_HOME"] = os.environ.get("JCT_USER_CACHE", str(CACHE / "user-cache"))
     os.environ["CNT_EXTRA_IMAGE_DIRS"] = str(images)
     binary = shutil.which(RUNTIMES[runtime][0])
     if not binary:
