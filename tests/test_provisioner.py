@@ -21,6 +21,7 @@ from kernel_provider.host.config import CondaTainerConfig
 from kernel_provider.host.process import apptainer_env
 from kernel_provider.host.state import StateStore
 from kernel_provider.kernel.kernelspecs import KernelspecStore, custom_spec
+from kernel_provider.kernel.provisioner import channels_listening
 from kernel_provider.kernel.provisioner_base import KernelStartError
 
 pytestmark = pytest.mark.integration
@@ -97,14 +98,15 @@ def test_tcp_transport_option(kernel_env):
         client = km.client()
         client.start_channels()
         try:
+            listening = channels_listening(km.get_connection_info())  # its ports, in /proc/net/tcp
             await client.wait_for_ready(timeout=60)
             out, _ = await execute(client, "print('tcp ok')")
-            return km.transport, out.strip()
+            return km.transport, listening, out.strip()
         finally:
             client.stop_channels()
             await km.shutdown_kernel()
 
-    assert asyncio.run(scenario()) == ("tcp", "tcp ok")
+    assert asyncio.run(scenario()) == ("tcp", True, "tcp ok")
 
 
 def test_python_without_ipykernel_gets_one_supplied(kernel_env):
