@@ -253,6 +253,20 @@ def test_panel_env_lifecycle_and_notebook(lab, browser_page, tmp_path):
     assert store.ours() == []
 
 
+def fill_create_dialog(dialog, name: str, packages: str, channels: str) -> None:
+    """Type into the "New env" dialog as a user does: once it has put the cursor in the name field.
+    It does so when its body has rendered, which can be after the fields exist: text typed into
+    another field before that moment lands in the name ("demo" + "256" became "demo256")."""
+    from playwright.sync_api import expect
+
+    name_field = dialog.get_by_test_id("jp-condatainer-create-name")
+    expect(name_field).to_be_focused()
+    name_field.fill(name)
+    dialog.get_by_test_id("jp-condatainer-create-size").fill("256")
+    dialog.get_by_test_id("jp-condatainer-create-packages").fill(packages)
+    dialog.get_by_test_id("jp-condatainer-create-channels").fill(channels)
+
+
 def walk_through(page, shots: Path, root: Path) -> None:
     from playwright.sync_api import expect
 
@@ -295,10 +309,7 @@ def walk_through(page, shots: Path, root: Path) -> None:
     # A new env from the test channel through the "New env" dialog; its job runs to success.
     panel.get_by_test_id("jp-condatainer-create-button").click()
     dialog = page.locator(".jp-Dialog")
-    dialog.get_by_test_id("jp-condatainer-create-name").fill("demo")
-    dialog.get_by_test_id("jp-condatainer-create-size").fill("256")
-    dialog.get_by_test_id("jp-condatainer-create-packages").fill("zlib, demo-tool")
-    dialog.get_by_test_id("jp-condatainer-create-channels").fill("conda-forge")
+    fill_create_dialog(dialog, "demo", "zlib, demo-tool", "conda-forge")
     dialog.locator(".jp-mod-accept").click()
     expect(dialog).to_have_count(0)
     create = jobs("demo", "Create")
@@ -609,10 +620,7 @@ def failure_walk(page, lab: Lab, shots: Path, conda_channel) -> None:
     def new_env(name: str, packages: str, channels: str):
         panel.get_by_test_id("jp-condatainer-create-button").click()
         dialog = page.locator(".jp-Dialog")
-        dialog.get_by_test_id("jp-condatainer-create-name").fill(name)
-        dialog.get_by_test_id("jp-condatainer-create-size").fill("256")
-        dialog.get_by_test_id("jp-condatainer-create-packages").fill(packages)
-        dialog.get_by_test_id("jp-condatainer-create-channels").fill(channels)
+        fill_create_dialog(dialog, name, packages, channels)
         dialog.locator(".jp-mod-accept").click()
         expect(dialog).to_have_count(0)
         job = panel.locator(f'[data-testid="jp-condatainer-job"][data-target="{name}"]')
