@@ -162,9 +162,14 @@ class Zygote:
         ]
         listed = shlex.quote(str(read_ahead))
         reader = f"[ -r {listed} ] && xargs cat < {listed} > /dev/null 2>&1 &\n"
-        server = shlex.join([python, ZYGOTE_SCRIPT, socket_path, str(read_ahead)])
+        server = shlex.join(cls._server_argv(python, socket_path, read_ahead))
         text = f"#!/bin/sh\n{reader}{''.join(as_exec)}{server}\necho $? > {shlex.quote(exit_path)}\n"
         return write_private(script, text, mode=0o700)
+
+    @staticmethod
+    def _server_argv(python: str, socket_path: str, read_ahead: Path) -> list[str]:
+        """The fork server's command line, as the start script and an exec both run it."""
+        return [python, ZYGOTE_SCRIPT, socket_path, str(read_ahead)]
 
     @classmethod
     def _paths(cls, instance_name: str) -> tuple[str, str, Path, Path]:
@@ -189,7 +194,7 @@ class Zygote:
         """
         socket_path, _, env_path, _ = cls._paths(instance_name)
         env_file = str(write_private(env_path, command.render_env_file(env)))
-        server = [python, ZYGOTE_SCRIPT, socket_path, str(read_ahead)]
+        server = cls._server_argv(python, socket_path, read_ahead)
         argv = command.instance_exec_argv(apptainer, instance_name, env_file, server, pwd)
         # A plain Popen, not an asyncio one: the server may stop it from another event loop than the
         # one that started it (jupyter_client's blocking managers, a test's asyncio.run). Not in a
