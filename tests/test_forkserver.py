@@ -130,11 +130,6 @@ async def _until_dead(km: AsyncKernelManager) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.05)
-
-
 async def _until_zygote(instance, alive: bool = True) -> None:
     while bool(instance.zygote and instance.zygote.alive()) != alive:
         await asyncio.sleep(0.1)
@@ -305,7 +300,9 @@ def test_a_cold_start_reads_ahead_what_the_last_one_read_and_returns_a_listening
         try:
             instance = km.provisioner.instance
             listed = read_ahead_list(instance.plan, instance.zygote.python)
-            await asyncio.wait_for(_until(listed.exists), 30)  # once the fork server is idle
+            await asyncio.to_thread(
+                wait_until, listed.exists, 30, "the list of files read (written once the fork server is idle)"
+            )
             files = listed.read_text().splitlines()
             assert any(f.endswith("ipykernel/__pycache__/kernelapp.cpython-311.pyc") for f in files), files[:20]
         finally:
@@ -326,7 +323,12 @@ def test_a_cold_start_reads_ahead_what_the_last_one_read_and_returns_a_listening
             writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
             os.close(writer)
             # replaced by the new fork server's own list
-            await asyncio.wait_for(_until(lambda: str(fifo) not in listed.read_text().splitlines()), 30)
+            await asyncio.to_thread(
+                wait_until,
+                lambda: str(fifo) not in listed.read_text().splitlines(),
+                30,
+                "the new fork server's list of files read",
+            )
         finally:
             fifo.unlink()
             await km.shutdown_kernel(now=True)
